@@ -1,0 +1,27 @@
+"""optical_jax: OPTICAL (optimal-transport distillation for cross-lingual retrieval) in JAX.
+
+Submodules load lazily so that `import optical_jax.losses` stays free of transformers,
+orbax and the training stack.
+"""
+
+import importlib
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "load_encoder": "optical_jax.hf_checkpoint",
+    "LoadedEncoder": "optical_jax.hf_checkpoint",
+    "CheckpointError": "optical_jax.hf_checkpoint",
+    "Encoder": "optical_jax.modeling",
+    "EncoderConfig": "optical_jax.modeling",
+}
+
+
+def __getattr__(name):
+  if name in _LAZY:
+    return getattr(importlib.import_module(_LAZY[name]), name)
+  raise AttributeError(f"module 'optical_jax' has no attribute {name!r}")
+
+
+def __dir__():
+  return sorted(list(globals()) + list(_LAZY))

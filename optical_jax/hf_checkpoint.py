@@ -1,0 +1,318 @@
+"""Loads Hugging Face BERT-family checkpoints into our Flax encoder.
+
+Reads `config.json` and `model.safetensors` (sharded too), or `pytorch_model.bin` when
+torch happens to be installed, from a local directory in the hub's layout or from the hub
+(through huggingface_hub, or its cache when offline). transformers is used for the
+tokenizer only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from optical_jax.modeling import Encoder, EncoderConfig
+from optical_jax.pooling import pool
+
+# Files a checkpoint needs, for the hub download: no duplicate weight formats.
+_HUB_PATTERNS = ["config.json", "*.safetensors", "model.safetensors.index.json",
+                 "tokenizer*", "vocab*", "special_tokens_map.json", "sentencepiece*",
+                 "merges.txt", "modules.json", "1_Pooling/config.json"]
+# Weights a checkpoint may carry that an encoder does not use.
+_IGNORED_WEIGHTS = re.compile(
+    r"^(pooler\.|cls\.|lm_head\.|classifier\.|qa_outputs\.|embeddings\.position_ids$)")
+_PREFIXES = ("bert.", "roberta.", "xlm_roberta.", "model.")
+
+
+class CheckpointError(ValueError):
+  """A checkpoint that cannot be loaded; the message names the file and the weight."""
+
+
+def _is_offline() -> bool:
+  if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+    return True
+  try:
+    from huggingface_hub import constants
+    return bool(constants.HF_HUB_OFFLINE)
+  except ImportError:  # pragma: no cover - huggingface_hub is a dependency
+    return False
+
+
+def resolve_checkpoint_dir(name_or_path: str | os.PathLike) -> Path:
+  """A local directory holding the checkpoint: the path itself, or the hub snapshot.
+
+  Offline (`HF_HUB_OFFLINE=1`) only the local cache is consulted, so a missing model
+  fails at once with a message saying what to download, instead of retrying the network.
+  """
+  path = Path(name_or_path).expanduser()
+  if path.is_dir():
+    return path
+  name = str(name_or_path)
+  if path.exists():
+    raise CheckpointError(f"{name}: is a file; expected a checkpoint directory holding "
+                          "config.json and model.safetensors")
+  looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep + os.sep in name
+  if looks_local:
+    raise CheckpointError(f"{name}: no such checkpoint directory")
+  from huggingface_hub import snapshot_download
+  offline = _is_offline()
+  try:
+    snapshot = snapshot_download(name, allow_patterns=_HUB_PATTERNS, local_files_only=offline)
+  except Exception as e:  # huggingface_hub raises several types for "not here, not reachable"
+    how = (f"download it where there is internet (`hf download {name}`) into the cache "
+           f"{os.environ.get('HF_HUB_CACHE') or '~/.cache/huggingface/hub'}, or pass a local "
+           "directory in the hub's layout (config.json, model.safetensors, tokenizer files)")
+    state = "offline mode is on (HF_HUB_OFFLINE=1) and it is not in the cache" if offline else (
+        f"the hub could not provide it ({type(e).__name__}: {e})")
+    raise CheckpointError(f"{name}: not a local directory, and {state}; {how}") from None
+  snapshot = Path(snapshot)
+  if not any(snapshot.glob("*.safetensors")) and not offline:
+    snapshot = Path(snapshot_download(name, allow_patterns=["pytorch_model.bin"]))
+  return snapshot
+
+
+def read_hf_config(directory: Path) -> tuple[EncoderConfig, dict]:
+  config_path = directory / "config.json"
+  if not config_path.is_file():
+    raise CheckpointError(f"{config_path}: missing; a Hugging Face checkpoint directory needs "
+                          "config.json")
+  try:
+    raw = json.loads(config_path.read_text(encoding="utf-8"))
+  except json.JSONDecodeError as e:
+    raise CheckpointError(f"{config_path}:{e.lineno}: invalid JSON ({e.msg})") from None
+  try:
+    return EncoderConfig.from_hf_dict(raw, source=str(config_path)), raw
+  except ValueError as e:
+    raise CheckpointError(str(e)) from None
+
+
+def read_hf_weights(directory: Path) -> tuple[dict[str, np.ndarray], Path]:
+  """All tensors of the checkpoint as float32 numpy arrays, and the file they came from."""
+  single = directory / "model.safetensors"
+  index = directory / "model.safetensors.index.json"
+  if single.is_file() or index.is_file():
+    from safetensors import safe_open
+    files = [single] if single.is_file() else sorted(
+        {directory / f for f in json.loads(index.read_text())["weight_map"].values()})
+    weights = {}
+    for file in files:
+      try:
+        # framework="flax" reads bfloat16 tensors, which plain numpy cannot.
+        with safe_open(str(file), framework="flax") as f:
+          for key in f.keys():
+            weights[key] = np.asarray(f.get_tensor(key), dtype=np.float32)
+      except Exception as e:
+        raise CheckpointError(f"{file}: unreadable safetensors file ({e})") from None
+    return weights, (single if single.is_file() else index)
+  bin_path = directory / "pytorch_model.bin"
+  if bin_path.is_file():
+    try:
+      import torch
+    except ImportError:
+      raise CheckpointError(f"{bin_path}: reading pytorch_model.bin needs torch; install it or "
+                            "convert the checkpoint to model.safetensors") from None
+    state = torch.load(bin_path, map_location="cpu", weights_only=True)
+    return {k: v.float().numpy() for k, v in state.items()}, bin_path
+  raise CheckpointError(f"{directory}: no model.safetensors, model.safetensors.index.json or "
+                        "pytorch_model.bin")
+
+
+def _hf_name_and_transform(path: tuple[str, ...], config: EncoderConfig
+                           ) -> tuple[str, Callable[[np.ndarray], np.ndarray]]:
+  """Hugging Face's name for our parameter at `path`, and how its array maps to ours."""
+  identity = lambda w: w
+  leaf = path[-1]
+  heads = config.num_attention_heads
+  head_dim = config.hidden_size // heads
+  if path[0] == "embeddings":
+    module = path[1]
+    if module == "LayerNorm":
+      return f"embeddings.LayerNorm.{'weight' if leaf == 'scale' else 'bias'}", identity
+    return f"embeddings.{module}.weight", identity
+  layer = int(path[0].removeprefix("layer_"))
+  module = path[1] if path[1] != "attention_self" else "attention_self_" + path[2]
+  hf_module = {
+      "attention_self_query": "attention.self.query",
+      "attention_self_key": "attention.self.key",
+      "attention_self_value": "attention.self.value",
+      "attention_output_dense": "attention.output.dense",
+      "attention_output_LayerNorm": "attention.output.LayerNorm",
+      "intermediate_dense": "intermediate.dense",
+      "output_dense": "output.dense",
+      "output_LayerNorm": "output.LayerNorm",
+  }[module]
+  prefix = f"encoder.layer.{layer}.{hf_module}"
+  if leaf == "scale":
+    return f"{prefix}.weight", identity
+  if leaf == "kernel":
+    if module.startswith("attention_self_"):  # torch [out, in] -> [in, heads, head_dim]
+      return f"{prefix}.weight", lambda w: w.T.reshape(w.shape[1], heads, head_dim)
+    return f"{prefix}.weight", lambda w: w.T
+  if module.startswith("attention_self_"):
+    return f"{prefix}.bias", lambda b: b.reshape(heads, head_dim)
+  return f"{prefix}.bias", identity
+
+
+def _strip_prefix(name: str) -> str:
+  for prefix in _PREFIXES:
+    if name.startswith(prefix):
+      return name[len(prefix):]
+  return name
+
+
+def convert_hf_weights(weights: Mapping[str, np.ndarray], config: EncoderConfig, *,
+                       source: str = "checkpoint") -> dict:
+  """Maps a Hugging Face state dict onto our parameter tree, checking every shape.
+
+  Accepts names with or without the `bert.` / `roberta.` prefix. Raises `CheckpointError`
+  naming every missing, unexpected or mis-shaped weight.
+  """
+  by_name = {_strip_prefix(k): (k, v) for k, v in weights.items()}
+  template = jax.eval_shape(
+      lambda: Encoder(config).init(jax.random.PRNGKey(0), jnp.ones((1, 2), jnp.int32),
+                                   jnp.ones((1, 2), jnp.int32)))["params"]
+  flat_template = jax.tree_util.tree_flatten_with_path(template)[0]
+  converted, used, problems = {}, set(), []
+  for key_path, shape_struct in flat_template:
+    path = tuple(k.key for k in key_path)
+    hf_name, transform = _hf_name_and_transform(path, config)
+    if hf_name not in by_name:
+      problems.append(f"missing weight {hf_name} (shape {tuple(shape_struct.shape)})")
+      continue
+    original_name, array = by_name[hf_name]
+    used.add(hf_name)
+    try:
+      value = transform(np.asarray(array))
+    except ValueError:
+      value = None
+    if value is None or value.shape != shape_struct.shape:
+      problems.append(f"weight {original_name} has shape {tuple(np.shape(array))}, "
+                      f"config.json implies {tuple(shape_struct.shape)} (as {'/'.join(path)})")
+      continue
+    node = converted
+    for part in path[:-1]:
+      node = node.setdefault(part, {})
+    node[path[-1]] = jnp.asarray(value, dtype=jnp.float32)
+  unexpected = sorted(orig for name, (orig, _) in by_name.items()
+                      if name not in used and not _IGNORED_WEIGHTS.match(name))
+  problems += [f"unexpected weight {name}" for name in unexpected]
+  if problems:
+    shown = "; ".join(problems[:20]) + (f"; ... {len(problems) - 20} more"
+                                         if len(problems) > 20 else "")
+    raise CheckpointError(f"{source}: {shown}")
+  return converted
+
+
+def _sentence_transformers_pooling(directory: Path) -> tuple[str, bool]:
+  """Pooling and normalisation declared by a sentence-transformers checkpoint, else mean."""
+  pooling_config = directory / "1_Pooling" / "config.json"
+  normalize = False
+  modules = directory / "modules.json"
+  if modules.is_file():
+    normalize = any("Normalize" in m.get("type", "") for m in json.loads(modules.read_text()))
+  if pooling_config.is_file():
+    cfg = json.loads(pooling_config.read_text())
+    if cfg.get("pooling_mode_cls_token"):
+      return "cls", normalize
+  return "mean", normalize
+
+
+@dataclasses.dataclass
+class LoadedEncoder:
+  """A Flax encoder with its weights and tokenizer, as `load_encoder` returns it."""
+
+  module: Encoder
+  params: Any
+  config: EncoderConfig
+  path: Path
+  pooling: str = "mean"
+  normalize: bool = False
+  hf_config: dict = dataclasses.field(default_factory=dict)
+  _tokenizer: Any = None
+
+  @property
+  def tokenizer(self):
+    """The checkpoint's tokenizer (transformers' `AutoTokenizer`), loaded on first use."""
+    if self._tokenizer is None:
+      from transformers import AutoTokenizer
+      try:
+        self._tokenizer = AutoTokenizer.from_pretrained(str(self.path))
+      except Exception as e:
+        raise CheckpointError(f"{self.path}: no usable tokenizer files ({e})") from None
+    return self._tokenizer
+
+  def apply(self, params: Any, input_ids: jax.Array, attention_mask: jax.Array, *,
+            token_type_ids: jax.Array | None = None, deterministic: bool = True,
+            rngs: Mapping[str, jax.Array] | None = None) -> jax.Array:
+    """Last hidden states `[batch, length, hidden]`."""
+    return self.module.apply({"params": params}, input_ids, attention_mask, token_type_ids,
+                             deterministic=deterministic, rngs=rngs)
+
+  def pool(self, hidden: jax.Array, attention_mask: jax.Array) -> jax.Array:
+    """Sentence embeddings `[batch, hidden]` the way the checkpoint's authors pool them."""
+    return pool(hidden, attention_mask, method=self.pooling, normalize=self.normalize)
+
+  def tokenize(self, texts: list[str], *, max_length: int = 128,
+               pad_to: int | None = None) -> dict[str, np.ndarray]:
+    """`input_ids` and `attention_mask` as int32 numpy arrays, padded to `pad_to` or longest."""
+    batch = self.tokenizer(list(texts), truncation=True, max_length=max_length,
+                           padding="max_length" if pad_to else "longest",
+                           **({"max_length": pad_to} if pad_to else {}), return_tensors="np")
+    return {"input_ids": batch["input_ids"].astype(np.int32),
+            "attention_mask": batch["attention_mask"].astype(np.int32)}
+
+
+def load_encoder(name_or_path: str | os.PathLike, *, dtype: Any = jnp.float32,
+                 remat: bool = False, dropout: float | None = None) -> LoadedEncoder:
+  """Loads a BERT-family Hugging Face checkpoint as a Flax encoder.
+
+  Args:
+    name_or_path: a hub id (`sentence-transformers/all-MiniLM-L6-v2`, `xlm-roberta-base`)
+      or a local directory in the hub's layout.
+    dtype: compute dtype; parameters are always float32.
+    remat: gradient checkpointing per layer.
+    dropout: overrides the checkpoint's hidden and attention dropout rates.
+
+  Returns:
+    A `LoadedEncoder` with `.params`, `.config`, `.tokenizer` and `.apply(params,
+    input_ids, attention_mask)` giving `[batch, length, hidden]`.
+  """
+  directory = resolve_checkpoint_dir(name_or_path)
+  config, raw = read_hf_config(directory)
+  if dropout is not None:
+    config = dataclasses.replace(config, hidden_dropout_prob=dropout,
+                                 attention_probs_dropout_prob=dropout)
+  weights, weights_file = read_hf_weights(directory)
+  params = convert_hf_weights(weights, config, source=str(weights_file))
+  pooling, normalize = _sentence_transformers_pooling(directory)
+  return LoadedEncoder(module=Encoder(config, dtype=dtype, remat=remat), params=params,
+                       config=config, path=directory, pooling=pooling, normalize=normalize,
+                       hf_config=raw)
+
+
+def _main() -> None:
+  """Loads the offline MiniLM teacher and prints the cosine similarity of two sentences."""
+  from optical_jax.assets import minilm_checkpoint_dir
+  encoder = load_encoder(minilm_checkpoint_dir())
+  texts = ["And God said, Let there be light: and there was light.",
+           "God commanded light to exist, and it did.",
+           "The price of grain rose in the market."]
+  batch = encoder.tokenize(texts)
+  vectors = encoder.pool(encoder.apply(encoder.params, **batch), batch["attention_mask"])
+  sims = np.asarray(vectors @ vectors.T)
+  print(f"loaded {encoder.path} ({encoder.config.num_hidden_layers} layers, "
+        f"{encoder.pooling} pooling)")
+  for i in (1, 2):
+    print(f"cos({texts[0]!r}, {texts[i]!r}) = {sims[0, i]:.3f}")
+
+
+if __name__ == "__main__":
+  _main()

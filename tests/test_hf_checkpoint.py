@@ -1,0 +1,165 @@
+"""Parity with transformers' PyTorch models and clear errors on bad checkpoints."""
+
+import json
+import shutil
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from conftest import save_tiny_bert, torch_last_hidden
+from optical_jax import CheckpointError, load_encoder
+
+PARITY_TOL = 1e-4
+
+
+def _padded_random_batch(vocab_size: int, *, pad_id: int, seed: int = 0,
+                         lengths=(12, 7, 3)) -> tuple[np.ndarray, np.ndarray]:
+  rng = np.random.default_rng(seed)
+  width = max(lengths)
+  ids = np.full((len(lengths), width), pad_id, np.int32)
+  mask = np.zeros((len(lengths), width), np.int32)
+  for row, n in enumerate(lengths):
+    ids[row, :n] = rng.integers(pad_id + 1, vocab_size, n)
+    mask[row, :n] = 1
+  return ids, mask
+
+
+def test_minilm_parity_on_real_text_with_padding(minilm_dir):
+  encoder = load_encoder(minilm_dir)
+  batch = encoder.tokenize(["Ndipo Mulungu anati, Kuyere kuwala; ndipo kunali kuwala.",
+                            "And God said, Let there be light: and there was light.",
+                            "Jesus wept."])
+  assert batch["attention_mask"].min() == 0, "the batch must contain padding"
+  ours = np.asarray(jax.jit(encoder.apply)(encoder.params, batch["input_ids"],
+                                           batch["attention_mask"]))
+  reference = torch_last_hidden(minilm_dir, batch["input_ids"], batch["attention_mask"])
+  assert ours.shape == reference.shape == (3, batch["input_ids"].shape[1], 384)
+  np.testing.assert_allclose(ours, reference, atol=PARITY_TOL, rtol=0)
+
+
+@pytest.mark.parametrize("fixture", ["tiny_bert_dir", "tiny_xlmr_dir"])
+def test_tiny_random_parity(fixture, request):
+  directory = request.getfixturevalue(fixture)
+  encoder = load_encoder(directory)
+  ids, mask = _padded_random_batch(encoder.config.vocab_size, pad_id=encoder.config.pad_token_id)
+  ours = np.asarray(encoder.apply(encoder.params, ids, mask))
+  np.testing.assert_allclose(ours, torch_last_hidden(directory, ids, mask), atol=PARITY_TOL,
+                             rtol=0)
+
+
+def test_xlmr_positions_skip_padding(tiny_xlmr_dir):
+  encoder = load_encoder(tiny_xlmr_dir)
+  assert encoder.config.roberta_positions and encoder.config.pad_token_id == 1
+  ids, mask = _padded_random_batch(encoder.config.vocab_size, pad_id=1, lengths=(5, 5))
+  left_padded = np.concatenate([np.ones((2, 3), np.int32), ids], axis=1)
+  left_mask = np.concatenate([np.zeros((2, 3), np.int32), mask], axis=1)
+  plain = encoder.apply(encoder.params, ids, mask)
+  shifted = encoder.apply(encoder.params, left_padded, left_mask)[:, 3:]
+  np.testing.assert_allclose(np.asarray(shifted), np.asarray(plain), atol=1e-5)
+
+
+def test_prefixed_checkpoint_with_heads_and_torch_bin(tmp_path):
+  directory = save_tiny_bert(tmp_path / "mlm", masked_lm=True, safe_serialization=False,
+                             seed=3)
+  assert (directory / "pytorch_model.bin").exists()
+  encoder = load_encoder(directory)
+  ids, mask = _padded_random_batch(encoder.config.vocab_size, pad_id=0, seed=1)
+  ours = np.asarray(encoder.apply(encoder.params, ids, mask))
+  np.testing.assert_allclose(ours, torch_last_hidden(directory, ids, mask), atol=PARITY_TOL,
+                             rtol=0)
+
+
+def test_bfloat16_compute_keeps_float32_params(tiny_bert_dir):
+  full = load_encoder(tiny_bert_dir)
+  half = load_encoder(tiny_bert_dir, dtype=jnp.bfloat16)
+  assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(half.params))
+  ids, mask = _padded_random_batch(full.config.vocab_size, pad_id=0)
+  out_half = half.apply(half.params, ids, mask)
+  assert out_half.dtype == jnp.bfloat16
+  err = np.abs(np.asarray(out_half, np.float32) - np.asarray(full.apply(full.params, ids, mask)))
+  assert err.max() < 0.1
+
+
+def test_remat_and_dropout_paths_match_plain(tiny_bert_dir):
+  plain = load_encoder(tiny_bert_dir)
+  remat = load_encoder(tiny_bert_dir, remat=True)
+  ids, mask = _padded_random_batch(plain.config.vocab_size, pad_id=0)
+
+  def loss(encoder, params, deterministic=True, rngs=None):
+    return jnp.sum(encoder.apply(params, ids, mask, deterministic=deterministic, rngs=rngs) ** 2)
+
+  g_plain = jax.grad(lambda p: loss(plain, p))(plain.params)
+  g_remat = jax.grad(lambda p: loss(remat, p))(plain.params)
+  for a, b in zip(jax.tree_util.tree_leaves(g_plain), jax.tree_util.tree_leaves(g_remat)):
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
+  # A vanishing dropout rate takes the explicit (non-fused) attention path: same numbers.
+  tiny_drop = load_encoder(tiny_bert_dir, dropout=1e-9)
+  explicit = tiny_drop.apply(plain.params, ids, mask, deterministic=False,
+                             rngs={"dropout": jax.random.PRNGKey(0)})
+  np.testing.assert_allclose(explicit, plain.apply(plain.params, ids, mask), atol=1e-5)
+  dropped = load_encoder(tiny_bert_dir, dropout=0.5).apply(
+      plain.params, ids, mask, deterministic=False, rngs={"dropout": jax.random.PRNGKey(0)})
+  assert not np.allclose(dropped, explicit, atol=1e-3)
+
+
+def _copy(directory, tmp_path):
+  target = tmp_path / "ckpt"
+  shutil.copytree(directory, target)
+  return target
+
+
+def test_missing_config_is_named(tiny_bert_dir, tmp_path):
+  directory = _copy(tiny_bert_dir, tmp_path)
+  (directory / "config.json").unlink()
+  with pytest.raises(CheckpointError, match=r"config\.json: missing"):
+    load_encoder(directory)
+
+
+def test_unknown_architecture_is_named(tiny_bert_dir, tmp_path):
+  directory = _copy(tiny_bert_dir, tmp_path)
+  config = json.loads((directory / "config.json").read_text())
+  config["model_type"] = "gpt2"
+  (directory / "config.json").write_text(json.dumps(config))
+  with pytest.raises(CheckpointError, match=r"config\.json: model_type 'gpt2' is not a supported"):
+    load_encoder(directory)
+
+
+def test_wrong_shape_missing_and_unexpected_weights_are_named(tiny_bert_dir, tmp_path):
+  directory = _copy(tiny_bert_dir, tmp_path)
+  weights = load_file(directory / "model.safetensors")
+  weights["encoder.layer.1.output.dense.weight"] = np.zeros((3, 3), np.float32)
+  del weights["encoder.layer.0.attention.self.key.bias"]
+  weights["encoder.layer.0.adapter.weight"] = np.zeros((2,), np.float32)
+  save_file(weights, directory / "model.safetensors")
+  with pytest.raises(CheckpointError) as info:
+    load_encoder(directory)
+  message = str(info.value)
+  assert "model.safetensors" in message
+  assert "encoder.layer.1.output.dense.weight has shape (3, 3)" in message
+  assert "missing weight encoder.layer.0.attention.self.key.bias" in message
+  assert "unexpected weight encoder.layer.0.adapter.weight" in message
+
+
+def test_hub_id_resolves_from_the_cache_offline(minilm_dir, tmp_path, monkeypatch):
+  snapshot = tmp_path / "models--sentence-transformers--all-MiniLM-L6-v2" / "snapshots" / "abc123"
+  shutil.copytree(minilm_dir, snapshot)
+  (snapshot.parents[1] / "refs").mkdir()
+  (snapshot.parents[1] / "refs" / "main").write_text("abc123")
+  monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+  import huggingface_hub.constants
+  monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+  encoder = load_encoder("sentence-transformers/all-MiniLM-L6-v2")
+  assert encoder.path == snapshot and encoder.config.hidden_size == 384
+  assert encoder.tokenizer("hello")["input_ids"][0] == 101
+
+
+def test_missing_hub_model_offline_fails_fast_with_instructions():
+  start = time.monotonic()
+  with pytest.raises(CheckpointError) as info:
+    load_encoder("intfloat/no-such-model-anywhere")
+  assert time.monotonic() - start < 10
+  assert "HF_HUB_OFFLINE=1" in str(info.value) and "hf download" in str(info.value)
