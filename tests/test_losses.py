@@ -1,0 +1,232 @@
+"""optical_jax.losses against independent float64 numpy references."""
+
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.special import logsumexp
+
+from optical_jax.losses import (contrastive_distillation_loss, dense_scores, maxsim_scores,
+                                mse_distillation_loss, ot_distillation_loss, token_cost_matrix,
+                                weighted_sum)
+
+TIGHT = dict(threshold=1e-5, max_iterations=5000)
+
+
+def numpy_sinkhorn(cost, a, b, epsilon, iterations=20000):
+  """Log-domain Sinkhorn in float64: plan with marginals a (rows) and b (columns)."""
+  f, g = np.zeros(len(a)), np.zeros(len(b))
+  plan_of = lambda f, g: a[:, None] * b[None, :] * np.exp((f[:, None] + g[None, :] - cost) / epsilon)
+  for _ in range(iterations):
+    f = -epsilon * logsumexp(np.log(b)[None, :] + (g[None, :] - cost) / epsilon, axis=1)
+    g = -epsilon * logsumexp(np.log(a)[:, None] + (f[:, None] - cost) / epsilon, axis=0)
+    if np.abs(plan_of(f, g).sum(1) - a).sum() < 1e-13:
+      break
+  plan = plan_of(f, g)
+  return plan, f @ a + g @ b  # plan, entropic OT cost (dual objective)
+
+
+def numpy_cosine_cost(s, t):
+  s = s / np.linalg.norm(s, axis=-1, keepdims=True)
+  t = t / np.linalg.norm(t, axis=-1, keepdims=True)
+  return 1.0 - s @ t.T
+
+
+def random_batch(seed=0, ls=(6, 3, 1, 5), lt=(9, 2, 7, 4), width_s=7, width_t=10, dim=8):
+  rng = np.random.default_rng(seed)
+  batch = len(ls)
+  s = rng.normal(size=(batch, width_s, dim)).astype(np.float32)
+  t = rng.normal(size=(batch, width_t, dim)).astype(np.float32)
+  sm = np.arange(width_s)[None] < np.array(ls)[:, None]
+  tm = np.arange(width_t)[None] < np.array(lt)[:, None]
+  return s, t, sm, tm
+
+
+@pytest.mark.parametrize("epsilon", [0.05, 0.2])
+def test_plan_and_loss_match_float64_numpy_sinkhorn(epsilon):
+  s, t, sm, tm = random_batch()
+  loss, diag = ot_distillation_loss(s, t, sm, tm, epsilon=epsilon, return_diagnostics=True,
+                                    **TIGHT)
+  assert bool(jnp.all(diag.converged))
+  for k in range(len(s)):
+    ss, tt = s[k][sm[k]].astype(np.float64), t[k][tm[k]].astype(np.float64)
+    a, b = np.full(len(ss), 1 / len(ss)), np.full(len(tt), 1 / len(tt))
+    cost = numpy_cosine_cost(ss, tt)
+    plan, _ = numpy_sinkhorn(cost, a, b, epsilon)
+    ours = np.asarray(diag.plan[k])
+    np.testing.assert_allclose(ours[: len(ss), : len(tt)], plan, atol=1e-4)
+    assert np.all(ours[len(ss):] == 0) and np.all(ours[:, len(tt):] == 0)
+    assert abs(float(loss[k]) - np.sum(plan * cost)) < 1e-4
+
+
+def test_token_weights_and_sqeuclidean_match_numpy():
+  s, t, sm, tm = random_batch(seed=1, ls=(4,), lt=(6,), width_s=4, width_t=6)
+  rng = np.random.default_rng(2)
+  ws, wt = rng.uniform(0.1, 2, (1, 4)), rng.uniform(0.1, 2, (1, 6))
+  loss, diag = ot_distillation_loss(s, t, sm, tm, student_weights=ws, teacher_weights=wt,
+                                    cost="sqeuclidean", epsilon=1.0, return_diagnostics=True,
+                                    **TIGHT)
+  cost = ((s[0][:, None, :].astype(np.float64) - t[0][None]) ** 2).sum(-1)
+  plan, _ = numpy_sinkhorn(cost, ws[0] / ws.sum(), wt[0] / wt.sum(), 1.0)
+  np.testing.assert_allclose(np.asarray(diag.plan[0]), plan, atol=1e-4)
+  np.testing.assert_allclose(float(loss[0]), np.sum(plan * cost), rtol=1e-4)
+
+
+def test_padding_invariance():
+  s, t, sm, tm = random_batch()
+  rng = np.random.default_rng(5)
+  s_padded = np.concatenate([s, rng.normal(size=(4, 5, 8)).astype(np.float32) * 100], axis=1)
+  t_padded = np.concatenate([t, rng.normal(size=(4, 3, 8)).astype(np.float32)], axis=1)
+  sm_padded = np.concatenate([sm, np.zeros((4, 5), bool)], axis=1)
+  tm_padded = np.concatenate([tm, np.zeros((4, 3), bool)], axis=1)
+  np.testing.assert_allclose(ot_distillation_loss(s_padded, t_padded, sm_padded, tm_padded),
+                             ot_distillation_loss(s, t, sm, tm), atol=1e-6)
+
+
+def test_permutation_equivariance():
+  s, t, _, _ = random_batch(ls=(7,), lt=(10,))
+  perm = np.random.default_rng(3).permutation(7)
+  loss, diag = ot_distillation_loss(s, t, return_diagnostics=True, **TIGHT)
+  loss_p, diag_p = ot_distillation_loss(s[:, perm], t, return_diagnostics=True, **TIGHT)
+  np.testing.assert_allclose(loss_p, loss, atol=1e-6)
+  np.testing.assert_allclose(diag_p.plan[0], diag.plan[0][perm], atol=1e-6)
+
+
+def _directional_fd(fn, x, direction, h=1e-4):
+  return (fn(x + h * direction) - fn(x - h * direction)) / (2 * h)
+
+
+def test_stop_gradient_is_the_gradient_of_the_entropic_ot_cost():
+  s, t, _, _ = random_batch(seed=4, ls=(5,), lt=(6,), width_s=5, width_t=6)
+  eps = 0.1
+  grad = jax.grad(lambda x: ot_distillation_loss(x, t, epsilon=eps, **TIGHT).sum())(s)
+  direction = np.random.default_rng(0).normal(size=s.shape)
+  uniform = lambda n: np.full(n, 1 / n)
+
+  def entropic_cost(x):
+    return numpy_sinkhorn(numpy_cosine_cost(x[0], t[0].astype(np.float64)), uniform(5),
+                          uniform(6), eps, iterations=3000)[1]
+
+  expected = _directional_fd(entropic_cost, s.astype(np.float64), direction)
+  np.testing.assert_allclose(np.sum(np.asarray(grad) * direction), expected, rtol=2e-3)
+
+
+@pytest.mark.parametrize("mode", ["implicit", "unroll"])
+def test_differentiated_plan_gradient_matches_finite_differences(mode):
+  s, t, _, _ = random_batch(seed=6, ls=(4,), lt=(5,), width_s=4, width_t=5)
+  eps = 0.2
+  grad = jax.grad(lambda x: ot_distillation_loss(x, t, epsilon=eps, gradient=mode,
+                                                 **TIGHT).sum())(s)
+  direction = np.random.default_rng(1).normal(size=s.shape)
+  uniform = lambda n: np.full(n, 1 / n)
+
+  def transport_cost(x):
+    cost = numpy_cosine_cost(x[0], t[0].astype(np.float64))
+    return np.sum(numpy_sinkhorn(cost, uniform(4), uniform(5), eps, iterations=3000)[0] * cost)
+
+  expected = _directional_fd(transport_cost, s.astype(np.float64), direction)
+  np.testing.assert_allclose(np.sum(np.asarray(grad) * direction), expected, rtol=5e-3)
+
+
+def test_jit_vmap_grad_compose():
+  s, t, sm, tm = random_batch()
+  loss_fn = lambda s, t, sm, tm: ot_distillation_loss(s, t, sm, tm).sum()
+  stacked = lambda x: jnp.stack([x, x])
+  batched = jax.jit(jax.vmap(jax.value_and_grad(loss_fn)))(
+      stacked(s), stacked(t), stacked(sm), stacked(tm))
+  value, grad = jax.value_and_grad(loss_fn)(s, t, sm, tm)
+  np.testing.assert_allclose(batched[0], [value, value], rtol=1e-5)
+  np.testing.assert_allclose(batched[1][1], grad, atol=1e-5)
+  assert np.all(np.asarray(grad)[~sm] == 0), "padded tokens get no gradient"
+
+
+@pytest.mark.parametrize("mode,epsilon", [
+    *[(mode, eps) for mode in ("stop_gradient", "unroll") for eps in (1e-3, 1e-2, 1e-1, 1.0)],
+    # Implicit differentiation needs a converged plan (documented): it is at these.
+    ("implicit", 1e-1), ("implicit", 1.0)])
+def test_finite_for_all_epsilons_with_padded_tails_and_empty_rows(mode, epsilon):
+  s, t, sm, tm = random_batch(ls=(6, 1, 0, 5), lt=(9, 1, 7, 0))
+  loss, grad = jax.value_and_grad(
+      lambda x: ot_distillation_loss(x, t, sm, tm, epsilon=epsilon, gradient=mode,
+                                     max_iterations=50).sum())(s)
+  per_pair = ot_distillation_loss(s, t, sm, tm, epsilon=epsilon, gradient=mode,
+                                  max_iterations=50)
+  assert np.isfinite(float(loss)) and bool(jnp.all(jnp.isfinite(grad)))
+  assert float(per_pair[2]) == 0.0 and float(per_pair[3]) == 0.0
+  assert 0.0 <= float(per_pair[0]) <= 2.0
+
+
+def test_bad_inputs_name_the_argument():
+  s, t, sm, tm = random_batch()
+  with pytest.raises(ValueError, match="student_tokens must have rank 3"):
+    ot_distillation_loss(s[0], t)
+  with pytest.raises(ValueError, match="teacher_mask must have shape"):
+    ot_distillation_loss(s, t, sm, tm[:, :3])
+  with pytest.raises(ValueError, match="teacher_tokens has dim"):
+    ot_distillation_loss(s, t[..., :4])
+  with pytest.raises(ValueError, match="student_tokens must be a floating-point"):
+    ot_distillation_loss(s.astype(np.int32), t)
+  with pytest.raises(ValueError, match="gradient must be"):
+    ot_distillation_loss(s, t, gradient="exact")
+  with pytest.raises(ValueError, match="student_embeddings .* must have the same shape"):
+    mse_distillation_loss(np.ones((2, 3)), np.ones((3, 3)))
+  with pytest.raises(ValueError, match="doc_mask must have shape"):
+    maxsim_scores(s, sm, t, tm[:, :2])
+
+
+def test_mse_and_contrastive_match_numpy():
+  rng = np.random.default_rng(0)
+  s, t = rng.normal(size=(5, 6)), rng.normal(size=(5, 6))
+  np.testing.assert_allclose(mse_distillation_loss(s, t), ((s - t) ** 2).mean(1), rtol=1e-5)
+  sn = s / np.linalg.norm(s, axis=1, keepdims=True)
+  tn = t / np.linalg.norm(t, axis=1, keepdims=True)
+  logits = sn @ tn.T / 0.1
+  row = -np.diag(logits - logsumexp(logits, axis=1, keepdims=True))
+  col = -np.diag(logits - logsumexp(logits, axis=0, keepdims=True))
+  np.testing.assert_allclose(contrastive_distillation_loss(s, t, temperature=0.1), row,
+                             rtol=1e-4)
+  np.testing.assert_allclose(
+      contrastive_distillation_loss(s, t, temperature=0.1, symmetric=True), (row + col) / 2,
+      rtol=1e-4)
+  combined = weighted_sum({"ot": row, "nce": col}, {"ot": 1.0, "nce": 0.3})
+  np.testing.assert_allclose(combined, row + 0.3 * col, rtol=1e-5)
+  with pytest.raises(ValueError, match="not given"):
+    weighted_sum({"ot": row}, {"nce": 1.0})
+
+
+def test_dense_and_maxsim_scores_match_numpy():
+  rng = np.random.default_rng(1)
+  q, d = rng.normal(size=(3, 4, 5)), rng.normal(size=(7, 6, 5))
+  qm = np.arange(4)[None] < np.array([4, 2, 1])[:, None]
+  dm = np.arange(6)[None] < np.array([6, 1, 3, 5, 2, 6, 4])[:, None]
+  qn = q / np.linalg.norm(q, axis=-1, keepdims=True)
+  dn = d / np.linalg.norm(d, axis=-1, keepdims=True)
+  expected = np.zeros((3, 7))
+  for i in range(3):
+    for j in range(7):
+      expected[i, j] = (qn[i][qm[i]] @ dn[j][dm[j]].T).max(axis=1).sum()
+  np.testing.assert_allclose(maxsim_scores(q, qm, d, dm), expected, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(maxsim_scores(q, qm, d, dm, doc_chunk_size=3), expected,
+                             rtol=1e-5, atol=1e-6)
+  pooled_q, pooled_d = q[:, 0], d[:, 0]
+  np.testing.assert_allclose(dense_scores(pooled_q, pooled_d), pooled_q @ pooled_d.T,
+                             rtol=1e-5)
+  np.testing.assert_allclose(dense_scores(pooled_q, pooled_d, similarity="cosine"),
+                             qn[:, 0] @ dn[:, 0].T, rtol=1e-5, atol=1e-6)
+
+
+def test_cost_matrix_matches_numpy():
+  s, t, _, _ = random_batch(ls=(7,), lt=(10,))
+  np.testing.assert_allclose(token_cost_matrix(s, t)[0], numpy_cosine_cost(s[0], t[0]),
+                             atol=1e-5)
+
+
+def test_importing_losses_pulls_in_no_training_stack():
+  code = ("import sys, optical_jax.losses; "
+          "bad = [m for m in sys.modules if m.split('.')[0] in "
+          "('transformers', 'orbax', 'torch', 'tensorboardX', 'optical_jax.train')]; "
+          "assert not bad, bad")
+  subprocess.run([sys.executable, "-c", code], check=True)
