@@ -1,0 +1,186 @@
+"""Readers and writers for topics, corpora, qrels and TREC run files.
+
+Every error names the file and the line (`path:line: what is wrong`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Iterator, Mapping
+
+PathLike = str | os.PathLike
+
+
+class DataFormatError(ValueError):
+  """A malformed input file; the message starts with `path:line:`."""
+
+
+def _lines(path: PathLike) -> Iterator[tuple[int, str]]:
+  """(line number, text) of each non-blank line, decoding UTF-8 strictly."""
+  path = Path(path)
+  if not path.is_file():
+    raise DataFormatError(f"{path}: no such file")
+  with open(path, "rb") as f:
+    for number, raw in enumerate(f, start=1):
+      try:
+        text = raw.decode("utf-8")
+      except UnicodeDecodeError as e:
+        raise DataFormatError(f"{path}:{number}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at "
+                              f"column {e.start + 1})") from None
+      text = text.rstrip("\r\n")
+      if text.strip():
+        yield number, text
+
+
+def _is_jsonl(path: PathLike) -> bool:
+  return str(path).endswith((".jsonl", ".json"))
+
+
+def _json_record(path, number, text) -> dict:
+  try:
+    record = json.loads(text)
+  except json.JSONDecodeError as e:
+    raise DataFormatError(f"{path}:{number}: invalid JSON ({e.msg})") from None
+  if not isinstance(record, dict):
+    raise DataFormatError(f"{path}:{number}: expected a JSON object")
+  return record
+
+
+def _field(path, number, record: Mapping, names: tuple[str, ...], what: str) -> str:
+  for name in names:
+    if name in record and record[name] is not None:
+      return str(record[name])
+  raise DataFormatError(f"{path}:{number}: no {what} field (expected one of {', '.join(names)})")
+
+
+def read_topics(path: PathLike) -> dict[str, str]:
+  """Queries as `{qid: text}` from TSV (`qid<TAB>text`) or JSONL (`qid`/`_id`, `text`/`query`)."""
+  topics: dict[str, str] = {}
+  for number, line in _lines(path):
+    if _is_jsonl(path):
+      record = _json_record(path, number, line)
+      qid = _field(path, number, record, ("qid", "query_id", "_id", "id"), "query id")
+      text = _field(path, number, record, ("text", "query", "title"), "query text")
+    else:
+      parts = line.split("\t")
+      if len(parts) < 2:
+        raise DataFormatError(f"{path}:{number}: expected 'qid<TAB>text', got {line[:60]!r}")
+      qid, text = parts[0].strip(), " ".join(parts[1:])
+    if not qid:
+      raise DataFormatError(f"{path}:{number}: empty query id")
+    if not text.strip():
+      raise DataFormatError(f"{path}:{number}: query {qid!r} has an empty text")
+    if qid in topics:
+      raise DataFormatError(f"{path}:{number}: duplicate query id {qid!r}")
+    topics[qid] = text.strip()
+  return topics
+
+
+def read_corpus(path: PathLike) -> dict[str, str]:
+  """Documents as `{docid: text}` from TSV (`docid<TAB>text` or `docid<TAB>title<TAB>text`)
+  or JSONL (`docid`/`_id`, optional `title`, `text`); title and text are joined."""
+  corpus: dict[str, str] = {}
+  for number, line in _lines(path):
+    if _is_jsonl(path):
+      record = _json_record(path, number, line)
+      docid = _field(path, number, record, ("docid", "doc_id", "_id", "id"), "document id")
+      body = _field(path, number, record, ("text", "contents", "body"), "text")
+      title = str(record.get("title") or "").strip()
+      text = f"{title} {body}".strip() if title else body.strip()
+    else:
+      parts = line.split("\t")
+      if len(parts) < 2:
+        raise DataFormatError(f"{path}:{number}: expected 'docid<TAB>text', got {line[:60]!r}")
+      docid, text = parts[0].strip(), " ".join(p.strip() for p in parts[1:] if p.strip())
+    if not docid:
+      raise DataFormatError(f"{path}:{number}: empty document id")
+    if not text:
+      raise DataFormatError(f"{path}:{number}: document {docid!r} has an empty text")
+    if docid in corpus:
+      raise DataFormatError(f"{path}:{number}: duplicate document id {docid!r}")
+    corpus[docid] = text
+  return corpus
+
+
+def read_qrels(path: PathLike, *, topics: Mapping[str, str] | None = None
+               ) -> dict[str, dict[str, int]]:
+  """TREC qrels (`qid iteration docid relevance`) as `{qid: {docid: relevance}}`.
+
+  With `topics`, a judged query absent from them is an error naming its line.
+  """
+  qrels: dict[str, dict[str, int]] = {}
+  for number, line in _lines(path):
+    parts = line.split()
+    if len(parts) != 4:
+      raise DataFormatError(f"{path}:{number}: expected 4 columns 'qid 0 docid relevance', "
+                            f"got {len(parts)}")
+    qid, _, docid, rel = parts
+    try:
+      relevance = int(rel)
+    except ValueError:
+      raise DataFormatError(f"{path}:{number}: relevance {rel!r} is not an integer") from None
+    if topics is not None and qid not in topics:
+      raise DataFormatError(f"{path}:{number}: query {qid!r} is judged but absent from the "
+                            "topics")
+    judged = qrels.setdefault(qid, {})
+    if docid in judged:
+      raise DataFormatError(f"{path}:{number}: duplicate judgment of {docid!r} for query "
+                            f"{qid!r}")
+    judged[docid] = relevance
+  return qrels
+
+
+def read_run(path: PathLike) -> dict[str, dict[str, float]]:
+  """A TREC run (`qid Q0 docid rank score tag`) as `{qid: {docid: score}}`."""
+  run: dict[str, dict[str, float]] = {}
+  for number, line in _lines(path):
+    parts = line.split()
+    if len(parts) != 6:
+      raise DataFormatError(f"{path}:{number}: expected 6 columns 'qid Q0 docid rank score "
+                            f"tag', got {len(parts)}")
+    qid, _, docid, _, score, _ = parts
+    try:
+      value = float(score)
+    except ValueError:
+      raise DataFormatError(f"{path}:{number}: score {score!r} is not a number") from None
+    ranked = run.setdefault(qid, {})
+    if docid in ranked:
+      raise DataFormatError(f"{path}:{number}: document {docid!r} appears twice for query "
+                            f"{qid!r}")
+    ranked[docid] = value
+  return run
+
+
+def write_run(run: Mapping[str, Mapping[str, float]], path: PathLike, *,
+              tag: str = "optical_jax") -> Path:
+  """Writes a TREC run file, documents in trec_eval's order with ranks from 1."""
+  from optical_jax.evaluation.metrics import trec_ranking
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with open(path, "w", encoding="utf-8") as f:
+    for qid in run:
+      for rank, docid in enumerate(trec_ranking(run[qid]), start=1):
+        f.write(f"{qid} Q0 {docid} {rank} {float(run[qid][docid]):.6f} {tag}\n")
+  return path
+
+
+def write_qrels(qrels: Mapping[str, Mapping[str, int]], path: PathLike) -> Path:
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with open(path, "w", encoding="utf-8") as f:
+    for qid, judged in qrels.items():
+      for docid, rel in judged.items():
+        f.write(f"{qid} 0 {docid} {rel}\n")
+  return path
+
+
+def write_tsv(rows: Mapping[str, str], path: PathLike) -> Path:
+  """`id<TAB>text` lines (topics or corpus); tabs and newlines in texts become spaces."""
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with open(path, "w", encoding="utf-8") as f:
+    for key, text in rows.items():
+      f.write(f"{key}\t{' '.join(text.split())}\n")
+  return path
