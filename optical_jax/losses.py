@@ -250,8 +250,8 @@ def mse_distillation_loss(student_embeddings: jax.Array,
 
 
 def contrastive_distillation_loss(student_embeddings: jax.Array, teacher_embeddings: jax.Array,
-                                  *, temperature: float = 0.05,
-                                  symmetric: bool = False) -> jax.Array:
+                                  *, temperature: float = 0.05, symmetric: bool = False,
+                                  label_offset: int | jax.Array = 0) -> jax.Array:
   r"""In-batch InfoNCE between student and teacher sentence embeddings.
 
   With cosine similarities :math:`S_{kl} = \cos(s_k, t_l) / \tau`, the loss of pair k is
@@ -259,11 +259,17 @@ def contrastive_distillation_loss(student_embeddings: jax.Array, teacher_embeddi
   translation's teacher embedding among the batch's. `symmetric` averages it with the
   teacher-to-student direction.
 
+  `teacher_embeddings` may hold more rows than the student's batch (extra negatives, e.g.
+  the teachers of the whole global batch gathered across devices): student row k's
+  translation is then teacher row `k + label_offset`.
+
   Args:
     student_embeddings: `[batch, d]`.
-    teacher_embeddings: `[batch, d]`.
+    teacher_embeddings: `[num_teachers, d]`, `num_teachers >= batch`.
     temperature: softmax temperature :math:`\tau > 0`.
-    symmetric: also score teacher rows against student columns, and average.
+    symmetric: also score teacher rows against student columns, and average (needs
+      `num_teachers == batch`).
+    label_offset: index of student row 0's translation among the teacher rows.
 
   Returns:
     `[batch]` float32.
@@ -274,11 +280,22 @@ def contrastive_distillation_loss(student_embeddings: jax.Array, teacher_embeddi
   """
   if not temperature > 0:
     raise ValueError(f"temperature must be positive, got {temperature}")
-  student, teacher = _pair_embeddings(student_embeddings, teacher_embeddings)
+  student = _as_array("student_embeddings", student_embeddings, 2)
+  teacher = _as_array("teacher_embeddings", teacher_embeddings, 2)
+  if teacher.shape[0] < student.shape[0] or teacher.shape[1] != student.shape[1]:
+    raise ValueError(f"teacher_embeddings {teacher.shape} must have the dim of "
+                     f"student_embeddings {student.shape} and at least as many rows")
+  if teacher.shape[0] != student.shape[0]:
+    if symmetric:
+      raise ValueError("symmetric needs as many teacher_embeddings rows as student rows")
+    student, teacher = student.astype(jnp.float32), teacher.astype(jnp.float32)
+  else:
+    student, teacher = _pair_embeddings(student, teacher)
   logits = l2_normalize(student) @ l2_normalize(teacher).T / temperature
-  diagonal = jnp.arange(logits.shape[0])
-  loss = -jax.nn.log_softmax(logits, axis=1)[diagonal, diagonal]
+  rows = jnp.arange(logits.shape[0])
+  loss = -jax.nn.log_softmax(logits, axis=1)[rows, rows + label_offset]
   if symmetric:
+    diagonal = rows
     loss = 0.5 * (loss - jax.nn.log_softmax(logits, axis=0)[diagonal, diagonal])
   return loss
 

@@ -230,3 +230,13 @@ def test_importing_losses_pulls_in_no_training_stack():
           "('transformers', 'orbax', 'torch', 'tensorboardX', 'optical_jax.train')]; "
           "assert not bad, bad")
   subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_contrastive_with_extra_teacher_rows_equals_the_slice_of_the_full_batch():
+  rng = np.random.default_rng(4)
+  s, t = rng.normal(size=(6, 5)), rng.normal(size=(6, 5))
+  full = contrastive_distillation_loss(s, t, temperature=0.1)
+  second_half = contrastive_distillation_loss(s[3:], t, temperature=0.1, label_offset=3)
+  np.testing.assert_allclose(second_half, full[3:], rtol=1e-5)
+  with pytest.raises(ValueError, match="symmetric needs"):
+    contrastive_distillation_loss(s[3:], t, symmetric=True)

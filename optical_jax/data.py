@@ -1,0 +1,176 @@
+"""Bitext and triples for training: reading, tokenising once (cached), bucketed batches.
+
+Batches come from a small fixed set of shapes (length buckets x a fixed batch size), so jit
+compiles a bounded number of times, and batch `step` is a pure function of the seed and the
+step, so a resumed run sees exactly the batches the interrupted one would have.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from optical_jax.evaluation.io import DataFormatError, _json_record, _lines
+
+LENGTH_BUCKETS = (16, 32, 64, 128, 256, 512)
+
+
+def read_pairs(path: str | Path, fields: Sequence[str]) -> list[tuple[str, ...]]:
+  """Rows of `len(fields)` texts from TSV (columns in that order) or JSONL (named fields).
+
+  A TSV may have more columns than needed (the rest is ignored); every needed text must be
+  non-empty. Errors name the file and line.
+  """
+  rows = []
+  jsonl = str(path).endswith((".jsonl", ".json"))
+  for number, line in _lines(path):
+    if jsonl:
+      record = _json_record(path, number, line)
+      missing = [f for f in fields if f not in record]
+      if missing:
+        raise DataFormatError(f"{path}:{number}: missing field(s) {', '.join(missing)}")
+      texts = tuple(str(record[f]) for f in fields)
+    else:
+      parts = line.split("\t")
+      if len(parts) < len(fields):
+        raise DataFormatError(f"{path}:{number}: expected {len(fields)} tab-separated columns "
+                              f"({', '.join(fields)}), got {len(parts)}")
+      texts = tuple(parts[:len(fields)])
+    for field, text in zip(fields, texts):
+      if not text.strip():
+        raise DataFormatError(f"{path}:{number}: empty {field}")
+    rows.append(tuple(t.strip() for t in texts))
+  if not rows:
+    raise DataFormatError(f"{path}: no rows")
+  return rows
+
+
+def read_hf_dataset(name: str, fields: Sequence[str], *, config: str | None = None,
+                    split: str = "train", limit: int = 0) -> list[tuple[str, ...]]:
+  """Rows from a Hugging Face dataset (needs the `datasets` package and the hub or its cache).
+
+  `fields` may name nested values with dots, e.g. `translation.so` for NLLB-style rows.
+  """
+  try:
+    import datasets
+  except ImportError:
+    raise RuntimeError(f"reading the Hugging Face dataset {name!r} needs `pip install datasets`"
+                       ) from None
+  try:
+    rows = datasets.load_dataset(name, config or None, split=split, streaming=bool(limit))
+  except Exception as e:
+    raise RuntimeError(f"dataset {name!r} (config {config!r}, split {split!r}) is not "
+                       f"available: {type(e).__name__}: {e}. With no internet, download it "
+                       "elsewhere and point the config at TSV/JSONL files instead.") from None
+
+  def get(row, dotted):
+    for part in dotted.split("."):
+      row = row[part]
+    return str(row).strip()
+
+  out = []
+  for i, row in enumerate(rows):
+    if limit and i >= limit:
+      break
+    out.append(tuple(get(row, f) for f in fields))
+  return out
+
+
+def bucket_for(length: int, max_length: int) -> int:
+  for bucket in LENGTH_BUCKETS:
+    if length <= bucket:
+      return min(bucket, max_length)
+  return max_length
+
+
+def tokenize_cached(tokenizer: Any, texts: Sequence[str], *, max_length: int,
+                    cache_dir: str | Path | None, tag: str) -> list[np.ndarray]:
+  """Token ids of each text (truncated, unpadded), cached on disk by content hash."""
+  key = hashlib.sha256(json.dumps([tag, max_length, list(texts)]).encode()).hexdigest()[:20]
+  path = Path(cache_dir) / f"tokens-{key}.npz" if cache_dir else None
+  if path is not None and path.is_file():
+    with np.load(path) as stored:
+      flat, offsets = stored["flat"], stored["offsets"]
+    return [flat[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
+  ids = tokenizer(list(texts), truncation=True, max_length=max_length, padding=False)["input_ids"]
+  arrays = [np.asarray(x, np.int32) for x in ids]
+  if path is not None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    offsets = np.concatenate([[0], np.cumsum([len(a) for a in arrays])]).astype(np.int64)
+    flat = np.concatenate(arrays) if arrays else np.zeros(0, np.int32)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, flat=flat, offsets=offsets)
+    tmp.replace(path)
+  return arrays
+
+
+class BucketedBatches:
+  """Deterministic, length-bucketed batches over tokenised columns.
+
+  Each example is a tuple of token-id arrays (one per column, e.g. student text and teacher
+  text). An epoch shuffles examples with `(seed, epoch)`, groups them by the bucket of their
+  longest column, cuts full batches (a bucket's remainder waits for the next epoch's
+  shuffle), and shuffles the batch order. `batch(step)` returns the padded arrays of that
+  step: `{f"{name}_ids", f"{name}_mask"}` for each column, shape `[batch_size, bucket]`.
+  """
+
+  def __init__(self, columns: dict[str, list[np.ndarray]], pad_ids: dict[str, int], *,
+               batch_size: int, max_length: int, seed: int):
+    sizes = {len(c) for c in columns.values()}
+    if len(sizes) != 1:
+      raise ValueError(f"columns have different lengths: { {k: len(v) for k, v in columns.items()} }")
+    self.columns, self.pad_ids = columns, pad_ids
+    self.batch_size, self.max_length, self.seed = batch_size, max_length, seed
+    self.num_examples = sizes.pop()
+    longest = np.max([[len(x) for x in column] for column in columns.values()], axis=0)
+    self.buckets = np.array([bucket_for(int(n), max_length) for n in longest])
+    self._epochs: dict[int, list[np.ndarray]] = {}
+    if self.num_examples < batch_size:
+      raise ValueError(f"{self.num_examples} examples are fewer than one batch of {batch_size}")
+
+  @property
+  def shapes(self) -> list[int]:
+    """The sequence lengths batches can have (one compilation each)."""
+    return sorted(set(self.buckets.tolist()))
+
+  def _epoch_batches(self, epoch: int) -> list[np.ndarray]:
+    if epoch not in self._epochs:
+      rng = np.random.default_rng([self.seed, epoch])
+      order = rng.permutation(self.num_examples)
+      batches = []
+      for bucket in self.shapes:
+        members = order[self.buckets[order] == bucket]
+        usable = len(members) - len(members) % self.batch_size
+        batches += list(members[:usable].reshape(-1, self.batch_size))
+      self._epochs[epoch] = [batches[i] for i in rng.permutation(len(batches))]
+    return self._epochs[epoch]
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return len(self._epoch_batches(0))
+
+  def indices(self, step: int) -> np.ndarray:
+    """Example indices of batch `step` (epochs may differ slightly in batch count)."""
+    epoch = 0
+    while step >= len(self._epoch_batches(epoch)):
+      step -= len(self._epoch_batches(epoch))
+      epoch += 1
+    return self._epoch_batches(epoch)[step]
+
+  def batch(self, step: int) -> dict[str, np.ndarray]:
+    index = self.indices(step)
+    width = int(self.buckets[index].max())
+    out = {}
+    for name, column in self.columns.items():
+      ids = np.full((len(index), width), self.pad_ids[name], np.int32)
+      mask = np.zeros((len(index), width), np.int32)
+      for row, i in enumerate(index):
+        tokens = column[i][:width]
+        ids[row, :len(tokens)] = tokens
+        mask[row, :len(tokens)] = 1
+      out[f"{name}_ids"], out[f"{name}_mask"] = ids, mask
+    return out
