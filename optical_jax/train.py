@@ -209,7 +209,7 @@ def make_train_step(config, models: Models, optimizer):
     grads = jax.lax.pmean(grads, AXIS)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = jax.lax.pmean({"loss": loss, "grad_norm": optax.global_norm(grads), **aux}, AXIS)
+    metrics = jax.lax.pmean({"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}, AXIS)
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   return jax.pmap(step, axis_name=AXIS, donate_argnums=(0,))

@@ -1,0 +1,62 @@
+"""The offline English–Chichewa collections: splits disjoint, qrels right by hand."""
+
+import json
+
+import pytest
+
+from optical_jax.datasets import bible
+from optical_jax.evaluation import read_corpus, read_qrels, read_topics
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+  return bible.build(tmp_path_factory.mktemp("bible"))
+
+
+def test_counts_and_no_leakage(built):
+  counts = built["counts"]
+  assert counts["aligned_verses"] > 30000 and counts["train_pairs"] > 28000
+  assert counts["leaked_test_verses"] == 0
+  assert counts["test"] == {"queries": 500, "passages": 431, "verses": 2031}
+
+
+def test_held_out_books_never_appear_in_training(built):
+  held = set(bible.TEST_BOOKS) | set(bible.DEV_BOOKS)
+  train_books = set()
+  test_texts = set(read_topics(f"{built['test']}/queries.en.tsv").values()) | set(
+      read_topics(f"{built['test']}/queries.ny.tsv").values())
+  with open(built["train"], encoding="utf-8") as f:
+    for line in f:
+      ny, en, verse_id = line.rstrip("\n").split("\t")
+      train_books.add(int(verse_id.split(".")[0]))
+      assert ny not in test_texts and en not in test_texts
+  assert not train_books & held
+
+
+def test_qrels_checked_by_hand(built):
+  test = built["test"]
+  queries_ny = read_topics(f"{test}/queries.ny.tsv")
+  queries_en = read_topics(f"{test}/queries.en.tsv")
+  passages_en = read_corpus(f"{test}/passages.en.tsv")
+  passages_ny = read_corpus(f"{test}/passages.ny.tsv")
+  qrels = read_qrels(f"{test}/qrels.txt", topics=queries_ny)
+  # Ruth 1:5 is in the passage of verses 1-5 of Ruth 1, in both languages.
+  assert qrels["8.1.5"] == {"8.1.1-5": 1}
+  assert queries_en["8.1.5"] == ("And Mahlon and Chilion died also both of them; and the woman "
+                                 "was left of her two sons and her husband.")
+  assert queries_en["8.1.5"] in passages_en["8.1.1-5"]
+  assert queries_ny["8.1.5"].startswith("Koma Maloni ndi Kilioni anamwalira")
+  assert queries_ny["8.1.5"] in passages_ny["8.1.1-5"]
+  for qid, judged in qrels.items():
+    (pid,) = judged
+    book, chapter, verse = map(int, qid.split("."))
+    first, last = map(int, pid.split(".")[2].split("-"))
+    assert pid.startswith(f"{book}.{chapter}.") and first <= verse <= last <= first + 4
+    assert queries_en[qid] in passages_en[pid] and queries_ny[qid] in passages_ny[pid]
+
+
+def test_build_is_deterministic(built, tmp_path):
+  again = bible.build(tmp_path)
+  assert again["train_sha256"] == built["train_sha256"]
+  assert (tmp_path / "test" / "qrels.txt").read_text() == (
+      open(f"{built['test']}/qrels.txt").read())

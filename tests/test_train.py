@@ -1,0 +1,173 @@
+"""Training: multi-device equivalence, resume, failure modes, the tiny config end to end."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import save_tiny_bert
+
+ROOT = Path(__file__).resolve().parents[1]
+SENTENCES = [("Ndipo Mulungu anati, Kuyere; ndipo kunayera.", "And God said, Let there be light."),
+             ("Yesu analira.", "Jesus wept."),
+             ("Pachiyambi Mulungu adalenga kumwamba ndi dziko lapansi.",
+              "In the beginning God created the heaven and the earth."),
+             ("Ndipo madzulo ndi m'mawa anali tsiku loyamba.",
+              "And the evening and the morning were the first day.")]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+  root = tmp_path_factory.mktemp("train")
+  checkpoint = save_tiny_bert(root / "tiny_bert", seed=1)
+  rng = np.random.default_rng(0)
+  rows = [SENTENCES[i] for i in rng.integers(0, len(SENTENCES), 64)]
+  bitext = root / "bitext.tsv"
+  bitext.write_text("".join(f"{s}\t{t}\n" for s, t in rows))
+  triples = root / "triples.tsv"
+  triples.write_text("".join(f"{t}\t{s}\t{SENTENCES[(i + 1) % 4][1]}\n"
+                             for i, (s, t) in enumerate(rows)))
+  return root, checkpoint, bitext, triples
+
+
+def write_config(path: Path, checkpoint: Path, train_file: Path, **overrides) -> Path:
+  lines = "\n".join(f"  c.{k} = {v!r}" for k, v in overrides.items())
+  path.write_text(textwrap.dedent(f"""\
+      from optical_jax.config import base_config
+
+      def get_config():
+        c = base_config()
+        c.teacher = {str(checkpoint)!r}
+        c.data.train_file = {str(train_file)!r}
+        c.data.max_length = 16
+        c.dropout = 0.0
+        c.batch_size = 8
+        c.num_train_steps = 3
+        c.learning_rate = 1e-3
+        c.warmup_steps = 1
+        c.log_every_steps = 1
+        c.checkpoint_every_steps = 1
+        c.progress_bar = False
+      """) + lines + "\n  return c\n")
+  return path
+
+
+def run_train(config: Path, workdir: Path, *, devices: int = 1, extra=(), check=True):
+  env = dict(os.environ, HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu",
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  return subprocess.run([sys.executable, str(ROOT / "train.py"), f"--config={config}",
+                         f"--workdir={workdir}", *extra], env=env, capture_output=True,
+                        text=True, check=check, timeout=600)
+
+
+def final_params(workdir: Path) -> dict[str, np.ndarray]:
+  import orbax.checkpoint as ocp
+  manager = ocp.CheckpointManager(workdir / "checkpoints")
+  restored = manager.restore(manager.latest_step())
+  import jax
+  return {jax.tree_util.keystr(path): np.asarray(leaf)
+          for path, leaf in jax.tree_util.tree_leaves_with_path(restored["params"])}
+
+
+def assert_same_params(a, b, atol):
+  assert a.keys() == b.keys()
+  worst = max(float(np.max(np.abs(a[k] - b[k]))) for k in a)
+  assert worst < atol, worst
+
+
+@pytest.mark.parametrize("loss", ["ot", "ot+contrastive"])
+def test_two_devices_match_one_device(setup, loss):
+  root, checkpoint, bitext, _ = setup
+  config = write_config(root / f"pmap_{loss.replace('+', '_')}.py", checkpoint, bitext, loss=loss)
+  one, two = root / f"one_{loss}", root / f"two_{loss}"
+  run_train(config, one, devices=1)
+  out = run_train(config, two, devices=2)
+  assert "2 device(s)" in out.stderr + out.stdout
+  p1, p2 = final_params(one), final_params(two)
+  initial = final_params_at(one, 1)
+  assert max(float(np.max(np.abs(p1[k] - initial[k]))) for k in p1) > 1e-4, "params moved"
+  assert_same_params(p1, p2, atol=1e-5)
+
+
+def final_params_at(workdir, step):
+  import jax
+  import orbax.checkpoint as ocp
+  restored = ocp.CheckpointManager(workdir / "checkpoints").restore(step)
+  return {jax.tree_util.keystr(p): np.asarray(v)
+          for p, v in jax.tree_util.tree_leaves_with_path(restored["params"])}
+
+
+def test_interrupted_run_resumes_to_the_same_parameters(setup):
+  root, checkpoint, bitext, _ = setup
+  config = write_config(root / "resume.py", checkpoint, bitext, num_train_steps=6,
+                        checkpoint_every_steps=2, keep_checkpoints=2)
+  straight, resumed = root / "straight", root / "resumed"
+  run_train(config, straight)
+  halted = run_train(config, resumed, extra=["--config.halt_after_steps=3"])
+  assert "halted after step 3" in halted.stdout
+  again = run_train(config, resumed)
+  assert "resumed from step 2" in again.stdout
+  assert_same_params(final_params(straight), final_params(resumed), atol=1e-6)
+  steps = [json.loads(l)["step"] for l in (resumed / "metrics.jsonl").read_text().splitlines()]
+  assert steps == sorted(steps) and steps.count(3) == 1, "metrics of redone steps not doubled"
+  for artefact in ("curves.png", "config.json", "tensorboard", "metrics.jsonl"):
+    assert (resumed / artefact).exists(), artefact
+  assert sorted(int(p.name) for p in (resumed / "checkpoints").iterdir()
+                if p.name.isdigit()) == [4, 6]
+
+
+def test_non_finite_loss_stops_naming_the_step(setup, tmp_path, monkeypatch):
+  root, checkpoint, bitext, _ = setup
+  monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+  import importlib.util
+  import optical_jax.train as train_lib
+  spec = importlib.util.spec_from_file_location(
+      "cfg", write_config(tmp_path / "nan.py", checkpoint, bitext, num_train_steps=4))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  import jax.numpy as jnp
+  calls = {"n": 0}
+  original_step = train_lib.make_train_step
+
+  def make_step(*args, **kwargs):
+    step = original_step(*args, **kwargs)
+
+    def wrapped(state, teacher_params, batch, rng):
+      calls["n"] += 1
+      new_state, metrics = step(state, teacher_params, batch, rng)
+      if calls["n"] == 3:
+        metrics = dict(metrics, loss=metrics["loss"] * jnp.nan)
+      return new_state, metrics
+    return wrapped
+
+  monkeypatch.setattr(train_lib, "make_train_step", make_step)
+  with pytest.raises(train_lib.TrainingError, match=r"non-finite loss \(nan\) at step 3; the "
+                     r"last good checkpoint \(step 2\) is kept"):
+    train_lib.train_and_evaluate(config, tmp_path / "w")
+  assert final_params_at(tmp_path / "w", 2)
+
+
+def test_teacher_stage_trains_on_triples(setup):
+  root, checkpoint, _, triples = setup
+  config = write_config(root / "teacher.py", checkpoint, triples, stage="teacher",
+                        num_train_steps=2)
+  run_train(config, root / "teacher_run")
+  losses = [json.loads(l)["loss"] for l in (root / "teacher_run" / "metrics.jsonl")
+            .read_text().splitlines() if "loss" in l]
+  assert len(losses) == 2 and all(np.isfinite(losses))
+
+
+def test_so_config_fails_fast_offline_naming_what_is_missing(tmp_path):
+  start = time.monotonic()
+  result = run_train(ROOT / "configs" / "so.py", tmp_path / "so", check=False)
+  assert result.returncode != 0
+  assert time.monotonic() - start < 60
+  assert "data/ciral/so/topics.tsv does not exist" in result.stderr
+  assert "Download CIRAL" in result.stderr
