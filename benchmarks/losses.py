@@ -13,26 +13,14 @@ Ours runs ott-jax's Sinkhorn to the same tolerance. Times are medians after comp
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from optical_jax.losses import ot_distillation_loss, token_cost_matrix
+from timing import median_seconds
 
 EPSILON, ITERATIONS = 0.05, 50
-
-
-def median_seconds(fn, repeats: int) -> float:
-  fn()  # compile / warm up
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
 
 
 def plain_jax_loss(student, teacher, student_mask, teacher_mask):

@@ -294,7 +294,8 @@ def side_encoders(models: Models, params, config) -> dict[str, TextEncoder]:
   goes, so evaluation compiles once."""
   return {
       "teacher": TextEncoder(models.teacher, max_length=config.eval.max_length,
-                             batch_size=config.eval.batch_size),
+                             batch_size=config.eval.batch_size,
+                             cache_dir=Path(config.cache_dir).expanduser() / "embeddings"),
       "student": TextEncoder(models.student, params=params, max_length=config.eval.max_length,
                              batch_size=config.eval.batch_size,
                              token_fn=lambda p, ids, mask: models.student_tokens(p, ids, mask)),

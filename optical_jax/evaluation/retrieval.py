@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
@@ -40,6 +43,9 @@ class TextEncoder:
   token_fn: TokenFn | None = None
   max_length: int = 128
   batch_size: int = 64
+  # Frozen encoders only (a teacher): pooled embeddings are stored here, keyed by the
+  # checkpoint, settings and texts, so the same corpus is encoded once across runs.
+  cache_dir: str | Path | None = None
 
   def __post_init__(self):
     if self.params is None:
@@ -69,6 +75,22 @@ class TextEncoder:
   def encode(self, texts: Sequence[str], *, desc: str = "encoding",
              progress: bool = True) -> np.ndarray:
     """Pooled embeddings `[len(texts), dim]` (float32), in the order of `texts`."""
+    if self.cache_dir is None:
+      return self._encode(texts, desc, progress)
+    key = hashlib.sha256(json.dumps(
+        [str(self.encoder.path), self.max_length, self.encoder.pooling, self.encoder.normalize,
+         list(texts)]).encode()).hexdigest()[:24]
+    path = Path(self.cache_dir).expanduser() / f"{key}.npy"
+    if path.is_file():
+      return np.load(path)
+    vectors = self._encode(texts, desc, progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, vectors)
+    tmp.replace(path)
+    return vectors
+
+  def _encode(self, texts: Sequence[str], desc: str, progress: bool) -> np.ndarray:
     out = None
     for index, input_ids, mask in self._batches(texts, desc, progress):
       vectors = np.asarray(self._pooled(self.params, input_ids, mask))[:len(index)]

@@ -43,3 +43,14 @@ def test_text_encoder_restores_order_and_matches_unbatched(minilm_dir):
     batch = encoder.tokenize([text])
     single = encoder.pool(encoder.apply(encoder.params, **batch), batch["attention_mask"])
     np.testing.assert_allclose(vectors[i], np.asarray(single)[0], atol=1e-5)
+
+
+def test_frozen_encoder_cache_returns_the_same_vectors_without_encoding(minilm_dir, tmp_path):
+  encoder = load_encoder(minilm_dir)
+  texts = ["one passage", "another passage entirely"]
+  first = TextEncoder(encoder, cache_dir=tmp_path).encode(texts, progress=False)
+  assert len(list(tmp_path.glob("*.npy"))) == 1
+  cached = TextEncoder(encoder, cache_dir=tmp_path)
+  cached._encode = None  # encoding again would fail: the cache must answer
+  np.testing.assert_array_equal(cached.encode(texts, progress=False), first)
+  assert TextEncoder(encoder, cache_dir=tmp_path).encode(texts[:1], progress=False).shape == (1, 384)
