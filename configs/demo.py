@@ -35,6 +35,7 @@ def get_config():
   c.eval.max_length = 256
 
   c.demo = ml_collections.ConfigDict()
+  c.demo.enabled = True  # False: one ordinary training run of `loss` in the workdir
   # One student per loss, in this order; each row of the table is the loss it names.
   c.demo.losses = ["ot", "mse", "ot+contrastive"]
   return c

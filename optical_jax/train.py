@@ -279,7 +279,8 @@ def shard(batch: Mapping[str, np.ndarray], devices: int) -> dict[str, np.ndarray
 
 
 def collection_specs(config) -> list[ml_collections.ConfigDict]:
-  specs = list(config.eval.collections)
+  specs = [ml_collections.ConfigDict(dict(s)) if isinstance(s, Mapping) else s
+           for s in config.eval.collections]
   for spec in specs:
     for field in ("topics", "corpus", "qrels"):
       path = Path(spec[field]).expanduser()
@@ -428,7 +429,7 @@ def resolve_assets(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
 
 def run(config: ml_collections.ConfigDict, workdir: str | Path | None) -> dict:
   """What `train.py` runs: the demo, or one training run."""
-  if config.get("demo"):
+  if config.get("demo") and config.demo.enabled:
     from optical_jax.demo import run_demo
     return run_demo(config, workdir or "runs/demo")
   if workdir is None:

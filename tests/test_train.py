@@ -171,3 +171,24 @@ def test_so_config_fails_fast_offline_naming_what_is_missing(tmp_path):
   assert time.monotonic() - start < 60
   assert "data/ciral/so/topics.tsv does not exist" in result.stderr
   assert "Download CIRAL" in result.stderr
+
+
+def test_eval_cli_evaluates_a_trained_checkpoint(setup):
+  root, checkpoint, bitext, _ = setup
+  (root / "topics.tsv").write_text("".join(f"q{i}\t{s}\n" for i, (s, _) in enumerate(SENTENCES)))
+  (root / "corpus.tsv").write_text("".join(f"d{i}\t{t}\n" for i, (_, t) in enumerate(SENTENCES)))
+  (root / "qrels.txt").write_text("".join(f"q{i} 0 d{i} 1\n" for i in range(len(SENTENCES))))
+  collection = dict(name="toy", topics=str(root / "topics.tsv"), corpus=str(root / "corpus.tsv"),
+                    qrels=str(root / "qrels.txt"), query_encoder="student", doc_encoder="teacher")
+  config = write_config(root / "with_eval.py", checkpoint, bitext, num_train_steps=2,
+                        **{"eval.collections": [collection]})
+  trained = run_train(config, root / "with_eval")
+  assert "| toy |" in trained.stdout
+  env = dict(os.environ, HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu")
+  out = subprocess.run([sys.executable, str(ROOT / "eval.py"), f"--config={config}",
+                        f"--checkpoint={root / 'with_eval'}"], env=env, capture_output=True,
+                       text=True, check=True, timeout=300).stdout
+  row = next(line for line in out.splitlines() if line.startswith("| toy |"))
+  assert row == next(line for line in trained.stdout.splitlines() if line.startswith("| toy |"))
+  assert json.loads((root / "with_eval" / "eval.json").read_text())["toy"]["MAP"] > 0
+  assert (root / "with_eval" / "runs" / "toy.trec").is_file()
