@@ -76,7 +76,7 @@ def main() -> None:
   plain = jax.jit(jax.grad(lambda s, t, sm, tm: plain_jax_loss(s, t, sm, tm).sum()))
   print(f"device: {jax.devices()[0].device_kind}, epsilon={EPSILON}, at most {ITERATIONS} "
         "Sinkhorn iterations, loss + gradient w.r.t. the student tokens")
-  print(f"| B | L | d | ours (ms) | plain jnp (ms) | POT loop (ms) | ours vs jnp | ours vs POT |")
+  print("| B | L | d | ours (ms) | plain jnp (ms) | POT loop (ms) | ours vs jnp | ours vs POT |")
   print("|---|---|---|---|---|---|---|---|")
   rng = np.random.default_rng(0)
   for batch, length, dim in grid:

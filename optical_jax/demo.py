@@ -85,8 +85,8 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
     curves[loss] = [(r["step"], r["dev_MAP"]) for r in records if "dev_MAP" in r]
   plot = plot_dev_map(curves, workdir / "dev_map.png")
   minutes = (time.perf_counter() - start) / 60
-  text = (f"Held-out books (Ruth, Jonah, Mark, Acts, James, 1 John): 500 Chichewa verse queries, "
-          f"431 English 5-verse passages.\n\n"
+  text = ("Held-out books (Ruth, Jonah, Mark, Acts, James, 1 John): 500 Chichewa verse queries, "
+          "431 English 5-verse passages.\n\n"
           + format_table(table, ["system", *measures, "MAP gain over zero-shot [95% CI]"])
           + f"\n\ndev MAP curves: {plot}\ntotal time: {minutes:.1f} min\n")
   (workdir / "results.md").write_text(text)

@@ -17,7 +17,6 @@ its latest checkpoint and sees the same batches.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 import math

@@ -1,6 +1,5 @@
 """The offline English–Chichewa collections: splits disjoint, qrels right by hand."""
 
-import json
 
 import pytest
 
