@@ -464,7 +464,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   if latest.latest_step() is not None:
     state = restore_state(latest, state)
     start = int(state.step)
-    log.info("resumed from step %d (%s)", start, workdir / "checkpoints")
     print(f"resumed from step {start} ({workdir / 'checkpoints'})", flush=True)
   metrics_log = MetricsLog(workdir, start)
   state = replicate(state)
