@@ -23,6 +23,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.ot.threshold = 1e-3  # Sinkhorn stops when the marginal error falls below this
   c.ot.gradient = "stop_gradient"  # stop_gradient (exact, cheap) | implicit | unroll
   c.ot.include_special_tokens = True  # keep [CLS]/[SEP] (<s>/</s>) in the OT marginals
+  c.ot.center = False  # centre both sides on the batch's mean teacher token before the cost
 
   c.contrastive = ml_collections.ConfigDict()
   c.contrastive.temperature = 0.05  # InfoNCE temperature over cosine similarities

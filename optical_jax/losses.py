@@ -132,6 +132,7 @@ def ot_distillation_loss(
     max_iterations: int = 100,
     threshold: float = 1e-3,
     gradient: GradientMode = "stop_gradient",
+    center: bool = False,
     return_diagnostics: bool = False,
 ) -> jax.Array | tuple[jax.Array, OTDiagnostics]:
   r"""OPTICAL's optimal-transport token distillation loss, one value per sentence pair.
@@ -170,6 +171,9 @@ def ot_distillation_loss(
     max_iterations: Sinkhorn iteration cap.
     threshold: stop when the marginal error (L1) falls below it.
     gradient: `"stop_gradient"`, `"implicit"` or `"unroll"`, see above.
+    center: subtract the batch's mean real teacher token (held constant) from both sides
+      before the cost, so that moving every student token towards the teacher's shared
+      direction (anisotropy) no longer lowers the cost. Couples the examples of a batch.
     return_diagnostics: also return an `OTDiagnostics` (plans, convergence, iterations).
 
   Returns:
@@ -195,6 +199,12 @@ def ot_distillation_loss(
   pad_weight = _IMPLICIT_PADDING_WEIGHT if gradient == "implicit" else 0.0
   a = _marginal("student_weights", student_mask, student_weights, pad_weight)
   b = _marginal("teacher_weights", teacher_mask, teacher_weights, pad_weight)
+  if center:
+    weights = teacher_mask[..., None].astype(jnp.float32)
+    mean = jnp.sum(teacher_tokens.astype(jnp.float32) * weights, axis=(0, 1)) / jnp.maximum(
+        jnp.sum(weights), 1.0)
+    mean = jax.lax.stop_gradient(mean)
+    student_tokens, teacher_tokens = student_tokens - mean, teacher_tokens - mean
   costs = token_cost_matrix(student_tokens, teacher_tokens, cost=cost)
 
   solver = sinkhorn.Sinkhorn(

@@ -134,7 +134,8 @@ def distillation_loss(config, models: Models, student_tokens, student_ids, stude
     terms["ot"], diag = ot_distillation_loss(
         student_tokens, teacher_tokens, s_mask, t_mask, cost=config.ot.cost,
         epsilon=config.ot.epsilon, max_iterations=config.ot.max_iterations,
-        threshold=config.ot.threshold, gradient=config.ot.gradient, return_diagnostics=True)
+        threshold=config.ot.threshold, gradient=config.ot.gradient, center=config.ot.center,
+        return_diagnostics=True)
     aux["ot_iterations"] = jnp.mean(diag.iterations.astype(jnp.float32))
     aux["ot_converged"] = jnp.mean(diag.converged.astype(jnp.float32))
   if config.loss in ("mse", "contrastive", "ot+contrastive"):

@@ -240,3 +240,17 @@ def test_contrastive_with_extra_teacher_rows_equals_the_slice_of_the_full_batch(
   np.testing.assert_allclose(second_half, full[3:], rtol=1e-5)
   with pytest.raises(ValueError, match="symmetric needs"):
     contrastive_distillation_loss(s[3:], t, symmetric=True)
+
+
+def test_centered_cost_matches_numpy_and_ignores_a_shared_offset():
+  s, t, sm, tm = random_batch(seed=8)
+  loss, diag = ot_distillation_loss(s, t, sm, tm, center=True, return_diagnostics=True, **TIGHT)
+  mean = np.concatenate([t[k][tm[k]] for k in range(len(t))]).astype(np.float64).mean(0)
+  for k in range(len(s)):
+    ss, tt = s[k][sm[k]] - mean, t[k][tm[k]] - mean
+    a, b = np.full(len(ss), 1 / len(ss)), np.full(len(tt), 1 / len(tt))
+    cost = numpy_cosine_cost(ss, tt)
+    plan, _ = numpy_sinkhorn(cost, a, b, 0.05)
+    assert abs(float(loss[k]) - np.sum(plan * cost)) < 1e-4
+  shifted = ot_distillation_loss(s + 5.0, t + 5.0, sm, tm, center=True, **TIGHT)
+  np.testing.assert_allclose(shifted, loss, atol=1e-4)
