@@ -15,8 +15,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from optical_jax.evaluation.io import DataFormatError, _json_record, _lines
+from optical_jax.shapes import bucket_for
 
-LENGTH_BUCKETS = (16, 32, 64, 128, 256, 512)
 
 
 def read_pairs(path: str | Path, fields: Sequence[str]) -> list[tuple[str, ...]]:
@@ -78,13 +78,6 @@ def read_hf_dataset(name: str, fields: Sequence[str], *, config: str | None = No
       break
     out.append(tuple(get(row, f) for f in fields))
   return out
-
-
-def bucket_for(length: int, max_length: int) -> int:
-  for bucket in LENGTH_BUCKETS:
-    if length <= bucket:
-      return min(bucket, max_length)
-  return max_length
 
 
 def tokenize_cached(tokenizer: Any, texts: Sequence[str], *, max_length: int,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import ml_collections
 
-from optical_jax.evaluation import (TextEncoder, evaluate, evaluate_per_query, format_table,
+from optical_jax.evaluation import (evaluate, evaluate_per_query, format_table,
                                     paired_bootstrap_interval, read_corpus, read_qrels,
                                     read_topics, retrieve)
 from optical_jax.hf_checkpoint import load_encoder
@@ -26,9 +26,8 @@ def _teacher_rows(config, measures) -> list[tuple[str, dict, dict]]:
   """(name, aggregate, per-query) for the teacher on English and on Chichewa queries."""
   from optical_jax.assets import resolve
   r = lambda ref: resolve(ref, config.cache_dir)
-  teacher = TextEncoder(load_encoder(r(config.teacher)), max_length=config.eval.max_length,
-                        batch_size=config.eval.batch_size,
-                        cache_dir=Path(config.cache_dir).expanduser() / "embeddings")
+  from optical_jax.train import teacher_encoder
+  teacher = teacher_encoder(load_encoder(r(config.teacher)), config)
   corpus = read_corpus(r("bible:test/passages.en.tsv"))
   qrels = read_qrels(r("bible:test/qrels.txt"))
   rows = []

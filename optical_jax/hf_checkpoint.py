@@ -297,22 +297,3 @@ def load_encoder(name_or_path: str | os.PathLike, *, dtype: Any = jnp.float32,
                        config=config, path=directory, pooling=pooling, normalize=normalize,
                        hf_config=raw)
 
-
-def _main() -> None:
-  """Loads the offline MiniLM teacher and prints the cosine similarity of two sentences."""
-  from optical_jax.assets import minilm_checkpoint_dir
-  encoder = load_encoder(minilm_checkpoint_dir())
-  texts = ["And God said, Let there be light: and there was light.",
-           "God commanded light to exist, and it did.",
-           "The price of grain rose in the market."]
-  batch = encoder.tokenize(texts)
-  vectors = encoder.pool(encoder.apply(encoder.params, **batch), batch["attention_mask"])
-  sims = np.asarray(vectors @ vectors.T)
-  print(f"loaded {encoder.path} ({encoder.config.num_hidden_layers} layers, "
-        f"{encoder.pooling} pooling)")
-  for i in (1, 2):
-    print(f"cos({texts[0]!r}, {texts[i]!r}) = {sims[0, i]:.3f}")
-
-
-if __name__ == "__main__":
-  _main()

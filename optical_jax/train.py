@@ -92,6 +92,12 @@ class Models:
     return hidden
 
 
+def initial_state(models: Models, optimizer: optax.GradientTransformation) -> TrainState:
+  params = models.init_params()
+  return TrainState(step=jnp.array(0, jnp.int32), params=params,
+                    opt_state=optimizer.init(params))
+
+
 def build_models(config: ml_collections.ConfigDict) -> Models:
   dtype = DTYPES[config.dtype]
   teacher = load_encoder(config.teacher, dtype=dtype)
@@ -290,13 +296,18 @@ def collection_specs(config) -> list[ml_collections.ConfigDict]:
   return specs
 
 
+def teacher_encoder(encoder: LoadedEncoder, config) -> TextEncoder:
+  """The frozen teacher's text encoder; its embeddings are cached across runs."""
+  return TextEncoder(encoder, max_length=config.eval.max_length,
+                     batch_size=config.eval.batch_size,
+                     cache_dir=Path(config.cache_dir).expanduser() / "embeddings")
+
+
 def side_encoders(models: Models, params, config) -> dict[str, TextEncoder]:
   """The encoders of both sides; build once and update `["student"].params` as training
   goes, so evaluation compiles once."""
   return {
-      "teacher": TextEncoder(models.teacher, max_length=config.eval.max_length,
-                             batch_size=config.eval.batch_size,
-                             cache_dir=Path(config.cache_dir).expanduser() / "embeddings"),
+      "teacher": teacher_encoder(models.teacher, config),
       "student": TextEncoder(models.student, params=params, max_length=config.eval.max_length,
                              batch_size=config.eval.batch_size,
                              token_fn=lambda p, ids, mask: models.student_tokens(p, ids, mask)),
@@ -457,9 +468,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
            batches.shapes, len(batches.shapes))
 
   optimizer = make_optimizer(config)
-  params = models.init_params()
-  state = TrainState(step=jnp.array(0, jnp.int32), params=params,
-                     opt_state=optimizer.init(params))
+  state = initial_state(models, optimizer)
   latest, best = checkpoint_managers(workdir, config.keep_checkpoints)
   start = 0
   if latest.latest_step() is not None:
@@ -472,7 +481,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   step_fn = make_train_step(config, models, optimizer)
   rng = replicate(jax.random.PRNGKey(config.seed))
 
-  encoders = side_encoders(models, models.init_params(), config)
+  encoders = side_encoders(models, state.params, config)
 
   def run_dev_eval(step: int, state) -> float | None:
     if dev_spec is None:
@@ -563,9 +572,6 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, checkpoint: str | Pat
   config = resolve_assets(config)
   models = build_models(config)
   optimizer = make_optimizer(config)
-  params = models.init_params()
-  template = TrainState(step=jnp.array(0, jnp.int32), params=params,
-                        opt_state=optimizer.init(params))
-  state = restore_state(manager, template)
+  state = restore_state(manager, initial_state(models, optimizer))
   return evaluate_all(config, side_encoders(models, state.params, config),
                       collection_specs(config), workdir, measures=measures)

@@ -68,11 +68,7 @@ def run_train(config: Path, workdir: Path, *, devices: int = 1, extra=(), check=
 
 def final_params(workdir: Path) -> dict[str, np.ndarray]:
   import orbax.checkpoint as ocp
-  manager = ocp.CheckpointManager(workdir / "checkpoints")
-  restored = manager.restore(manager.latest_step())
-  import jax
-  return {jax.tree_util.keystr(path): np.asarray(leaf)
-          for path, leaf in jax.tree_util.tree_leaves_with_path(restored["params"])}
+  return final_params_at(workdir, ocp.CheckpointManager(workdir / "checkpoints").latest_step())
 
 
 def assert_same_params(a, b, atol):

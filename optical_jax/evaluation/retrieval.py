@@ -12,21 +12,11 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
+from optical_jax.shapes import bucket_for
 from optical_jax.losses import dense_scores, maxsim_scores
 from optical_jax.pooling import pool
 
-# Sequence lengths are padded up to one of these, so jit compiles a bounded number of times.
-LENGTH_BUCKETS = (16, 32, 64, 128, 256, 512)
-
 TokenFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
-
-
-def bucket_length(length: int, max_length: int) -> int:
-  """The smallest bucket holding `length` tokens, capped at `max_length`."""
-  for bucket in LENGTH_BUCKETS:
-    if length <= bucket:
-      return min(bucket, max_length)
-  return max_length
 
 
 @dataclasses.dataclass
@@ -63,7 +53,7 @@ class TextEncoder:
     starts = range(0, len(order), self.batch_size)
     for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
       index = order[start:start + self.batch_size]
-      width = bucket_length(max(len(ids[i]) for i in index), self.max_length)
+      width = bucket_for(max(len(ids[i]) for i in index), self.max_length)
       input_ids = np.full((self.batch_size, width), self.encoder.config.pad_token_id, np.int32)
       mask = np.zeros((self.batch_size, width), np.int32)
       for row, i in enumerate(index):
