@@ -3,6 +3,7 @@
   python benchmarks/train_step.py                      # MiniLM-L6, B=32, L=64, float32
   python benchmarks/train_step.py --batch 64 --length 128 --dtype bfloat16 --no-torch
   python benchmarks/train_step.py --grid               # scaling table (batch, length, iters)
+  python benchmarks/train_step.py --breakdown          # forward vs backward, ours and torch's
 
 Step = frozen teacher forward + student forward/backward + OT loss (1 - cos, log-domain
 Sinkhorn, detached plan) + clipped AdamW update. Times are medians after compilation /
@@ -26,7 +27,7 @@ from optical_jax.assets import minilm_checkpoint_dir
 from optical_jax.config import base_config
 from optical_jax.modeling import encoder_flops_per_token
 from timing import median_seconds
-from optical_jax.train import (TrainState, build_models, make_optimizer, make_train_step,
+from optical_jax.train import (build_models, initial_state, make_optimizer, make_train_step,
                                replicate)
 
 
@@ -51,9 +52,7 @@ def jax_step(checkpoint: str, batch: int, length: int, *, dtype: str, iterations
   config.ot.max_iterations, config.ot.threshold = iterations, 0.0  # fixed iterations
   models = build_models(config)
   optimizer = make_optimizer(config)
-  params = models.init_params()
-  state = replicate(TrainState(step=jnp.array(0, jnp.int32), params=params,
-                               opt_state=optimizer.init(params)))
+  state = replicate(initial_state(models, optimizer))
   teacher_params = replicate(models.teacher.params)
   rng = replicate(jax.random.PRNGKey(0))
   ids = np.random.default_rng(0).integers(1000, 20000, (1, batch, length)).astype(np.int32)
@@ -111,6 +110,54 @@ def torch_step(checkpoint: str, batch: int, length: int, *, iterations: int,
   return median_seconds(run, repeats, warmup=2)
 
 
+def breakdown(checkpoint: str, batch: int, length: int, *, repeats: int, with_torch: bool) -> None:
+  """Encoder forward and forward+backward alone, ours and torch's: where the step goes."""
+  from optical_jax import load_encoder
+  encoder = load_encoder(checkpoint)
+  ids = np.random.default_rng(0).integers(1000, 20000, (batch, length)).astype(np.int32)
+  mask = np.ones_like(ids)
+  apply = lambda params: encoder.apply(params, ids, mask)
+  forward = jax.jit(apply)
+  backward = jax.jit(jax.grad(lambda params: jnp.sum(apply(params) ** 2)))
+
+  def frozen_embeddings(params, table):  # no gradient for the word-embedding table
+    embeddings = {**params["embeddings"], "word_embeddings": {"embedding": table}}
+    return jax.grad(lambda p: jnp.sum(apply({**p, "embeddings": embeddings}) ** 2))(params)
+
+  frozen = jax.jit(frozen_embeddings)
+  table = encoder.params["embeddings"]["word_embeddings"]["embedding"]
+  rows = [
+      ("JAX encoder forward", lambda: forward(encoder.params).block_until_ready()),
+      ("JAX encoder forward + backward", lambda: jax.block_until_ready(backward(encoder.params))),
+      ("JAX forward + backward, word embeddings frozen",
+       lambda: jax.block_until_ready(frozen(encoder.params, table))),
+  ]
+  if with_torch:
+    import torch
+    from transformers import AutoModel
+    model = AutoModel.from_pretrained(checkpoint)
+    for m in model.modules():
+      if isinstance(m, torch.nn.Dropout):
+        m.p = 0.0
+    t_ids, t_mask = torch.from_numpy(ids).long(), torch.from_numpy(mask).long()
+
+    def torch_forward():
+      with torch.no_grad():
+        model(input_ids=t_ids, attention_mask=t_mask)
+
+    def torch_backward():
+      (model(input_ids=t_ids, attention_mask=t_mask).last_hidden_state ** 2).sum().backward()
+      model.zero_grad(set_to_none=True)
+
+    rows += [("PyTorch encoder forward", torch_forward),
+             ("PyTorch encoder forward + backward", torch_backward)]
+  print(f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, B={batch} L={length}")
+  print("| piece | median (s) |")
+  print("|---|---|")
+  for name, fn in rows:
+    print(f"| {name} | {median_seconds(fn, repeats, warmup=2):.3f} |", flush=True)
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--checkpoint", default=None, help="HF checkpoint (default: MiniLM-L6)")
@@ -122,8 +169,14 @@ def main() -> None:
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
   parser.add_argument("--grid", action="store_true", help="scaling table instead")
+  parser.add_argument("--breakdown", action="store_true",
+                      help="encoder forward / forward+backward alone, ours and torch's")
   args = parser.parse_args()
   checkpoint = args.checkpoint or str(minilm_checkpoint_dir())
+  if args.breakdown:
+    breakdown(checkpoint, args.batch, args.length, repeats=args.repeats,
+              with_torch=not args.no_torch)
+    return
   device = jax.devices()[0]
   peak = matmul_peak(jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32)
   print(f"device: {device.platform} {device.device_kind} x{jax.local_device_count()}, "
