@@ -503,6 +503,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     state, metrics = step_fn(state, teacher_params, shard(batch, devices), rng)
     loss = float(metrics["loss"][0])
     if not math.isfinite(loss):
+      latest.wait_until_finished()  # the last good checkpoint must be on disk, not in flight
+      best.wait_until_finished()
       raise TrainingError(f"non-finite loss ({loss}) at step {step + 1}; the last good "
                           f"checkpoint (step {latest.latest_step()}) is kept in "
                           f"{workdir / 'checkpoints'}. Lower the learning rate or raise "
