@@ -60,7 +60,7 @@ def plot_dev_map(curves: dict[str, list[tuple[int, float]]], path: Path) -> Path
 def run_demo(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
   from optical_jax.train import train_and_evaluate
   start = time.perf_counter()
-  workdir = Path(workdir)
+  workdir = Path(workdir).expanduser().resolve()
   workdir.mkdir(parents=True, exist_ok=True)
   measures = list(TABLE_MEASURES)
   teacher_rows = _teacher_rows(config, measures)

@@ -453,7 +453,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   evaluation `{collection: {measure: value}}` (empty when no collections are configured)."""
   _validate(config)
   config = resolve_assets(config)
-  workdir = Path(workdir)
+  workdir = Path(workdir).expanduser().resolve()  # Orbax needs absolute paths
   workdir.mkdir(parents=True, exist_ok=True)
   (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
   specs = collection_specs(config)
@@ -564,7 +564,7 @@ def evaluate_all(config, encoders: Mapping[str, TextEncoder], specs, workdir: Pa
 def evaluate_checkpoint(config: ml_collections.ConfigDict, checkpoint: str | Path, *,
                         measures=DEFAULT_MEASURES) -> dict:
   """Restores the latest checkpoint of a workdir and evaluates the config's collections."""
-  workdir = Path(checkpoint)
+  workdir = Path(checkpoint).expanduser().resolve()
   if workdir.name in ("checkpoints", "best"):
     workdir = workdir.parent
   import orbax.checkpoint as ocp

@@ -105,7 +105,9 @@ def test_interrupted_run_resumes_to_the_same_parameters(setup):
                         checkpoint_every_steps=2, keep_checkpoints=2)
   straight, resumed = root / "straight", root / "resumed"
   run_train(config, straight)
-  halted = run_train(config, resumed, extra=["--config.halt_after_steps=3"])
+  # A relative --workdir, as in the README (Orbax itself only takes absolute paths).
+  halted = run_train(config, Path(os.path.relpath(resumed)),
+                     extra=["--config.halt_after_steps=3"])
   assert "halted after step 3" in halted.stdout
   again = run_train(config, resumed)
   assert "resumed from step 2" in again.stdout
