@@ -15,6 +15,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.dtype = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
   c.remat = False  # gradient checkpointing per layer (long sequences, less memory)
   c.dropout = 0.1  # student dropout (hidden and attention); 0 makes steps deterministic
+  # Encode each pair's English side with the frozen teacher once and keep its token embeddings
+  # in cache_dir/teacher_tokens (reused by later epochs, resumed runs and other runs on the
+  # same bitext); False: run the teacher inside every train step.
+  c.teacher_cache = True
 
   c.ot = ml_collections.ConfigDict()
   c.ot.cost = "cosine"  # cosine (1 - cos) | sqeuclidean
@@ -60,6 +64,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3  # latest checkpoints kept (the best by dev MAP is kept apart)
   c.progress_bar = True  # tqdm progress bar
   c.cache_dir = "~/.cache/optical_jax"  # built offline assets (bible:) live here
+  c.compilation_cache = True  # keep compiled XLA programs in cache_dir/xla for later runs
 
   c.eval = ml_collections.ConfigDict()
   # Collections: each has name, topics, corpus, qrels (paths or bible: references) and

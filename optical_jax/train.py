@@ -40,6 +40,7 @@ from optical_jax.hf_checkpoint import LoadedEncoder, load_encoder
 from optical_jax.losses import (contrastive_distillation_loss, mse_distillation_loss,
                                 ot_distillation_loss)
 from optical_jax.pooling import pool
+from optical_jax.teacher_cache import TeacherTokenCache
 
 log = logging.getLogger("optical_jax")
 AXIS = "batch"
@@ -201,8 +202,11 @@ def make_train_step(config, models: Models, optimizer):
       if config.stage == "teacher":
         per_example, aux = teacher_stage_loss(config, models, params, batch, rngs, deterministic)
       else:
-        teacher_tokens = jax.lax.stop_gradient(models.teacher.apply(
-            teacher_params, batch["teacher_ids"], batch["teacher_mask"]))
+        if "teacher_tokens" in batch:  # from the TeacherTokenCache
+          teacher_tokens = batch["teacher_tokens"]
+        else:
+          teacher_tokens = jax.lax.stop_gradient(models.teacher.apply(
+              teacher_params, batch["teacher_ids"], batch["teacher_mask"]))
         student_tokens = models.student_tokens(params, batch["student_ids"],
                                                batch["student_mask"],
                                                deterministic=deterministic, rngs=rngs)
@@ -392,10 +396,11 @@ def checkpoint_managers(workdir: Path, keep: int):
   return latest, best
 
 
-def _save(manager, step: int, state: TrainState, metrics=None) -> None:
+def _save(manager, step: int, tree, metrics=None) -> None:
+  """Saves device 0's copy of a replicated tree (the train state, or params alone)."""
   import orbax.checkpoint as ocp
-  host_state = jax.device_get(jax.tree_util.tree_map(lambda x: x[0], state))
-  manager.save(step, args=ocp.args.StandardSave(host_state), metrics=metrics, force=True)
+  host_tree = jax.device_get(jax.tree_util.tree_map(lambda x: x[0], tree))
+  manager.save(step, args=ocp.args.StandardSave(host_tree), metrics=metrics, force=True)
 
 
 def restore_state(manager, template: TrainState, step: int | None = None) -> TrainState:
@@ -438,8 +443,18 @@ def resolve_assets(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
   return config
 
 
+def enable_compilation_cache(config: ml_collections.ConfigDict) -> None:
+  """Keeps compiled XLA programs in `cache_dir/xla`, so a rerun, a resumed run or another run
+  with the same shapes (the demo's evaluations) loads them instead of compiling again."""
+  if config.compilation_cache:
+    jax.config.update("jax_compilation_cache_dir",
+                      str(Path(config.cache_dir).expanduser() / "xla"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
 def run(config: ml_collections.ConfigDict, workdir: str | Path | None) -> dict:
   """What `train.py` runs: the demo, or one training run."""
+  enable_compilation_cache(config)
   if config.get("demo") and config.demo.enabled:
     from optical_jax.demo import run_demo
     return run_demo(config, workdir or "runs/demo")
@@ -467,6 +482,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
            "(at most %d compilations)", batches.num_examples, batches.steps_per_epoch, devices,
            batches.shapes, len(batches.shapes))
 
+  teacher_cache = None
+  if config.stage == "distill" and config.teacher_cache:
+    teacher_cache = TeacherTokenCache(models.teacher, batches.columns["teacher"],
+                                      Path(config.cache_dir) / "teacher_tokens")
+
   optimizer = make_optimizer(config)
   state = initial_state(models, optimizer)
   latest, best = checkpoint_managers(workdir, config.keep_checkpoints)
@@ -493,6 +513,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
   if start == 0 and dev_spec is not None and config.eval.eval_at_start:
     run_dev_eval(0, state)
+  best_dev_map = max((r["dev_MAP"] for r in metrics_log.records()
+                      if "dev_MAP" in r and r["step"] > 0), default=-math.inf)
   compiled_shapes: set[int] = set()
   bar = tqdm(range(start, config.num_train_steps), initial=start, total=config.num_train_steps,
              desc=f"{config.stage}:{config.loss}", disable=not config.progress_bar)
@@ -500,6 +522,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   for step in bar:
     batch = batches.batch(step)
     compiled_shapes.add(next(iter(batch.values())).shape[1])
+    if teacher_cache is not None:
+      batch["teacher_tokens"] = teacher_cache.lookup(batches.indices(step),
+                                                     batch["teacher_ids"].shape[1])
     state, metrics = step_fn(state, teacher_params, shard(batch, devices), rng)
     loss = float(metrics["loss"][0])
     if not math.isfinite(loss):
@@ -526,8 +551,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
       bar.write(f"step {done}: dev MAP {dev_map:.4f}")
     if done % config.checkpoint_every_steps == 0 or done == config.num_train_steps:
       _save(latest, done, state)
-      if dev_map is not None:
-        _save(best, done, state, metrics={"dev_MAP": dev_map})
+    if dev_map is not None and dev_map > best_dev_map:
+      # Parameters only (a third of the state) and only on improvement: the best checkpoint
+      # is for evaluation, and writing it at every dev evaluation slowed CPU training.
+      best_dev_map = dev_map
+      _save(best, done, {"params": state.params}, metrics={"dev_MAP": dev_map})
     if config.halt_after_steps and done - start >= config.halt_after_steps:
       bar.close()
       latest.wait_until_finished()
@@ -538,6 +566,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   best.wait_until_finished()
   log.info("compiled the train step for %d shape(s): %s", len(compiled_shapes),
            sorted(compiled_shapes))
+  if teacher_cache is not None:
+    log.info("teacher token cache %s: encoded %d pairs, the rest were cached",
+             teacher_cache.directory, teacher_cache.encoded)
   plot_curves(metrics_log.records(), workdir / "curves.png",
               title=f"{config.stage} / {config.loss}")
   encoders["student"].params = jax.tree_util.tree_map(lambda x: x[0], state.params)
@@ -571,6 +602,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, checkpoint: str | Pat
   manager = ocp.CheckpointManager(workdir / "checkpoints")
   if manager.latest_step() is None:
     raise TrainingError(f"{workdir / 'checkpoints'}: no checkpoint to evaluate")
+  enable_compilation_cache(config)
   config = resolve_assets(config)
   models = build_models(config)
   optimizer = make_optimizer(config)

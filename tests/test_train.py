@@ -54,6 +54,7 @@ def write_config(path: Path, checkpoint: Path, train_file: Path, **overrides) ->
         c.log_every_steps = 1
         c.checkpoint_every_steps = 1
         c.progress_bar = False
+        c.cache_dir = {str(path.parent / "cache")!r}
       """) + lines + "\n  return c\n")
   return path
 
@@ -120,6 +121,22 @@ def test_interrupted_run_resumes_to_the_same_parameters(setup):
                 if p.name.isdigit()) == [4, 6]
 
 
+def test_cached_teacher_tokens_train_as_the_teacher_in_the_step_does(setup):
+  root, checkpoint, bitext, _ = setup
+  config = write_config(root / "cached.py", checkpoint, bitext, loss="ot+contrastive",
+                        cache_dir=str(root / "fresh_cache"))
+  inline = run_train(config, root / "inline", extra=["--config.teacher_cache=False"])
+  assert "teacher token cache" not in inline.stderr
+  first = run_train(config, root / "cached_first")
+  assert "encoded 24 pairs" in first.stderr  # 3 steps of 8 pairs
+  again = run_train(config, root / "cached_again")
+  assert "encoded 0 pairs" in again.stderr
+  assert_same_params(final_params(root / "inline"), final_params(root / "cached_first"),
+                     atol=1e-6)
+  assert_same_params(final_params(root / "inline"), final_params(root / "cached_again"),
+                     atol=1e-6)
+
+
 def test_non_finite_loss_stops_naming_the_step(setup, tmp_path, monkeypatch):
   root, checkpoint, bitext, _ = setup
   monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -179,7 +196,7 @@ def test_eval_cli_evaluates_a_trained_checkpoint(setup):
   collection = dict(name="toy", topics=str(root / "topics.tsv"), corpus=str(root / "corpus.tsv"),
                     qrels=str(root / "qrels.txt"), query_encoder="student", doc_encoder="teacher")
   config = write_config(root / "with_eval.py", checkpoint, bitext, num_train_steps=2,
-                        **{"eval.collections": [collection]})
+                        **{"eval.collections": [collection], "eval.dev_collection": "toy"})
   trained = run_train(config, root / "with_eval")
   assert "| toy |" in trained.stdout
   env = dict(os.environ, HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu")
@@ -190,3 +207,7 @@ def test_eval_cli_evaluates_a_trained_checkpoint(setup):
   assert row == next(line for line in trained.stdout.splitlines() if line.startswith("| toy |"))
   assert json.loads((root / "with_eval" / "eval.json").read_text())["toy"]["MAP"] > 0
   assert (root / "with_eval" / "runs" / "toy.trec").is_file()
+  import orbax.checkpoint as ocp
+  best = ocp.CheckpointManager(root / "with_eval" / "best")
+  assert best.latest_step() == 2
+  assert set(best.restore(best.latest_step())) == {"params"}  # evaluation needs no optimizer

@@ -1,0 +1,100 @@
+"""The frozen teacher's token embeddings, computed once per training pair and kept on disk.
+
+The teacher never changes during distillation, so encoding the English side of a pair again in
+every epoch, in a resumed run, or in each of the demo's runs over the same batches is wasted
+work (about a fifth of a MiniLM step on CPU). `TeacherTokenCache.lookup` returns a batch's
+teacher token embeddings, encoding only the pairs it has not seen before, in the batch's own
+padded shape, so a first pass costs what encoding inside the step would.
+
+On disk, under `directory/teacher-tokens-<key>/` (the key hashes the checkpoint and the token
+ids, so a different teacher, text or truncation never reads stale vectors):
+- `tokens.npy`: float32 `[total tokens, hidden]`, one row per real token, pairs back to back
+  (a sparse file: space is used only for the pairs encoded so far);
+- `done.npy`: bool `[pairs]`, written after the vectors it vouches for, so a run killed
+  mid-write recomputes those pairs instead of reading garbage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+
+
+class TeacherTokenCache:
+  """Token embeddings `[length, hidden]` of each teacher-side text, computed on first use.
+
+  Args:
+    encoder: the frozen teacher (`optical_jax.hf_checkpoint.LoadedEncoder`).
+    token_ids: the teacher-side token ids of every pair (unpadded int arrays).
+    directory: where the cache lives (shared by all runs that use the same teacher and text).
+  """
+
+  def __init__(self, encoder: Any, token_ids: Sequence[np.ndarray], directory: str | Path):
+    self.encoder, self.token_ids = encoder, token_ids
+    lengths = np.array([len(x) for x in token_ids], np.int64)
+    self.offsets = np.concatenate([[0], np.cumsum(lengths)])
+    hidden = encoder.config.hidden_size
+    digest = hashlib.sha256()
+    digest.update(f"{encoder.path}|{encoder.config}".encode())
+    digest.update(lengths.tobytes())
+    digest.update(np.concatenate(list(token_ids)).astype(np.int32).tobytes() if len(lengths)
+                  else b"")
+    self.directory = Path(directory).expanduser() / f"teacher-tokens-{digest.hexdigest()[:20]}"
+    self.directory.mkdir(parents=True, exist_ok=True)
+    tokens_path, self._done_path = self.directory / "tokens.npy", self.directory / "done.npy"
+    shape = (int(self.offsets[-1]), hidden)
+    if tokens_path.is_file() and self._done_path.is_file():
+      self.tokens = np.lib.format.open_memmap(tokens_path, mode="r+")
+      self.done = np.load(self._done_path)
+      if self.tokens.shape != shape or self.done.shape != (len(lengths),):
+        raise ValueError(f"{self.directory}: cache shapes {self.tokens.shape}, "
+                         f"{self.done.shape} do not match {shape}, ({len(lengths)},); delete it")
+    else:
+      self.tokens = np.lib.format.open_memmap(tokens_path, mode="w+", dtype=np.float32,
+                                              shape=shape)
+      self.done = np.zeros(len(lengths), bool)
+    self._forward = jax.jit(encoder.apply)
+    self.encoded = 0  # pairs this instance had to encode (the rest were read from disk)
+
+  def lookup(self, index: np.ndarray, width: int) -> np.ndarray:
+    """Teacher token embeddings `[len(index), width, hidden]` (zero past each text's end).
+
+    Pairs not cached yet are encoded in one teacher forward of shape `[len(index), width]`.
+    """
+    index = np.asarray(index)
+    longest = max(int(self.offsets[i + 1] - self.offsets[i]) for i in index)
+    if longest > width:
+      raise ValueError(f"a teacher text of {longest} tokens does not fit width {width}")
+    missing = index[~self.done[index]]
+    if len(missing):
+      self._encode(missing, rows=len(index), width=width)
+    out = np.zeros((len(index), width, self.tokens.shape[1]), np.float32)
+    for row, i in enumerate(index):
+      start, end = self.offsets[i], self.offsets[i + 1]
+      out[row, :end - start] = self.tokens[start:end]
+    return out
+
+  def _encode(self, missing: np.ndarray, *, rows: int, width: int) -> None:
+    # Always `rows` rows so the forward compiles once per width, as the train step does.
+    pad = self.encoder.config.pad_token_id
+    ids = np.full((rows, width), pad, np.int32)
+    mask = np.zeros((rows, width), np.int32)
+    mask[:, 0] = 1  # filler rows attend to one token instead of none
+    for row, i in enumerate(missing):
+      ids[row, :len(self.token_ids[i])] = self.token_ids[i]
+      mask[row, :len(self.token_ids[i])] = 1
+    hidden = np.asarray(jax.device_get(self._forward(self.encoder.params, ids, mask)),
+                        np.float32)
+    for row, i in enumerate(missing):
+      start, end = self.offsets[i], self.offsets[i + 1]
+      self.tokens[start:end] = hidden[row, :end - start]
+    self.tokens.flush()
+    self.done[missing] = True
+    tmp = self._done_path.with_suffix(".tmp.npy")
+    np.save(tmp, self.done)
+    tmp.replace(self._done_path)
+    self.encoded += len(missing)
