@@ -24,12 +24,12 @@ def get_config():
   c.data.train_file = "bible:train.tsv"
   c.data.max_length = 64
   c.batch_size = 32
-  c.num_train_steps = 100
+  c.num_train_steps = 160
   c.learning_rate = 3e-4
   c.warmup_steps = 10
   c.log_every_steps = 10
-  c.eval_every_steps = 25
-  c.checkpoint_every_steps = 25
+  c.eval_every_steps = 40
+  c.checkpoint_every_steps = 40
   c.eval.collections = [
       bible_collection("dev-ny-en", "dev", "ny-en", c.student_side),
       bible_collection("test-ny-en", "test", "ny-en", c.student_side),
