@@ -195,6 +195,7 @@ def epoch(checkpoint: str, batch: int, length: int, *, iterations: int, repeats:
   from optical_jax import load_encoder
   from optical_jax.assets import resolve
   from optical_jax.data import BucketedBatches, read_pairs
+  from optical_jax.shapes import pad_sequences
   rows = read_pairs(resolve("bible:train.tsv", base_config().cache_dir), ("student", "teacher"))
   encoder = load_encoder(checkpoint)
   tokenize = lambda texts: [np.asarray(x, np.int32) for x in encoder.tokenizer(
@@ -204,7 +205,7 @@ def epoch(checkpoint: str, batch: int, length: int, *, iterations: int, repeats:
   buckets = BucketedBatches(columns, {"student": pad, "teacher": pad}, batch_size=batch,
                             max_length=length, seed=0)
   steps = buckets.steps_per_epoch
-  widths = [buckets.batch(i)["student_ids"].shape[1] for i in range(steps)]
+  widths = [int(buckets.buckets[buckets.indices(i)].max()) for i in range(steps)]
   counts = {w: widths.count(w) for w in buckets.shapes}
   print(f"{len(rows)} pairs, batch {batch}, max length {length}, {iterations} Sinkhorn "
         f"iterations; our buckets (width: batches) {counts}")
@@ -229,14 +230,10 @@ def epoch(checkpoint: str, batch: int, length: int, *, iterations: int, repeats:
     reference = torch_reference(checkpoint, iterations=iterations)
     order = np.random.default_rng(0).permutation(len(rows))
 
-    def padded(index, name):
+    def padded(index, name):  # to the longest text of the batch
       texts = [columns[name][i] for i in index]
-      width = max(len(t) for t in texts)
-      ids = torch.full((len(texts), width), pad, dtype=torch.long)
-      mask = torch.zeros((len(texts), width), dtype=torch.long)
-      for row, t in enumerate(texts):
-        ids[row, :len(t)], mask[row, :len(t)] = torch.from_numpy(t), 1
-      return ids, mask
+      ids, mask = pad_sequences(texts, max(len(t) for t in texts), pad)
+      return torch.from_numpy(ids).long(), torch.from_numpy(mask).long()
 
     torch_batches = [(*padded(order[i:i + batch], "student"), *padded(order[i:i + batch], "teacher"))
                      for i in range(0, batch * (sample + 1), batch)]

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from optical_jax.evaluation.io import DataFormatError, _json_record, _lines
-from optical_jax.shapes import bucket_for
+from optical_jax.shapes import bucket_for, pad_sequences
 
 
 
@@ -159,11 +159,6 @@ class BucketedBatches:
     width = int(self.buckets[index].max())
     out = {}
     for name, column in self.columns.items():
-      ids = np.full((len(index), width), self.pad_ids[name], np.int32)
-      mask = np.zeros((len(index), width), np.int32)
-      for row, i in enumerate(index):
-        tokens = column[i][:width]
-        ids[row, :len(tokens)] = tokens
-        mask[row, :len(tokens)] = 1
-      out[f"{name}_ids"], out[f"{name}_mask"] = ids, mask
+      out[f"{name}_ids"], out[f"{name}_mask"] = pad_sequences(
+          [column[i] for i in index], width, self.pad_ids[name])
     return out

@@ -2,9 +2,9 @@
 
 The teacher never changes during distillation, so encoding the English side of a pair again in
 every epoch, in a resumed run, or in each of the demo's runs over the same batches is wasted
-work (about a fifth of a MiniLM step on CPU). `TeacherTokenCache.lookup` returns a batch's
-teacher token embeddings, encoding only the pairs it has not seen before, in the batch's own
-padded shape, so a first pass costs what encoding inside the step would.
+work (about a sixth of a MiniLM step on CPU). `TeacherTokenCache.lookup` returns a batch's
+teacher token embeddings; when the batch holds pairs not seen before, it encodes the batch as
+the train step would have, so a first pass costs what encoding inside the step does.
 
 On disk, under `directory/teacher-tokens-<key>/` (the key hashes the checkpoint and the token
 ids, so a different teacher, text or truncation never reads stale vectors):
@@ -34,7 +34,7 @@ class TeacherTokenCache:
   """
 
   def __init__(self, encoder: Any, token_ids: Sequence[np.ndarray], directory: str | Path):
-    self.encoder, self.token_ids = encoder, token_ids
+    self.encoder = encoder
     lengths = np.array([len(x) for x in token_ids], np.int64)
     self.offsets = np.concatenate([[0], np.cumsum(lengths)])
     hidden = encoder.config.hidden_size
@@ -60,41 +60,34 @@ class TeacherTokenCache:
     self._forward = jax.jit(encoder.apply)
     self.encoded = 0  # pairs this instance had to encode (the rest were read from disk)
 
-  def lookup(self, index: np.ndarray, width: int) -> np.ndarray:
-    """Teacher token embeddings `[len(index), width, hidden]` (zero past each text's end).
+  def lookup(self, index: np.ndarray, teacher_ids: np.ndarray,
+             teacher_mask: np.ndarray) -> np.ndarray:
+    """Teacher token embeddings `[len(index), width, hidden]` (zero past each text's end) of
+    the pairs `index`, whose teacher side the batch holds padded as `teacher_ids` /
+    `teacher_mask` `[len(index), width]`.
 
-    Pairs not cached yet are encoded in one teacher forward of shape `[len(index), width]`.
+    If some pairs are not cached yet, the teacher encodes that padded batch (the forward the
+    train step would have run) and its new rows are stored.
     """
     index = np.asarray(index)
-    longest = max(int(self.offsets[i + 1] - self.offsets[i]) for i in index)
-    if longest > width:
-      raise ValueError(f"a teacher text of {longest} tokens does not fit width {width}")
-    missing = index[~self.done[index]]
-    if len(missing):
-      self._encode(missing, rows=len(index), width=width)
+    width = teacher_ids.shape[1]
+    lengths = self.offsets[index + 1] - self.offsets[index]
+    if lengths.max() > width:
+      raise ValueError(f"a teacher text of {lengths.max()} tokens does not fit width {width}")
+    missing = ~self.done[index]
+    if missing.any():
+      hidden = np.asarray(jax.device_get(
+          self._forward(self.encoder.params, teacher_ids, teacher_mask)), np.float32)
+      for row in np.flatnonzero(missing):
+        self.tokens[self.offsets[index[row]]:self.offsets[index[row] + 1]] = \
+            hidden[row, :lengths[row]]
+      self.tokens.flush()
+      self.done[index[missing]] = True
+      tmp = self._done_path.with_suffix(".tmp.npy")
+      np.save(tmp, self.done)
+      tmp.replace(self._done_path)
+      self.encoded += int(missing.sum())
     out = np.zeros((len(index), width, self.tokens.shape[1]), np.float32)
     for row, i in enumerate(index):
-      start, end = self.offsets[i], self.offsets[i + 1]
-      out[row, :end - start] = self.tokens[start:end]
+      out[row, :lengths[row]] = self.tokens[self.offsets[i]:self.offsets[i + 1]]
     return out
-
-  def _encode(self, missing: np.ndarray, *, rows: int, width: int) -> None:
-    # Always `rows` rows so the forward compiles once per width, as the train step does.
-    pad = self.encoder.config.pad_token_id
-    ids = np.full((rows, width), pad, np.int32)
-    mask = np.zeros((rows, width), np.int32)
-    mask[:, 0] = 1  # filler rows attend to one token instead of none
-    for row, i in enumerate(missing):
-      ids[row, :len(self.token_ids[i])] = self.token_ids[i]
-      mask[row, :len(self.token_ids[i])] = 1
-    hidden = np.asarray(jax.device_get(self._forward(self.encoder.params, ids, mask)),
-                        np.float32)
-    for row, i in enumerate(missing):
-      start, end = self.offsets[i], self.offsets[i + 1]
-      self.tokens[start:end] = hidden[row, :end - start]
-    self.tokens.flush()
-    self.done[missing] = True
-    tmp = self._done_path.with_suffix(".tmp.npy")
-    np.save(tmp, self.done)
-    tmp.replace(self._done_path)
-    self.encoded += len(missing)

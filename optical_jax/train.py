@@ -524,7 +524,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     compiled_shapes.add(next(iter(batch.values())).shape[1])
     if teacher_cache is not None:
       batch["teacher_tokens"] = teacher_cache.lookup(batches.indices(step),
-                                                     batch["teacher_ids"].shape[1])
+                                                     batch["teacher_ids"], batch["teacher_mask"])
     state, metrics = step_fn(state, teacher_params, shard(batch, devices), rng)
     loss = float(metrics["loss"][0])
     if not math.isfinite(loss):

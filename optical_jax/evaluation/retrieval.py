@@ -12,7 +12,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from optical_jax.shapes import bucket_for
+from optical_jax.shapes import bucket_for, pad_sequences
 from optical_jax.losses import dense_scores, maxsim_scores
 from optical_jax.pooling import pool
 
@@ -54,11 +54,8 @@ class TextEncoder:
     for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
       index = order[start:start + self.batch_size]
       width = bucket_for(max(len(ids[i]) for i in index), self.max_length)
-      input_ids = np.full((self.batch_size, width), self.encoder.config.pad_token_id, np.int32)
-      mask = np.zeros((self.batch_size, width), np.int32)
-      for row, i in enumerate(index):
-        input_ids[row, :len(ids[i])] = ids[i]
-        mask[row, :len(ids[i])] = 1
+      input_ids, mask = pad_sequences([ids[i] for i in index], width,
+                                      self.encoder.config.pad_token_id, rows=self.batch_size)
       yield index, input_ids, mask
 
   def encode(self, texts: Sequence[str], *, desc: str = "encoding",
