@@ -14,6 +14,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss = "ot"  # ot | mse | contrastive | ot+contrastive
   c.dtype = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
   c.remat = False  # gradient checkpointing per layer (long sequences, less memory)
+  # Regular expression over parameter paths (encoder/embeddings/word_embeddings/embedding,
+  # encoder/layer_3/intermediate_dense/kernel, projection/kernel): only matching parameters
+  # are trained, the rest stay frozen and cost no weight gradients. Empty: all. (In the demo,
+  # embeddings only or embeddings + layers 0-2 learned slower per second than all.)
+  c.trainable = ""
   c.dropout = 0.1  # student dropout (hidden and attention); 0 makes steps deterministic
   # Encode each pair's English side with the frozen teacher once and keep its token embeddings
   # in cache_dir/teacher_tokens (reused by later epochs, resumed runs and other runs on the

@@ -20,6 +20,7 @@ import dataclasses
 import json
 import logging
 import math
+import re
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -93,10 +94,34 @@ class Models:
     return hidden
 
 
-def initial_state(models: Models, optimizer: optax.GradientTransformation) -> TrainState:
+def trainable_subtree(params: dict, pattern: str) -> dict:
+  """The parameters whose `/`-joined path (`encoder/layer_0/output_dense/kernel`) matches the
+  regular expression `pattern` (anywhere in the path), as a nested dict; all for ''."""
+  if not pattern:
+    return params
+  flat = flax.traverse_util.flatten_dict(params)
+  selected = {k: v for k, v in flat.items() if re.search(pattern, "/".join(k))}
+  if not selected:
+    raise TrainingError(f"config.trainable {pattern!r} matches no parameter; paths look like "
+                        f"{'/'.join(next(iter(flat)))}")
+  return flax.traverse_util.unflatten_dict(selected)
+
+
+def merge_trainable(params: dict, trainable: dict) -> dict:
+  """`params` with the leaves of its sub-tree `trainable` replaced."""
+  if trainable is params:
+    return params
+  flat = flax.traverse_util.flatten_dict(params)
+  flat.update(flax.traverse_util.flatten_dict(trainable))
+  return flax.traverse_util.unflatten_dict(flat)
+
+
+def initial_state(models: Models, optimizer: optax.GradientTransformation,
+                  trainable: str = "") -> TrainState:
+  """Step 0; the optimizer state covers only the parameters matching `trainable`."""
   params = models.init_params()
   return TrainState(step=jnp.array(0, jnp.int32), params=params,
-                    opt_state=optimizer.init(params))
+                    opt_state=optimizer.init(trainable_subtree(params, trainable)))
 
 
 def build_models(config: ml_collections.ConfigDict) -> Models:
@@ -198,7 +223,8 @@ def make_train_step(config, models: Models, optimizer):
     rng = jax.random.fold_in(jax.random.fold_in(rng, state.step), jax.lax.axis_index(AXIS))
     rngs = None if deterministic else {"dropout": rng}
 
-    def loss_fn(params):
+    def loss_fn(trainable):
+      params = merge_trainable(state.params, trainable)
       if config.stage == "teacher":
         per_example, aux = teacher_stage_loss(config, models, params, batch, rngs, deterministic)
       else:
@@ -215,10 +241,13 @@ def make_train_step(config, models: Models, optimizer):
             teacher_tokens, batch["teacher_ids"], batch["teacher_mask"])
       return jnp.mean(per_example), aux
 
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    # Gradients of the trainable parameters only: frozen ones are constants here, so XLA
+    # drops their weight-gradient matmuls instead of computing and discarding them.
+    trainable = trainable_subtree(state.params, config.trainable)
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
     grads = jax.lax.pmean(grads, AXIS)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    updates, opt_state = optimizer.update(grads, state.opt_state, trainable)
+    params = merge_trainable(state.params, optax.apply_updates(trainable, updates))
     metrics = jax.lax.pmean({"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}, AXIS)
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
@@ -488,7 +517,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                                       Path(config.cache_dir) / "teacher_tokens")
 
   optimizer = make_optimizer(config)
-  state = initial_state(models, optimizer)
+  state = initial_state(models, optimizer, config.trainable)
   latest, best = checkpoint_managers(workdir, config.keep_checkpoints)
   start = 0
   if latest.latest_step() is not None:
@@ -606,6 +635,6 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, checkpoint: str | Pat
   config = resolve_assets(config)
   models = build_models(config)
   optimizer = make_optimizer(config)
-  state = restore_state(manager, initial_state(models, optimizer))
+  state = restore_state(manager, initial_state(models, optimizer, config.trainable))
   return evaluate_all(config, side_encoders(models, state.params, config),
                       collection_specs(config), workdir, measures=measures)

@@ -121,6 +121,28 @@ def test_interrupted_run_resumes_to_the_same_parameters(setup):
                 if p.name.isdigit()) == [4, 6]
 
 
+def test_frozen_parameters_stay_put_and_have_no_optimizer_state(setup):
+  root, checkpoint, bitext, _ = setup
+  config = write_config(root / "frozen.py", checkpoint, bitext, loss="ot+contrastive",
+                        trainable="embeddings|layer_1/output_dense")
+  run_train(config, root / "frozen")
+  first, last = final_params_at(root / "frozen", 1), final_params(root / "frozen")
+  moved = {k for k in first if np.max(np.abs(first[k] - last[k])) > 0}
+  assert moved and all("embeddings" in k or "'layer_1']['output_dense'" in k for k in moved)
+  assert any("word_embeddings" in k for k in moved) and any("layer_1" in k for k in moved)
+  import jax
+  import orbax.checkpoint as ocp
+  restored = ocp.CheckpointManager(root / "frozen" / "checkpoints").restore(3)
+  adam_paths = {jax.tree_util.keystr(p) for p, _ in
+                jax.tree_util.tree_leaves_with_path(restored["opt_state"])}
+  assert adam_paths and not any("attention" in p or "layer_0" in p for p in adam_paths)
+
+  bad = run_train(write_config(root / "bad_trainable.py", checkpoint, bitext,
+                               trainable="no_such_layer"), root / "bad", check=False)
+  assert bad.returncode != 0
+  assert "config.trainable 'no_such_layer' matches no parameter" in bad.stderr
+
+
 def test_cached_teacher_tokens_train_as_the_teacher_in_the_step_does(setup):
   root, checkpoint, bitext, _ = setup
   config = write_config(root / "cached.py", checkpoint, bitext, loss="ot+contrastive",
