@@ -37,7 +37,7 @@ def get_config():
   c.contrastive.temperature = 0.1
   c.log_every_steps = 10
   c.eval_every_steps = 40
-  c.checkpoint_every_steps = 80  # a full-state save costs ~5 s of this CPU; resumable at 80
+  c.checkpoint_every_steps = 80
   c.eval.collections = [
       bible_collection("dev-ny-en", "dev", "ny-en", c.student_side),
       bible_collection("test-ny-en", "test", "ny-en", c.student_side),

@@ -1,0 +1,53 @@
+"""The demo's orchestration on a tiny teacher: its table, its gains and its dev MAP plot."""
+
+import importlib.util
+import json
+import re
+from pathlib import Path
+
+from conftest import save_tiny_bert
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def demo_config(tmp_path: Path):
+  spec = importlib.util.spec_from_file_location("demo_config", ROOT / "configs" / "demo.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  config.teacher = str(save_tiny_bert(tmp_path / "tiny_bert", seed=1))
+  config.cache_dir = str(tmp_path / "cache")
+  config.compilation_cache = False
+  config.num_train_steps, config.warmup_steps = 2, 1
+  config.eval_every_steps, config.checkpoint_every_steps = 1, 2
+  config.data.max_length, config.eval.max_length = 16, 32
+  config.progress_bar = False
+  return config
+
+
+def test_demo_prints_teacher_rows_one_row_per_loss_gains_and_a_plot(tmp_path):
+  from optical_jax.train import run
+  workdir = tmp_path / "demo"
+  rows = run(demo_config(tmp_path), workdir)
+
+  losses = ["ot", "mse", "ot+contrastive"]
+  assert list(rows) == ["en→en upper bound (teacher, English queries)",
+                        "zero-shot (teacher, Chichewa queries)",
+                        *[f"{loss} distillation (2 steps)" for loss in losses]]
+  text = (workdir / "results.md").read_text()
+  zero_shot = rows["zero-shot (teacher, Chichewa queries)"]["MAP"]
+  for loss in losses:
+    line = next(l for l in text.splitlines() if l.startswith(f"| {loss} distillation"))
+    gain, low, high = map(float, re.search(
+        r"([+-]\d\.\d+) \[([+-]\d\.\d+), ([+-]\d\.\d+)\]", line).groups())
+    # The paired bootstrap is centred on the exact difference of the two MAPs.
+    assert abs(gain - (rows[f"{loss} distillation (2 steps)"]["MAP"] - zero_shot)) < 2e-4
+    assert low <= gain <= high
+  assert (workdir / "dev_map.png").stat().st_size > 10_000
+
+  def dev_steps(loss):
+    records = (workdir / loss.replace("+", "_") / "metrics.jsonl").read_text().splitlines()
+    return [r["step"] for r in map(json.loads, records) if "dev_MAP" in r]
+  # Every student starts as the teacher: only the first run evaluates step 0.
+  assert dev_steps("ot") == [0, 1, 2]
+  assert dev_steps("mse") == dev_steps("ot+contrastive") == [1, 2]
