@@ -194,18 +194,18 @@ def epoch(checkpoint: str, batch: int, length: int, *, iterations: int, repeats:
   """
   from optical_jax import load_encoder
   from optical_jax.assets import resolve
-  from optical_jax.data import BucketedBatches, read_pairs
+  from optical_jax.data import BucketedBatches, read_pairs, tokenize_cached
   from optical_jax.shapes import pad_sequences
   rows = read_pairs(resolve("bible:train.tsv", base_config().cache_dir), ("student", "teacher"))
   encoder = load_encoder(checkpoint)
-  tokenize = lambda texts: [np.asarray(x, np.int32) for x in encoder.tokenizer(
-      texts, truncation=True, max_length=length)["input_ids"]]
+  tokenize = lambda texts: tokenize_cached(encoder.tokenizer, texts, max_length=length,
+                                          cache_dir=None, tag="")
   columns = {"student": tokenize([r[0] for r in rows]), "teacher": tokenize([r[1] for r in rows])}
   pad = encoder.config.pad_token_id
   buckets = BucketedBatches(columns, {"student": pad, "teacher": pad}, batch_size=batch,
                             max_length=length, seed=0)
   steps = buckets.steps_per_epoch
-  widths = [int(buckets.buckets[buckets.indices(i)].max()) for i in range(steps)]
+  widths = [buckets.width(i) for i in range(steps)]
   counts = {w: widths.count(w) for w in buckets.shapes}
   print(f"{len(rows)} pairs, batch {batch}, max length {length}, {iterations} Sinkhorn "
         f"iterations; our buckets (width: batches) {counts}")

@@ -17,7 +17,7 @@ def base_config() -> ml_collections.ConfigDict:
   # Regular expression over parameter paths (encoder/embeddings/word_embeddings/embedding,
   # encoder/layer_3/intermediate_dense/kernel, projection/kernel): only matching parameters
   # are trained, the rest stay frozen and cost no weight gradients. Empty: all. (In the demo,
-  # embeddings only or embeddings + layers 0-2 learned slower per second than all.)
+  # embeddings only or embeddings + layers 0-2 reached a lower dev MAP per step and per second.)
   c.trainable = ""
   c.dropout = 0.1  # student dropout (hidden and attention); 0 makes steps deterministic
   # Encode each pair's English side with the frozen teacher once and keep its token embeddings

@@ -154,9 +154,12 @@ class BucketedBatches:
       epoch += 1
     return self._epoch_batches(epoch)[step]
 
+  def width(self, step: int) -> int:
+    """The padded length of batch `step`: the bucket of its longest example."""
+    return int(self.buckets[self.indices(step)].max())
+
   def batch(self, step: int) -> dict[str, np.ndarray]:
-    index = self.indices(step)
-    width = int(self.buckets[index].max())
+    index, width = self.indices(step), self.width(step)
     out = {}
     for name, column in self.columns.items():
       out[f"{name}_ids"], out[f"{name}_mask"] = pad_sequences(

@@ -17,6 +17,15 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt",
                    "special_tokens_map.json")
 
 
+def load_config(path: Path):
+  """`get_config()` of a config file, as `--config=path` would load it."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
 @pytest.fixture(scope="session")
 def minilm_dir() -> Path:
   return minilm_checkpoint_dir()

@@ -1,20 +1,16 @@
 """The demo's orchestration on a tiny teacher: its table, its gains and its dev MAP plot."""
 
-import importlib.util
 import json
 import re
 from pathlib import Path
 
-from conftest import save_tiny_bert
+from conftest import load_config, save_tiny_bert
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def demo_config(tmp_path: Path):
-  spec = importlib.util.spec_from_file_location("demo_config", ROOT / "configs" / "demo.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = load_config(ROOT / "configs" / "demo.py")
   config.teacher = str(save_tiny_bert(tmp_path / "tiny_bert", seed=1))
   config.cache_dir = str(tmp_path / "cache")
   config.compilation_cache = False

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import save_tiny_bert
+from conftest import load_config, save_tiny_bert
 
 ROOT = Path(__file__).resolve().parents[1]
 SENTENCES = [("Ndipo Mulungu anati, Kuyere; ndipo kunayera.", "And God said, Let there be light."),
@@ -162,13 +162,8 @@ def test_cached_teacher_tokens_train_as_the_teacher_in_the_step_does(setup):
 def test_non_finite_loss_stops_naming_the_step(setup, tmp_path, monkeypatch):
   root, checkpoint, bitext, _ = setup
   monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-  import importlib.util
   import optical_jax.train as train_lib
-  spec = importlib.util.spec_from_file_location(
-      "cfg", write_config(tmp_path / "nan.py", checkpoint, bitext, num_train_steps=4))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = load_config(write_config(tmp_path / "nan.py", checkpoint, bitext, num_train_steps=4))
   import jax.numpy as jnp
   calls = {"n": 0}
   original_step = train_lib.make_train_step
