@@ -532,13 +532,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
   encoders = side_encoders(models, state.params, config)
 
+  final_dev = {}  # the dev evaluation of the last step, reused by the final evaluation
+
   def run_dev_eval(step: int, state) -> float | None:
     if dev_spec is None:
       return None
     encoders["student"].params = jax.tree_util.tree_map(lambda x: x[0], state.params)
-    values, _, _ = evaluate_collection(dev_spec, encoders, k=config.eval.k, progress=False)
-    metrics_log.write(step, {f"dev_{k}": v for k, v in values.items()})
-    return values["MAP"]
+    evaluated = evaluate_collection(dev_spec, encoders, k=config.eval.k, progress=False)
+    metrics_log.write(step, {f"dev_{k}": v for k, v in evaluated[0].items()})
+    if step == config.num_train_steps:
+      final_dev[dev_spec.name] = evaluated
+    return evaluated[0]["MAP"]
 
   if start == 0 and dev_spec is not None and config.eval.eval_at_start:
     run_dev_eval(0, state)
@@ -601,16 +605,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   plot_curves(metrics_log.records(), workdir / "curves.png",
               title=f"{config.stage} / {config.loss}")
   encoders["student"].params = jax.tree_util.tree_map(lambda x: x[0], state.params)
-  return evaluate_all(config, encoders, specs, workdir)
+  return evaluate_all(config, encoders, specs, workdir, evaluated=final_dev)
 
 
 def evaluate_all(config, encoders: Mapping[str, TextEncoder], specs, workdir: Path, *,
-                 measures=DEFAULT_MEASURES, progress: bool = True) -> dict:
-  """Evaluates every collection, writing `eval.json`, per-query values and TREC run files."""
+                 measures=DEFAULT_MEASURES, progress: bool = True,
+                 evaluated: Mapping[str, tuple] | None = None) -> dict:
+  """Evaluates every collection, writing `eval.json`, per-query values and TREC run files.
+
+  `evaluated` maps collection names to `evaluate_collection` results already computed with
+  the same encoders and `measures` (the dev evaluation of the last training step).
+  """
   results, per_query = {}, {}
   for spec in specs:
-    values, by_query, run = evaluate_collection(spec, encoders, measures=measures,
-                                                k=config.eval.k, progress=progress)
+    if evaluated and spec.name in evaluated:
+      values, by_query, run = evaluated[spec.name]
+    else:
+      values, by_query, run = evaluate_collection(spec, encoders, measures=measures,
+                                                  k=config.eval.k, progress=progress)
     results[spec.name], per_query[spec.name] = values, by_query
     write_run(run, workdir / "runs" / f"{spec.name}.trec", tag=f"optical_jax-{config.loss}")
   if results:

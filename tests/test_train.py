@@ -205,13 +205,36 @@ def test_so_config_fails_fast_offline_naming_what_is_missing(tmp_path):
   assert "Download CIRAL" in result.stderr
 
 
-def test_eval_cli_evaluates_a_trained_checkpoint(setup):
-  root, checkpoint, bitext, _ = setup
+def toy_collection(root: Path) -> dict:
   (root / "topics.tsv").write_text("".join(f"q{i}\t{s}\n" for i, (s, _) in enumerate(SENTENCES)))
   (root / "corpus.tsv").write_text("".join(f"d{i}\t{t}\n" for i, (_, t) in enumerate(SENTENCES)))
   (root / "qrels.txt").write_text("".join(f"q{i} 0 d{i} 1\n" for i in range(len(SENTENCES))))
-  collection = dict(name="toy", topics=str(root / "topics.tsv"), corpus=str(root / "corpus.tsv"),
-                    qrels=str(root / "qrels.txt"), query_encoder="student", doc_encoder="teacher")
+  return dict(name="toy", topics=str(root / "topics.tsv"), corpus=str(root / "corpus.tsv"),
+              qrels=str(root / "qrels.txt"), query_encoder="student", doc_encoder="teacher")
+
+
+def test_final_evaluation_reuses_the_last_steps_dev_evaluation(setup, monkeypatch):
+  root, checkpoint, bitext, _ = setup
+  from optical_jax import train
+  config = load_config(write_config(root / "reuse.py", checkpoint, bitext, num_train_steps=2,
+                                    **{"eval.collections": [toy_collection(root)],
+                                       "eval.dev_collection": "toy"}))
+  calls = []
+  evaluate_collection = train.evaluate_collection
+  monkeypatch.setattr(train, "evaluate_collection",
+                      lambda spec, *a, **k: calls.append(spec.name) or
+                      evaluate_collection(spec, *a, **k))
+  results = train.train_and_evaluate(config, root / "reuse")
+  assert calls == ["toy", "toy"]  # step 0 and step 2; the final table takes step 2's
+  dev = [r for r in train.MetricsLog(root / "reuse", 2).records() if "dev_MAP" in r]
+  assert [r["step"] for r in dev] == [0, 2]
+  assert results["toy"]["MAP"] == dev[-1]["dev_MAP"]
+  assert (root / "reuse" / "runs" / "toy.trec").is_file()
+
+
+def test_eval_cli_evaluates_a_trained_checkpoint(setup):
+  root, checkpoint, bitext, _ = setup
+  collection = toy_collection(root)
   config = write_config(root / "with_eval.py", checkpoint, bitext, num_train_steps=2,
                         **{"eval.collections": [collection], "eval.dev_collection": "toy"})
   trained = run_train(config, root / "with_eval")
