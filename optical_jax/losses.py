@@ -207,9 +207,13 @@ def ot_distillation_loss(
     student_tokens, teacher_tokens = student_tokens - mean, teacher_tokens - mean
   costs = token_cost_matrix(student_tokens, teacher_tokens, cost=cost)
 
+  # Balanced OT's potentials are defined up to a shared constant, so the implicit linear
+  # system is singular along it; `ridge_kernel` solves for the zero-sum solution, which the
+  # gradient does not depend on. Without it NormalCG returned NaN on some CPUs (AVX-512).
+  implicit_diff = implicit_differentiation.ImplicitDiff(solver_kwargs={"ridge_kernel": 1.0})
   solver = sinkhorn.Sinkhorn(
       threshold=threshold, max_iterations=max_iterations,
-      implicit_diff=implicit_differentiation.ImplicitDiff() if gradient == "implicit" else None,
+      implicit_diff=implicit_diff if gradient == "implicit" else None,
       use_danskin=gradient != "unroll")
 
   def solve(cost_matrix, a_i, b_i):
