@@ -210,10 +210,10 @@ def ot_distillation_loss(
   # Balanced OT's potentials are defined up to a shared constant, so the implicit linear
   # system is singular along it; `ridge_kernel` solves for the zero-sum solution, which the
   # gradient does not depend on. Without it NormalCG returned NaN on some CPUs (AVX-512).
-  implicit_diff = implicit_differentiation.ImplicitDiff(solver_kwargs={"ridge_kernel": 1.0})
+  implicit_diff = (implicit_differentiation.ImplicitDiff(solver_kwargs={"ridge_kernel": 1.0})
+                   if gradient == "implicit" else None)
   solver = sinkhorn.Sinkhorn(
-      threshold=threshold, max_iterations=max_iterations,
-      implicit_diff=implicit_diff if gradient == "implicit" else None,
+      threshold=threshold, max_iterations=max_iterations, implicit_diff=implicit_diff,
       use_danskin=gradient != "unroll")
 
   def solve(cost_matrix, a_i, b_i):

@@ -538,11 +538,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     if dev_spec is None:
       return None
     encoders["student"].params = jax.tree_util.tree_map(lambda x: x[0], state.params)
-    evaluated = evaluate_collection(dev_spec, encoders, k=config.eval.k, progress=False)
-    metrics_log.write(step, {f"dev_{k}": v for k, v in evaluated[0].items()})
+    values, by_query, run = evaluate_collection(dev_spec, encoders, k=config.eval.k,
+                                                progress=False)
+    metrics_log.write(step, {f"dev_{k}": v for k, v in values.items()})
     if step == config.num_train_steps:
-      final_dev[dev_spec.name] = evaluated
-    return evaluated[0]["MAP"]
+      final_dev[dev_spec.name] = (values, by_query, run)
+    return values["MAP"]
 
   if start == 0 and dev_spec is not None and config.eval.eval_at_start:
     run_dev_eval(0, state)
