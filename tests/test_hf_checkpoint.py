@@ -51,6 +51,38 @@ def test_tiny_random_parity(fixture, request):
                              rtol=0)
 
 
+@pytest.mark.parametrize("fixture", ["tiny_bert_dir", "tiny_xlmr_dir"])
+def test_parameter_gradients_match_transformers(fixture, request):
+  """Training relies on the backward pass (our dense layers have their own VJP): every
+  parameter's gradient matches PyTorch autograd through transformers' model."""
+  import torch
+  from transformers import AutoModel
+  from optical_jax.hf_checkpoint import convert_hf_weights
+  directory = request.getfixturevalue(fixture)
+  encoder = load_encoder(directory)
+  ids, mask = _padded_random_batch(encoder.config.vocab_size, pad_id=encoder.config.pad_token_id)
+  probe = np.random.default_rng(1).normal(size=(*ids.shape, encoder.config.hidden_size))
+  probe = (probe * mask[..., None]).astype(np.float32)  # padded positions are not trained
+
+  ours = jax.grad(lambda p: jnp.sum(encoder.apply(p, ids, mask) * probe))(encoder.params)
+  model = AutoModel.from_pretrained(str(directory)).eval()
+  hidden = model(input_ids=torch.from_numpy(ids).long(),
+                 attention_mask=torch.from_numpy(mask).long()).last_hidden_state
+  (hidden * torch.from_numpy(probe)).sum().backward()
+  theirs = convert_hf_weights({n: p.grad.numpy() for n, p in model.named_parameters()
+                               if p.grad is not None}, encoder.config)
+  flat_ours = jax.tree_util.tree_flatten_with_path(ours)[0]
+  flat_theirs = dict(jax.tree_util.tree_flatten_with_path(theirs)[0])
+  assert len(flat_ours) == len(flat_theirs)
+  for path, grad in flat_ours:
+    reference = np.asarray(flat_theirs[path])
+    # The floor covers gradients that are zero but for rounding (the key bias's: softmax
+    # ignores a score shift shared by all keys).
+    np.testing.assert_allclose(np.asarray(grad), reference,
+                               atol=1e-4 * np.abs(reference).max() + 1e-7, rtol=0,
+                               err_msg=jax.tree_util.keystr(path))
+
+
 def test_xlmr_positions_skip_padding(tiny_xlmr_dir):
   encoder = load_encoder(tiny_xlmr_dir)
   assert encoder.config.roberta_positions and encoder.config.pad_token_id == 1

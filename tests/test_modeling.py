@@ -1,0 +1,66 @@
+"""The encoder's dense layer: Flax's parameters and numbers, a backward pass YNNPACK runs."""
+
+import re
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from optical_jax.modeling import Dense
+
+
+@pytest.mark.parametrize("features, flax_layer", [
+    (12, nn.Dense(12)),
+    ((3, 4), nn.DenseGeneral((3, 4))),
+])
+def test_dense_has_flaxs_parameters_outputs_and_gradients(features, flax_layer):
+  x = jax.random.normal(jax.random.PRNGKey(0), (10, 8))
+  ours = Dense(features)
+  params = ours.init(jax.random.PRNGKey(1), x)
+  flax_params = flax_layer.init(jax.random.PRNGKey(1), x)
+  # Same names, shapes and initial values: checkpoints and fresh inits map one to one.
+  jax.tree_util.tree_map(np.testing.assert_array_equal, params, flax_params)
+  params = jax.tree_util.tree_map(lambda p: p + 0.1, params)  # a non-zero bias too
+
+  np.testing.assert_allclose(ours.apply(params, x), flax_layer.apply(params, x), atol=1e-6)
+  probe = jax.random.normal(jax.random.PRNGKey(2), (10, *np.atleast_1d(features)))
+  loss = lambda layer: lambda p, x: jnp.sum(layer.apply(p, x) * probe)
+  ours_grad = jax.jit(jax.grad(loss(ours), argnums=(0, 1)))(params, x)
+
+  # float64 reference: y = x @ W + b, so dW = x.T @ g, dx = g @ W.T, db = sum(g).
+  g = np.asarray(probe, np.float64).reshape(10, -1)
+  w = np.asarray(params["params"]["kernel"], np.float64).reshape(8, -1)
+  x64 = np.asarray(x, np.float64)
+  (p_grad, x_grad) = ours_grad
+  np.testing.assert_allclose(p_grad["params"]["kernel"].reshape(8, -1), x64.T @ g, atol=1e-5)
+  np.testing.assert_allclose(p_grad["params"]["bias"].reshape(-1), g.sum(0), atol=1e-5)
+  np.testing.assert_allclose(x_grad, g @ w.T, atol=1e-5)
+
+
+def test_dense_bfloat16_computes_in_bfloat16_with_float32_gradients():
+  x = jax.random.normal(jax.random.PRNGKey(0), (16, 8))
+  layer = Dense(4, jnp.bfloat16)
+  params = layer.init(jax.random.PRNGKey(1), x)
+  assert layer.apply(params, x).dtype == jnp.bfloat16
+  grads = jax.grad(lambda p: jnp.sum(layer.apply(p, x).astype(jnp.float32)))(params)
+  assert grads["params"]["kernel"].dtype == jnp.float32
+  np.testing.assert_allclose(grads["params"]["kernel"],
+                             np.broadcast_to(np.asarray(x).sum(0)[:, None], (8, 4)), rtol=2e-2)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="a property of XLA:CPU's program")
+def test_cpu_backward_runs_every_matmul_through_ynnpack():
+  x = jnp.ones((256, 64))
+  layer = Dense(128)
+  params = layer.init(jax.random.PRNGKey(0), x)
+  forward = jax.jit(layer.apply).lower(params, x).compile().as_text()
+  if "ynn_fusion" not in forward:
+    pytest.skip("this jaxlib/CPU runs no dot through YNNPACK")
+  backward = jax.jit(jax.grad(lambda p, x: jnp.sum(layer.apply(p, x) ** 2), argnums=(0, 1)))
+  program = backward.lower(params, x).compile().as_text()
+  entry = program[program.index("ENTRY"):]
+  plain_dots = re.findall(r"= \S+ dot\(", entry)
+  assert not plain_dots, f"dots left to Eigen in the backward: {len(plain_dots)}"
+  assert entry.count("ynn_fusion") >= 3  # forward, input gradient, weight gradient
