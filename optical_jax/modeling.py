@@ -120,7 +120,7 @@ _matmul.defvjp(_matmul_forward, _matmul_backward)
 
 
 class Dense(nn.Module):
-  """`x @ kernel + bias` on `[tokens, in]` inputs, with outputs shaped `features`.
+  """`x @ kernel + bias` on `[..., in]` inputs, with outputs `[..., *features]`.
 
   The same parameters as `nn.Dense` (int `features`) and `nn.DenseGeneral` (tuple), with a
   backward pass that XLA:CPU runs entirely through YNNPACK (see `_kernel_gradient`).
@@ -138,7 +138,8 @@ class Dense(nn.Module):
                         (x.shape[-1], *features))
     bias = self.param("bias", nn.initializers.zeros_init(), features)
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    y = _matmul(x, kernel.reshape(flat_shape)) + bias.reshape(-1)
+    # The encoder passes [batch * length, in] already (see `Layer`); 2-D keeps one contraction.
+    y = _matmul(x.reshape(-1, flat_shape[0]), kernel.reshape(flat_shape)) + bias.reshape(-1)
     return y.reshape(*x.shape[:-1], *features)
 
 

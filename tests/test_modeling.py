@@ -39,6 +39,15 @@ def test_dense_has_flaxs_parameters_outputs_and_gradients(features, flax_layer):
   np.testing.assert_allclose(x_grad, g @ w.T, atol=1e-5)
 
 
+def test_dense_on_a_3d_input_matches_flax():
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 8))
+  params = nn.Dense(6).init(jax.random.PRNGKey(1), x)
+  loss = lambda layer: lambda p: jnp.sum(jnp.sin(layer.apply(p, x)))
+  np.testing.assert_allclose(Dense(6).apply(params, x), nn.Dense(6).apply(params, x), atol=1e-6)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5),
+                         jax.grad(loss(Dense(6)))(params), jax.grad(loss(nn.Dense(6)))(params))
+
+
 def test_dense_bfloat16_computes_in_bfloat16_with_float32_gradients():
   x = jax.random.normal(jax.random.PRNGKey(0), (16, 8))
   layer = Dense(4, jnp.bfloat16)
