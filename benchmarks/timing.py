@@ -4,8 +4,9 @@ import statistics
 import time
 
 
-def median_seconds(fn, repeats: int, warmup: int = 1) -> float:
-  """Median wall time of `fn()` after `warmup` untimed calls (compilation, caches)."""
+def wall_times(fn, repeats: int, warmup: int = 1) -> list[float]:
+  """Wall time of each of `repeats` calls of `fn()`, after `warmup` untimed ones
+  (compilation, caches)."""
   for _ in range(warmup):
     fn()
   times = []
@@ -13,7 +14,12 @@ def median_seconds(fn, repeats: int, warmup: int = 1) -> float:
     start = time.perf_counter()
     fn()
     times.append(time.perf_counter() - start)
-  return statistics.median(times)
+  return times
+
+
+def median_seconds(fn, repeats: int, warmup: int = 1) -> float:
+  """Median wall time of `fn()` after `warmup` untimed calls."""
+  return statistics.median(wall_times(fn, repeats, warmup))
 
 
 def interleaved_medians(fns: dict, repeats: int, warmup: int = 1) -> dict:
