@@ -12,6 +12,7 @@ _LAZY = {
     "load_encoder": "optical_jax.hf_checkpoint",
     "LoadedEncoder": "optical_jax.hf_checkpoint",
     "CheckpointError": "optical_jax.hf_checkpoint",
+    "save_hf_checkpoint": "optical_jax.hf_checkpoint",
     "Encoder": "optical_jax.modeling",
     "EncoderConfig": "optical_jax.modeling",
 }

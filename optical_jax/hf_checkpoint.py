@@ -125,9 +125,10 @@ def read_hf_weights(directory: Path) -> tuple[dict[str, np.ndarray], Path]:
                         "pytorch_model.bin")
 
 
-def _hf_name_and_transform(path: tuple[str, ...], config: EncoderConfig
-                           ) -> tuple[str, Callable[[np.ndarray], np.ndarray]]:
-  """Hugging Face's name for our parameter at `path`, and how its array maps to ours."""
+def _hf_name_and_transforms(path: tuple[str, ...], config: EncoderConfig
+                            ) -> tuple[str, Callable[[np.ndarray], np.ndarray],
+                                       Callable[[np.ndarray], np.ndarray]]:
+  """Hugging Face's name for our parameter at `path`, how its array maps to ours, and back."""
   identity = lambda w: w
   leaf = path[-1]
   heads = config.num_attention_heads
@@ -135,8 +136,9 @@ def _hf_name_and_transform(path: tuple[str, ...], config: EncoderConfig
   if path[0] == "embeddings":
     module = path[1]
     if module == "LayerNorm":
-      return f"embeddings.LayerNorm.{'weight' if leaf == 'scale' else 'bias'}", identity
-    return f"embeddings.{module}.weight", identity
+      return (f"embeddings.LayerNorm.{'weight' if leaf == 'scale' else 'bias'}", identity,
+              identity)
+    return f"embeddings.{module}.weight", identity, identity
   layer = int(path[0].removeprefix("layer_"))
   module = path[1] if path[1] != "attention_self" else "attention_self_" + path[2]
   hf_module = {
@@ -151,14 +153,15 @@ def _hf_name_and_transform(path: tuple[str, ...], config: EncoderConfig
   }[module]
   prefix = f"encoder.layer.{layer}.{hf_module}"
   if leaf == "scale":
-    return f"{prefix}.weight", identity
+    return f"{prefix}.weight", identity, identity
   if leaf == "kernel":
-    if module.startswith("attention_self_"):  # torch [out, in] -> [in, heads, head_dim]
-      return f"{prefix}.weight", lambda w: w.T.reshape(w.shape[1], heads, head_dim)
-    return f"{prefix}.weight", lambda w: w.T
+    if module.startswith("attention_self_"):  # torch [out, in] <-> [in, heads, head_dim]
+      return (f"{prefix}.weight", lambda w: w.T.reshape(w.shape[1], heads, head_dim),
+              lambda k: k.reshape(k.shape[0], heads * head_dim).T)
+    return f"{prefix}.weight", lambda w: w.T, lambda k: k.T
   if module.startswith("attention_self_"):
-    return f"{prefix}.bias", lambda b: b.reshape(heads, head_dim)
-  return f"{prefix}.bias", identity
+    return f"{prefix}.bias", lambda b: b.reshape(heads, head_dim), lambda b: b.reshape(-1)
+  return f"{prefix}.bias", identity, identity
 
 
 def _strip_prefix(name: str) -> str:
@@ -183,7 +186,7 @@ def convert_hf_weights(weights: Mapping[str, np.ndarray], config: EncoderConfig,
   converted, used, problems = {}, set(), []
   for key_path, shape_struct in flat_template:
     path = tuple(k.key for k in key_path)
-    hf_name, transform = _hf_name_and_transform(path, config)
+    hf_name, transform, _ = _hf_name_and_transforms(path, config)
     if hf_name not in by_name:
       problems.append(f"missing weight {hf_name} (shape {tuple(shape_struct.shape)})")
       continue
@@ -209,6 +212,62 @@ def convert_hf_weights(weights: Mapping[str, np.ndarray], config: EncoderConfig,
                                          if len(problems) > 20 else "")
     raise CheckpointError(f"{source}: {shown}")
   return converted
+
+
+def save_hf_checkpoint(directory: str | os.PathLike, params: Any, config: EncoderConfig, *,
+                       hf_config: Mapping[str, Any] | None = None) -> Path:
+  """Writes an encoder as a Hugging Face checkpoint directory, the inverse of `load_encoder`.
+
+  `config.json` and `model.safetensors` carry the names and layouts of transformers'
+  `BertModel` / `XLMRobertaModel`, so `load_encoder` and transformers' PyTorch models both
+  load the directory. Tokenizer files are not written: `encoder.tokenizer.save_pretrained(
+  directory)` adds them.
+
+  Args:
+    directory: created if missing; its config.json and model.safetensors are replaced.
+    params: the encoder's parameter tree (`LoadedEncoder.params`, or a trained student's).
+    config: the encoder's architecture.
+    hf_config: the config.json to write, e.g. `LoadedEncoder.hf_config`, which keeps the
+      fields we do not use (token ids, architectures); default: `config.to_hf_dict()`.
+
+  Returns:
+    The directory, as a `Path`.
+
+  Raises:
+    ValueError: `params` is not an encoder tree of `config`'s shapes, or `hf_config`
+      describes another architecture.
+  """
+  from safetensors.numpy import save_file
+  hf_config = dict(hf_config) if hf_config is not None else config.to_hf_dict()
+  described = EncoderConfig.from_hf_dict(hf_config, source="hf_config")
+  if described.to_hf_dict(architecture_only=True) != config.to_hf_dict(architecture_only=True):
+    raise ValueError(f"hf_config describes {described.to_hf_dict(architecture_only=True)}, "
+                     f"config {config.to_hf_dict(architecture_only=True)}")
+  template = jax.eval_shape(
+      lambda: Encoder(config).init(jax.random.PRNGKey(0), jnp.ones((1, 2), jnp.int32),
+                                   jnp.ones((1, 2), jnp.int32)))["params"]
+  expected = {tuple(k.key for k in key_path): leaf.shape
+              for key_path, leaf in jax.tree_util.tree_flatten_with_path(template)[0]}
+  given = {tuple(k.key for k in key_path): np.asarray(leaf, np.float32)
+           for key_path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+  problems = [f"missing {'/'.join(p)}" for p in expected if p not in given]
+  problems += [f"unexpected {'/'.join(p)}" for p in given if p not in expected]
+  problems += [f"{'/'.join(p)} has shape {given[p].shape}, config implies {shape}"
+               for p, shape in expected.items() if p in given and given[p].shape != shape]
+  if problems:
+    raise ValueError("params do not match the encoder config: " + "; ".join(problems[:20]))
+  weights = {}
+  for path, value in given.items():
+    hf_name, _, to_hf = _hf_name_and_transforms(path, config)
+    weights[hf_name] = np.ascontiguousarray(to_hf(value))
+  directory = Path(directory)
+  directory.mkdir(parents=True, exist_ok=True)
+  # transformers loads safetensors into PyTorch only when they say they are in its format.
+  save_file(weights, str(directory / "model.safetensors.tmp"), metadata={"format": "pt"})
+  os.replace(directory / "model.safetensors.tmp", directory / "model.safetensors")
+  (directory / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n",
+                                         encoding="utf-8")
+  return directory
 
 
 def _sentence_transformers_pooling(directory: Path) -> tuple[str, bool]:

@@ -77,6 +77,16 @@ class EncoderConfig:
                        f"num_attention_heads {kwargs['num_attention_heads']}")
     return cls(**kwargs)
 
+  def to_hf_dict(self, *, architecture_only: bool = False) -> dict[str, Any]:
+    """The Hugging Face `config.json` fields of this config (`from_hf_dict`'s inverse);
+    `architecture_only`: just those that fix the parameter shapes and the computation."""
+    hf = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+          if f.name != "roberta_positions"}
+    if architecture_only:
+      for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+        del hf[name]
+    return hf
+
 
 def position_ids_for(input_ids: jax.Array, attention_mask: jax.Array,
                      config: EncoderConfig) -> jax.Array:
@@ -94,9 +104,10 @@ def _kernel_gradient(x: jax.Array, g: jax.Array) -> jax.Array:
 
   def via_transposed_copy(x, g):
     # XLA:CPU hands a dot contracting axis 0 of both operands to Eigen, not YNNPACK, and
-    # runs it beside the input-gradient dot; the two share the cores badly (a MiniLM train
-    # step: 1.42 s vs 1.35 s with this). The barrier keeps the explicit transpose from being
-    # folded back into the dot, so the dot is a plain [in, tokens] x [tokens, out] one.
+    # runs it beside the input-gradient dot; the two share the cores badly (MiniLM's forward
+    # + backward is about 8% slower: `benchmarks/train_step.py --breakdown`). The barrier keeps
+    # the explicit transpose from being folded back into the dot, so the dot is a plain
+    # [in, tokens] x [tokens, out] one.
     return jax.lax.optimization_barrier(x.T) @ g
 
   return jax.lax.platform_dependent(x, g, cpu=via_transposed_copy, default=lambda x, g: x.T @ g)

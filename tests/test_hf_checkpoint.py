@@ -138,6 +138,47 @@ def test_remat_and_dropout_paths_match_plain(tiny_bert_dir):
   assert not np.allclose(dropped, explicit, atol=1e-3)
 
 
+def _perturbed(params, seed: int = 1):
+  """Parameters that no checkpoint on disk holds, as after training."""
+  leaves, treedef = jax.tree_util.tree_flatten(params)
+  keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
+  return jax.tree_util.tree_unflatten(
+      treedef, [x + 0.05 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+
+
+@pytest.mark.parametrize("fixture,own_config", [("tiny_bert_dir", True),
+                                                ("tiny_xlmr_dir", True),
+                                                ("tiny_xlmr_dir", False)])
+def test_saved_checkpoint_loads_in_ours_and_in_transformers(fixture, own_config, request,
+                                                            tmp_path):
+  from optical_jax import save_hf_checkpoint
+  encoder = load_encoder(request.getfixturevalue(fixture))
+  params = _perturbed(encoder.params)
+  saved = save_hf_checkpoint(tmp_path / "saved", params, encoder.config,
+                             hf_config=encoder.hf_config if own_config else None)
+  reloaded = load_encoder(saved)
+  assert reloaded.config == encoder.config
+  jax.tree_util.tree_map(np.testing.assert_array_equal, reloaded.params, params)
+  ids, mask = _padded_random_batch(encoder.config.vocab_size, pad_id=encoder.config.pad_token_id)
+  ours = np.asarray(encoder.apply(params, ids, mask))
+  np.testing.assert_allclose(torch_last_hidden(saved, ids, mask), ours, atol=PARITY_TOL, rtol=0)
+
+
+def test_saving_mismatched_params_or_config_is_named(tiny_bert_dir, tmp_path):
+  from optical_jax import save_hf_checkpoint
+  encoder = load_encoder(tiny_bert_dir)
+  extra = {**encoder.params, "projection": {"kernel": np.zeros((32, 8), np.float32)}}
+  with pytest.raises(ValueError, match="unexpected projection/kernel"):
+    save_hf_checkpoint(tmp_path / "a", extra, encoder.config)
+  layers = {k: v for k, v in encoder.params.items() if k != "layer_1"}
+  with pytest.raises(ValueError, match="missing layer_1/"):
+    save_hf_checkpoint(tmp_path / "b", layers, encoder.config)
+  with pytest.raises(ValueError, match="hf_config describes"):
+    save_hf_checkpoint(tmp_path / "c", encoder.params, encoder.config,
+                       hf_config={**encoder.hf_config, "intermediate_size": 64})
+  assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
+
+
 def _copy(directory, tmp_path):
   target = tmp_path / "ckpt"
   shutil.copytree(directory, target)
