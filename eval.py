@@ -5,6 +5,9 @@
   python eval.py --config CONFIG --checkpoint WORKDIR
       evaluates a trained student on the config's collections, printing a table and writing
       metrics JSON and run files into the workdir.
+  python eval.py --config CONFIG --checkpoint WORKDIR --export_hf DIR
+      writes the trained student as a Hugging Face checkpoint (for transformers, or for
+      config.student) instead of evaluating it.
 """
 
 from absl import app, flags
@@ -19,6 +22,8 @@ flags.DEFINE_string("run", None, "A TREC run file to score.")
 flags.DEFINE_string("qrels", None, "TREC qrels for --run.")
 flags.DEFINE_list("measures", list(DEFAULT_MEASURES), "Measures to report.")
 flags.DEFINE_bool("per_query", False, "Also print each query's values.")
+flags.DEFINE_string("export_hf", None, "With --config and --checkpoint: write the trained "
+                    "student here as a Hugging Face checkpoint instead of evaluating it.")
 
 
 def main(argv):
@@ -33,6 +38,10 @@ def main(argv):
     return
   if FLAGS.config is None or FLAGS.checkpoint is None:
     raise app.UsageError("give --run and --qrels, or --config and --checkpoint")
+  if FLAGS.export_hf:
+    from optical_jax.train import export_student
+    print(export_student(FLAGS.config, FLAGS.checkpoint, FLAGS.export_hf))
+    return
   from optical_jax.train import evaluate_checkpoint
   evaluate_checkpoint(FLAGS.config, FLAGS.checkpoint, measures=FLAGS.measures)
 

@@ -37,7 +37,7 @@ from optical_jax import data as data_lib
 from optical_jax.evaluation import (DEFAULT_MEASURES, TextEncoder, evaluate, evaluate_per_query,
                                     format_table, read_corpus, read_qrels, read_topics, retrieve,
                                     write_run)
-from optical_jax.hf_checkpoint import LoadedEncoder, load_encoder
+from optical_jax.hf_checkpoint import LoadedEncoder, load_encoder, save_hf_checkpoint
 from optical_jax.losses import (contrastive_distillation_loss, mse_distillation_loss,
                                 ot_distillation_loss)
 from optical_jax.pooling import pool
@@ -634,9 +634,10 @@ def evaluate_all(config, encoders: Mapping[str, TextEncoder], specs, workdir: Pa
   return results
 
 
-def evaluate_checkpoint(config: ml_collections.ConfigDict, checkpoint: str | Path, *,
-                        measures=DEFAULT_MEASURES) -> dict:
-  """Restores the latest checkpoint of a workdir and evaluates the config's collections."""
+def restore_trained(config: ml_collections.ConfigDict, checkpoint: str | Path
+                    ) -> tuple[ml_collections.ConfigDict, Models, dict, Path]:
+  """The config (assets resolved), models and trained parameters of a workdir's latest
+  checkpoint, and the workdir."""
   workdir = Path(checkpoint).expanduser().resolve()
   if workdir.name in ("checkpoints", "best"):
     workdir = workdir.parent
@@ -649,5 +650,39 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, checkpoint: str | Pat
   models = build_models(config)
   optimizer = make_optimizer(config)
   state = restore_state(manager, initial_state(models, optimizer, config.trainable))
-  return evaluate_all(config, side_encoders(models, state.params, config),
+  return config, models, state.params, workdir
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, checkpoint: str | Path, *,
+                        measures=DEFAULT_MEASURES) -> dict:
+  """Restores the latest checkpoint of a workdir and evaluates the config's collections."""
+  config, models, params, workdir = restore_trained(config, checkpoint)
+  return evaluate_all(config, side_encoders(models, params, config),
                       collection_specs(config), workdir, measures=measures)
+
+
+# Files of a sentence-transformers checkpoint that say how it pools; the export keeps them.
+_POOLING_FILES = ("modules.json", "1_Pooling/config.json")
+
+
+def export_student(config: ml_collections.ConfigDict, checkpoint: str | Path,
+                   directory: str | Path) -> Path:
+  """Writes the trained student of a workdir's latest checkpoint as a Hugging Face checkpoint
+  directory (weights, config.json, tokenizer, pooling), which `load_encoder`,
+  `config.student` and transformers' PyTorch models load."""
+  config, models, params, _ = restore_trained(config, checkpoint)
+  if "projection" in params:
+    raise TrainingError(
+        f"the student ({models.student.config.hidden_size} wide) has a learned projection to "
+        f"the teacher's {models.teacher.config.hidden_size} dimensions, which a Hugging Face "
+        "encoder checkpoint cannot hold; use the workdir's orbax checkpoint instead")
+  directory = save_hf_checkpoint(directory, params["encoder"], models.student.config,
+                                 hf_config=models.student.hf_config)
+  models.student.tokenizer.save_pretrained(str(directory))
+  for name in _POOLING_FILES:
+    source = models.student.path / name
+    if source.is_file():
+      (directory / name).parent.mkdir(parents=True, exist_ok=True)
+      (directory / name).write_bytes(source.read_bytes())
+  log.info("wrote the student of %s to %s", checkpoint, directory)
+  return directory

@@ -93,11 +93,8 @@ def test_two_devices_match_one_device(setup, loss):
 
 
 def final_params_at(workdir, step):
-  import jax
   import orbax.checkpoint as ocp
-  restored = ocp.CheckpointManager(workdir / "checkpoints").restore(step)
-  return {jax.tree_util.keystr(p): np.asarray(v)
-          for p, v in jax.tree_util.tree_leaves_with_path(restored["params"])}
+  return _keyed(ocp.CheckpointManager(workdir / "checkpoints").restore(step)["params"])
 
 
 def test_interrupted_run_resumes_to_the_same_parameters(setup):
@@ -233,22 +230,59 @@ def test_final_evaluation_reuses_the_last_steps_dev_evaluation(setup, monkeypatc
   assert (root / "reuse" / "runs" / "toy.trec").is_file()
 
 
-def test_eval_cli_evaluates_a_trained_checkpoint(setup):
+@pytest.fixture(scope="module")
+def evaluated_run(setup):
+  """A 2-step run with a dev collection: its config, workdir and train.py's stdout."""
   root, checkpoint, bitext, _ = setup
   collection = toy_collection(root)
   config = write_config(root / "with_eval.py", checkpoint, bitext, num_train_steps=2,
                         **{"eval.collections": [collection], "eval.dev_collection": "toy"})
-  trained = run_train(config, root / "with_eval")
-  assert "| toy |" in trained.stdout
+  return config, root / "with_eval", run_train(config, root / "with_eval").stdout
+
+
+def test_eval_cli_evaluates_a_trained_checkpoint(setup, evaluated_run):
+  root = setup[0]
+  config, workdir, trained_stdout = evaluated_run
+  assert "| toy |" in trained_stdout
   env = dict(os.environ, HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu")
   out = subprocess.run([sys.executable, str(ROOT / "eval.py"), f"--config={config}",
                         f"--checkpoint={root / 'with_eval'}"], env=env, capture_output=True,
                        text=True, check=True, timeout=300).stdout
   row = next(line for line in out.splitlines() if line.startswith("| toy |"))
-  assert row == next(line for line in trained.stdout.splitlines() if line.startswith("| toy |"))
+  assert row == next(line for line in trained_stdout.splitlines() if line.startswith("| toy |"))
   assert json.loads((root / "with_eval" / "eval.json").read_text())["toy"]["MAP"] > 0
   assert (root / "with_eval" / "runs" / "toy.trec").is_file()
   import orbax.checkpoint as ocp
   best = ocp.CheckpointManager(root / "with_eval" / "best")
   assert best.latest_step() == 2
   assert set(best.restore(best.latest_step())) == {"params"}  # evaluation needs no optimizer
+
+
+def test_eval_cli_exports_the_trained_student_for_transformers(setup, evaluated_run, tmp_path):
+  from conftest import torch_last_hidden
+  from optical_jax import load_encoder
+  config, workdir, _ = evaluated_run
+  env = dict(os.environ, HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu")
+  subprocess.run([sys.executable, str(ROOT / "eval.py"), f"--config={config}",
+                  f"--checkpoint={workdir}", f"--export_hf={tmp_path / 'student'}"], env=env,
+                 capture_output=True, text=True, check=True, timeout=300)
+  exported = load_encoder(tmp_path / "student")
+  trained = final_params(workdir)
+  flat = _keyed(exported.params)
+  assert flat.keys() == {k.removeprefix("['encoder']") for k in trained}
+  for key, value in flat.items():
+    np.testing.assert_array_equal(value, trained["['encoder']" + key])
+  assert not np.array_equal(flat["['layer_0']['output_dense']['kernel']"],
+                            _keyed(load_encoder(setup[1]).params)[
+                                "['layer_0']['output_dense']['kernel']"]), "not trained"
+  batch = exported.tokenize(["Yesu analira.", "Ndipo Mulungu anati, Kuyere; ndipo kunayera."])
+  np.testing.assert_allclose(
+      torch_last_hidden(tmp_path / "student", batch["input_ids"], batch["attention_mask"]),
+      np.asarray(exported.apply(exported.params, batch["input_ids"], batch["attention_mask"])),
+      atol=1e-4, rtol=0)
+
+
+def _keyed(params) -> dict:
+  import jax
+  return {jax.tree_util.keystr(p): np.asarray(v)
+          for p, v in jax.tree_util.tree_leaves_with_path(params)}
