@@ -8,6 +8,8 @@
   python benchmarks/train_step.py --profile --flax-dense   # ... with Flax's dense layers
   python benchmarks/train_step.py --features           # bfloat16 and remat vs float32
   python benchmarks/train_step.py --epoch              # demo-bitext epoch: buckets, teacher cache
+  python benchmarks/train_step.py --architecture mbert-base --dtype bfloat16 --no-torch \
+      --peak-tflops 989                                # MFU at mBERT-base size (H100 bf16 peak)
 
 Step = frozen teacher forward + student forward/backward + OT loss (1 - cos, log-domain
 Sinkhorn, detached plan) + clipped AdamW update. Times are medians after compilation /
@@ -20,8 +22,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import os
 import time
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -37,9 +41,37 @@ from optical_jax.train import (build_models, initial_state, make_optimizer, make
                                replicate)
 
 
-def matmul_peak(dtype=jnp.float32, n: int = 2048, repeats: int = 10) -> float:
+# Published encoder sizes, timed with random weights (nothing to download): config.json fields.
+ARCHITECTURES = {
+    "mbert-base": dict(model_type="bert", vocab_size=119547, hidden_size=768,
+                       num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+                       max_position_embeddings=512, type_vocab_size=2, pad_token_id=0),
+    "xlmr-base": dict(model_type="xlm-roberta", vocab_size=250002, hidden_size=768,
+                      num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+                      max_position_embeddings=514, type_vocab_size=1, pad_token_id=1,
+                      layer_norm_eps=1e-5),
+}
+
+
+def random_checkpoint(architecture: str) -> str:
+  """A checkpoint directory of `ARCHITECTURES[architecture]` with random weights, written once
+  into the cache directory (the step benchmark feeds random token ids: no tokenizer needed)."""
+  from optical_jax.hf_checkpoint import save_hf_checkpoint
+  from optical_jax.modeling import Encoder, EncoderConfig
+  directory = Path(base_config().cache_dir).expanduser() / "benchmark_checkpoints" / architecture
+  if not (directory / "config.json").is_file():
+    config = EncoderConfig.from_hf_dict(ARCHITECTURES[architecture], source=architecture)
+    ids = jnp.ones((1, 2), jnp.int32)
+    params = jax.jit(Encoder(config).init)(jax.random.PRNGKey(0), ids, ids)["params"]
+    save_hf_checkpoint(directory, params, config, hf_config=ARCHITECTURES[architecture])
+  return str(directory)
+
+
+def matmul_peak(dtype=jnp.float32, n: int | None = None, repeats: int = 10) -> float:
   """FLOP/s of a large square matmul, its fastest of `repeats` runs: the machine's practical
-  peak for this dtype (a median would move with the noise of a shared machine)."""
+  peak for this dtype (a median would move with the noise of a shared machine). Accelerators
+  get a larger matmul, so that launching it is a small part of its time."""
+  n = n or (2048 if jax.default_backend() == "cpu" else 8192)
   a = jnp.ones((n, n), dtype)
   f = jax.jit(lambda a: a @ a)
   return 2 * n ** 3 / min(wall_times(lambda: f(a).block_until_ready(), repeats))
@@ -327,11 +359,11 @@ def epoch(checkpoint: str, batch: int, length: int, *, iterations: int, repeats:
   steps per epoch x mean step time.
 
   PyTorch's plain epoch: random batches padded to their longest text (transformers' usual
-  dynamic padding), the teacher run in every step; its mean step is measured on the first
+  dynamic padding), the teacher run in every step; its step is the median over the first
   `sample` batches of the epoch. Ours: length-bucketed batches, the teacher either inside
   the step (a first epoch, which fills the cache) or read from the teacher token cache
-  (every later epoch); each bucket's step is timed (median of `repeats`) and weighted by how
-  many of the epoch's batches fall in it.
+  (every later epoch); each bucket's step is timed and weighted by how many of the epoch's
+  batches fall in it. All of these take turns, `sample` rounds (`repeats` without torch).
   """
   from optical_jax import load_encoder
   from optical_jax.assets import resolve
@@ -353,18 +385,13 @@ def epoch(checkpoint: str, batch: int, length: int, *, iterations: int, repeats:
 
   step, models = jax_reference(checkpoint, iterations=iterations)
   hidden = models.teacher.config.hidden_size
-  per_width = {}
+  timed = {}
   for width in buckets.shapes:
     arrays = buckets.batch(widths.index(width))
     inline = {k: v[None] for k, v in arrays.items()}
     cached = {**inline, "teacher_tokens": np.zeros((1, batch, width, hidden), np.float32)}
-    per_width[width] = (median_seconds(lambda: step(inline), repeats, warmup=2),
-                        median_seconds(lambda: step(cached), repeats, warmup=2))
-  results = [
-      ("optical_jax, bucketed, teacher in the step (first epoch: fills the cache)",
-       sum(counts[w] * per_width[w][0] for w in counts) / steps),
-      ("optical_jax, bucketed, cached teacher tokens (later epochs)",
-       sum(counts[w] * per_width[w][1] for w in counts) / steps)]
+    timed[width, "inline"] = lambda inline=inline: step(inline)
+    timed[width, "cached"] = lambda cached=cached: step(cached)
   if with_torch:
     import torch
     torch.set_num_threads(os.cpu_count() or 1)
@@ -377,28 +404,49 @@ def epoch(checkpoint: str, batch: int, length: int, *, iterations: int, repeats:
       return torch.from_numpy(ids).long(), torch.from_numpy(mask).long()
 
     torch_batches = [(*padded(order[i:i + batch], "student"), *padded(order[i:i + batch], "teacher"))
-                     for i in range(0, batch * (sample + 1), batch)]
-    reference(*torch_batches[-1])  # warm-up
-    times = []
-    for b in torch_batches[:sample]:
-      start = time.perf_counter()
-      reference(*b)
-      times.append(time.perf_counter() - start)
-    results.insert(0, ("PyTorch reference, random batches padded to their longest",
-                       float(np.mean(times))))
+                     for i in range(0, batch * sample, batch)]
+    next_batch = itertools.cycle(torch_batches)
+    timed["torch"] = lambda: reference(*next(next_batch))
     print(f"PyTorch: mean width (student, teacher) of its {sample} timed batches: "
-          f"({np.mean([b[0].shape[1] for b in torch_batches[:sample]]):.1f}, "
-          f"{np.mean([b[2].shape[1] for b in torch_batches[:sample]]):.1f})")
-  print(f"| epoch of {steps} steps | mean step (s) | epoch (min) | speed vs PyTorch |")
+          f"({np.mean([b[0].shape[1] for b in torch_batches]):.1f}, "
+          f"{np.mean([b[2].shape[1] for b in torch_batches]):.1f})")
+  # One round times every bucket's step and one PyTorch batch, so drift slows all alike; the
+  # rounds cycle through PyTorch's `sample` batches, each timed once.
+  medians = interleaved_medians(timed, sample if with_torch else repeats, warmup=1)
+  results = [
+      ("optical_jax, bucketed, teacher in the step (first epoch: fills the cache)",
+       sum(counts[w] * medians[w, "inline"] for w in counts) / steps),
+      ("optical_jax, bucketed, cached teacher tokens (later epochs)",
+       sum(counts[w] * medians[w, "cached"] for w in counts) / steps)]
+  if with_torch:
+    results.insert(0, ("PyTorch reference, random batches padded to their longest",
+                       medians["torch"]))
+  print(f"| epoch of {steps} steps | step (s) | epoch (min) | speed vs PyTorch |")
   print("|---|---|---|---|")
   for name, seconds in results:
     ratio = f"{results[0][1] / seconds:.2f}x" if with_torch else ""
     print(f"| {name} | {seconds:.3f} | {steps * seconds / 60:.1f} | {ratio} |", flush=True)
+  # The ceiling: with the teacher cached, a step is the student's forward and backward (3x the
+  # forward's matmul FLOPs), which no schedule makes faster than the machine's matmul peak.
+  peak = matmul_peak()
+  student_flops = sum(counts[w] * 3 * encoder_flops_per_token(models.student.config, w) * batch
+                      * w for w in counts)
+  print(f"the cached epoch's student matmuls alone at the measured peak "
+        f"({peak / 1e9:.0f} GFLOP/s): {student_flops / peak / 60:.1f} min", end="")
+  if with_torch:
+    target = steps * results[0][1] / 2
+    print(f"; 2x PyTorch's epoch would be {target / 60:.1f} min, "
+          f"{student_flops / target / peak:.0%} of peak", end="")
+  print()
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--checkpoint", default=None, help="HF checkpoint (default: MiniLM-L6)")
+  parser.add_argument("--architecture", choices=sorted(ARCHITECTURES),
+                      help="instead of --checkpoint: this published size, random weights")
+  parser.add_argument("--peak-tflops", type=float, default=None,
+                      help="the device's nominal peak for --dtype: adds MFU to the step table")
   parser.add_argument("--batch", type=int, default=32)
   parser.add_argument("--length", type=int, default=64)
   parser.add_argument("--iterations", type=int, default=50)
@@ -421,7 +469,10 @@ def main() -> None:
                       help="--epoch: PyTorch batches timed to estimate its mean step")
   args = parser.parse_args()
   with flax_dense_layers() if args.flax_dense else contextlib.nullcontext():
-    run(args, args.checkpoint or str(minilm_checkpoint_dir()))
+    if args.architecture and args.checkpoint:
+      parser.error("give --checkpoint or --architecture, not both")
+    run(args, args.checkpoint or (random_checkpoint(args.architecture) if args.architecture
+                                  else str(minilm_checkpoint_dir())))
 
 
 def run(args: argparse.Namespace, checkpoint: str) -> None:
@@ -468,11 +519,14 @@ def run(args: argparse.Namespace, checkpoint: str) -> None:
   print(f"B={args.batch} L={args.length} Sinkhorn iterations={args.iterations} "
         f"dtype={args.dtype} remat={args.remat}; {flops / 1e9:.1f} GFLOP per step; "
         f"medians of {args.repeats} steps, the implementations taking turns")
-  print("| implementation | step (s) | tokens/s | GFLOP/s | of measured peak |")
-  print("|---|---|---|---|---|")
+  nominal = args.peak_tflops * 1e12 if args.peak_tflops else None
+  mfu_header = f" MFU (of {args.peak_tflops:g} TFLOP/s) |" if nominal else ""
+  print(f"| implementation | step (s) | tokens/s | GFLOP/s | of measured peak |{mfu_header}")
+  print("|---|---|---|---|---|" + ("---|" if nominal else ""))
   for name, seconds in rows:
+    mfu = f" {flops / seconds / nominal:.1%} |" if nominal else ""
     print(f"| {name} | {seconds:.3f} | {args.batch * args.length / seconds:.0f} | "
-          f"{flops / seconds / 1e9:.1f} | {flops / seconds / peak:.0%} |")
+          f"{flops / seconds / 1e9:.1f} | {flops / seconds / peak:.0%} |{mfu}")
   print(f"the step's encoder matmuls alone at the measured peak: {flops / peak:.3f} s")
   if len(rows) == 2:
     print(f"ours is {rows[1][1] / rows[0][1]:.2f}x the speed of the PyTorch reference; 1.2x "
