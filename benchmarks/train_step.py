@@ -21,6 +21,7 @@ torch==2.13.0`) is a benchmark-only dependency.
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import itertools
 import os
@@ -360,10 +361,11 @@ def epoch(checkpoint: str, batch: int, length: int, *, iterations: int, repeats:
 
   PyTorch's plain epoch: random batches padded to their longest text (transformers' usual
   dynamic padding), the teacher run in every step; its step is the median over the first
-  `sample` batches of the epoch. Ours: length-bucketed batches, the teacher either inside
-  the step (a first epoch, which fills the cache) or read from the teacher token cache
-  (every later epoch); each bucket's step is timed and weighted by how many of the epoch's
-  batches fall in it. All of these take turns, `sample` rounds (`repeats` without torch).
+  `sample` batches of the epoch. Ours: the same random batches (the "before"; both sides
+  padded to the longer) or length-bucketed ones, with the teacher either inside the step (a
+  first epoch, which fills the cache) or read from the teacher token cache (every later
+  epoch); each width's step is timed and weighted by how many of the epoch's batches have
+  it. All of these take turns, `sample` rounds (`repeats` without torch).
   """
   from optical_jax import load_encoder
   from optical_jax.assets import resolve
@@ -379,15 +381,33 @@ def epoch(checkpoint: str, batch: int, length: int, *, iterations: int, repeats:
                             max_length=length, seed=0)
   steps = buckets.steps_per_epoch
   widths = [buckets.width(i) for i in range(steps)]
-  counts = {w: widths.count(w) for w in buckets.shapes}
+  counts = collections.Counter(widths)
+  # The plain epoch, PyTorch's and ours without buckets: random batches padded to their longest.
+  order = np.random.default_rng(0).permutation(len(rows))
+  random_batches = [order[i:i + batch] for i in range(0, len(rows) - batch + 1, batch)]
+
+  def padded(index, name, width=None):  # to `width`, or to the batch's longest text
+    texts = [columns[name][i] for i in index]
+    return pad_sequences(texts, width or max(len(t) for t in texts), pad)
+
+  random_widths = [max(len(columns[name][i]) for name in columns for i in index)
+                   for index in random_batches]
+  random_counts = collections.Counter(random_widths)
   print(f"{len(rows)} pairs, batch {batch}, max length {length}, {iterations} Sinkhorn "
-        f"iterations; our buckets (width: batches) {counts}")
+        f"iterations; batches (width: count): ours, bucketed {dict(sorted(counts.items()))}; "
+        f"random, padded to their longest {dict(sorted(random_counts.items()))}")
 
   step, models = jax_reference(checkpoint, iterations=iterations)
   hidden = models.teacher.config.hidden_size
   timed = {}
-  for width in buckets.shapes:
-    arrays = buckets.batch(widths.index(width))
+  for width in sorted(set(counts) | set(random_counts)):
+    if width in counts:
+      arrays = buckets.batch(widths.index(width))
+    else:
+      index = random_batches[random_widths.index(width)]
+      arrays = {}
+      for name in columns:
+        arrays[f"{name}_ids"], arrays[f"{name}_mask"] = padded(index, name, width)
     inline = {k: v[None] for k, v in arrays.items()}
     cached = {**inline, "teacher_tokens": np.zeros((1, batch, width, hidden), np.float32)}
     timed[width, "inline"] = lambda inline=inline: step(inline)
@@ -396,36 +416,37 @@ def epoch(checkpoint: str, batch: int, length: int, *, iterations: int, repeats:
     import torch
     torch.set_num_threads(os.cpu_count() or 1)
     reference = torch_reference(checkpoint, iterations=iterations)
-    order = np.random.default_rng(0).permutation(len(rows))
-
-    def padded(index, name):  # to the longest text of the batch
-      texts = [columns[name][i] for i in index]
-      ids, mask = pad_sequences(texts, max(len(t) for t in texts), pad)
-      return torch.from_numpy(ids).long(), torch.from_numpy(mask).long()
-
-    torch_batches = [(*padded(order[i:i + batch], "student"), *padded(order[i:i + batch], "teacher"))
-                     for i in range(0, batch * sample, batch)]
+    torch_batches = [tuple(torch.from_numpy(a).long() for name in ("student", "teacher")
+                           for a in padded(index, name)) for index in random_batches[:sample]]
     next_batch = itertools.cycle(torch_batches)
     timed["torch"] = lambda: reference(*next(next_batch))
     print(f"PyTorch: mean width (student, teacher) of its {sample} timed batches: "
           f"({np.mean([b[0].shape[1] for b in torch_batches]):.1f}, "
           f"{np.mean([b[2].shape[1] for b in torch_batches]):.1f})")
-  # One round times every bucket's step and one PyTorch batch, so drift slows all alike; the
-  # rounds cycle through PyTorch's `sample` batches, each timed once.
+  # One round times every width's two steps and one PyTorch batch, so drift slows all alike;
+  # the rounds cycle through PyTorch's `sample` batches, each timed once.
   medians = interleaved_medians(timed, sample if with_torch else repeats, warmup=1)
-  results = [
-      ("optical_jax, bucketed, teacher in the step (first epoch: fills the cache)",
-       sum(counts[w] * medians[w, "inline"] for w in counts) / steps),
-      ("optical_jax, bucketed, cached teacher tokens (later epochs)",
-       sum(counts[w] * medians[w, "cached"] for w in counts) / steps)]
+
+  def epoch_seconds(width_counts, variant):
+    return sum(n * medians[w, variant] for w, n in width_counts.items())
+
+  results = [  # (name, number of steps, epoch seconds)
+      ("optical_jax, random batches, teacher in the step", len(random_batches),
+       epoch_seconds(random_counts, "inline")),
+      ("optical_jax, random batches, cached teacher tokens", len(random_batches),
+       epoch_seconds(random_counts, "cached")),
+      ("optical_jax, bucketed, teacher in the step (first epoch: fills the cache)", steps,
+       epoch_seconds(counts, "inline")),
+      ("optical_jax, bucketed, cached teacher tokens (later epochs)", steps,
+       epoch_seconds(counts, "cached"))]
   if with_torch:
     results.insert(0, ("PyTorch reference, random batches padded to their longest",
-                       medians["torch"]))
-  print(f"| epoch of {steps} steps | step (s) | epoch (min) | speed vs PyTorch |")
-  print("|---|---|---|---|")
-  for name, seconds in results:
-    ratio = f"{results[0][1] / seconds:.2f}x" if with_torch else ""
-    print(f"| {name} | {seconds:.3f} | {steps * seconds / 60:.1f} | {ratio} |", flush=True)
+                       len(random_batches), len(random_batches) * medians["torch"]))
+  print("| epoch | steps | mean step (s) | epoch (min) | speed vs PyTorch |")
+  print("|---|---|---|---|---|")
+  for name, n, seconds in results:
+    ratio = f"{results[0][2] / seconds:.2f}x" if with_torch else ""
+    print(f"| {name} | {n} | {seconds / n:.3f} | {seconds / 60:.1f} | {ratio} |", flush=True)
   # The ceiling: with the teacher cached, a step is the student's forward and backward (3x the
   # forward's matmul FLOPs), which no schedule makes faster than the machine's matmul peak.
   peak = matmul_peak()
@@ -434,7 +455,7 @@ def epoch(checkpoint: str, batch: int, length: int, *, iterations: int, repeats:
   print(f"the cached epoch's student matmuls alone at the measured peak "
         f"({peak / 1e9:.0f} GFLOP/s): {student_flops / peak / 60:.1f} min", end="")
   if with_torch:
-    target = steps * results[0][1] / 2
+    target = results[0][2] / 2
     print(f"; 2x PyTorch's epoch would be {target / 60:.1f} min, "
           f"{student_flops / target / peak:.0%} of peak", end="")
   print()
