@@ -171,6 +171,15 @@ def _strip_prefix(name: str) -> str:
   return name
 
 
+def _parameter_shapes(config: EncoderConfig) -> dict[tuple[str, ...], jax.ShapeDtypeStruct]:
+  """Our encoder's parameters by path, as shapes (nothing is computed)."""
+  template = jax.eval_shape(
+      lambda: Encoder(config).init(jax.random.PRNGKey(0), jnp.ones((1, 2), jnp.int32),
+                                   jnp.ones((1, 2), jnp.int32)))["params"]
+  return {tuple(k.key for k in key_path): leaf
+          for key_path, leaf in jax.tree_util.tree_flatten_with_path(template)[0]}
+
+
 def convert_hf_weights(weights: Mapping[str, np.ndarray], config: EncoderConfig, *,
                        source: str = "checkpoint") -> dict:
   """Maps a Hugging Face state dict onto our parameter tree, checking every shape.
@@ -179,13 +188,8 @@ def convert_hf_weights(weights: Mapping[str, np.ndarray], config: EncoderConfig,
   naming every missing, unexpected or mis-shaped weight.
   """
   by_name = {_strip_prefix(k): (k, v) for k, v in weights.items()}
-  template = jax.eval_shape(
-      lambda: Encoder(config).init(jax.random.PRNGKey(0), jnp.ones((1, 2), jnp.int32),
-                                   jnp.ones((1, 2), jnp.int32)))["params"]
-  flat_template = jax.tree_util.tree_flatten_with_path(template)[0]
   converted, used, problems = {}, set(), []
-  for key_path, shape_struct in flat_template:
-    path = tuple(k.key for k in key_path)
+  for path, shape_struct in _parameter_shapes(config).items():
     hf_name, transform, _ = _hf_name_and_transforms(path, config)
     if hf_name not in by_name:
       problems.append(f"missing weight {hf_name} (shape {tuple(shape_struct.shape)})")
@@ -243,11 +247,7 @@ def save_hf_checkpoint(directory: str | os.PathLike, params: Any, config: Encode
   if described.to_hf_dict(architecture_only=True) != config.to_hf_dict(architecture_only=True):
     raise ValueError(f"hf_config describes {described.to_hf_dict(architecture_only=True)}, "
                      f"config {config.to_hf_dict(architecture_only=True)}")
-  template = jax.eval_shape(
-      lambda: Encoder(config).init(jax.random.PRNGKey(0), jnp.ones((1, 2), jnp.int32),
-                                   jnp.ones((1, 2), jnp.int32)))["params"]
-  expected = {tuple(k.key for k in key_path): leaf.shape
-              for key_path, leaf in jax.tree_util.tree_flatten_with_path(template)[0]}
+  expected = {path: leaf.shape for path, leaf in _parameter_shapes(config).items()}
   given = {tuple(k.key for k in key_path): np.asarray(leaf, np.float32)
            for key_path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
   problems = [f"missing {'/'.join(p)}" for p in expected if p not in given]
