@@ -165,6 +165,54 @@ def features(checkpoint: str, batch: int, *, lengths: tuple[int, ...], iteration
             f"{step.temporary_bytes(batch_arrays) / 2 ** 20:.0f} |", flush=True)
 
 
+GRID = {"batch": [(32, 64, 50), (64, 64, 50), (128, 64, 50), (256, 64, 50)],
+        "length": [(32, 32, 50), (32, 64, 50), (32, 128, 50), (32, 256, 50)],
+        "Sinkhorn iterations": [(32, 64, 10), (32, 64, 50), (32, 64, 200)]}
+
+
+def grid(checkpoint: str, peak: float, *, dtype: str, remat: bool, repeats: int,
+         plot: str | None) -> None:
+  """Step time against batch, length and Sinkhorn iterations, each varied from B=32, L=64,
+  50 iterations; with `plot`, a PNG of the three against the encoder matmuls at peak."""
+  print("| batch | length | Sinkhorn iters | step (s) | tokens/s | GFLOP/s | of peak |")
+  print("|---|---|---|---|---|---|---|")
+  measured = {}  # (batch, length, iterations) -> (step seconds, encoder matmuls at peak)
+  for batch, length, iters in dict.fromkeys(p for points in GRID.values() for p in points):
+    seconds, config = jax_step(checkpoint, batch, length, dtype=dtype, iterations=iters,
+                               remat=remat, repeats=repeats)
+    flops = step_flops(config, batch, length)
+    measured[batch, length, iters] = seconds, flops / peak
+    print(f"| {batch} | {length} | {iters} | {seconds:.3f} | {batch * length / seconds:.0f} "
+          f"| {flops / seconds / 1e9:.1f} | {flops / seconds / peak:.0%} |", flush=True)
+  if plot:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(GRID), figsize=(4 * len(GRID), 3.6))
+    for ax, (axis, points) in zip(axes, GRID.items()):
+      x = [p[list(GRID).index(axis)] for p in points]
+      ax.plot(x, [measured[p][0] for p in points], marker="o", label="our step")
+      ax.plot(x, [measured[p][1] for p in points], ls="--", label="encoder matmuls at peak")
+      ax.set(xlabel=axis, ylabel="step (s)", xscale="log")
+      ax.set_xticks(x, [str(v) for v in x])
+      ax.minorticks_off()
+      if axis == "Sinkhorn iterations":  # flat: a linear axis from 0 shows how flat
+        ax.set_ylim(bottom=0)
+      else:  # batch and length: the slopes on log-log axes show the growth
+        ax.set_yscale("log")
+        ticks = [t for t in (0.25, 0.5, 1, 2, 4, 8, 16, 32)
+                 if min(min(measured[p]) for p in points) / 2 <= t
+                 <= 2 * max(max(measured[p]) for p in points)]
+        ax.set_yticks(ticks, [f"{t:g}" for t in ticks])
+        ax.minorticks_off()
+    axes[0].legend()
+    fig.suptitle(f"{jax.devices()[0].platform}, {dtype}; each panel varies one of B=32, L=64, "
+                 "50 iterations")
+    fig.tight_layout()
+    fig.savefig(plot, dpi=110)
+    print(f"wrote {plot}")
+
+
 def torch_reference(checkpoint: str, *, iterations: int):
   """A PyTorch distillation step `step(student_ids, student_mask, teacher_ids, teacher_mask)`
   on int64 tensors: transformers' models, log-domain Sinkhorn with masked uniform marginals,
@@ -476,6 +524,7 @@ def main() -> None:
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
   parser.add_argument("--grid", action="store_true", help="scaling table instead")
+  parser.add_argument("--plot", default=None, help="--grid: also draw it into this PNG")
   parser.add_argument("--breakdown", action="store_true",
                       help="encoder forward / forward+backward alone, ours and torch's")
   parser.add_argument("--profile", action="store_true",
@@ -517,16 +566,8 @@ def run(args: argparse.Namespace, checkpoint: str) -> None:
   print(f"device: {device.platform} {device.device_kind} x{jax.local_device_count()}, "
         f"measured matmul peak {peak / 1e9:.1f} GFLOP/s ({args.dtype})")
   if args.grid:
-    print("| batch | length | Sinkhorn iters | step (s) | tokens/s | GFLOP/s | of peak |")
-    print("|---|---|---|---|---|---|---|")
-    for batch, length, iters in [(32, 32, 50), (32, 64, 50), (32, 128, 50), (32, 256, 50),
-                                 (64, 64, 50), (128, 64, 50), (256, 64, 50),
-                                 (32, 64, 10), (32, 64, 200)]:
-      seconds, config = jax_step(checkpoint, batch, length, dtype=args.dtype, iterations=iters,
-                                 remat=args.remat, repeats=args.repeats)
-      flops = step_flops(config, batch, length) / seconds
-      print(f"| {batch} | {length} | {iters} | {seconds:.3f} | {batch * length / seconds:.0f} "
-            f"| {flops / 1e9:.1f} | {flops / peak:.0%} |", flush=True)
+    grid(checkpoint, peak, dtype=args.dtype, remat=args.remat, repeats=args.repeats,
+         plot=args.plot)
     return
   step, models = jax_reference(checkpoint, dtype=args.dtype, iterations=args.iterations,
                                remat=args.remat)
