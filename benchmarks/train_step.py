@@ -39,7 +39,7 @@ from optical_jax.config import base_config
 from optical_jax.modeling import encoder_flops_per_token
 from timing import interleaved_medians, median_seconds, wall_times
 from optical_jax.train import (build_models, initial_state, make_optimizer, make_train_step,
-                               replicate)
+                               replicate, shard)
 
 
 # Published encoder sizes, timed with random weights (nothing to download): config.json fields.
@@ -122,10 +122,14 @@ def jax_reference(checkpoint: str, *, dtype: str = "float32", iterations: int = 
 
 
 def random_batch(batch: int, length: int) -> dict[str, np.ndarray]:
-  """A full-length batch for one device, as the train loop feeds the pmapped step."""
-  ids = np.random.default_rng(0).integers(1000, 20000, (1, batch, length)).astype(np.int32)
-  return {"student_ids": ids, "student_mask": np.ones_like(ids),
-          "teacher_ids": ids[:, :, ::-1].copy(), "teacher_mask": np.ones_like(ids)}
+  """A full-length global batch, split over the local devices as the train loop feeds the
+  pmapped step: `[devices, batch / devices, length]`."""
+  devices = jax.local_device_count()
+  if batch % devices:
+    raise SystemExit(f"batch {batch} does not split evenly over {devices} devices")
+  ids = np.random.default_rng(0).integers(1000, 20000, (batch, length)).astype(np.int32)
+  return shard({"student_ids": ids, "student_mask": np.ones_like(ids),
+                "teacher_ids": ids[:, ::-1].copy(), "teacher_mask": np.ones_like(ids)}, devices)
 
 
 def jax_step(checkpoint: str, batch: int, length: int, *, dtype: str, iterations: int,
@@ -263,7 +267,8 @@ def torch_step(checkpoint: str, batch: int, length: int, *, iterations: int):
   import torch
   torch.set_num_threads(os.cpu_count() or 1)
   step = torch_reference(checkpoint, iterations=iterations)
-  arrays = {k: torch.from_numpy(v[0]).long() for k, v in random_batch(batch, length).items()}
+  arrays = {k: torch.from_numpy(v.reshape(-1, length)).long()
+            for k, v in random_batch(batch, length).items()}
   return lambda: step(arrays["student_ids"], arrays["student_mask"], arrays["teacher_ids"],
                       arrays["teacher_mask"])
 
@@ -456,8 +461,9 @@ def epoch(checkpoint: str, batch: int, length: int, *, iterations: int, repeats:
       arrays = {}
       for name in columns:
         arrays[f"{name}_ids"], arrays[f"{name}_mask"] = padded(index, name, width)
-    inline = {k: v[None] for k, v in arrays.items()}
-    cached = {**inline, "teacher_tokens": np.zeros((1, batch, width, hidden), np.float32)}
+    inline = shard(arrays, jax.local_device_count())
+    cached = {**inline, "teacher_tokens": np.zeros((*inline["teacher_ids"].shape, hidden),
+                                                   np.float32)}
     timed[width, "inline"] = lambda inline=inline: step(inline)
     timed[width, "cached"] = lambda cached=cached: step(cached)
   if with_torch:
@@ -578,7 +584,8 @@ def run(args: argparse.Namespace, checkpoint: str) -> None:
         checkpoint, args.batch, args.length, iterations=args.iterations)
   rows = list(interleaved_medians(timed, args.repeats, warmup=2).items())
   flops = step_flops(models.student.config, args.batch, args.length)
-  print(f"B={args.batch} L={args.length} Sinkhorn iterations={args.iterations} "
+  print(f"B={args.batch} ({args.batch // jax.local_device_count()} per device) L={args.length} "
+        f"Sinkhorn iterations={args.iterations} "
         f"dtype={args.dtype} remat={args.remat}; {flops / 1e9:.1f} GFLOP per step; "
         f"medians of {args.repeats} steps, the implementations taking turns")
   nominal = args.peak_tflops * 1e12 if args.peak_tflops else None
