@@ -254,6 +254,49 @@ def make_train_step(config, models: Models, optimizer):
   return jax.pmap(step, axis_name=AXIS, donate_argnums=(0,))
 
 
+# XLA compiler options for the train step on CPU, by config.xla_cpu_schedule.
+CPU_SCHEDULES = {
+    "memory": {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"},
+    "default": {},
+}
+
+
+def step_compiler_options(config) -> dict[str, str]:
+  """The XLA options the train step compiles with: `config.xla_cpu_schedule` on CPU."""
+  return CPU_SCHEDULES[config.xla_cpu_schedule] if jax.default_backend() == "cpu" else {}
+
+
+def compiled_per_shape(step_fn, compiler_options: Mapping[str, str]):
+  """`step_fn(state, teacher_params, batch, rng)`, a pmapped function, compiled ahead of time
+  once per batch shape with XLA `compiler_options` (a pmapped call cannot take them). An XLA
+  that does not know an option gets a warning and compiles without the options. The result's
+  `.executable_for(...)` (same arguments) gives the executable a call would use."""
+  executables = {}
+
+  def executable_for(state, teacher_params, batch, rng):
+    nonlocal compiler_options
+    key = tuple(sorted((name, np.shape(array)) for name, array in batch.items()))
+    if key not in executables:
+      lowered = step_fn.lower(state, teacher_params, batch, rng)
+      try:
+        executables[key] = lowered.compile(dict(compiler_options))
+      except RuntimeError as e:
+        if not compiler_options:
+          raise
+        log.warning("this XLA rejects the train step's compiler options %s (%s); compiling "
+                    "without them", dict(compiler_options), e)
+        compiler_options = {}
+        executables[key] = lowered.compile()
+    return executables[key]
+
+  def call(state, teacher_params, batch, rng):
+    return executable_for(state, teacher_params, batch, rng)(state, teacher_params, batch, rng)
+
+  call.executable_for = executable_for
+  call.executables = executables  # by batch shape, for inspection (memory_analysis())
+  return call
+
+
 # ---------------------------------------------------------------------------------------
 # Data
 
@@ -453,6 +496,9 @@ def _validate(config) -> None:
   if config.student_side not in ("query", "document"):
     raise TrainingError(f"config.student_side must be 'query' or 'document', got "
                         f"{config.student_side!r}")
+  if config.xla_cpu_schedule not in CPU_SCHEDULES:
+    raise TrainingError(f"config.xla_cpu_schedule must be one of {sorted(CPU_SCHEDULES)}, got "
+                        f"{config.xla_cpu_schedule!r}")
   devices = jax.local_device_count()
   if config.batch_size % devices:
     raise TrainingError(f"config.batch_size {config.batch_size} is not divisible by the "
@@ -527,7 +573,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   metrics_log = MetricsLog(workdir, start)
   state = replicate(state)
   teacher_params = replicate(models.teacher.params)
-  step_fn = make_train_step(config, models, optimizer)
+  step_fn = compiled_per_shape(make_train_step(config, models, optimizer),
+                               step_compiler_options(config))
   rng = replicate(jax.random.PRNGKey(config.seed))
 
   encoders = side_encoders(models, state.params, config)

@@ -163,7 +163,7 @@ def test_non_finite_loss_stops_naming_the_step(setup, tmp_path, monkeypatch):
   config = load_config(write_config(tmp_path / "nan.py", checkpoint, bitext, num_train_steps=4))
   import jax.numpy as jnp
   calls = {"n": 0}
-  original_step = train_lib.make_train_step
+  original_step = train_lib.compiled_per_shape
 
   def make_step(*args, **kwargs):
     step = original_step(*args, **kwargs)
@@ -176,7 +176,7 @@ def test_non_finite_loss_stops_naming_the_step(setup, tmp_path, monkeypatch):
       return new_state, metrics
     return wrapped
 
-  monkeypatch.setattr(train_lib, "make_train_step", make_step)
+  monkeypatch.setattr(train_lib, "compiled_per_shape", make_step)
   with pytest.raises(train_lib.TrainingError, match=r"non-finite loss \(nan\) at step 3; the "
                      r"last good checkpoint \(step 2\) is kept"):
     train_lib.train_and_evaluate(config, tmp_path / "w")
@@ -286,3 +286,53 @@ def _keyed(params) -> dict:
   import jax
   return {jax.tree_util.keystr(p): np.asarray(v)
           for p, v in jax.tree_util.tree_leaves_with_path(params)}
+
+
+def test_cpu_train_step_compiles_once_per_shape_with_the_memory_schedule(tiny_bert_dir):
+  import jax
+  from optical_jax.config import base_config
+  from optical_jax.train import (CPU_SCHEDULES, build_models, compiled_per_shape, initial_state,
+                                 make_optimizer, make_train_step, replicate, step_compiler_options)
+  config = base_config()
+  config.teacher, config.dropout = str(tiny_bert_dir), 0.0
+  assert step_compiler_options(config) == CPU_SCHEDULES["memory"]  # the default, on CPU
+  models, optimizer = build_models(config), make_optimizer(config)
+  teacher_params, rng = replicate(models.teacher.params), replicate(jax.random.PRNGKey(0))
+
+  def batch(length):
+    ids = np.random.default_rng(length).integers(1000, 20000, (1, 8, length)).astype(np.int32)
+    return {"student_ids": ids, "student_mask": np.ones_like(ids), "teacher_ids": ids,
+            "teacher_mask": np.ones_like(ids)}
+
+  steps, losses = {}, {}
+  for schedule, options in CPU_SCHEDULES.items():
+    steps[schedule] = compiled_per_shape(make_train_step(config, models, optimizer), options)
+    state = replicate(initial_state(models, optimizer))
+    for length in (16, 24, 16):
+      state, metrics = steps[schedule](state, teacher_params, batch(length), rng)
+    losses[schedule] = float(metrics["loss"][0])
+    assert len(steps[schedule].executables) == 2
+  temporary = {schedule: [e.memory_analysis().temp_size_in_bytes
+                          for e in step.executables.values()] for schedule, step in steps.items()}
+  assert all(m < d for m, d in zip(temporary["memory"], temporary["default"])), temporary
+  assert losses["memory"] == pytest.approx(losses["default"], rel=1e-6)
+
+
+def test_compiler_options_this_xla_rejects_fall_back_with_a_warning(caplog):
+  import jax
+  from optical_jax.train import compiled_per_shape
+  double = jax.pmap(lambda state, teacher_params, batch, rng: 2 * batch["x"])
+  step = compiled_per_shape(double, {"xla_cpu_scheduler_type": "NO_SUCH_SCHEDULE"})
+  with caplog.at_level("WARNING", logger="optical_jax"):
+    out = step(None, None, {"x": np.ones((1, 3), np.float32)}, None)
+  np.testing.assert_array_equal(out, 2 * np.ones((1, 3)))
+  assert "NO_SUCH_SCHEDULE" in caplog.text and "compiling without them" in caplog.text
+
+
+def test_unknown_cpu_schedule_is_named(setup, tmp_path):
+  root, checkpoint, bitext, _ = setup
+  config = write_config(tmp_path / "bad.py", checkpoint, bitext, xla_cpu_schedule="fastest")
+  result = run_train(config, tmp_path / "bad", check=False)
+  assert result.returncode != 0
+  assert "config.xla_cpu_schedule must be one of ['default', 'memory'], got 'fastest'" in (
+      result.stderr)
