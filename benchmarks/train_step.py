@@ -38,8 +38,9 @@ from optical_jax.assets import minilm_checkpoint_dir
 from optical_jax.config import base_config
 from optical_jax.modeling import encoder_flops_per_token
 from timing import interleaved_medians, median_seconds, wall_times
-from optical_jax.train import (build_models, initial_state, make_optimizer, make_train_step,
-                               replicate, shard)
+from optical_jax.train import (CPU_SCHEDULES, build_models, compiled_per_shape, initial_state,
+                               make_optimizer, make_train_step, replicate, shard,
+                               step_compiler_options)
 
 
 # Published encoder sizes, timed with random weights (nothing to download): config.json fields.
@@ -85,10 +86,10 @@ def step_flops(config, batch: int, length: int) -> float:
 
 def jax_reference(checkpoint: str, *, dtype: str = "float32", iterations: int = 50,
                   remat: bool = False, compiler_options: dict[str, str] | None = None):
-  """Our distillation step `step(batch) -> loss` (the train loop's pmapped step) and the
-  student's encoder config. `batch` holds `[1, batch, length]` arrays; with
-  `teacher_tokens` in it, the teacher's forward is skipped (the cached path).
-  `compiler_options` are XLA options for compiling the step (`--xla_*` flags without `--`)."""
+  """Our distillation step `step(batch) -> loss` (the train loop's compiled pmapped step) and
+  the models. `batch` holds `[devices, batch, length]` arrays; with `teacher_tokens` in it,
+  the teacher's forward is skipped (the cached path). `compiler_options` are XLA options for
+  compiling the step (`--xla_*` flags without `--`); default: the train loop's."""
   config = base_config()
   config.teacher, config.dtype, config.remat, config.dropout = checkpoint, dtype, remat, 0.0
   config.loss, config.num_train_steps = "ot", 1000
@@ -98,24 +99,18 @@ def jax_reference(checkpoint: str, *, dtype: str = "float32", iterations: int = 
   holder = {"state": replicate(initial_state(models, optimizer))}
   teacher_params = replicate(models.teacher.params)
   rng = replicate(jax.random.PRNGKey(0))
-  train_step = make_train_step(config, models, optimizer)
-  compiled = {}
-
-  def compiled_for(batch_arrays):
-    shapes = tuple((name, np.shape(a)) for name, a in sorted(batch_arrays.items()))
-    if shapes not in compiled:
-      lowered = train_step.lower(holder["state"], teacher_params, batch_arrays, rng)
-      compiled[shapes] = lowered.compile(compiler_options)
-    return compiled[shapes]
+  train_step = compiled_per_shape(
+      make_train_step(config, models, optimizer),
+      step_compiler_options(config) if compiler_options is None else compiler_options)
 
   def step(batch_arrays):
-    holder["state"], metrics = compiled_for(batch_arrays)(holder["state"], teacher_params,
-                                                          batch_arrays, rng)
+    holder["state"], metrics = train_step(holder["state"], teacher_params, batch_arrays, rng)
     return jax.block_until_ready(metrics["loss"])
 
   def temporary_bytes(batch_arrays) -> int:
     """The compiled step's temporary buffers: mostly activations kept for the backward."""
-    return compiled_for(batch_arrays).memory_analysis().temp_size_in_bytes
+    executable = train_step.executable_for(holder["state"], teacher_params, batch_arrays, rng)
+    return executable.memory_analysis().temp_size_in_bytes
 
   step.temporary_bytes = temporary_bytes
   return step, models
@@ -143,17 +138,20 @@ def features(checkpoint: str, batch: int, *, lengths: tuple[int, ...], iteration
              repeats: int) -> None:
   """Before/after of the speed features meant for accelerators, measured here: bfloat16
   compute (float32 master weights) and per-layer remat, each against the float32 step, in
-  time and in the compiled step's temporary memory; on CPU also float32 and remat under
-  XLA:CPU's memory-optimised schedule, without which remat saves little memory there."""
-  memory_scheduler = {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
+  time and in the compiled step's temporary memory. On CPU these use the train loop's
+  memory-optimised XLA:CPU schedule, and float32 and remat also run under XLA:CPU's default
+  schedule (which favours concurrency), the "before" of `config.xla_cpu_schedule`."""
+  # (name, dtype, remat, compiler options); on CPU, "memory" is the train loop's schedule.
   variants = [("float32", "float32", False, None),
               ("bfloat16 compute, float32 weights", "bfloat16", False, None),
               ("float32, per-layer remat", "float32", True, None)]
-  if jax.default_backend() == "cpu":  # XLA:CPU's default schedule favours concurrency
-    variants += [("float32, memory-optimised XLA:CPU schedule", "float32", False,
-                  memory_scheduler),
-                 ("float32, per-layer remat, memory-optimised XLA:CPU schedule", "float32", True,
-                  memory_scheduler)]
+  if jax.default_backend() == "cpu":
+    variants = [(f"{name}, memory-optimised schedule (train loop)", dtype, remat, options)
+                for name, dtype, remat, options in variants]
+    variants += [("float32, XLA:CPU's default schedule", "float32", False,
+                  CPU_SCHEDULES["default"]),
+                 ("float32, per-layer remat, XLA:CPU's default schedule", "float32", True,
+                  CPU_SCHEDULES["default"])]
   print(f"B={batch}, {iterations} Sinkhorn iterations")
   print("| length | variant | step (s) | time vs float32 | temporary buffers (MiB) |")
   print("|---|---|---|---|---|")
