@@ -25,7 +25,6 @@ import collections
 import contextlib
 import itertools
 import os
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
