@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -22,10 +23,12 @@ import numpy as np
 from optical_jax.modeling import Encoder, EncoderConfig
 from optical_jax.pooling import pool
 
+# The files of a sentence-transformers checkpoint that say how it pools.
+_POOLING_FILES = ("modules.json", "1_Pooling/config.json")
 # Files a checkpoint needs, for the hub download: no duplicate weight formats.
 _HUB_PATTERNS = ["config.json", "*.safetensors", "model.safetensors.index.json",
                  "tokenizer*", "vocab*", "special_tokens_map.json", "sentencepiece*",
-                 "merges.txt", "modules.json", "1_Pooling/config.json"]
+                 "merges.txt", *_POOLING_FILES]
 # Weights a checkpoint may carry that an encoder does not use.
 _IGNORED_WEIGHTS = re.compile(
     r"^(pooler\.|cls\.|lm_head\.|classifier\.|qa_outputs\.|embeddings\.position_ids$)")
@@ -272,9 +275,8 @@ def save_hf_checkpoint(directory: str | os.PathLike, params: Any, config: Encode
 
 def _sentence_transformers_pooling(directory: Path) -> tuple[str, bool]:
   """Pooling and normalisation declared by a sentence-transformers checkpoint, else mean."""
-  pooling_config = directory / "1_Pooling" / "config.json"
+  modules, pooling_config = (directory / name for name in _POOLING_FILES)
   normalize = False
-  modules = directory / "modules.json"
   if modules.is_file():
     normalize = any("Normalize" in m.get("type", "") for m in json.loads(modules.read_text()))
   if pooling_config.is_file():
@@ -307,6 +309,19 @@ class LoadedEncoder:
       except Exception as e:
         raise CheckpointError(f"{self.path}: no usable tokenizer files ({e})") from None
     return self._tokenizer
+
+  def save(self, directory: str | os.PathLike, params: Any = None) -> Path:
+    """This encoder, with `params` (e.g. trained ones) in place of its own, as a Hugging Face
+    checkpoint directory: weights and config.json (`save_hf_checkpoint`), the tokenizer, and
+    the sentence-transformers pooling files that `load_encoder` reads."""
+    directory = save_hf_checkpoint(directory, self.params if params is None else params,
+                                   self.config, hf_config=self.hf_config)
+    self.tokenizer.save_pretrained(str(directory))
+    for name in _POOLING_FILES:
+      if (self.path / name).is_file():
+        (directory / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(self.path / name, directory / name)
+    return directory
 
   def apply(self, params: Any, input_ids: jax.Array, attention_mask: jax.Array, *,
             token_type_ids: jax.Array | None = None, deterministic: bool = True,

@@ -37,7 +37,7 @@ from optical_jax import data as data_lib
 from optical_jax.evaluation import (DEFAULT_MEASURES, TextEncoder, evaluate, evaluate_per_query,
                                     format_table, read_corpus, read_qrels, read_topics, retrieve,
                                     write_run)
-from optical_jax.hf_checkpoint import LoadedEncoder, load_encoder, save_hf_checkpoint
+from optical_jax.hf_checkpoint import LoadedEncoder, load_encoder
 from optical_jax.losses import (contrastive_distillation_loss, mse_distillation_loss,
                                 ot_distillation_loss)
 from optical_jax.pooling import pool
@@ -293,7 +293,7 @@ def compiled_per_shape(step_fn, compiler_options: Mapping[str, str]):
     return executable_for(state, teacher_params, batch, rng)(state, teacher_params, batch, rng)
 
   call.executable_for = executable_for
-  call.executables = executables  # by batch shape, for inspection (memory_analysis())
+  call.executables = executables  # by batch shape: what was compiled, memory_analysis()
   return call
 
 
@@ -596,13 +596,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     run_dev_eval(0, state)
   best_dev_map = max((r["dev_MAP"] for r in metrics_log.records()
                       if "dev_MAP" in r and r["step"] > 0), default=-math.inf)
-  compiled_shapes: set[int] = set()
   bar = tqdm(range(start, config.num_train_steps), initial=start, total=config.num_train_steps,
              desc=f"{config.stage}:{config.loss}", disable=not config.progress_bar)
   window_start, window_steps, last = time.perf_counter(), 0, {}
   for step in bar:
     batch = batches.batch(step)
-    compiled_shapes.add(next(iter(batch.values())).shape[1])
     if teacher_cache is not None:
       batch["teacher_tokens"] = teacher_cache.lookup(batches.indices(step),
                                                      batch["teacher_ids"], batch["teacher_mask"])
@@ -621,7 +619,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
       elapsed = time.perf_counter() - window_start
       last = {k: float(v[0]) for k, v in jax.device_get(metrics).items()}
       last["steps_per_sec"] = window_steps / elapsed
-      last["compilations"] = len(compiled_shapes)
+      last["compilations"] = len(step_fn.executables)
       metrics_log.write(done, last)
       bar.set_postfix(loss=f"{loss:.4f}", sps=f"{last['steps_per_sec']:.2f}")
       window_start, window_steps = time.perf_counter(), 0
@@ -645,8 +643,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   bar.close()
   latest.wait_until_finished()
   best.wait_until_finished()
-  log.info("compiled the train step for %d shape(s): %s", len(compiled_shapes),
-           sorted(compiled_shapes))
+  # Every batch array is [devices, batch, length, ...]: the lengths name the shapes.
+  log.info("compiled the train step for %d shape(s): %s", len(step_fn.executables),
+           sorted({shape[2] for key in step_fn.executables for _, shape in key}))
   if teacher_cache is not None:
     log.info("teacher token cache %s: encoded %d pairs, the rest were cached",
              teacher_cache.directory, teacher_cache.encoded)
@@ -708,10 +707,6 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, checkpoint: str | Pat
                       collection_specs(config), workdir, measures=measures)
 
 
-# Files of a sentence-transformers checkpoint that say how it pools; the export keeps them.
-_POOLING_FILES = ("modules.json", "1_Pooling/config.json")
-
-
 def export_student(config: ml_collections.ConfigDict, checkpoint: str | Path,
                    directory: str | Path) -> Path:
   """Writes the trained student of a workdir's latest checkpoint as a Hugging Face checkpoint
@@ -723,13 +718,6 @@ def export_student(config: ml_collections.ConfigDict, checkpoint: str | Path,
         f"the student ({models.student.config.hidden_size} wide) has a learned projection to "
         f"the teacher's {models.teacher.config.hidden_size} dimensions, which a Hugging Face "
         "encoder checkpoint cannot hold; use the workdir's orbax checkpoint instead")
-  directory = save_hf_checkpoint(directory, params["encoder"], models.student.config,
-                                 hf_config=models.student.hf_config)
-  models.student.tokenizer.save_pretrained(str(directory))
-  for name in _POOLING_FILES:
-    source = models.student.path / name
-    if source.is_file():
-      (directory / name).parent.mkdir(parents=True, exist_ok=True)
-      (directory / name).write_bytes(source.read_bytes())
+  directory = models.student.save(directory, params["encoder"])
   log.info("wrote the student of %s to %s", checkpoint, directory)
   return directory

@@ -174,6 +174,7 @@ def test_non_finite_loss_stops_naming_the_step(setup, tmp_path, monkeypatch):
       if calls["n"] == 3:
         metrics = dict(metrics, loss=metrics["loss"] * jnp.nan)
       return new_state, metrics
+    wrapped.executables = step.executables
     return wrapped
 
   monkeypatch.setattr(train_lib, "compiled_per_shape", make_step)
@@ -240,20 +241,19 @@ def evaluated_run(setup):
   return config, root / "with_eval", run_train(config, root / "with_eval").stdout
 
 
-def test_eval_cli_evaluates_a_trained_checkpoint(setup, evaluated_run):
-  root = setup[0]
+def test_eval_cli_evaluates_a_trained_checkpoint(evaluated_run):
   config, workdir, trained_stdout = evaluated_run
   assert "| toy |" in trained_stdout
   env = dict(os.environ, HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu")
   out = subprocess.run([sys.executable, str(ROOT / "eval.py"), f"--config={config}",
-                        f"--checkpoint={root / 'with_eval'}"], env=env, capture_output=True,
+                        f"--checkpoint={workdir}"], env=env, capture_output=True,
                        text=True, check=True, timeout=300).stdout
   row = next(line for line in out.splitlines() if line.startswith("| toy |"))
   assert row == next(line for line in trained_stdout.splitlines() if line.startswith("| toy |"))
-  assert json.loads((root / "with_eval" / "eval.json").read_text())["toy"]["MAP"] > 0
-  assert (root / "with_eval" / "runs" / "toy.trec").is_file()
+  assert json.loads((workdir / "eval.json").read_text())["toy"]["MAP"] > 0
+  assert (workdir / "runs" / "toy.trec").is_file()
   import orbax.checkpoint as ocp
-  best = ocp.CheckpointManager(root / "with_eval" / "best")
+  best = ocp.CheckpointManager(workdir / "best")
   assert best.latest_step() == 2
   assert set(best.restore(best.latest_step())) == {"params"}  # evaluation needs no optimizer
 
@@ -288,6 +288,8 @@ def _keyed(params) -> dict:
           for p, v in jax.tree_util.tree_leaves_with_path(params)}
 
 
+@pytest.mark.skipif(__import__("jax").default_backend() != "cpu",
+                    reason="the schedule is an XLA:CPU option")
 def test_cpu_train_step_compiles_once_per_shape_with_the_memory_schedule(tiny_bert_dir):
   import jax
   from optical_jax.config import base_config
