@@ -214,11 +214,18 @@ def grid(checkpoint: str, peak: float, *, dtype: str, remat: bool, repeats: int,
     print(f"wrote {plot}")
 
 
+def import_torch():
+  """torch, using every core (as XLA does)."""
+  import torch
+  torch.set_num_threads(os.cpu_count() or 1)
+  return torch
+
+
 def torch_reference(checkpoint: str, *, iterations: int):
   """A PyTorch distillation step `step(student_ids, student_mask, teacher_ids, teacher_mask)`
   on int64 tensors: transformers' models, log-domain Sinkhorn with masked uniform marginals,
   detached plan, clipped AdamW."""
-  import torch
+  torch = import_torch()
   from transformers import AutoModel
   torch.manual_seed(0)
   student = AutoModel.from_pretrained(checkpoint).train()
@@ -262,7 +269,6 @@ def torch_reference(checkpoint: str, *, iterations: int):
 def torch_step(checkpoint: str, batch: int, length: int, *, iterations: int):
   """The PyTorch reference step on `random_batch`'s token ids, as a no-argument call."""
   import torch
-  torch.set_num_threads(os.cpu_count() or 1)
   step = torch_reference(checkpoint, iterations=iterations)
   arrays = {k: torch.from_numpy(v.reshape(-1, length)).long()
             for k, v in random_batch(batch, length).items()}
@@ -318,7 +324,7 @@ def breakdown(checkpoint: str, batch: int, length: int, *, repeats: int, with_to
        lambda: jax.block_until_ready(frozen(encoder.params, table))),
   ]
   if with_torch:
-    import torch
+    torch = import_torch()
     from transformers import AutoModel
     model = AutoModel.from_pretrained(checkpoint)
     for m in model.modules():
@@ -363,7 +369,6 @@ def profile(checkpoint: str, batch: int, length: int, *, repeats: int) -> None:
   """Where our encoder's forward + backward spends its time: a `jax.profiler` trace of
   `repeats` calls, each compiled op's time summed per kind (over the worker threads, so the
   sum exceeds the wall time when ops overlap), and the compiled program's matmuls by backend."""
-  import collections
   import glob
   import gzip
   import json
@@ -465,7 +470,6 @@ def epoch(checkpoint: str, batch: int, length: int, *, iterations: int, repeats:
     timed[width, "cached"] = lambda cached=cached: step(cached)
   if with_torch:
     import torch
-    torch.set_num_threads(os.cpu_count() or 1)
     reference = torch_reference(checkpoint, iterations=iterations)
     torch_batches = [tuple(torch.from_numpy(a).long() for name in ("student", "teacher")
                            for a in padded(index, name)) for index in random_batches[:sample]]
@@ -541,9 +545,9 @@ def main() -> None:
   parser.add_argument("--sample", type=int, default=16,
                       help="--epoch: PyTorch batches timed to estimate its mean step")
   args = parser.parse_args()
+  if args.architecture and args.checkpoint:
+    parser.error("give --checkpoint or --architecture, not both")
   with flax_dense_layers() if args.flax_dense else contextlib.nullcontext():
-    if args.architecture and args.checkpoint:
-      parser.error("give --checkpoint or --architecture, not both")
     run(args, args.checkpoint or (random_checkpoint(args.architecture) if args.architecture
                                   else str(minilm_checkpoint_dir())))
 
