@@ -24,6 +24,9 @@ def main(argv):
   # Orbax logs every checkpoint operation at INFO through absl; keep ours and its warnings.
   absl_logging.set_verbosity(absl_logging.WARNING)
   logging.getLogger("optical_jax").setLevel(logging.INFO)
+  from optical_jax import host_memory
+  # First: glibc fixes a thread's malloc arena when the thread first allocates.
+  host_memory.configure(FLAGS.config.host_memory)
   from optical_jax.train import run
   run(FLAGS.config, FLAGS.workdir)
 

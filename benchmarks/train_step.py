@@ -14,7 +14,9 @@
 Step = frozen teacher forward + student forward/backward + OT loss (1 - cos, log-domain
 Sinkhorn, detached plan) + clipped AdamW update. Times are medians after compilation /
 warm-up. FLOPs are counted analytically (encoder matmuls only), and the fraction of the
-machine's peak uses a large matmul measured in the same run. torch (`pip install
+machine's peak uses a large matmul measured in the same run. On CPU, `--host-memory` is the
+train loop's `config.host_memory` (default "retain": glibc keeps freed memory), set for the
+whole process, so PyTorch runs under it too; "release" leaves malloc as it is. torch (`pip install
 torch==2.13.0`) is a benchmark-only dependency.
 """
 
@@ -29,18 +31,8 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-
-from optical_jax.assets import minilm_checkpoint_dir
+from optical_jax import host_memory
 from optical_jax.config import base_config
-from optical_jax.modeling import encoder_flops_per_token
-from timing import interleaved_medians, median_seconds, wall_times
-from optical_jax.train import (CPU_SCHEDULES, build_models, compiled_per_shape, initial_state,
-                               make_optimizer, make_train_step, replicate, shard,
-                               step_compiler_options)
-
 
 # Published encoder sizes, timed with random weights (nothing to download): config.json fields.
 ARCHITECTURES = {
@@ -52,6 +44,62 @@ ARCHITECTURES = {
                       max_position_embeddings=514, type_vocab_size=1, pad_token_id=1,
                       layer_norm_eps=1e-5),
 }
+
+
+def parse_args() -> argparse.Namespace:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--checkpoint", default=None, help="HF checkpoint (default: MiniLM-L6)")
+  parser.add_argument("--architecture", choices=sorted(ARCHITECTURES),
+                      help="instead of --checkpoint: this published size, random weights")
+  parser.add_argument("--peak-tflops", type=float, default=None,
+                      help="the device's nominal peak for --dtype: adds MFU to the step table")
+  parser.add_argument("--batch", type=int, default=32)
+  parser.add_argument("--length", type=int, default=64)
+  parser.add_argument("--iterations", type=int, default=50)
+  parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+  parser.add_argument("--remat", action="store_true")
+  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
+  parser.add_argument("--host-memory", choices=host_memory.SETTINGS,
+                      default=base_config().host_memory,
+                      help="CPU: glibc malloc keeps freed memory (retain, the train loop's "
+                           "default) or not (release); for the whole process, torch included")
+  parser.add_argument("--grid", action="store_true", help="scaling table instead")
+  parser.add_argument("--plot", default=None, help="--grid: also draw it into this PNG")
+  parser.add_argument("--breakdown", action="store_true",
+                      help="encoder forward / forward+backward alone, ours and torch's")
+  parser.add_argument("--profile", action="store_true",
+                      help="our encoder forward+backward by kind of op (jax.profiler trace)")
+  parser.add_argument("--features", action="store_true",
+                      help="bfloat16 and remat against float32 (time, temporary memory)")
+  parser.add_argument("--flax-dense", action="store_true",
+                      help="use Flax's nn.Dense layers (our encoder before its dense VJP)")
+  parser.add_argument("--epoch", action="store_true",
+                      help="epoch time on the demo bitext (bucketing, teacher token cache)")
+  parser.add_argument("--sample", type=int, default=16,
+                      help="--epoch: PyTorch batches timed to estimate its mean step")
+  args = parser.parse_args()
+  if args.architecture and args.checkpoint:
+    parser.error("give --checkpoint or --architecture, not both")
+  return args
+
+
+if __name__ == "__main__":
+  # Before jax, numpy or torch start threads: glibc fixes a thread's malloc arena when the
+  # thread first allocates.
+  ARGS = parse_args()
+  HOST_MEMORY_RETAINED = host_memory.configure(ARGS.host_memory)
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from optical_jax.assets import minilm_checkpoint_dir
+from optical_jax.modeling import encoder_flops_per_token
+from timing import interleaved_medians, median_seconds, wall_times
+from optical_jax.train import (CPU_SCHEDULES, build_models, compiled_per_shape, initial_state,
+                               make_optimizer, make_train_step, replicate, shard,
+                               step_compiler_options)
 
 
 def random_checkpoint(architecture: str) -> str:
@@ -516,43 +564,16 @@ def epoch(checkpoint: str, batch: int, length: int, *, iterations: int, repeats:
   print()
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--checkpoint", default=None, help="HF checkpoint (default: MiniLM-L6)")
-  parser.add_argument("--architecture", choices=sorted(ARCHITECTURES),
-                      help="instead of --checkpoint: this published size, random weights")
-  parser.add_argument("--peak-tflops", type=float, default=None,
-                      help="the device's nominal peak for --dtype: adds MFU to the step table")
-  parser.add_argument("--batch", type=int, default=32)
-  parser.add_argument("--length", type=int, default=64)
-  parser.add_argument("--iterations", type=int, default=50)
-  parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-  parser.add_argument("--remat", action="store_true")
-  parser.add_argument("--repeats", type=int, default=5)
-  parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
-  parser.add_argument("--grid", action="store_true", help="scaling table instead")
-  parser.add_argument("--plot", default=None, help="--grid: also draw it into this PNG")
-  parser.add_argument("--breakdown", action="store_true",
-                      help="encoder forward / forward+backward alone, ours and torch's")
-  parser.add_argument("--profile", action="store_true",
-                      help="our encoder forward+backward by kind of op (jax.profiler trace)")
-  parser.add_argument("--features", action="store_true",
-                      help="bfloat16 and remat against float32 (time, temporary memory)")
-  parser.add_argument("--flax-dense", action="store_true",
-                      help="use Flax's nn.Dense layers (our encoder before its dense VJP)")
-  parser.add_argument("--epoch", action="store_true",
-                      help="epoch time on the demo bitext (bucketing, teacher token cache)")
-  parser.add_argument("--sample", type=int, default=16,
-                      help="--epoch: PyTorch batches timed to estimate its mean step")
-  args = parser.parse_args()
-  if args.architecture and args.checkpoint:
-    parser.error("give --checkpoint or --architecture, not both")
+def main(args: argparse.Namespace) -> None:
   with flax_dense_layers() if args.flax_dense else contextlib.nullcontext():
     run(args, args.checkpoint or (random_checkpoint(args.architecture) if args.architecture
                                   else str(minilm_checkpoint_dir())))
 
 
 def run(args: argparse.Namespace, checkpoint: str) -> None:
+  print(f"host memory: {args.host_memory}" + (
+      " (glibc malloc keeps freed memory, for this whole process)" if HOST_MEMORY_RETAINED
+      else " (malloc as it is)"))
   if args.breakdown:
     breakdown(checkpoint, args.batch, args.length, repeats=args.repeats,
               with_torch=not args.no_torch)
@@ -605,4 +626,4 @@ def run(args: argparse.Namespace, checkpoint: str) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  main(ARGS)

@@ -34,6 +34,7 @@ import optax
 from tqdm.auto import tqdm
 
 from optical_jax import data as data_lib
+from optical_jax import host_memory
 from optical_jax.evaluation import (DEFAULT_MEASURES, TextEncoder, evaluate, evaluate_per_query,
                                     format_table, read_corpus, read_qrels, read_topics, retrieve,
                                     write_run)
@@ -499,6 +500,9 @@ def _validate(config) -> None:
   if config.xla_cpu_schedule not in CPU_SCHEDULES:
     raise TrainingError(f"config.xla_cpu_schedule must be one of {sorted(CPU_SCHEDULES)}, got "
                         f"{config.xla_cpu_schedule!r}")
+  if config.host_memory not in host_memory.SETTINGS:
+    raise TrainingError(f"config.host_memory must be one of {host_memory.SETTINGS}, got "
+                        f"{config.host_memory!r}")
   devices = jax.local_device_count()
   if config.batch_size % devices:
     raise TrainingError(f"config.batch_size {config.batch_size} is not divisible by the "

@@ -338,3 +338,11 @@ def test_unknown_cpu_schedule_is_named(setup, tmp_path):
   assert result.returncode != 0
   assert "config.xla_cpu_schedule must be one of ['default', 'memory'], got 'fastest'" in (
       result.stderr)
+
+
+def test_unknown_host_memory_is_named(setup, tmp_path):
+  root, checkpoint, bitext, _ = setup
+  config = write_config(tmp_path / "bad.py", checkpoint, bitext, host_memory="keep")
+  result = run_train(config, tmp_path / "bad", check=False)
+  assert result.returncode != 0
+  assert "config.host_memory must be one of ('retain', 'release'), got 'keep'" in result.stderr

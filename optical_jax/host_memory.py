@@ -1,0 +1,52 @@
+"""Host memory settings for training on CPU: glibc's malloc made to keep freed memory.
+
+On CPU, XLA's buffers are host memory. Every train step allocates its temporary buffers
+(about 0.5 GiB for MiniLM at batch 32, length 64) and frees them at its end, from XLA's own
+threads. By default glibc gives each such thread its own malloc arena and serves large blocks
+(above 32 MiB at most; in a thread's arena, anything over 64 MiB) with fresh `mmap`s that go
+back to the OS when freed. So every step page-faults its whole working memory in again: 535 MiB per MiniLM
+step, which made a step with cached teacher tokens 12-17% slower (BENCHMARKS.md, "Host
+memory").
+
+`retain_freed_host_memory()` sets one arena for all threads, no `mmap` for large blocks and no
+trimming of the heap, so freed memory is reused and the process keeps its peak memory. glibc
+fixes a thread's arena when the thread first allocates: call it before JAX (or numpy, torch)
+starts threads, i.e. before the first JAX computation; `train.py` does so. This
+module imports nothing else for that reason.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+
+# config.host_memory values.
+SETTINGS = ("retain", "release")
+
+# mallopt() parameters, glibc's malloc.h.
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+_M_ARENA_MAX = -8
+_INT_MAX = 2**31 - 1
+
+
+def retain_freed_host_memory() -> bool:
+  """Makes glibc's malloc keep freed memory for reuse (see the module docstring). Returns
+  False, changing nothing, where the C library is not glibc (macOS, musl)."""
+  try:
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+  except OSError:
+    return False
+  # Only glibc has gnu_get_libc_version; other C libraries' mallopt codes mean other things.
+  if not hasattr(libc, "gnu_get_libc_version") or not hasattr(libc, "mallopt"):
+    return False
+  return all(libc.mallopt(parameter, value) == 1 for parameter, value in (
+      (_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _INT_MAX)))
+
+
+def configure(setting: str) -> bool:
+  """Applies `config.host_memory`: "retain" calls `retain_freed_host_memory()`, "release"
+  leaves malloc as it is. Returns whether malloc's settings changed."""
+  if setting not in SETTINGS:
+    raise ValueError(f"config.host_memory must be one of {SETTINGS}, got {setting!r}")
+  return setting == "retain" and retain_freed_host_memory()
