@@ -16,8 +16,8 @@ Sinkhorn, detached plan) + clipped AdamW update. Times are medians after compila
 warm-up. FLOPs are counted analytically (encoder matmuls only), and the fraction of the
 machine's peak uses a large matmul measured in the same run. On CPU, `--host-memory` is the
 train loop's `config.host_memory` (default "retain": glibc keeps freed memory), set for the
-whole process, so PyTorch runs under it too; "release" leaves malloc as it is. torch (`pip install
-torch==2.13.0`) is a benchmark-only dependency.
+whole process, so PyTorch runs under it too; "release" leaves malloc as it is. torch
+(`pip install torch==2.13.0`) is a benchmark-only dependency.
 """
 
 from __future__ import annotations
