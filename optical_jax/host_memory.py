@@ -4,9 +4,9 @@ On CPU, XLA's buffers are host memory. Every train step allocates its temporary 
 (about 0.5 GiB for MiniLM at batch 32, length 64) and frees them at its end, from XLA's own
 threads. By default glibc gives each such thread its own malloc arena and serves large blocks
 (above 32 MiB at most; in a thread's arena, anything over 64 MiB) with fresh `mmap`s that go
-back to the OS when freed. So every step page-faults its whole working memory in again: 535 MiB per MiniLM
-step, which made a step with cached teacher tokens 12-17% slower (BENCHMARKS.md, "Host
-memory").
+back to the OS when freed. So every step page-faults its whole working memory in again:
+535 MiB per MiniLM step, which made a step with cached teacher tokens 12-17% slower
+(BENCHMARKS.md, "Host memory").
 
 `retain_freed_host_memory()` sets one arena for all threads, no `mmap` for large blocks and no
 trimming of the heap, so freed memory is reused and the process keeps its peak memory. glibc
