@@ -88,7 +88,7 @@ if __name__ == "__main__":
   # Before jax, numpy or torch start threads: glibc fixes a thread's malloc arena when the
   # thread first allocates.
   ARGS = parse_args()
-  HOST_MEMORY_RETAINED = host_memory.configure(ARGS.host_memory)
+  ARGS.host_memory_changed = host_memory.configure(ARGS.host_memory)
 
 import jax
 import jax.numpy as jnp
@@ -572,7 +572,7 @@ def main(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace, checkpoint: str) -> None:
   print(f"host memory: {args.host_memory}" + (
-      " (glibc malloc keeps freed memory, for this whole process)" if HOST_MEMORY_RETAINED
+      " (glibc malloc keeps freed memory, for this whole process)" if args.host_memory_changed
       else " (malloc as it is)"))
   if args.breakdown:
     breakdown(checkpoint, args.batch, args.length, repeats=args.repeats,

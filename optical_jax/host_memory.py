@@ -44,9 +44,14 @@ def retain_freed_host_memory() -> bool:
       (_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _INT_MAX)))
 
 
+def check(setting: str) -> None:
+  """Raises ValueError naming `config.host_memory` unless `setting` is one of `SETTINGS`."""
+  if setting not in SETTINGS:
+    raise ValueError(f"config.host_memory must be one of {SETTINGS}, got {setting!r}")
+
+
 def configure(setting: str) -> bool:
   """Applies `config.host_memory`: "retain" calls `retain_freed_host_memory()`, "release"
   leaves malloc as it is. Returns whether malloc's settings changed."""
-  if setting not in SETTINGS:
-    raise ValueError(f"config.host_memory must be one of {SETTINGS}, got {setting!r}")
+  check(setting)
   return setting == "retain" and retain_freed_host_memory()

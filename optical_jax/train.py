@@ -500,9 +500,10 @@ def _validate(config) -> None:
   if config.xla_cpu_schedule not in CPU_SCHEDULES:
     raise TrainingError(f"config.xla_cpu_schedule must be one of {sorted(CPU_SCHEDULES)}, got "
                         f"{config.xla_cpu_schedule!r}")
-  if config.host_memory not in host_memory.SETTINGS:
-    raise TrainingError(f"config.host_memory must be one of {host_memory.SETTINGS}, got "
-                        f"{config.host_memory!r}")
+  try:
+    host_memory.check(config.host_memory)  # applied by train.py, before JAX starts threads
+  except ValueError as e:
+    raise TrainingError(str(e)) from None
   devices = jax.local_device_count()
   if config.batch_size % devices:
     raise TrainingError(f"config.batch_size {config.batch_size} is not divisible by the "

@@ -16,12 +16,12 @@ import ctypes, resource, sys, threading
 from optical_jax import host_memory
 changed = host_memory.configure(sys.argv[1])
 libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
 size = 96 * 2**20
 
 faulted = []
 def allocate_and_free():
   for i in range(4):
-    libc.malloc.restype = ctypes.c_void_p
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     block = libc.malloc(ctypes.c_size_t(size))
     ctypes.memset(block, 1, size)
