@@ -22,7 +22,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.xla_cpu_schedule = "memory"
   # "retain": glibc's malloc keeps freed memory for reuse, so on CPU the buffers XLA allocates
   # every step are not page-faulted in anew each time (optical_jax/host_memory.py; train.py
-  # applies it at start-up, before JAX starts threads); "release": malloc as it is.
+  # and eval.py apply it at start-up, before JAX starts threads); "release": malloc as it is.
   c.host_memory = "retain"
   # Regular expression over parameter paths (encoder/embeddings/word_embeddings/embedding,
   # encoder/layer_3/intermediate_dense/kernel, projection/kernel): only matching parameters

@@ -11,7 +11,7 @@ back to the OS when freed. So every step page-faults its whole working memory in
 `retain_freed_host_memory()` sets one arena for all threads, no `mmap` for large blocks and no
 trimming of the heap, so freed memory is reused and the process keeps its peak memory. glibc
 fixes a thread's arena when the thread first allocates: call it before JAX (or numpy, torch)
-starts threads, i.e. before the first JAX computation; `train.py` does so. This
+starts threads, i.e. before the first JAX computation; `train.py` and `eval.py` do so. This
 module imports nothing else for that reason.
 """
 

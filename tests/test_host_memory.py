@@ -1,8 +1,10 @@
 """optical_jax.host_memory: freed memory is reused instead of page-faulted in again."""
 
+import os
 import platform
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -53,3 +55,36 @@ def test_retain_reuses_freed_memory_where_release_faults_it_in_again():
 def test_unknown_setting_is_named():
   with pytest.raises(ValueError, match="config.host_memory must be one of .*'keep'"):
     host_memory.configure("keep")
+
+
+# Runs a command-line script with `host_memory.configure` replaced by a probe that prints the
+# setting it got, whether the train loop was imported yet and whether JAX had started its
+# backend (and with it XLA's threads), then stops the script.
+_CLI_PROBE = """
+import runpy, sys
+from jax._src import xla_bridge
+from optical_jax import host_memory
+
+def probe(setting):
+  print(setting, "optical_jax.train" in sys.modules, xla_bridge.backends_are_initialized())
+  raise SystemExit(0)
+
+host_memory.configure = probe
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("script, arguments", [
+    ("train.py", ["--workdir", "unused"]),
+    ("eval.py", ["--checkpoint", "unused"]),
+])
+def test_command_lines_apply_the_config_before_jax_starts(script, arguments):
+  root = Path(__file__).resolve().parents[1]
+  result = subprocess.run(
+      [sys.executable, "-c", _CLI_PROBE, str(root / script), "--config",
+       str(root / "configs" / "tiny.py"), "--config.host_memory=release", *arguments],
+      capture_output=True, text=True, cwd=root, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+  assert result.returncode == 0, result.stderr
+  # The setting from the config, before the train loop (and its JAX computations) loaded.
+  assert result.stdout.split() == ["release", "False", "False"]
