@@ -58,6 +58,9 @@ def parse_args() -> argparse.Namespace:
   parser.add_argument("--iterations", type=int, default=50)
   parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
   parser.add_argument("--remat", action="store_true")
+  parser.add_argument("--attention", default="xla",
+                      help="attention kernel (config.attention): xla, or cudnn on NVIDIA GPUs "
+                           "with --dtype bfloat16")
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
   parser.add_argument("--host-memory", choices=host_memory.SETTINGS,
@@ -132,13 +135,15 @@ def step_flops(config, batch: int, length: int) -> float:
 
 
 def jax_reference(checkpoint: str, *, dtype: str = "float32", iterations: int = 50,
-                  remat: bool = False, compiler_options: dict[str, str] | None = None):
+                  remat: bool = False, compiler_options: dict[str, str] | None = None,
+                  attention: str = "xla"):
   """Our distillation step `step(batch) -> loss` (the train loop's compiled pmapped step) and
   the models. `batch` holds `[devices, batch, length]` arrays; with `teacher_tokens` in it,
   the teacher's forward is skipped (the cached path). `compiler_options` are XLA options for
   compiling the step (`--xla_*` flags without `--`); default: the train loop's."""
   config = base_config()
   config.teacher, config.dtype, config.remat, config.dropout = checkpoint, dtype, remat, 0.0
+  config.attention = attention
   config.loss, config.num_train_steps = "ot", 1000
   config.ot.max_iterations, config.ot.threshold = iterations, 0.0  # fixed iterations
   models = build_models(config)
@@ -598,7 +603,7 @@ def run(args: argparse.Namespace, checkpoint: str) -> None:
          plot=args.plot)
     return
   step, models = jax_reference(checkpoint, dtype=args.dtype, iterations=args.iterations,
-                               remat=args.remat)
+                               remat=args.remat, attention=args.attention)
   batch_arrays = random_batch(args.batch, args.length)
   timed = {"optical_jax (JAX/Flax, ott-jax)": lambda: step(batch_arrays)}
   if not args.no_torch:
@@ -608,7 +613,8 @@ def run(args: argparse.Namespace, checkpoint: str) -> None:
   flops = step_flops(models.student.config, args.batch, args.length)
   print(f"B={args.batch} ({args.batch // jax.local_device_count()} per device) L={args.length} "
         f"Sinkhorn iterations={args.iterations} "
-        f"dtype={args.dtype} remat={args.remat}; {flops / 1e9:.1f} GFLOP per step; "
+        f"dtype={args.dtype} remat={args.remat} attention={args.attention}; "
+        f"{flops / 1e9:.1f} GFLOP per step; "
         f"medians of {args.repeats} steps, the implementations taking turns")
   nominal = args.peak_tflops * 1e12 if args.peak_tflops else None
   mfu_header = f" MFU (of {args.peak_tflops:g} TFLOP/s) |" if nominal else ""

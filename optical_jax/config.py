@@ -13,6 +13,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.student_side = "query"  # which side the student encodes at retrieval: query | document
   c.loss = "ot"  # ot | mse | contrastive | ot+contrastive
   c.dtype = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
+  # Attention kernel, teacher and student: "xla" (any backend) or "cudnn" (cuDNN's fused
+  # attention: NVIDIA GPUs with dtype bfloat16; not yet run by us on a GPU). A student
+  # trained with dropout > 0 computes its attention explicitly either way.
+  c.attention = "xla"
   # Gradient checkpointing per layer (long sequences, less memory). On CPU it saves little;
   # there the memory-optimised schedule below does more (BENCHMARKS.md, "Speed features").
   c.remat = False

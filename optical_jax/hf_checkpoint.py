@@ -345,7 +345,8 @@ class LoadedEncoder:
 
 
 def load_encoder(name_or_path: str | os.PathLike, *, dtype: Any = jnp.float32,
-                 remat: bool = False, dropout: float | None = None) -> LoadedEncoder:
+                 remat: bool = False, dropout: float | None = None,
+                 attention: str = "xla") -> LoadedEncoder:
   """Loads a BERT-family Hugging Face checkpoint as a Flax encoder.
 
   Args:
@@ -354,6 +355,7 @@ def load_encoder(name_or_path: str | os.PathLike, *, dtype: Any = jnp.float32,
     dtype: compute dtype; parameters are always float32.
     remat: gradient checkpointing per layer.
     dropout: overrides the checkpoint's hidden and attention dropout rates.
+    attention: the attention implementation, "xla" or "cudnn" (see `Encoder`).
 
   Returns:
     A `LoadedEncoder` with `.params`, `.config`, `.tokenizer` and `.apply(params,
@@ -367,7 +369,7 @@ def load_encoder(name_or_path: str | os.PathLike, *, dtype: Any = jnp.float32,
   weights, weights_file = read_hf_weights(directory)
   params = convert_hf_weights(weights, config, source=str(weights_file))
   pooling, normalize = _sentence_transformers_pooling(directory)
-  return LoadedEncoder(module=Encoder(config, dtype=dtype, remat=remat), params=params,
-                       config=config, path=directory, pooling=pooling, normalize=normalize,
-                       hf_config=raw)
+  return LoadedEncoder(module=Encoder(config, dtype=dtype, remat=remat, attention=attention),
+                       params=params, config=config, path=directory, pooling=pooling,
+                       normalize=normalize, hf_config=raw)
 

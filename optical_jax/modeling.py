@@ -27,6 +27,11 @@ _ACTIVATIONS = {
 
 SUPPORTED_MODEL_TYPES = ("bert", "xlm-roberta", "roberta", "camembert")
 
+# `jax.nn.dot_product_attention` implementations: "xla" runs on every backend; "cudnn" is
+# cuDNN's fused attention, NVIDIA GPUs only, float16/bfloat16 only. (jax's own default, None,
+# is XLA's for now.)
+ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
+
 
 @dataclasses.dataclass(frozen=True)
 class EncoderConfig:
@@ -172,6 +177,7 @@ class Embeddings(nn.Module):
 class SelfAttention(nn.Module):
   config: EncoderConfig
   dtype: Any = jnp.float32
+  attention: str = "xla"  # see ATTENTION_IMPLEMENTATIONS
 
   @nn.compact
   def __call__(self, x, attention_mask, deterministic: bool):
@@ -192,8 +198,11 @@ class SelfAttention(nn.Module):
       probs = nn.Dropout(cfg.attention_probs_dropout_prob)(probs, deterministic=False)
       context = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
     else:
-      # The fused path: cuDNN flash attention on GPUs, XLA's reference elsewhere.
-      context = jax.nn.dot_product_attention(q, k, v, mask=key_mask)
+      mask = key_mask
+      if self.attention == "cudnn":
+        # cuDNN takes the mask as a bias with a row per query.
+        mask = jnp.broadcast_to(key_mask, (batch, 1, length, length))
+      context = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=self.attention)
     return context.reshape(batch * length, cfg.hidden_size)
 
 
@@ -207,6 +216,7 @@ class Layer(nn.Module):
 
   config: EncoderConfig
   dtype: Any = jnp.float32
+  attention: str = "xla"
 
   @nn.compact
   def __call__(self, x, attention_mask, deterministic: bool):
@@ -217,8 +227,8 @@ class Layer(nn.Module):
     shape = x.shape
     x = x.reshape(-1, shape[-1])
 
-    context = SelfAttention(cfg, self.dtype, name="attention_self")(x, attention_mask,
-                                                                    deterministic)
+    context = SelfAttention(cfg, self.dtype, self.attention, name="attention_self")(
+        x, attention_mask, deterministic)
     attended = dense(cfg.hidden_size, "attention_output_dense")(context)
     x = norm("attention_output_LayerNorm")(x + dropout(attended, deterministic=deterministic))
     hidden = _ACTIVATIONS[cfg.hidden_act](dense(cfg.intermediate_size, "intermediate_dense")(x))
@@ -234,17 +244,25 @@ class Encoder(nn.Module):
     dtype: compute dtype (`jnp.bfloat16` runs matmuls in bf16; parameters stay float32).
     remat: recompute each layer's activations in the backward pass (gradient
       checkpointing), trading compute for memory on long sequences.
+    attention: the `jax.nn.dot_product_attention` implementation, one of
+      `ATTENTION_IMPLEMENTATIONS`: "xla" (any backend) or "cudnn" (NVIDIA GPUs, with a
+      float16 or bfloat16 `dtype`). Attention with dropout (training with
+      `attention_probs_dropout_prob > 0`) is computed explicitly either way.
   """
 
   config: EncoderConfig
   dtype: Any = jnp.float32
   remat: bool = False
+  attention: str = "xla"
 
   @nn.compact
   def __call__(self, input_ids: jax.Array, attention_mask: jax.Array,
                token_type_ids: jax.Array | None = None, *,
                deterministic: bool = True) -> jax.Array:
     cfg = self.config
+    if self.attention not in ATTENTION_IMPLEMENTATIONS:
+      raise ValueError(f"attention must be one of {ATTENTION_IMPLEMENTATIONS}, got "
+                       f"{self.attention!r}")
     if token_type_ids is None:
       token_type_ids = jnp.zeros_like(input_ids)
     position_ids = position_ids_for(input_ids, attention_mask, cfg)
@@ -252,7 +270,8 @@ class Encoder(nn.Module):
                                                         deterministic)
     layer_cls = nn.remat(Layer, static_argnums=(3,)) if self.remat else Layer
     for i in range(cfg.num_hidden_layers):
-      x = layer_cls(cfg, self.dtype, name=f"layer_{i}")(x, attention_mask, deterministic)
+      x = layer_cls(cfg, self.dtype, self.attention, name=f"layer_{i}")(x, attention_mask,
+                                                                        deterministic)
     return x
 
 

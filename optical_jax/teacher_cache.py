@@ -6,8 +6,9 @@ work (about a sixth of a MiniLM step on CPU). `TeacherTokenCache.lookup` returns
 teacher token embeddings; when the batch holds pairs not seen before, it encodes the batch as
 the train step would have, so a first pass costs what encoding inside the step does.
 
-On disk, under `directory/teacher-tokens-<key>/` (the key hashes the checkpoint and the token
-ids, so a different teacher, text or truncation never reads stale vectors):
+On disk, under `directory/teacher-tokens-<key>/` (the key hashes the checkpoint, the compute
+dtype, the attention kernel and the token ids, so a different teacher, precision, text or
+truncation never reads stale vectors):
 - `tokens.npy`: float32 `[total tokens, hidden]`, one row per real token, pairs back to back
   (a sparse file: space is used only for the pairs encoded so far);
 - `done.npy`: bool `[pairs]`, written after the vectors it vouches for, so a run killed
@@ -39,7 +40,9 @@ class TeacherTokenCache:
     self.offsets = np.concatenate([[0], np.cumsum(lengths)])
     hidden = encoder.config.hidden_size
     digest = hashlib.sha256()
-    digest.update(f"{encoder.path}|{encoder.config}".encode())
+    # The compute dtype and the attention kernel change the vectors too.
+    digest.update(f"{encoder.path}|{encoder.config}|{encoder.module.dtype}|"
+                  f"{encoder.module.attention}".encode())
     digest.update(lengths.tobytes())
     digest.update(np.concatenate(list(token_ids)).astype(np.int32).tobytes() if len(lengths)
                   else b"")

@@ -1,4 +1,5 @@
-"""The encoder's dense layer: Flax's parameters and numbers, a backward pass YNNPACK runs."""
+"""The encoder: its dense layer (Flax's parameters and numbers, a backward pass YNNPACK runs)
+and its attention implementations."""
 
 import re
 
@@ -8,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from optical_jax.modeling import Dense
+from optical_jax.modeling import Dense, Encoder, EncoderConfig
 
 
 @pytest.mark.parametrize("features, flax_layer", [
@@ -74,3 +75,34 @@ def test_cpu_backward_runs_every_matmul_through_ynnpack():
   assert not plain_dots, f"dots left to Eigen in the backward: {len(plain_dots)}"
   # forward, input gradient, weight gradient (instructions, not mentions as operands)
   assert len(re.findall(r"%ynn_fusion[.0-9]* = ", entry)) >= 3
+
+
+def _tiny_encoder_inputs():
+  config = EncoderConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2,
+                         num_attention_heads=2, intermediate_size=32)
+  ids = jnp.asarray(np.random.default_rng(0).integers(5, 50, (3, 8)), jnp.int32)
+  mask = jnp.asarray(np.arange(8)[None, :] < np.array([[8], [5], [2]]), jnp.int32)
+  return config, ids, mask
+
+
+def test_cudnn_attention_gets_a_mask_row_per_query_and_computes_the_same(monkeypatch):
+  config, ids, mask = _tiny_encoder_inputs()
+  params = Encoder(config).init(jax.random.PRNGKey(0), ids, mask)
+  expected = Encoder(config, attention="xla").apply(params, ids, mask)
+  real_attention, calls = jax.nn.dot_product_attention, []
+
+  def cudnn_as_xla(q, k, v, *, mask, implementation):
+    # What cuDNN's layout check requires of a mask turned bias: [batch, 1, queries, keys].
+    calls.append((implementation, mask.shape))
+    return real_attention(q, k, v, mask=mask, implementation="xla")
+
+  monkeypatch.setattr(jax.nn, "dot_product_attention", cudnn_as_xla)
+  got = Encoder(config, attention="cudnn").apply(params, ids, mask)
+  assert calls == [("cudnn", (3, 1, 8, 8))] * config.num_hidden_layers
+  np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_unknown_attention_is_named():
+  config, ids, mask = _tiny_encoder_inputs()
+  with pytest.raises(ValueError, match="attention must be one of .*got 'flash'"):
+    Encoder(config, attention="flash").init(jax.random.PRNGKey(0), ids, mask)

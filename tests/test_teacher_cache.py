@@ -83,3 +83,13 @@ def test_text_longer_than_the_width_is_an_error(teacher, token_ids, tmp_path):
   cache = TeacherTokenCache(teacher, token_ids, tmp_path)
   with pytest.raises(ValueError, match="16 tokens does not fit width 8"):
     lookup(cache, token_ids, [5], 8)
+
+
+def test_another_compute_dtype_gets_its_own_cache(teacher, tiny_bert_dir, token_ids, tmp_path):
+  import jax.numpy as jnp
+  first = TeacherTokenCache(teacher, token_ids, tmp_path)
+  bfloat16 = TeacherTokenCache(load_encoder(tiny_bert_dir, dtype=jnp.bfloat16), token_ids,
+                               tmp_path)
+  assert bfloat16.directory != first.directory
+  assert TeacherTokenCache(load_encoder(tiny_bert_dir), token_ids, tmp_path).directory == (
+      first.directory)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -346,3 +347,18 @@ def test_unknown_host_memory_is_named(setup, tmp_path):
   result = run_train(config, tmp_path / "bad", check=False)
   assert result.returncode != 0
   assert "config.host_memory must be one of ('retain', 'release'), got 'keep'" in result.stderr
+
+
+@pytest.mark.parametrize("attention, dtype, message", [
+    ("flash", "bfloat16", "config.attention must be one of ('xla', 'cudnn'), got 'flash'"),
+    ("cudnn", "float32", "config.attention 'cudnn' needs an NVIDIA GPU and config.dtype "
+                         "'bfloat16'"),
+])
+def test_attention_this_run_cannot_use_is_named(attention, dtype, message, tmp_path):
+  from optical_jax.config import base_config
+  from optical_jax.train import TrainingError, train_and_evaluate
+  config = base_config()
+  config.attention, config.dtype = attention, dtype
+  with pytest.raises(TrainingError, match=re.escape(message)):
+    train_and_evaluate(config, tmp_path)
+  assert not any(tmp_path.iterdir())  # refused before anything was written
