@@ -12,7 +12,8 @@ back to the OS when freed. So every step page-faults its whole working memory in
 trimming of the heap, so freed memory is reused and the process keeps its peak memory. glibc
 fixes a thread's arena when the thread first allocates: call it before JAX (or numpy, torch)
 starts threads, i.e. before the first JAX computation; `train.py` and `eval.py` do so. This
-module imports nothing else for that reason.
+module imports nothing else for that reason. `optical_jax.train.train_and_evaluate`, called
+from a notebook or script that did not, warns on CPU that "retain" is not in effect.
 """
 
 from __future__ import annotations
@@ -29,19 +30,34 @@ _M_MMAP_MAX = -4
 _M_ARENA_MAX = -8
 _INT_MAX = 2**31 - 1
 
+_retained = False  # whether retain_freed_host_memory() has succeeded in this process
+
+
+def _glibc():
+  """The C library where it is glibc, else None (macOS, musl)."""
+  try:
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+  except OSError:
+    return None
+  # Only glibc has gnu_get_libc_version; other C libraries' mallopt codes mean other things.
+  return libc if hasattr(libc, "gnu_get_libc_version") and hasattr(libc, "mallopt") else None
+
 
 def retain_freed_host_memory() -> bool:
   """Makes glibc's malloc keep freed memory for reuse (see the module docstring). Returns
   False, changing nothing, where the C library is not glibc (macOS, musl)."""
-  try:
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-  except OSError:
+  global _retained
+  libc = _glibc()
+  if libc is None:
     return False
-  # Only glibc has gnu_get_libc_version; other C libraries' mallopt codes mean other things.
-  if not hasattr(libc, "gnu_get_libc_version") or not hasattr(libc, "mallopt"):
-    return False
-  return all(libc.mallopt(parameter, value) == 1 for parameter, value in (
+  _retained = all(libc.mallopt(parameter, value) == 1 for parameter, value in (
       (_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _INT_MAX)))
+  return _retained
+
+
+def missing_retain() -> bool:
+  """Whether "retain" could apply here (glibc) but has not been applied in this process."""
+  return not _retained and _glibc() is not None
 
 
 def check(setting: str) -> None:

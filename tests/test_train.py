@@ -2,6 +2,7 @@
 
 import json
 import os
+import platform
 import re
 import subprocess
 import sys
@@ -362,3 +363,18 @@ def test_attention_this_run_cannot_use_is_named(attention, dtype, message, tmp_p
   with pytest.raises(TrainingError, match=re.escape(message)):
     train_and_evaluate(config, tmp_path)
   assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the setting is glibc's")
+@pytest.mark.parametrize("retained", [False, True])
+def test_retain_not_applied_before_jax_started_is_warned(retained, monkeypatch, caplog,
+                                                         tmp_path):
+  from optical_jax import host_memory
+  from optical_jax.config import base_config
+  from optical_jax.train import TrainingError, train_and_evaluate
+  monkeypatch.setattr(host_memory, "_retained", retained)
+  config = base_config()  # host_memory "retain", the default
+  config.attention = "flash"  # stops the run at validation, after the check
+  with caplog.at_level("WARNING", logger="optical_jax"), pytest.raises(TrainingError):
+    train_and_evaluate(config, tmp_path)
+  assert ("config.host_memory 'retain' is not in effect" in caplog.text) is not retained
