@@ -33,6 +33,19 @@ SUPPORTED_MODEL_TYPES = ("bert", "xlm-roberta", "roberta", "camembert")
 ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
 
 
+def check_attention(attention: str, dtype: Any, backend: str) -> None:
+  """Raises ValueError naming `config.attention` unless `attention` is one of
+  `ATTENTION_IMPLEMENTATIONS` and runs here: "cudnn" needs a GPU and a half-precision dtype."""
+  if attention not in ATTENTION_IMPLEMENTATIONS:
+    raise ValueError(f"config.attention must be one of {ATTENTION_IMPLEMENTATIONS}, got "
+                     f"{attention!r}")
+  dtype = jnp.dtype(dtype)
+  if attention == "cudnn" and (backend != "gpu" or dtype not in (jnp.bfloat16, jnp.float16)):
+    raise ValueError(f"config.attention 'cudnn' needs an NVIDIA GPU and config.dtype "
+                     f"'bfloat16'; here the backend is {backend!r} and the dtype "
+                     f"{dtype.name!r} (use 'xla')")
+
+
 @dataclasses.dataclass(frozen=True)
 class EncoderConfig:
   """Architecture of a BERT-family encoder (the fields of an HF `config.json` we use)."""
@@ -260,9 +273,7 @@ class Encoder(nn.Module):
                token_type_ids: jax.Array | None = None, *,
                deterministic: bool = True) -> jax.Array:
     cfg = self.config
-    if self.attention not in ATTENTION_IMPLEMENTATIONS:
-      raise ValueError(f"attention must be one of {ATTENTION_IMPLEMENTATIONS}, got "
-                       f"{self.attention!r}")
+    check_attention(self.attention, self.dtype, jax.default_backend())
     if token_type_ids is None:
       token_type_ids = jnp.zeros_like(input_ids)
     position_ids = position_ids_for(input_ids, attention_mask, cfg)

@@ -41,7 +41,7 @@ from optical_jax.evaluation import (DEFAULT_MEASURES, TextEncoder, evaluate, eva
 from optical_jax.hf_checkpoint import LoadedEncoder, load_encoder
 from optical_jax.losses import (contrastive_distillation_loss, mse_distillation_loss,
                                 ot_distillation_loss)
-from optical_jax.modeling import ATTENTION_IMPLEMENTATIONS
+from optical_jax.modeling import check_attention
 from optical_jax.pooling import pool
 from optical_jax.teacher_cache import TeacherTokenCache
 
@@ -498,14 +498,10 @@ def _validate(config) -> None:
   if config.student_side not in ("query", "document"):
     raise TrainingError(f"config.student_side must be 'query' or 'document', got "
                         f"{config.student_side!r}")
-  if config.attention not in ATTENTION_IMPLEMENTATIONS:
-    raise TrainingError(f"config.attention must be one of {ATTENTION_IMPLEMENTATIONS}, got "
-                        f"{config.attention!r}")
-  if config.attention == "cudnn" and (jax.default_backend() != "gpu"
-                                      or config.dtype != "bfloat16"):
-    raise TrainingError(f"config.attention 'cudnn' needs an NVIDIA GPU and config.dtype "
-                        f"'bfloat16'; here the backend is {jax.default_backend()!r} and the "
-                        f"dtype {config.dtype!r} (use 'xla')")
+  try:
+    check_attention(config.attention, DTYPES[config.dtype], jax.default_backend())
+  except ValueError as e:
+    raise TrainingError(str(e)) from None
   if config.xla_cpu_schedule not in CPU_SCHEDULES:
     raise TrainingError(f"config.xla_cpu_schedule must be one of {sorted(CPU_SCHEDULES)}, got "
                         f"{config.xla_cpu_schedule!r}")

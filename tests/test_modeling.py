@@ -88,8 +88,9 @@ def _tiny_encoder_inputs():
 def test_cudnn_attention_gets_a_mask_row_per_query_and_computes_the_same(monkeypatch):
   config, ids, mask = _tiny_encoder_inputs()
   params = Encoder(config).init(jax.random.PRNGKey(0), ids, mask)
-  expected = Encoder(config, attention="xla").apply(params, ids, mask)
+  expected = Encoder(config, jnp.bfloat16, attention="xla").apply(params, ids, mask)
   real_attention, calls = jax.nn.dot_product_attention, []
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")  # where "cudnn" is allowed
 
   def cudnn_as_xla(q, k, v, *, mask, implementation):
     # What cuDNN's layout check requires of a mask turned bias: [batch, 1, queries, keys].
@@ -97,7 +98,7 @@ def test_cudnn_attention_gets_a_mask_row_per_query_and_computes_the_same(monkeyp
     return real_attention(q, k, v, mask=mask, implementation="xla")
 
   monkeypatch.setattr(jax.nn, "dot_product_attention", cudnn_as_xla)
-  got = Encoder(config, attention="cudnn").apply(params, ids, mask)
+  got = Encoder(config, jnp.bfloat16, attention="cudnn").apply(params, ids, mask)
   assert calls == [("cudnn", (3, 1, 8, 8))] * config.num_hidden_layers
   np.testing.assert_allclose(got, expected, atol=1e-6)
 
@@ -106,3 +107,9 @@ def test_unknown_attention_is_named():
   config, ids, mask = _tiny_encoder_inputs()
   with pytest.raises(ValueError, match="attention must be one of .*got 'flash'"):
     Encoder(config, attention="flash").init(jax.random.PRNGKey(0), ids, mask)
+
+
+def test_cudnn_attention_off_gpu_is_named():
+  config, ids, mask = _tiny_encoder_inputs()
+  with pytest.raises(ValueError, match="'cudnn' needs an NVIDIA GPU"):
+    Encoder(config, jnp.bfloat16, attention="cudnn").init(jax.random.PRNGKey(0), ids, mask)
