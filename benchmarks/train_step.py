@@ -46,6 +46,11 @@ ARCHITECTURES = {
 }
 
 
+# The epoch table's length buckets: the train loop's default, and steps of 8 tokens.
+EPOCH_BUCKETS = {"bucketed": base_config().data.length_buckets,
+                 "buckets in steps of 8": tuple(range(8, 513, 8))}
+
+
 def parse_args() -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--checkpoint", default=None, help="HF checkpoint (default: MiniLM-L6)")
@@ -470,10 +475,11 @@ def epoch(checkpoint: str, batch: int, length: int, *, iterations: int, repeats:
   PyTorch's plain epoch: random batches padded to their longest text (transformers' usual
   dynamic padding), the teacher run in every step; its step is the median over the first
   `sample` batches of the epoch. Ours: the same random batches (the "before"; both sides
-  padded to the longer) or length-bucketed ones, with the teacher either inside the step (a
-  first epoch, which fills the cache) or read from the teacher token cache (every later
-  epoch); each width's step is timed and weighted by how many of the epoch's batches have
-  it. All of these take turns, `sample` rounds (`repeats` without torch).
+  padded to the longer) or length-bucketed ones (`EPOCH_BUCKETS`: the default buckets and
+  finer ones), with the teacher either inside the step (a first epoch, which fills the cache)
+  or read from the teacher token cache (every later epoch); each width's step is timed and
+  weighted by how many of the epoch's batches have it. All of these take turns, `sample`
+  rounds (`repeats` without torch).
   """
   from optical_jax import load_encoder
   from optical_jax.assets import resolve
@@ -485,11 +491,13 @@ def epoch(checkpoint: str, batch: int, length: int, *, iterations: int, repeats:
                                           cache_dir=None, tag="")
   columns = {"student": tokenize([r[0] for r in rows]), "teacher": tokenize([r[1] for r in rows])}
   pad = encoder.config.pad_token_id
-  buckets = BucketedBatches(columns, {"student": pad, "teacher": pad}, batch_size=batch,
-                            max_length=length, seed=0)
-  steps = buckets.steps_per_epoch
-  widths = [buckets.width(i) for i in range(steps)]
-  counts = collections.Counter(widths)
+  bucketed = {}  # bucket set name -> (steps per epoch, {width: batches}, a batch of each width)
+  for name, length_buckets in EPOCH_BUCKETS.items():
+    batches = BucketedBatches(columns, {"student": pad, "teacher": pad}, batch_size=batch,
+                              max_length=length, seed=0, length_buckets=length_buckets)
+    widths = [batches.width(i) for i in range(batches.steps_per_epoch)]
+    bucketed[name] = (len(widths), collections.Counter(widths),
+                      {w: batches.batch(widths.index(w)) for w in set(widths)})
   # The plain epoch, PyTorch's and ours without buckets: random batches padded to their longest.
   order = np.random.default_rng(0).permutation(len(rows))
   random_batches = [order[i:i + batch] for i in range(0, len(rows) - batch + 1, batch)]
@@ -502,20 +510,20 @@ def epoch(checkpoint: str, batch: int, length: int, *, iterations: int, repeats:
                    for index in random_batches]
   random_counts = collections.Counter(random_widths)
   print(f"{len(rows)} pairs, batch {batch}, max length {length}, {iterations} Sinkhorn "
-        f"iterations; batches (width: count): ours, bucketed {dict(sorted(counts.items()))}; "
-        f"random, padded to their longest {dict(sorted(random_counts.items()))}")
+        f"iterations; batches (width: count): random, padded to their longest "
+        f"{dict(sorted(random_counts.items()))}" + "".join(
+            f"; {name} {dict(sorted(counts.items()))}" for name, (_, counts, _) in bucketed.items()))
 
   step, models = jax_reference(checkpoint, iterations=iterations)
   hidden = models.teacher.config.hidden_size
+  examples = {w: a for _, _, by_width in bucketed.values() for w, a in by_width.items()}
+  for width in set(random_counts) - set(examples):
+    index = random_batches[random_widths.index(width)]
+    examples[width] = {}
+    for name in columns:
+      examples[width][f"{name}_ids"], examples[width][f"{name}_mask"] = padded(index, name, width)
   timed = {}
-  for width in sorted(set(counts) | set(random_counts)):
-    if width in counts:
-      arrays = buckets.batch(widths.index(width))
-    else:
-      index = random_batches[random_widths.index(width)]
-      arrays = {}
-      for name in columns:
-        arrays[f"{name}_ids"], arrays[f"{name}_mask"] = padded(index, name, width)
+  for width, arrays in sorted(examples.items()):
     inline = shard(arrays, jax.local_device_count())
     cached = {**inline, "teacher_tokens": np.zeros((*inline["teacher_ids"].shape, hidden),
                                                    np.float32)}
@@ -542,11 +550,13 @@ def epoch(checkpoint: str, batch: int, length: int, *, iterations: int, repeats:
       ("optical_jax, random batches, teacher in the step", len(random_batches),
        epoch_seconds(random_counts, "inline")),
       ("optical_jax, random batches, cached teacher tokens", len(random_batches),
-       epoch_seconds(random_counts, "cached")),
-      ("optical_jax, bucketed, teacher in the step (first epoch: fills the cache)", steps,
-       epoch_seconds(counts, "inline")),
-      ("optical_jax, bucketed, cached teacher tokens (later epochs)", steps,
-       epoch_seconds(counts, "cached"))]
+       epoch_seconds(random_counts, "cached"))]
+  for name, (steps, counts, _) in bucketed.items():
+    results += [
+        (f"optical_jax, {name}, teacher in the step (first epoch: fills the cache)", steps,
+         epoch_seconds(counts, "inline")),
+        (f"optical_jax, {name}, cached teacher tokens (later epochs)", steps,
+         epoch_seconds(counts, "cached"))]
   if with_torch:
     results.insert(0, ("PyTorch reference, random batches padded to their longest",
                        len(random_batches), len(random_batches) * medians["torch"]))
@@ -558,15 +568,16 @@ def epoch(checkpoint: str, batch: int, length: int, *, iterations: int, repeats:
   # The ceiling: with the teacher cached, a step is the student's forward and backward (3x the
   # forward's matmul FLOPs), which no schedule makes faster than the machine's matmul peak.
   peak = matmul_peak()
-  student_flops = sum(counts[w] * 3 * encoder_flops_per_token(models.student.config, w) * batch
-                      * w for w in counts)
-  print(f"the cached epoch's student matmuls alone at the measured peak "
-        f"({peak / 1e9:.0f} GFLOP/s): {student_flops / peak / 60:.1f} min", end="")
-  if with_torch:
-    target = results[0][2] / 2
-    print(f"; 2x PyTorch's epoch would be {target / 60:.1f} min, "
-          f"{student_flops / target / peak:.0%} of peak", end="")
-  print()
+  for name, (_, counts, _) in bucketed.items():
+    student_flops = sum(counts[w] * 3 * encoder_flops_per_token(models.student.config, w)
+                        * batch * w for w in counts)
+    print(f"{name}: the cached epoch's student matmuls alone at the measured peak "
+          f"({peak / 1e9:.0f} GFLOP/s): {student_flops / peak / 60:.1f} min", end="")
+    if with_torch:
+      target = results[0][2] / 2
+      print(f"; 2x PyTorch's epoch would be {target / 60:.1f} min, "
+            f"{student_flops / target / peak:.0%} of peak", end="")
+    print()
 
 
 def main(args: argparse.Namespace) -> None:

@@ -2,6 +2,8 @@
 
 import ml_collections
 
+from optical_jax.shapes import LENGTH_BUCKETS
+
 
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -63,6 +65,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.hf_split = "train"  # its split
   c.data.limit = 0  # use at most this many rows (0: all)
   c.data.max_length = 64  # tokens per sentence (longer ones are truncated)
+  # Padded lengths of training batches (ascending; one compiled step each, up to max_length):
+  # a batch is padded to the smallest that holds its longest sentence. Finer steps pad less
+  # and compile more often (BENCHMARKS.md, "An epoch on the demo bitext").
+  c.data.length_buckets = LENGTH_BUCKETS
   c.data.how_to_get = ""  # printed when the training file is missing
 
   c.batch_size = 32  # global batch (split over local devices)

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from optical_jax.evaluation.io import DataFormatError, _json_record, _lines
-from optical_jax.shapes import bucket_for, pad_sequences
+from optical_jax.shapes import LENGTH_BUCKETS, bucket_for, check_buckets, pad_sequences
 
 
 
@@ -109,10 +109,13 @@ class BucketedBatches:
   longest column, cuts full batches (a bucket's remainder waits for the next epoch's
   shuffle), and shuffles the batch order. `batch(step)` returns the padded arrays of that
   step: `{f"{name}_ids", f"{name}_mask"}` for each column, shape `[batch_size, bucket]`.
+  The buckets are `length_buckets` capped at `max_length`: finer ones pad less and compile
+  the step more often.
   """
 
   def __init__(self, columns: dict[str, list[np.ndarray]], pad_ids: dict[str, int], *,
-               batch_size: int, max_length: int, seed: int):
+               batch_size: int, max_length: int, seed: int,
+               length_buckets: Sequence[int] = LENGTH_BUCKETS):
     sizes = {len(c) for c in columns.values()}
     if len(sizes) != 1:
       raise ValueError(f"columns have different lengths: { {k: len(v) for k, v in columns.items()} }")
@@ -120,7 +123,8 @@ class BucketedBatches:
     self.batch_size, self.max_length, self.seed = batch_size, max_length, seed
     self.num_examples = sizes.pop()
     longest = np.max([[len(x) for x in column] for column in columns.values()], axis=0)
-    self.buckets = np.array([bucket_for(int(n), max_length) for n in longest])
+    length_buckets = check_buckets(length_buckets)
+    self.buckets = np.array([bucket_for(int(n), max_length, length_buckets) for n in longest])
     self._epochs: dict[int, list[np.ndarray]] = {}
     if self.num_examples < batch_size:
       raise ValueError(f"{self.num_examples} examples are fewer than one batch of {batch_size}")

@@ -9,13 +9,24 @@ import numpy as np
 LENGTH_BUCKETS = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 
 
-def bucket_for(length: int, max_length: int) -> int:
-  """The smallest length bucket holding `length` tokens, capped at `max_length`: padding to
-  these keeps the number of compiled shapes bounded."""
-  for bucket in LENGTH_BUCKETS:
+def bucket_for(length: int, max_length: int,
+               buckets: Sequence[int] = LENGTH_BUCKETS) -> int:
+  """The smallest of `buckets` (ascending) holding `length` tokens, capped at `max_length`:
+  padding to these keeps the number of compiled shapes bounded."""
+  for bucket in buckets:
     if length <= bucket:
       return min(bucket, max_length)
   return max_length
+
+
+def check_buckets(buckets: Sequence[int], field: str = "length_buckets") -> tuple[int, ...]:
+  """`buckets` as a tuple, or a ValueError naming `field` unless they are ascending positive
+  integers."""
+  values = tuple(buckets)
+  if (not values or any(not isinstance(b, int) or isinstance(b, bool) or b < 1 for b in values)
+      or any(a >= b for a, b in zip(values, values[1:]))):
+    raise ValueError(f"{field} must be ascending positive integers, got {buckets!r}")
+  return values
 
 
 def pad_sequences(sequences: Sequence[Sequence[int]], width: int, pad_id: int, *,

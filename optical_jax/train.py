@@ -43,6 +43,7 @@ from optical_jax.losses import (contrastive_distillation_loss, mse_distillation_
                                 ot_distillation_loss)
 from optical_jax.modeling import check_attention
 from optical_jax.pooling import pool
+from optical_jax.shapes import check_buckets
 from optical_jax.teacher_cache import TeacherTokenCache
 
 log = logging.getLogger("optical_jax")
@@ -342,7 +343,8 @@ def make_batches(config, models: Models, rows, workdir: Path) -> data_lib.Bucket
         cache_dir=workdir / "cache", tag=f"{encoder.path}:{name}")
     pad_ids[name] = encoder.config.pad_token_id
   return data_lib.BucketedBatches(columns, pad_ids, batch_size=config.batch_size,
-                                  max_length=config.data.max_length, seed=config.seed)
+                                  max_length=config.data.max_length, seed=config.seed,
+                                  length_buckets=config.data.length_buckets)
 
 
 def replicate(tree):
@@ -507,6 +509,10 @@ def _validate(config) -> None:
                         f"{config.xla_cpu_schedule!r}")
   try:
     host_memory.check(config.host_memory)  # applied by train.py, before JAX starts threads
+  except ValueError as e:
+    raise TrainingError(str(e)) from None
+  try:
+    check_buckets(config.data.length_buckets, "config.data.length_buckets")
   except ValueError as e:
     raise TrainingError(str(e)) from None
   devices = jax.local_device_count()

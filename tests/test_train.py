@@ -365,6 +365,33 @@ def test_attention_this_run_cannot_use_is_named(attention, dtype, message, tmp_p
   assert not any(tmp_path.iterdir())  # refused before anything was written
 
 
+def test_training_batches_are_padded_to_the_configured_length_buckets(setup, tmp_path):
+  from optical_jax import load_encoder
+  from optical_jax.config import base_config
+  from optical_jax.train import Models, make_batches
+  root, checkpoint, _, _ = setup
+  encoder = load_encoder(str(checkpoint))
+  config = base_config()
+  config.batch_size, config.data.max_length = 4, 32
+  rows = SENTENCES * 4  # the longer side of each pair: 22, 7, 25 and 23 tokens
+  default = make_batches(config, Models(encoder, encoder, False), rows, tmp_path)
+  config.data.length_buckets = (8, 24, 30)
+  configured = make_batches(config, Models(encoder, encoder, False), rows, tmp_path)
+  assert default.shapes == [16, 32]
+  assert configured.shapes == [8, 24, 30]
+
+
+def test_unordered_length_buckets_are_named(tmp_path):
+  from optical_jax.config import base_config
+  from optical_jax.train import TrainingError, train_and_evaluate
+  config = base_config()
+  config.data.length_buckets = (64, 32)
+  with pytest.raises(TrainingError, match=re.escape(
+      "config.data.length_buckets must be ascending positive integers, got (64, 32)")):
+    train_and_evaluate(config, tmp_path)
+  assert not any(tmp_path.iterdir())
+
+
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the setting is glibc's")
 @pytest.mark.parametrize("retained", [False, True])
 def test_retain_not_applied_before_jax_started_is_warned(retained, monkeypatch, caplog,
