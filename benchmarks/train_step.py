@@ -6,6 +6,7 @@
   python benchmarks/train_step.py --breakdown          # forward vs backward, ours and torch's
   python benchmarks/train_step.py --profile            # our forward+backward by kind of op
   python benchmarks/train_step.py --profile --flax-dense   # ... with Flax's dense layers
+  python benchmarks/train_step.py --kernels            # the encoder's matmuls, XLA vs torch
   python benchmarks/train_step.py --features           # bfloat16 and remat vs float32
   python benchmarks/train_step.py --epoch              # demo-bitext epoch: buckets, teacher cache
   python benchmarks/train_step.py --architecture mbert-base --dtype bfloat16 --no-torch \
@@ -26,7 +27,9 @@ import argparse
 import collections
 import contextlib
 import itertools
+import json
 import os
+import statistics
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -78,6 +81,8 @@ def parse_args() -> argparse.Namespace:
                       help="encoder forward / forward+backward alone, ours and torch's")
   parser.add_argument("--profile", action="store_true",
                       help="our encoder forward+backward by kind of op (jax.profiler trace)")
+  parser.add_argument("--kernels", action="store_true",
+                      help="the encoder's matmuls alone, XLA's vs torch's, float32 and bfloat16")
   parser.add_argument("--features", action="store_true",
                       help="bfloat16 and remat against float32 (time, temporary memory)")
   parser.add_argument("--flax-dense", action="store_true",
@@ -279,11 +284,13 @@ def import_torch():
   return torch
 
 
-def torch_reference(checkpoint: str, *, iterations: int):
+def torch_reference(checkpoint: str, *, iterations: int, dtype: str = "float32"):
   """A PyTorch distillation step `step(student_ids, student_mask, teacher_ids, teacher_mask)`
   on int64 tensors: transformers' models, log-domain Sinkhorn with masked uniform marginals,
-  detached plan, clipped AdamW."""
+  detached plan, clipped AdamW. With `dtype` "bfloat16" the encoders run under CPU autocast
+  (bfloat16 compute, float32 weights: ours' `config.dtype`), the loss in float32."""
   torch = import_torch()
+  autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16")
   from transformers import AutoModel
   torch.manual_seed(0)
   student = AutoModel.from_pretrained(checkpoint).train()
@@ -308,9 +315,10 @@ def torch_reference(checkpoint: str, *, iterations: int):
                      (f[:, :, None] + g[:, None, :] - cost) / epsilon)
 
   def step(student_ids, student_mask, teacher_ids, teacher_mask):
-    with torch.no_grad():
-      t = teacher(input_ids=teacher_ids, attention_mask=teacher_mask).last_hidden_state
-    s = student(input_ids=student_ids, attention_mask=student_mask).last_hidden_state
+    with torch.no_grad(), autocast():
+      t = teacher(input_ids=teacher_ids, attention_mask=teacher_mask).last_hidden_state.float()
+    with autocast():
+      s = student(input_ids=student_ids, attention_mask=student_mask).last_hidden_state.float()
     norm = torch.nn.functional.normalize
     cost = 1 - norm(s, dim=-1) @ norm(t, dim=-1).transpose(1, 2)
     with torch.no_grad():
@@ -324,10 +332,11 @@ def torch_reference(checkpoint: str, *, iterations: int):
   return step
 
 
-def torch_step(checkpoint: str, batch: int, length: int, *, iterations: int):
+def torch_step(checkpoint: str, batch: int, length: int, *, iterations: int,
+               dtype: str = "float32"):
   """The PyTorch reference step on `random_batch`'s token ids, as a no-argument call."""
   import torch
-  step = torch_reference(checkpoint, iterations=iterations)
+  step = torch_reference(checkpoint, iterations=iterations, dtype=dtype)
   arrays = {k: torch.from_numpy(v.reshape(-1, length)).long()
             for k, v in random_batch(batch, length).items()}
   return lambda: step(arrays["student_ids"], arrays["student_mask"], arrays["teacher_ids"],
@@ -406,6 +415,56 @@ def breakdown(checkpoint: str, batch: int, length: int, *, repeats: int, with_to
   print("|---|---|")
   for name, seconds in interleaved_medians(dict(rows), repeats, warmup=2).items():
     print(f"| {name} | {seconds:.3f} |")
+
+
+def kernels(checkpoint: str, batch: int, length: int, *, repeats: int) -> None:
+  """The encoder's matmuls one at a time, XLA's against torch's, in float32 and bfloat16:
+  whether the step's gap to PyTorch on this machine is in the matmul kernels themselves
+  (the libraries each calls: YNNPACK in XLA:CPU, MKL or oneDNN in torch's CPU build)."""
+  from optical_jax.modeling import EncoderConfig
+  torch = import_torch()
+  config = EncoderConfig.from_hf_dict(
+      json.loads((Path(checkpoint) / "config.json").read_text()), source=checkpoint)
+  tokens, hidden = batch * length, config.hidden_size
+  heads = config.num_attention_heads
+  shapes = {  # name -> (batch of matrices, m, k, n)
+      "q/k/v, attention output: tokens x hidden x hidden": (1, tokens, hidden, hidden),
+      "feed-forward in: tokens x hidden x intermediate":
+          (1, tokens, hidden, config.intermediate_size),
+      "feed-forward out: tokens x intermediate x hidden":
+          (1, tokens, config.intermediate_size, hidden),
+      "weight gradient: hidden x tokens x intermediate":
+          (1, hidden, tokens, config.intermediate_size),
+      "attention scores, per head: length x head size x length":
+          (batch * heads, length, hidden // heads, length),
+  }
+  matmul = jax.jit(jnp.matmul)
+  print(f"B={batch} L={length}, {checkpoint}; GFLOP/s, medians of 3 x {repeats} calls, XLA "
+        f"and torch taking turns in blocks of {repeats}")
+  print("| matmul (m x k x n) | dtype | XLA | torch | torch / XLA |")
+  print("|---|---|---|---|---|")
+  rng = np.random.default_rng(0)
+  for name, (count, m, k, n) in shapes.items():
+    stack = (count,) if count > 1 else ()  # a 2-D dot, as the encoder's dense layers run
+    a = rng.standard_normal((*stack, m, k), np.float32)
+    b = rng.standard_normal((*stack, k, n), np.float32)
+    for dtype, torch_dtype in ((jnp.float32, torch.float32), (jnp.bfloat16, torch.bfloat16)):
+      xa, xb = jnp.asarray(a, dtype), jnp.asarray(b, dtype)
+      ta, tb = (torch.from_numpy(x).to(torch_dtype) for x in (a, b))
+      calls = {"xla": lambda: matmul(xa, xb).block_until_ready(),
+               "torch": lambda: torch.matmul(ta, tb)}
+      times = {library: [] for library in calls}
+      # Blocks of calls taking turns, not single calls: right after torch returns, its OpenMP
+      # threads still spin on both cores and slowed XLA's next matmul by 30% (one-off).
+      for _ in range(3):
+        for library, call in calls.items():
+          times[library] += wall_times(call, repeats, warmup=3)
+      seconds = {library: statistics.median(t) for library, t in times.items()}
+      flops = 2 * count * m * k * n
+      print(f"| {name} ({m} x {k} x {n}{f', {count} of them' if count > 1 else ''}) | "
+            f"{jnp.dtype(dtype).name} | {flops / seconds['xla'] / 1e9:.0f} | "
+            f"{flops / seconds['torch'] / 1e9:.0f} | "
+            f"{seconds['xla'] / seconds['torch']:.2f}x |", flush=True)
 
 
 def _op_kind(name: str) -> str:
@@ -597,6 +656,9 @@ def run(args: argparse.Namespace, checkpoint: str) -> None:
   if args.profile:
     profile(checkpoint, args.batch, args.length, repeats=args.repeats)
     return
+  if args.kernels:
+    kernels(checkpoint, args.batch, args.length, repeats=args.repeats)
+    return
   if args.features:
     features(checkpoint, args.batch, lengths=(args.length, 4 * args.length),
              iterations=args.iterations, repeats=args.repeats)
@@ -618,8 +680,9 @@ def run(args: argparse.Namespace, checkpoint: str) -> None:
   batch_arrays = random_batch(args.batch, args.length)
   timed = {"optical_jax (JAX/Flax, ott-jax)": lambda: step(batch_arrays)}
   if not args.no_torch:
-    timed["PyTorch reference (transformers, torch Sinkhorn)"] = torch_step(
-        checkpoint, args.batch, args.length, iterations=args.iterations)
+    autocast = ", bfloat16 autocast" if args.dtype == "bfloat16" else ""
+    timed[f"PyTorch reference (transformers, torch Sinkhorn{autocast})"] = torch_step(
+        checkpoint, args.batch, args.length, iterations=args.iterations, dtype=args.dtype)
   rows = list(interleaved_medians(timed, args.repeats, warmup=2).items())
   flops = step_flops(models.student.config, args.batch, args.length)
   print(f"B={args.batch} ({args.batch // jax.local_device_count()} per device) L={args.length} "
