@@ -1,0 +1,55 @@
+"""The step benchmark's commands run end to end (on a tiny BERT, tiny shapes) and print their
+tables: BENCHMARKS.md's numbers come from these commands, so a broken mode must show here."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import save_tiny_bert
+
+ROOT = Path(__file__).resolve().parents[1]
+NUMBER = r"\d+(?:\.\d+)?"
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+  return save_tiny_bert(tmp_path_factory.mktemp("benchmark") / "tiny_bert", seed=2)
+
+
+def run_benchmark(checkpoint: Path, *arguments: str) -> str:
+  result = subprocess.run(
+      [sys.executable, str(ROOT / "benchmarks" / "train_step.py"), "--checkpoint",
+       str(checkpoint), "--batch", "4", "--length", "8", "--repeats", "2", *arguments],
+      capture_output=True, text=True, timeout=600,
+      env=dict(os.environ, HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu"))
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result.stdout
+
+
+@pytest.mark.parametrize("dtype, torch_row", [
+    ("float32", "PyTorch reference (transformers, torch Sinkhorn)"),
+    ("bfloat16", "PyTorch reference (transformers, torch Sinkhorn, bfloat16 autocast)"),
+])
+def test_step_table_compares_ours_with_pytorch_in_the_same_dtype(tiny_checkpoint, dtype,
+                                                                   torch_row):
+  out = run_benchmark(tiny_checkpoint, "--dtype", dtype)
+  assert f"dtype={dtype}" in out
+  for row in ("optical_jax (JAX/Flax, ott-jax)", torch_row):
+    assert re.search(rf"\| {re.escape(row)} \| {NUMBER} \| {NUMBER} \| {NUMBER} \| {NUMBER}% \|",
+                     out), out
+  assert re.search(rf"ours is {NUMBER}x the speed of the PyTorch reference", out), out
+
+
+def test_kernels_table_times_each_encoder_matmul_in_both_dtypes(tiny_checkpoint):
+  out = run_benchmark(tiny_checkpoint, "--kernels")
+  rows = re.findall(rf"^\| (.+) \| (float32|bfloat16) \| ({NUMBER}) \| ({NUMBER}) \| "
+                    rf"({NUMBER})x \|$", out, re.M)
+  assert len(rows) == 10, out
+  # The tiny BERT's shapes: 32 tokens (4 x 8), hidden 32, intermediate 128, 4 heads of 8.
+  assert "feed-forward in: tokens x hidden x intermediate (32 x 32 x 128)" in out
+  assert "(8 x 8 x 8, 16 of them)" in out
+  assert all(float(ratio) > 0 for *_, ratio in rows)  # both timed (GFLOP/s may round to 0)
