@@ -75,19 +75,20 @@ def parse_args() -> argparse.Namespace:
                       default=base_config().host_memory,
                       help="CPU: glibc malloc keeps freed memory (retain, the train loop's "
                            "default) or not (release); for the whole process, torch included")
-  parser.add_argument("--grid", action="store_true", help="scaling table instead")
+  mode = parser.add_mutually_exclusive_group()  # instead of the step table; one at a time
+  mode.add_argument("--grid", action="store_true", help="scaling table instead")
   parser.add_argument("--plot", default=None, help="--grid: also draw it into this PNG")
-  parser.add_argument("--breakdown", action="store_true",
+  mode.add_argument("--breakdown", action="store_true",
                       help="encoder forward / forward+backward alone, ours and torch's")
-  parser.add_argument("--profile", action="store_true",
+  mode.add_argument("--profile", action="store_true",
                       help="our encoder forward+backward by kind of op (jax.profiler trace)")
-  parser.add_argument("--kernels", action="store_true",
+  mode.add_argument("--kernels", action="store_true",
                       help="the encoder's matmuls alone, XLA's vs torch's, float32 and bfloat16")
-  parser.add_argument("--features", action="store_true",
+  mode.add_argument("--features", action="store_true",
                       help="bfloat16 and remat against float32 (time, temporary memory)")
   parser.add_argument("--flax-dense", action="store_true",
                       help="use Flax's nn.Dense layers (our encoder before its dense VJP)")
-  parser.add_argument("--epoch", action="store_true",
+  mode.add_argument("--epoch", action="store_true",
                       help="epoch time on the demo bitext (bucketing, teacher token cache)")
   parser.add_argument("--sample", type=int, default=16,
                       help="--epoch: PyTorch batches timed to estimate its mean step")
