@@ -500,18 +500,12 @@ def _validate(config) -> None:
   if config.student_side not in ("query", "document"):
     raise TrainingError(f"config.student_side must be 'query' or 'document', got "
                         f"{config.student_side!r}")
-  try:
-    check_attention(config.attention, DTYPES[config.dtype], jax.default_backend())
-  except ValueError as e:
-    raise TrainingError(str(e)) from None
   if config.xla_cpu_schedule not in CPU_SCHEDULES:
     raise TrainingError(f"config.xla_cpu_schedule must be one of {sorted(CPU_SCHEDULES)}, got "
                         f"{config.xla_cpu_schedule!r}")
-  try:
+  try:  # the shared checks, which raise ValueError naming their config field
+    check_attention(config.attention, DTYPES[config.dtype], jax.default_backend())
     host_memory.check(config.host_memory)  # applied by train.py, before JAX starts threads
-  except ValueError as e:
-    raise TrainingError(str(e)) from None
-  try:
     check_buckets(config.data.length_buckets, "config.data.length_buckets")
   except ValueError as e:
     raise TrainingError(str(e)) from None
