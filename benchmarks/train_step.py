@@ -27,7 +27,6 @@ import argparse
 import collections
 import contextlib
 import itertools
-import json
 import os
 import statistics
 from pathlib import Path
@@ -419,16 +418,17 @@ def breakdown(checkpoint: str, batch: int, length: int, *, repeats: int, with_to
 
 
 def kernels(checkpoint: str, batch: int, length: int, *, repeats: int) -> None:
-  """The encoder's matmuls one at a time, XLA's against torch's, in float32 and bfloat16:
-  whether the step's gap to PyTorch on this machine is in the matmul kernels themselves
-  (the libraries each calls: YNNPACK in XLA:CPU, MKL or oneDNN in torch's CPU build)."""
-  from optical_jax.modeling import EncoderConfig
+  """The encoder's matmuls one at a time, and one layer's attention (forward + backward),
+  XLA's against torch's, in float32 and bfloat16: whether the step's gap to PyTorch on this
+  machine is in the kernels themselves (the libraries each calls: YNNPACK in XLA:CPU, MKL or
+  oneDNN in torch's CPU build, torch's fused `scaled_dot_product_attention`)."""
+  from optical_jax.hf_checkpoint import read_hf_config
   torch = import_torch()
-  config = EncoderConfig.from_hf_dict(
-      json.loads((Path(checkpoint) / "config.json").read_text()), source=checkpoint)
+  config, _ = read_hf_config(Path(checkpoint))
   tokens, hidden = batch * length, config.hidden_size
   heads = config.num_attention_heads
-  shapes = {  # name -> (batch of matrices, m, k, n)
+  head_size = hidden // heads
+  matmuls = {  # name -> (batch of matrices, m, k, n)
       "q/k/v, attention output: tokens x hidden x hidden": (1, tokens, hidden, hidden),
       "feed-forward in: tokens x hidden x intermediate":
           (1, tokens, hidden, config.intermediate_size),
@@ -437,33 +437,63 @@ def kernels(checkpoint: str, batch: int, length: int, *, repeats: int) -> None:
       "weight gradient: hidden x tokens x intermediate":
           (1, hidden, tokens, config.intermediate_size),
       "attention scores, per head: length x head size x length":
-          (batch * heads, length, hidden // heads, length),
+          (batch * heads, length, head_size, length),
   }
   matmul = jax.jit(jnp.matmul)
-  print(f"B={batch} L={length}, {checkpoint}; GFLOP/s, medians of 3 x {repeats} calls, XLA "
-        f"and torch taking turns in blocks of {repeats}")
-  print("| matmul (m x k x n) | dtype | XLA | torch | torch / XLA |")
-  print("|---|---|---|---|---|")
   rng = np.random.default_rng(0)
-  for name, (count, m, k, n) in shapes.items():
+  cases = []  # (row name, FLOPs, {dtype: (XLA call, torch call)})
+  for name, (count, m, k, n) in matmuls.items():
     stack = (count,) if count > 1 else ()  # a 2-D dot, as the encoder's dense layers run
     a = rng.standard_normal((*stack, m, k), np.float32)
     b = rng.standard_normal((*stack, k, n), np.float32)
+    calls = {}
     for dtype, torch_dtype in ((jnp.float32, torch.float32), (jnp.bfloat16, torch.bfloat16)):
       xa, xb = jnp.asarray(a, dtype), jnp.asarray(b, dtype)
       ta, tb = (torch.from_numpy(x).to(torch_dtype) for x in (a, b))
-      calls = {"xla": lambda: matmul(xa, xb).block_until_ready(),
-               "torch": lambda: torch.matmul(ta, tb)}
-      times = {library: [] for library in calls}
+      calls[dtype] = (lambda xa=xa, xb=xb: matmul(xa, xb).block_until_ready(),
+                      lambda ta=ta, tb=tb: torch.matmul(ta, tb))
+    suffix = f", {count} of them" if count > 1 else ""
+    cases.append((f"{name} ({m} x {k} x {n}{suffix})", 2 * count * m * k * n, calls))
+
+  # One layer's attention, forward + backward, with the encoder's call and layout
+  # ([batch, length, heads, head size]) against torch's fused kernel ([batch, heads, ...]).
+  qkv_cotangent = rng.standard_normal((4, batch, length, heads, head_size), np.float32)
+  key_mask = np.ones((batch, 1, 1, length), bool)
+  calls = {}
+  for dtype, torch_dtype in ((jnp.float32, torch.float32), (jnp.bfloat16, torch.bfloat16)):
+    q, k, v, cotangent = (jnp.asarray(x, dtype) for x in qkv_cotangent)
+    gradient = jax.jit(jax.grad(lambda q, k, v, cotangent: jnp.sum(
+        jax.nn.dot_product_attention(q, k, v, mask=key_mask) * cotangent), argnums=(0, 1, 2)))
+    tq, tk, tv = (torch.from_numpy(x).to(torch_dtype).transpose(1, 2).contiguous()
+                  .requires_grad_() for x in qkv_cotangent[:3])
+    t_cotangent = torch.from_numpy(qkv_cotangent[3]).to(torch_dtype).transpose(1, 2)
+    t_mask = torch.from_numpy(key_mask)
+
+    def torch_attention(tq=tq, tk=tk, tv=tv, t_cotangent=t_cotangent):
+      (torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, attn_mask=t_mask)
+       * t_cotangent).sum().backward()
+      tq.grad = tk.grad = tv.grad = None
+
+    calls[dtype] = (lambda q=q, k=k, v=v, c=cotangent, g=gradient:
+                    jax.block_until_ready(g(q, k, v, c)), torch_attention)
+  # Scores and weighted values, forward (2 matmuls) and backward (4).
+  cases.append((f"one layer's attention, forward + backward ({heads} heads of {head_size})",
+                6 * 2 * batch * heads * length * length * head_size, calls))
+
+  print(f"B={batch} L={length}, {checkpoint}; GFLOP/s, medians of 3 x {repeats} calls, XLA "
+        f"and torch taking turns in blocks of {repeats}")
+  print("| kernel (matmul: m x k x n) | dtype | XLA | torch | torch / XLA |")
+  print("|---|---|---|---|---|")
+  for name, flops, calls in cases:
+    for dtype, (xla_call, torch_call) in calls.items():
+      times = {"xla": [], "torch": []}
       # Blocks of calls taking turns, not single calls: right after torch returns, its OpenMP
       # threads still spin on both cores and slowed XLA's next matmul by 30% (one-off).
       for _ in range(3):
-        for library, call in calls.items():
-          times[library] += wall_times(call, repeats, warmup=3)
+        times["xla"] += wall_times(xla_call, repeats, warmup=3)
+        times["torch"] += wall_times(torch_call, repeats, warmup=3)
       seconds = {library: statistics.median(t) for library, t in times.items()}
-      flops = 2 * count * m * k * n
-      print(f"| {name} ({m} x {k} x {n}{f', {count} of them' if count > 1 else ''}) | "
-            f"{jnp.dtype(dtype).name} | {flops / seconds['xla'] / 1e9:.0f} | "
+      print(f"| {name} | {jnp.dtype(dtype).name} | {flops / seconds['xla'] / 1e9:.0f} | "
             f"{flops / seconds['torch'] / 1e9:.0f} | "
             f"{seconds['xla'] / seconds['torch']:.2f}x |", flush=True)
 

@@ -44,12 +44,13 @@ def test_step_table_compares_ours_with_pytorch_in_the_same_dtype(tiny_checkpoint
   assert re.search(rf"ours is {NUMBER}x the speed of the PyTorch reference", out), out
 
 
-def test_kernels_table_times_each_encoder_matmul_in_both_dtypes(tiny_checkpoint):
+def test_kernels_table_times_each_encoder_kernel_in_both_dtypes(tiny_checkpoint):
   out = run_benchmark(tiny_checkpoint, "--kernels")
   rows = re.findall(rf"^\| (.+) \| (float32|bfloat16) \| ({NUMBER}) \| ({NUMBER}) \| "
                     rf"({NUMBER})x \|$", out, re.M)
-  assert len(rows) == 10, out
+  assert len(rows) == 12, out  # five matmuls and the attention, in two dtypes each
   # The tiny BERT's shapes: 32 tokens (4 x 8), hidden 32, intermediate 128, 4 heads of 8.
   assert "feed-forward in: tokens x hidden x intermediate (32 x 32 x 128)" in out
   assert "(8 x 8 x 8, 16 of them)" in out
+  assert "one layer's attention, forward + backward (4 heads of 8)" in out
   assert all(float(ratio) > 0 for *_, ratio in rows)  # both timed (GFLOP/s may round to 0)
