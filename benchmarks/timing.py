@@ -1,7 +1,30 @@
 """Shared by the benchmark scripts (run them as `python benchmarks/NAME.py`)."""
 
+import os
+import platform
 import statistics
 import time
+
+# The instruction sets that decide which matmul kernels a CPU library can pick.
+_MATMUL_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16")
+
+
+def cpu_description(cpuinfo: str = "/proc/cpuinfo") -> str:
+  """The CPU in one line: vendor, model name, family/model (which tell CPU generations apart
+  where the hypervisor hides the model name), cores and the matmul-relevant instruction sets."""
+  fields = {}
+  try:
+    with open(cpuinfo) as f:
+      for line in f:
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+  except OSError:
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+  flags = set(fields.get("flags", "").split())
+  return (f"{fields.get('vendor_id', '?')} {fields.get('model name', '?')} "
+          f"(family {fields.get('cpu family', '?')}, model {fields.get('model', '?')}), "
+          f"{os.cpu_count()} cores, " + (" ".join(f for f in _MATMUL_FLAGS if f in flags)
+                                         or "no AVX2"))
 
 
 def wall_times(fn, repeats: int, warmup: int = 1) -> list[float]:

@@ -109,7 +109,7 @@ import numpy as np
 
 from optical_jax.assets import minilm_checkpoint_dir
 from optical_jax.modeling import encoder_flops_per_token
-from timing import interleaved_medians, median_seconds, wall_times
+from timing import cpu_description, interleaved_medians, median_seconds, wall_times
 from optical_jax.train import (CPU_SCHEDULES, build_models, compiled_per_shape, initial_state,
                                make_optimizer, make_train_step, replicate, shard,
                                step_compiler_options)
@@ -680,6 +680,7 @@ def run(args: argparse.Namespace, checkpoint: str) -> None:
   print(f"host memory: {args.host_memory}" + (
       " (glibc malloc keeps freed memory, for this whole process)" if args.host_memory_changed
       else " (malloc as it is)"))
+  print(f"CPU: {cpu_description()}")
   if args.breakdown:
     breakdown(checkpoint, args.batch, args.length, repeats=args.repeats,
               with_torch=not args.no_torch)

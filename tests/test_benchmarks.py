@@ -11,6 +11,9 @@ import pytest
 
 from conftest import save_tiny_bert
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from timing import cpu_description  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 NUMBER = r"\d+(?:\.\d+)?"
 
@@ -38,6 +41,7 @@ def test_step_table_compares_ours_with_pytorch_in_the_same_dtype(tiny_checkpoint
                                                                    torch_row):
   out = run_benchmark(tiny_checkpoint, "--dtype", dtype)
   assert f"dtype={dtype}" in out
+  assert re.search(r"^CPU: .+, \d+ cores, ", out, re.M), out  # the table names its machine
   for row in ("optical_jax (JAX/Flax, ott-jax)", torch_row):
     assert re.search(rf"\| {re.escape(row)} \| {NUMBER} \| {NUMBER} \| {NUMBER} \| {NUMBER}% \|",
                      out), out
@@ -54,3 +58,16 @@ def test_kernels_table_times_each_encoder_kernel_in_both_dtypes(tiny_checkpoint)
   assert "(8 x 8 x 8, 16 of them)" in out
   assert "one layer's attention, forward + backward (4 heads of 8)" in out
   assert all(float(ratio) > 0 for *_, ratio in rows)  # both timed (GFLOP/s may round to 0)
+
+
+def test_cpu_description_tells_cpu_generations_apart_by_family_and_instruction_sets(tmp_path):
+  cpuinfo = tmp_path / "cpuinfo"
+  processor = ("processor\t: {n}\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\n"
+               "model\t\t: 2\nmodel name\t: AMD EPYC\n"
+               "flags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512bw\n\n")
+  cpuinfo.write_text(processor.format(n=0) + processor.format(n=1))
+  description = cpu_description(str(cpuinfo))
+  assert description.startswith("AuthenticAMD AMD EPYC (family 26, model 2), ")
+  assert description.endswith(" cores, avx2 avx512f avx512_bf16")
+  cpuinfo.write_text("vendor_id\t: GenuineIntel\nflags\t\t: fpu sse2\n")
+  assert cpu_description(str(cpuinfo)).endswith("no AVX2")
