@@ -66,6 +66,14 @@ class EncoderConfig:
   roberta_positions: bool = False
   model_type: str = "bert"
 
+  @property
+  def max_length(self) -> int:
+    """The longest input the position embeddings cover: RoBERTa-style numbering spends the
+    first pad_token_id + 1 rows (XLM-R's 514 positions hold 512 tokens)."""
+    if self.roberta_positions:
+      return self.max_position_embeddings - self.pad_token_id - 1
+    return self.max_position_embeddings
+
   @classmethod
   def from_hf_dict(cls, hf: Mapping[str, Any], *, source: str = "config.json") -> "EncoderConfig":
     """Builds the config from a Hugging Face `config.json` dict; `source` names it in errors."""
@@ -274,6 +282,12 @@ class Encoder(nn.Module):
                deterministic: bool = True) -> jax.Array:
     cfg = self.config
     check_attention(self.attention, self.dtype, jax.default_backend())
+    if input_ids.shape[-1] > cfg.max_length:
+      # An out-of-range position id would silently reuse the last position's embedding.
+      raise ValueError(f"inputs of {input_ids.shape[-1]} tokens are longer than the "
+                       f"{cfg.max_length} positions this encoder has embeddings for "
+                       f"(max_position_embeddings {cfg.max_position_embeddings}); truncate "
+                       "them to at most that")
     if token_type_ids is None:
       token_type_ids = jnp.zeros_like(input_ids)
     position_ids = position_ids_for(input_ids, attention_mask, cfg)

@@ -515,6 +515,17 @@ def _validate(config) -> None:
                         f"{devices} local devices")
 
 
+def _check_lengths(config, models: Models) -> None:
+  """Token limits within what both encoders have position embeddings for."""
+  for field in ("data", "eval"):
+    limit = config[field].max_length
+    for side, encoder in (("teacher", models.teacher), ("student", models.student)):
+      if limit > encoder.config.max_length:
+        raise TrainingError(f"config.{field}.max_length {limit} is longer than the "
+                            f"{encoder.config.max_length} tokens the {side} ({encoder.path}) "
+                            "has position embeddings for")
+
+
 def resolve_assets(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """A copy of `config` with offline asset references (`pypi:`, `bible:`) made paths."""
   from optical_jax.assets import resolve
@@ -567,6 +578,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   rows = load_training_rows(config)
 
   models = build_models(config)
+  _check_lengths(config, models)
   batches = make_batches(config, models, rows, workdir)
   devices = jax.local_device_count()
   log.info("%d training examples, %d steps per epoch, %d device(s), batch shapes %s "

@@ -52,6 +52,29 @@ def test_tiny_random_parity(fixture, request):
 
 
 @pytest.mark.parametrize("fixture", ["tiny_bert_dir", "tiny_xlmr_dir"])
+def test_inputs_up_to_the_position_limit_match_transformers_and_longer_ones_are_refused(
+    fixture, request):
+  """`config.max_length` is where transformers' own model stops: at it, parity; one token
+  more, torch fails and ours refuses (a clamped position id would silently reuse the last
+  row)."""
+  directory = request.getfixturevalue(fixture)
+  encoder = load_encoder(directory)
+  limit = encoder.config.max_length
+  assert limit == (64 if encoder.config.roberta_positions else 128)
+  ids, mask = _padded_random_batch(encoder.config.vocab_size,
+                                   pad_id=encoder.config.pad_token_id, lengths=(limit, 5))
+  np.testing.assert_allclose(np.asarray(encoder.apply(encoder.params, ids, mask)),
+                             torch_last_hidden(directory, ids, mask), atol=PARITY_TOL, rtol=0)
+  ids, mask = _padded_random_batch(encoder.config.vocab_size,
+                                   pad_id=encoder.config.pad_token_id, lengths=(limit + 1, 5))
+  with pytest.raises(Exception):
+    torch_last_hidden(directory, ids, mask)
+  with pytest.raises(ValueError, match=f"inputs of {limit + 1} tokens are longer than the "
+                                       f"{limit} positions"):
+    encoder.apply(encoder.params, ids, mask)
+
+
+@pytest.mark.parametrize("fixture", ["tiny_bert_dir", "tiny_xlmr_dir"])
 def test_parameter_gradients_match_transformers(fixture, request):
   """Training relies on the backward pass (our dense layers have their own VJP): every
   parameter's gradient matches PyTorch autograd through transformers' model."""

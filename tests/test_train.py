@@ -381,6 +381,22 @@ def test_training_batches_are_padded_to_the_configured_length_buckets(setup, tmp
   assert configured.shapes == [8, 24, 30]
 
 
+@pytest.mark.parametrize("field", ["data", "eval"])
+def test_token_limit_beyond_the_encoders_positions_is_named(field, setup, tmp_path):
+  from optical_jax.config import base_config
+  from optical_jax.train import TrainingError, train_and_evaluate
+  root, checkpoint, bitext, _ = setup  # a BERT with 128 positions
+  config = base_config()
+  config.teacher, config.data.train_file = str(checkpoint), str(bitext)
+  config.cache_dir = str(tmp_path / "cache")
+  config[field].max_length = 129
+  with pytest.raises(TrainingError, match=re.escape(
+      f"config.{field}.max_length 129 is longer than the 128 tokens the teacher ({checkpoint}) "
+      "has position embeddings for")):
+    train_and_evaluate(config, tmp_path / "run")
+  assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 def test_unordered_length_buckets_are_named(tmp_path):
   from optical_jax.config import base_config
   from optical_jax.train import TrainingError, train_and_evaluate
