@@ -189,13 +189,6 @@ def random_batch(batch: int, length: int) -> dict[str, np.ndarray]:
                 "teacher_ids": ids[:, ::-1].copy(), "teacher_mask": np.ones_like(ids)}, devices)
 
 
-def jax_step(checkpoint: str, batch: int, length: int, *, dtype: str, iterations: int,
-             remat: bool, repeats: int):
-  step, models = jax_reference(checkpoint, dtype=dtype, iterations=iterations, remat=remat)
-  batch_arrays = random_batch(batch, length)
-  return median_seconds(lambda: step(batch_arrays), repeats, warmup=2), models.student.config
-
-
 def features(checkpoint: str, batch: int, *, lengths: tuple[int, ...], iterations: int,
              repeats: int) -> None:
   """Before/after of the speed features meant for accelerators, measured here: bfloat16
@@ -235,19 +228,30 @@ GRID = {"batch": [(32, 64, 50), (64, 64, 50), (128, 64, 50), (256, 64, 50)],
 
 
 def grid(checkpoint: str, peak: float, *, dtype: str, remat: bool, repeats: int,
-         plot: str | None) -> None:
+         plot: str | None, with_torch: bool) -> None:
   """Step time against batch, length and Sinkhorn iterations, each varied from B=32, L=64,
-  50 iterations; with `plot`, a PNG of the three against the encoder matmuls at peak."""
-  print("| batch | length | Sinkhorn iters | step (s) | tokens/s | GFLOP/s | of peak |")
-  print("|---|---|---|---|---|---|---|")
-  measured = {}  # (batch, length, iterations) -> (step seconds, encoder matmuls at peak)
+  50 iterations, ours and (`with_torch`) the PyTorch reference's, timed in turns at each
+  point; with `plot`, a PNG of the three against the encoder matmuls at peak."""
+  torch_columns = " PyTorch step (s) | ours vs PyTorch |" if with_torch else ""
+  print("| batch | length | Sinkhorn iters | step (s) | tokens/s | GFLOP/s | of peak |"
+        + torch_columns)
+  print("|---|---|---|---|---|---|---|" + ("---|---|" if with_torch else ""))
+  # (batch, length, iterations) -> (our step, PyTorch's step or None, encoder matmuls at peak)
+  measured = {}
   for batch, length, iters in dict.fromkeys(p for points in GRID.values() for p in points):
-    seconds, config = jax_step(checkpoint, batch, length, dtype=dtype, iterations=iters,
-                               remat=remat, repeats=repeats)
-    flops = step_flops(config, batch, length)
-    measured[batch, length, iters] = seconds, flops / peak
-    print(f"| {batch} | {length} | {iters} | {seconds:.3f} | {batch * length / seconds:.0f} "
-          f"| {flops / seconds / 1e9:.1f} | {flops / seconds / peak:.0%} |", flush=True)
+    step, models = jax_reference(checkpoint, dtype=dtype, iterations=iters, remat=remat)
+    batch_arrays = random_batch(batch, length)
+    timed = {"ours": lambda: step(batch_arrays)}
+    if with_torch:
+      timed["torch"] = torch_step(checkpoint, batch, length, iterations=iters, dtype=dtype)
+    seconds = interleaved_medians(timed, repeats, warmup=2)
+    flops = step_flops(models.student.config, batch, length)
+    measured[batch, length, iters] = seconds["ours"], seconds.get("torch"), flops / peak
+    print(f"| {batch} | {length} | {iters} | {seconds['ours']:.3f} | "
+          f"{batch * length / seconds['ours']:.0f} | {flops / seconds['ours'] / 1e9:.1f} | "
+          f"{flops / seconds['ours'] / peak:.0%} |" + (
+              f" {seconds['torch']:.3f} | {seconds['torch'] / seconds['ours']:.2f}x |"
+              if with_torch else ""), flush=True)
   if plot:
     import matplotlib
     matplotlib.use("Agg")
@@ -256,7 +260,9 @@ def grid(checkpoint: str, peak: float, *, dtype: str, remat: bool, repeats: int,
     for ax, (axis, points) in zip(axes, GRID.items()):
       x = [p[list(GRID).index(axis)] for p in points]
       ax.plot(x, [measured[p][0] for p in points], marker="o", label="our step")
-      ax.plot(x, [measured[p][1] for p in points], ls="--", label="encoder matmuls at peak")
+      if with_torch:
+        ax.plot(x, [measured[p][1] for p in points], marker="s", label="PyTorch's step")
+      ax.plot(x, [measured[p][2] for p in points], ls="--", label="encoder matmuls at peak")
       ax.set(xlabel=axis, ylabel="step (s)", xscale="log")
       ax.set_xticks(x, [str(v) for v in x])
       ax.minorticks_off()
@@ -264,9 +270,9 @@ def grid(checkpoint: str, peak: float, *, dtype: str, remat: bool, repeats: int,
         ax.set_ylim(bottom=0)
       else:  # batch and length: the slopes on log-log axes show the growth
         ax.set_yscale("log")
+        times = [t for p in points for t in measured[p] if t is not None]
         ticks = [t for t in (0.25, 0.5, 1, 2, 4, 8, 16, 32)
-                 if min(min(measured[p]) for p in points) / 2 <= t
-                 <= 2 * max(max(measured[p]) for p in points)]
+                 if min(times) / 2 <= t <= 2 * max(times)]
         ax.set_yticks(ticks, [f"{t:g}" for t in ticks])
         ax.minorticks_off()
     axes[0].legend()
@@ -705,7 +711,7 @@ def run(args: argparse.Namespace, checkpoint: str) -> None:
         f"measured matmul peak {peak / 1e9:.1f} GFLOP/s ({args.dtype})")
   if args.grid:
     grid(checkpoint, peak, dtype=args.dtype, remat=args.remat, repeats=args.repeats,
-         plot=args.plot)
+         plot=args.plot, with_torch=not args.no_torch)
     return
   step, models = jax_reference(checkpoint, dtype=args.dtype, iterations=args.iterations,
                                remat=args.remat, attention=args.attention)

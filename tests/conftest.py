@@ -33,14 +33,14 @@ def minilm_dir() -> Path:
 
 def save_tiny_bert(directory: Path, *, seed: int = 0, hidden_size: int = 32,
                    vocab_size: int = 30522, layers: int = 2, masked_lm: bool = False,
-                   safe_serialization: bool = True) -> Path:
+                   safe_serialization: bool = True, max_position_embeddings: int = 128) -> Path:
   """A random BERT in the hub layout, with MiniLM's (real) tokenizer files."""
   import torch
   from transformers import BertConfig, BertForMaskedLM, BertModel
   torch.manual_seed(seed)
   config = BertConfig(vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=layers,
                       num_attention_heads=4, intermediate_size=4 * hidden_size,
-                      max_position_embeddings=128)
+                      max_position_embeddings=max_position_embeddings)
   model = (BertForMaskedLM if masked_lm else BertModel)(config).eval()
   model.save_pretrained(directory)
   if not safe_serialization:  # transformers v5 only writes safetensors: write the old format.

@@ -20,7 +20,9 @@ NUMBER = r"\d+(?:\.\d+)?"
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory) -> Path:
-  return save_tiny_bert(tmp_path_factory.mktemp("benchmark") / "tiny_bert", seed=2)
+  # 256 positions: the scaling grid goes up to 256 tokens.
+  return save_tiny_bert(tmp_path_factory.mktemp("benchmark") / "tiny_bert", seed=2,
+                        max_position_embeddings=256)
 
 
 def run_benchmark(checkpoint: Path, *arguments: str) -> str:
@@ -71,3 +73,16 @@ def test_cpu_description_tells_cpu_generations_apart_by_family_and_instruction_s
   assert description.endswith(" cores, avx2 avx512f avx512_bf16")
   cpuinfo.write_text("vendor_id\t: GenuineIntel\nflags\t\t: fpu sse2\n")
   assert cpu_description(str(cpuinfo)).endswith("no AVX2")
+
+
+def test_grid_times_ours_and_pytorch_at_each_batch_length_and_iteration_count(
+    tiny_checkpoint, tmp_path):
+  plot = tmp_path / "scaling.png"
+  out = run_benchmark(tiny_checkpoint, "--grid", "--plot", str(plot))
+  rows = re.findall(rf"^\| (\d+) \| (\d+) \| (\d+) \| {NUMBER} \| {NUMBER} \| {NUMBER} \| "
+                    rf"{NUMBER}% \| {NUMBER} \| ({NUMBER})x \|$", out, re.M)
+  points = {(int(b), int(l), int(i)) for b, l, i, _ in rows}
+  assert len(rows) == len(points) == 9, out  # B=32, L=64, 50 iterations is shared by all three
+  assert {(256, 64, 50), (32, 256, 50), (32, 64, 200)} <= points
+  assert all(float(ratio) > 0 for *_, ratio in rows)
+  assert plot.stat().st_size > 10_000  # three panels drawn
