@@ -65,6 +65,9 @@ def parse_args() -> argparse.Namespace:
   parser.add_argument("--iterations", type=int, default=50)
   parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
   parser.add_argument("--remat", action="store_true")
+  parser.add_argument("--microbatch-size", type=int, default=0,
+                      help="also time our step split into chunks of this many examples "
+                           "(config.microbatch_size), in turns with the others")
   parser.add_argument("--attention", default="xla",
                       help="attention kernel (config.attention): xla, or cudnn on NVIDIA GPUs "
                            "with --dtype bfloat16")
@@ -146,14 +149,14 @@ def step_flops(config, batch: int, length: int) -> float:
 
 def jax_reference(checkpoint: str, *, dtype: str = "float32", iterations: int = 50,
                   remat: bool = False, compiler_options: dict[str, str] | None = None,
-                  attention: str = "xla"):
+                  attention: str = "xla", microbatch_size: int = 0):
   """Our distillation step `step(batch) -> loss` (the train loop's compiled pmapped step) and
   the models. `batch` holds `[devices, batch, length]` arrays; with `teacher_tokens` in it,
   the teacher's forward is skipped (the cached path). `compiler_options` are XLA options for
   compiling the step (`--xla_*` flags without `--`); default: the train loop's."""
   config = base_config()
   config.teacher, config.dtype, config.remat, config.dropout = checkpoint, dtype, remat, 0.0
-  config.attention = attention
+  config.attention, config.microbatch_size = attention, microbatch_size
   config.loss, config.num_train_steps = "ot", 1000
   config.ot.max_iterations, config.ot.threshold = iterations, 0.0  # fixed iterations
   models = build_models(config)
@@ -716,12 +719,21 @@ def run(args: argparse.Namespace, checkpoint: str) -> None:
   step, models = jax_reference(checkpoint, dtype=args.dtype, iterations=args.iterations,
                                remat=args.remat, attention=args.attention)
   batch_arrays = random_batch(args.batch, args.length)
-  timed = {"optical_jax (JAX/Flax, ott-jax)": lambda: step(batch_arrays)}
+  ours = "optical_jax (JAX/Flax, ott-jax)"
+  timed = {ours: lambda: step(batch_arrays)}
+  if args.microbatch_size:
+    microbatched, _ = jax_reference(checkpoint, dtype=args.dtype, iterations=args.iterations,
+                                    remat=args.remat, attention=args.attention,
+                                    microbatch_size=args.microbatch_size)
+    ours_microbatched = f"optical_jax, microbatches of {args.microbatch_size}"
+    timed[ours_microbatched] = lambda: microbatched(batch_arrays)
+  theirs = None
   if not args.no_torch:
     autocast = ", bfloat16 autocast" if args.dtype == "bfloat16" else ""
-    timed[f"PyTorch reference (transformers, torch Sinkhorn{autocast})"] = torch_step(
-        checkpoint, args.batch, args.length, iterations=args.iterations, dtype=args.dtype)
-  rows = list(interleaved_medians(timed, args.repeats, warmup=2).items())
+    theirs = f"PyTorch reference (transformers, torch Sinkhorn{autocast})"
+    timed[theirs] = torch_step(checkpoint, args.batch, args.length,
+                               iterations=args.iterations, dtype=args.dtype)
+  medians = interleaved_medians(timed, args.repeats, warmup=2)
   flops = step_flops(models.student.config, args.batch, args.length)
   print(f"B={args.batch} ({args.batch // jax.local_device_count()} per device) L={args.length} "
         f"Sinkhorn iterations={args.iterations} "
@@ -732,16 +744,19 @@ def run(args: argparse.Namespace, checkpoint: str) -> None:
   mfu_header = f" MFU (of {args.peak_tflops:g} TFLOP/s) |" if nominal else ""
   print(f"| implementation | step (s) | tokens/s | GFLOP/s | of measured peak |{mfu_header}")
   print("|---|---|---|---|---|" + ("---|" if nominal else ""))
-  for name, seconds in rows:
+  for name, seconds in medians.items():
     mfu = f" {flops / seconds / nominal:.1%} |" if nominal else ""
     print(f"| {name} | {seconds:.3f} | {args.batch * args.length / seconds:.0f} | "
           f"{flops / seconds / 1e9:.1f} | {flops / seconds / peak:.0%} |{mfu}")
   print(f"the step's encoder matmuls alone at the measured peak: {flops / peak:.3f} s")
-  if len(rows) == 2:
-    print(f"ours is {rows[1][1] / rows[0][1]:.2f}x the speed of the PyTorch reference; 1.2x "
-          f"would be a {rows[1][1] / 1.2:.3f} s step, {1.2 * flops / rows[1][1] / peak:.0%} of "
+  if theirs:
+    reference = medians[theirs]
+    print(f"ours is {reference / medians[ours]:.2f}x the speed of the PyTorch reference; 1.2x "
+          f"would be a {reference / 1.2:.3f} s step, {1.2 * flops / reference / peak:.0%} of "
           "peak")
-
+    if args.microbatch_size:
+      print(f"ours with microbatches of {args.microbatch_size} is "
+            f"{reference / medians[ours_microbatched]:.2f}x the speed of the PyTorch reference")
 
 if __name__ == "__main__":
   main(ARGS)

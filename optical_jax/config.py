@@ -73,6 +73,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.how_to_get = ""  # printed when the training file is missing
 
   c.batch_size = 32  # global batch (split over local devices)
+  # Examples per forward/backward pass within a step (0: the whole per-device batch). The step
+  # adds up the chunks' gradients, so a step over B=256 costs 8 passes over 32: on CPU, where
+  # a pass over much more than ~8,000 tokens outgrows the cache, that is faster (BENCHMARKS.md,
+  # "Scaling"); on accelerators it is gradient accumulation for memory. ot and mse losses only,
+  # without ot.center (the others look at the whole batch).
+  c.microbatch_size = 0
   c.num_train_steps = 1000  # optimizer steps
   c.learning_rate = 5e-5  # peak AdamW learning rate
   c.warmup_steps = 50  # linear warm-up steps

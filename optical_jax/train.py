@@ -224,9 +224,9 @@ def make_train_step(config, models: Models, optimizer):
 
   def step(state: TrainState, teacher_params, batch, rng):
     rng = jax.random.fold_in(jax.random.fold_in(rng, state.step), jax.lax.axis_index(AXIS))
-    rngs = None if deterministic else {"dropout": rng}
 
-    def loss_fn(trainable):
+    def loss_fn(trainable, batch, rng):
+      rngs = None if deterministic else {"dropout": rng}
       params = merge_trainable(state.params, trainable)
       if config.stage == "teacher":
         per_example, aux = teacher_stage_loss(config, models, params, batch, rngs, deterministic)
@@ -247,7 +247,24 @@ def make_train_step(config, models: Models, optimizer):
     # Gradients of the trainable parameters only: frozen ones are constants here, so XLA
     # drops their weight-gradient matmuls instead of computing and discarding them.
     trainable = trainable_subtree(state.params, config.trainable)
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+    gradient = jax.value_and_grad(loss_fn, has_aux=True)
+    chunks = microbatches_per_device(config, jax.tree_util.tree_leaves(batch)[0].shape[0])
+    if chunks == 1:
+      (loss, aux), grads = gradient(trainable, batch, rng)
+    else:
+      # Equal chunks, so the mean of their mean losses (and gradients) is the batch's.
+      split = jax.tree_util.tree_map(lambda x: x.reshape(chunks, -1, *x.shape[1:]), batch)
+
+      def accumulate(total, chunk):
+        index, micro_batch = chunk
+        return jax.tree_util.tree_map(
+            jnp.add, total, gradient(trainable, micro_batch, jax.random.fold_in(rng, index))), None
+
+      first = jax.tree_util.tree_map(lambda x: x[0], split)
+      zeros = jax.tree_util.tree_map(
+          lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(gradient, trainable, first, rng))
+      total, _ = jax.lax.scan(accumulate, zeros, (jnp.arange(chunks), split))
+      (loss, aux), grads = jax.tree_util.tree_map(lambda x: x / chunks, total)
     grads = jax.lax.pmean(grads, AXIS)
     updates, opt_state = optimizer.update(grads, state.opt_state, trainable)
     params = merge_trainable(state.params, optax.apply_updates(trainable, updates))
@@ -255,6 +272,17 @@ def make_train_step(config, models: Models, optimizer):
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   return jax.pmap(step, axis_name=AXIS, donate_argnums=(0,))
+
+
+def microbatches_per_device(config, per_device_batch: int) -> int:
+  """How many chunks the step splits each device's batch into (`config.microbatch_size`)."""
+  size = config.microbatch_size
+  if not size or size >= per_device_batch:
+    return 1
+  if per_device_batch % size:
+    raise ValueError(f"config.microbatch_size {size} does not divide the per-device batch "
+                     f"{per_device_batch}")
+  return per_device_batch // size
 
 
 # XLA compiler options for the train step on CPU, by config.xla_cpu_schedule.
@@ -513,6 +541,18 @@ def _validate(config) -> None:
   if config.batch_size % devices:
     raise TrainingError(f"config.batch_size {config.batch_size} is not divisible by the "
                         f"{devices} local devices")
+  size = config.microbatch_size
+  if size:
+    per_device = config.batch_size // devices
+    if not isinstance(size, int) or size < 0 or (size < per_device and per_device % size):
+      raise TrainingError(f"config.microbatch_size must be 0 (off) or a positive integer that "
+                          f"divides the per-device batch {per_device}, got {size!r}")
+    # In-batch negatives and the batch's mean teacher token would change with the split.
+    if (config.stage == "teacher" or config.loss in ("contrastive", "ot+contrastive")
+        or config.ot.center):
+      raise TrainingError("config.microbatch_size cannot split batches for the contrastive "
+                          "losses, the teacher stage and ot.center: their per-example loss "
+                          "depends on the whole batch")
 
 
 def _check_lengths(config, models: Models) -> None:

@@ -50,6 +50,16 @@ def test_step_table_compares_ours_with_pytorch_in_the_same_dtype(tiny_checkpoint
   assert re.search(rf"ours is {NUMBER}x the speed of the PyTorch reference", out), out
 
 
+def test_step_table_times_the_microbatched_step_in_the_same_turns(tiny_checkpoint):
+  out = run_benchmark(tiny_checkpoint, "--microbatch-size", "2")
+  for row in ("optical_jax (JAX/Flax, ott-jax)", "optical_jax, microbatches of 2",
+              "PyTorch reference (transformers, torch Sinkhorn)"):
+    assert re.search(rf"\| {re.escape(row)} \| {NUMBER} \| {NUMBER} \| {NUMBER} \| {NUMBER}% \|",
+                     out), out
+  assert re.search(rf"ours with microbatches of 2 is {NUMBER}x the speed of the PyTorch "
+                   "reference", out), out
+
+
 def test_kernels_table_times_each_encoder_kernel_in_both_dtypes(tiny_checkpoint):
   out = run_benchmark(tiny_checkpoint, "--kernels")
   rows = re.findall(rf"^\| (.+) \| (float32|bfloat16) \| ({NUMBER}) \| ({NUMBER}) \| "

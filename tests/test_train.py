@@ -322,6 +322,60 @@ def test_cpu_train_step_compiles_once_per_shape_with_the_memory_schedule(tiny_be
   assert losses["memory"] == pytest.approx(losses["default"], rel=1e-6)
 
 
+@pytest.mark.parametrize("loss", ["ot", "mse"])
+def test_microbatched_step_trains_as_the_whole_batch_does_in_less_memory(loss, tiny_bert_dir):
+  import jax
+  from optical_jax.config import base_config
+  from optical_jax.train import (build_models, compiled_per_shape, initial_state,
+                                 make_optimizer, make_train_step, replicate)
+  config = base_config()
+  config.teacher, config.dropout, config.loss = str(tiny_bert_dir), 0.0, loss
+  models, optimizer = build_models(config), make_optimizer(config)
+  teacher_params, rng = replicate(models.teacher.params), replicate(jax.random.PRNGKey(0))
+  data = np.random.default_rng(0)
+  ids = data.integers(1000, 20000, (1, 16, 64)).astype(np.int32)
+  mask = (np.arange(64) < data.integers(4, 65, (1, 16, 1))).astype(np.int32)  # padded rows
+  batch = {"student_ids": ids, "student_mask": mask, "teacher_ids": ids[..., ::-1].copy(),
+           "teacher_mask": mask[..., ::-1].copy()}
+  results = {}
+  for size in (0, 2):
+    config.microbatch_size = size
+    step = compiled_per_shape(make_train_step(config, models, optimizer), {})
+    state = replicate(initial_state(models, optimizer))
+    for _ in range(2):
+      state, metrics = step(state, teacher_params, batch, rng)
+    executable = step.executable_for(state, teacher_params, batch, rng)
+    results[size] = (jax.device_get(state.params), jax.device_get(metrics),
+                     executable.memory_analysis().temp_size_in_bytes)
+  (whole, whole_metrics, whole_bytes), (split, split_metrics, split_bytes) = results.values()
+  for name in whole_metrics:
+    np.testing.assert_allclose(split_metrics[name], whole_metrics[name], rtol=1e-5, atol=1e-7)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                         split, whole)
+  assert split_bytes < whole_bytes, (split_bytes, whole_bytes)  # the chunks ran one by one
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(microbatch_size=3), "config.microbatch_size must be 0 (off) or a positive integer "
+                              "that divides the per-device batch 32, got 3"),
+    (dict(microbatch_size=8, loss="ot+contrastive"),
+     "config.microbatch_size cannot split batches for the contrastive losses"),
+    (dict(microbatch_size=8, **{"ot.center": True}),
+     "config.microbatch_size cannot split batches for the contrastive losses, the teacher "
+     "stage and ot.center"),
+])
+def test_microbatches_that_would_change_the_loss_are_refused(overrides, message, tmp_path):
+  from optical_jax.config import base_config
+  from optical_jax.train import TrainingError, train_and_evaluate
+  config = base_config()
+  for field, value in overrides.items():
+    section, _, name = field.rpartition(".")
+    (config[section] if section else config)[name] = value
+  with pytest.raises(TrainingError, match=re.escape(message)):
+    train_and_evaluate(config, tmp_path)
+  assert not any(tmp_path.iterdir())
+
+
 def test_compiler_options_this_xla_rejects_fall_back_with_a_warning(caplog):
   import jax
   from optical_jax.train import compiled_per_shape
