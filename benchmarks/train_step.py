@@ -67,7 +67,8 @@ def parse_args() -> argparse.Namespace:
   parser.add_argument("--remat", action="store_true")
   parser.add_argument("--microbatch-size", type=int, default=0,
                       help="also time our step split into chunks of this many examples "
-                           "(config.microbatch_size), in turns with the others")
+                           "(config.microbatch_size), in turns with the others; --grid: "
+                           "split ours where the batch is larger")
   parser.add_argument("--attention", default="xla",
                       help="attention kernel (config.attention): xla, or cudnn on NVIDIA GPUs "
                            "with --dtype bfloat16")
@@ -231,10 +232,13 @@ GRID = {"batch": [(32, 64, 50), (64, 64, 50), (128, 64, 50), (256, 64, 50)],
 
 
 def grid(checkpoint: str, peak: float, *, dtype: str, remat: bool, repeats: int,
-         plot: str | None, with_torch: bool) -> None:
+         plot: str | None, with_torch: bool, microbatch_size: int = 0) -> None:
   """Step time against batch, length and Sinkhorn iterations, each varied from B=32, L=64,
   50 iterations, ours and (`with_torch`) the PyTorch reference's, timed in turns at each
-  point; with `plot`, a PNG of the three against the encoder matmuls at peak."""
+  point; with `plot`, a PNG of the three against the encoder matmuls at peak. With
+  `microbatch_size`, ours splits batches larger than that into chunks of it."""
+  if microbatch_size:
+    print(f"our step in microbatches of {microbatch_size} (where the batch is larger)")
   torch_columns = " PyTorch step (s) | ours vs PyTorch |" if with_torch else ""
   print("| batch | length | Sinkhorn iters | step (s) | tokens/s | GFLOP/s | of peak |"
         + torch_columns)
@@ -242,7 +246,8 @@ def grid(checkpoint: str, peak: float, *, dtype: str, remat: bool, repeats: int,
   # (batch, length, iterations) -> (our step, PyTorch's step or None, encoder matmuls at peak)
   measured = {}
   for batch, length, iters in dict.fromkeys(p for points in GRID.values() for p in points):
-    step, models = jax_reference(checkpoint, dtype=dtype, iterations=iters, remat=remat)
+    step, models = jax_reference(checkpoint, dtype=dtype, iterations=iters, remat=remat,
+                                 microbatch_size=microbatch_size)
     batch_arrays = random_batch(batch, length)
     timed = {"ours": lambda: step(batch_arrays)}
     if with_torch:
@@ -714,7 +719,7 @@ def run(args: argparse.Namespace, checkpoint: str) -> None:
         f"measured matmul peak {peak / 1e9:.1f} GFLOP/s ({args.dtype})")
   if args.grid:
     grid(checkpoint, peak, dtype=args.dtype, remat=args.remat, repeats=args.repeats,
-         plot=args.plot, with_torch=not args.no_torch)
+         plot=args.plot, with_torch=not args.no_torch, microbatch_size=args.microbatch_size)
     return
   step, models = jax_reference(checkpoint, dtype=args.dtype, iterations=args.iterations,
                                remat=args.remat, attention=args.attention)
