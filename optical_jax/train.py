@@ -275,14 +275,15 @@ def make_train_step(config, models: Models, optimizer):
 
 
 def microbatches_per_device(config, per_device_batch: int) -> int:
-  """How many chunks the step splits each device's batch into (`config.microbatch_size`)."""
+  """How many chunks the step splits each device's batch into: a ValueError naming
+  `config.microbatch_size` unless it is 0 (off) or a positive integer dividing the batch."""
   size = config.microbatch_size
-  if not size or size >= per_device_batch:
-    return 1
-  if per_device_batch % size:
-    raise ValueError(f"config.microbatch_size {size} does not divide the per-device batch "
-                     f"{per_device_batch}")
-  return per_device_batch // size
+  splits = isinstance(size, int) and 0 < size < per_device_batch
+  if not isinstance(size, int) or isinstance(size, bool) or size < 0 or (
+      splits and per_device_batch % size):
+    raise ValueError(f"config.microbatch_size must be 0 (off) or a positive integer that "
+                     f"divides the per-device batch {per_device_batch}, got {size!r}")
+  return per_device_batch // size if splits else 1
 
 
 # XLA compiler options for the train step on CPU, by config.xla_cpu_schedule.
@@ -531,28 +532,23 @@ def _validate(config) -> None:
   if config.xla_cpu_schedule not in CPU_SCHEDULES:
     raise TrainingError(f"config.xla_cpu_schedule must be one of {sorted(CPU_SCHEDULES)}, got "
                         f"{config.xla_cpu_schedule!r}")
-  try:  # the shared checks, which raise ValueError naming their config field
-    check_attention(config.attention, DTYPES[config.dtype], jax.default_backend())
-    host_memory.check(config.host_memory)  # applied by train.py, before JAX starts threads
-    check_buckets(config.data.length_buckets, "config.data.length_buckets")
-  except ValueError as e:
-    raise TrainingError(str(e)) from None
   devices = jax.local_device_count()
   if config.batch_size % devices:
     raise TrainingError(f"config.batch_size {config.batch_size} is not divisible by the "
                         f"{devices} local devices")
-  size = config.microbatch_size
-  if size:
-    per_device = config.batch_size // devices
-    if not isinstance(size, int) or size < 0 or (size < per_device and per_device % size):
-      raise TrainingError(f"config.microbatch_size must be 0 (off) or a positive integer that "
-                          f"divides the per-device batch {per_device}, got {size!r}")
-    # In-batch negatives and the batch's mean teacher token would change with the split.
-    if (config.stage == "teacher" or config.loss in ("contrastive", "ot+contrastive")
-        or config.ot.center):
-      raise TrainingError("config.microbatch_size cannot split batches for the contrastive "
-                          "losses, the teacher stage and ot.center: their per-example loss "
-                          "depends on the whole batch")
+  try:  # the shared checks, which raise ValueError naming their config field
+    check_attention(config.attention, DTYPES[config.dtype], jax.default_backend())
+    host_memory.check(config.host_memory)  # applied by train.py, before JAX starts threads
+    check_buckets(config.data.length_buckets, "config.data.length_buckets")
+    microbatches = microbatches_per_device(config, config.batch_size // devices)
+  except ValueError as e:
+    raise TrainingError(str(e)) from None
+  # In-batch negatives and the batch's mean teacher token would change with the split.
+  if microbatches > 1 and (config.stage == "teacher" or config.ot.center
+                           or config.loss in ("contrastive", "ot+contrastive")):
+    raise TrainingError("config.microbatch_size cannot split batches for the contrastive "
+                        "losses, the teacher stage and ot.center: their per-example loss "
+                        "depends on the whole batch")
 
 
 def _check_lengths(config, models: Models) -> None:
