@@ -45,16 +45,19 @@ def median_seconds(fn, repeats: int, warmup: int = 1) -> float:
   return statistics.median(wall_times(fn, repeats, warmup))
 
 
-def interleaved_medians(fns: dict, repeats: int, warmup: int = 1) -> dict:
-  """Median wall time of each `fns[name]()`, timed in turns (one call of each per round) so
-  that a shared machine whose speed drifts during the run slows all of them alike."""
-  for fn in fns.values():
-    for _ in range(warmup):
-      fn()
+def interleaved_medians(fns: dict, repeats: int, warmup: int = 1, block: int = 1) -> dict:
+  """Median wall time of each `fns[name]()`, timed in turns so that a shared machine whose
+  speed drifts during the run slows all of them alike; `warmup` untimed calls of each come
+  first. Each turn times `block` calls of one function; with `block` > 1 the `warmup` calls
+  open every turn instead, so that what the previous turn's library leaves running (torch's
+  OpenMP threads spin on for a moment after returning) is not charged to the next. The median
+  is over all `repeats * block` timed calls."""
+  if block == 1:
+    for fn in fns.values():
+      for _ in range(warmup):
+        fn()
   times = {name: [] for name in fns}
   for _ in range(repeats):
     for name, fn in fns.items():
-      start = time.perf_counter()
-      fn()
-      times[name].append(time.perf_counter() - start)
+      times[name] += wall_times(fn, block, warmup=warmup if block > 1 else 0)
   return {name: statistics.median(t) for name, t in times.items()}

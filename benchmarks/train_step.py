@@ -28,7 +28,6 @@ import collections
 import contextlib
 import itertools
 import os
-import statistics
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -500,13 +499,10 @@ def kernels(checkpoint: str, batch: int, length: int, *, repeats: int) -> None:
   print("|---|---|---|---|---|")
   for name, flops, calls in cases:
     for dtype, (xla_call, torch_call) in calls.items():
-      times = {"xla": [], "torch": []}
       # Blocks of calls taking turns, not single calls: right after torch returns, its OpenMP
       # threads still spin on both cores and slowed XLA's next matmul by 30% (one-off).
-      for _ in range(3):
-        times["xla"] += wall_times(xla_call, repeats, warmup=3)
-        times["torch"] += wall_times(torch_call, repeats, warmup=3)
-      seconds = {library: statistics.median(t) for library, t in times.items()}
+      seconds = interleaved_medians({"xla": xla_call, "torch": torch_call}, 3, warmup=3,
+                                    block=repeats)
       print(f"| {name} | {jnp.dtype(dtype).name} | {flops / seconds['xla'] / 1e9:.0f} | "
             f"{flops / seconds['torch'] / 1e9:.0f} | "
             f"{seconds['xla'] / seconds['torch']:.2f}x |", flush=True)
