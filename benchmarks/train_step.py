@@ -430,6 +430,13 @@ def breakdown(checkpoint: str, batch: int, length: int, *, repeats: int, with_to
     print(f"| {name} | {seconds:.3f} |")
 
 
+def _ratio(value: float) -> str:
+  """Two decimals, or two significant digits below 0.1, so that a lopsided ratio (torch's
+  bfloat16 attention backward) does not print as 0.00."""
+  return f"{value:.2f}" if value >= 0.1 else np.format_float_positional(
+      value, precision=2, fractional=False)
+
+
 def kernels(checkpoint: str, batch: int, length: int, *, repeats: int) -> None:
   """The encoder's matmuls one at a time, and one layer's attention (forward + backward),
   XLA's against torch's, in float32 and bfloat16: whether the step's gap to PyTorch on this
@@ -505,7 +512,7 @@ def kernels(checkpoint: str, batch: int, length: int, *, repeats: int) -> None:
                                     block=repeats)
       print(f"| {name} | {jnp.dtype(dtype).name} | {flops / seconds['xla'] / 1e9:.0f} | "
             f"{flops / seconds['torch'] / 1e9:.0f} | "
-            f"{seconds['xla'] / seconds['torch']:.2f}x |", flush=True)
+            f"{_ratio(seconds['xla'] / seconds['torch'])}x |", flush=True)
 
 
 def _op_kind(name: str) -> str:
