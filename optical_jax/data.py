@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from optical_jax.evaluation.io import DataFormatError, _json_record, _lines
+from optical_jax.textfiles import DataFormatError, json_record, text_lines
 from optical_jax.shapes import LENGTH_BUCKETS, bucket_for, check_buckets, pad_sequences
 
 
@@ -27,9 +27,9 @@ def read_pairs(path: str | Path, fields: Sequence[str]) -> list[tuple[str, ...]]
   """
   rows = []
   jsonl = str(path).endswith((".jsonl", ".json"))
-  for number, line in _lines(path):
+  for number, line in text_lines(path):
     if jsonl:
-      record = _json_record(path, number, line)
+      record = json_record(path, number, line)
       missing = [f for f in fields if f not in record]
       if missing:
         raise DataFormatError(f"{path}:{number}: missing field(s) {', '.join(missing)}")

@@ -5,47 +5,11 @@ Every error names the file and the line (`path:line: what is wrong`).
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Mapping
 
-PathLike = str | os.PathLike
-
-
-class DataFormatError(ValueError):
-  """A malformed input file; the message starts with `path:line:`."""
-
-
-def _lines(path: PathLike) -> Iterator[tuple[int, str]]:
-  """(line number, text) of each non-blank line, decoding UTF-8 strictly."""
-  path = Path(path)
-  if not path.is_file():
-    raise DataFormatError(f"{path}: no such file")
-  with open(path, "rb") as f:
-    for number, raw in enumerate(f, start=1):
-      try:
-        text = raw.decode("utf-8")
-      except UnicodeDecodeError as e:
-        raise DataFormatError(f"{path}:{number}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at "
-                              f"column {e.start + 1})") from None
-      text = text.rstrip("\r\n")
-      if text.strip():
-        yield number, text
-
-
-def _is_jsonl(path: PathLike) -> bool:
-  return str(path).endswith((".jsonl", ".json"))
-
-
-def _json_record(path, number, text) -> dict:
-  try:
-    record = json.loads(text)
-  except json.JSONDecodeError as e:
-    raise DataFormatError(f"{path}:{number}: invalid JSON ({e.msg})") from None
-  if not isinstance(record, dict):
-    raise DataFormatError(f"{path}:{number}: expected a JSON object")
-  return record
+from optical_jax.textfiles import (DataFormatError, PathLike, is_jsonl, json_record,
+                                   text_lines)
 
 
 def _field(path, number, record: Mapping, names: tuple[str, ...], what: str) -> str:
@@ -58,9 +22,9 @@ def _field(path, number, record: Mapping, names: tuple[str, ...], what: str) -> 
 def read_topics(path: PathLike) -> dict[str, str]:
   """Queries as `{qid: text}` from TSV (`qid<TAB>text`) or JSONL (`qid`/`_id`, `text`/`query`)."""
   topics: dict[str, str] = {}
-  for number, line in _lines(path):
-    if _is_jsonl(path):
-      record = _json_record(path, number, line)
+  for number, line in text_lines(path):
+    if is_jsonl(path):
+      record = json_record(path, number, line)
       qid = _field(path, number, record, ("qid", "query_id", "_id", "id"), "query id")
       text = _field(path, number, record, ("text", "query", "title"), "query text")
     else:
@@ -82,9 +46,9 @@ def read_corpus(path: PathLike) -> dict[str, str]:
   """Documents as `{docid: text}` from TSV (`docid<TAB>text` or `docid<TAB>title<TAB>text`)
   or JSONL (`docid`/`_id`, optional `title`, `text`); title and text are joined."""
   corpus: dict[str, str] = {}
-  for number, line in _lines(path):
-    if _is_jsonl(path):
-      record = _json_record(path, number, line)
+  for number, line in text_lines(path):
+    if is_jsonl(path):
+      record = json_record(path, number, line)
       docid = _field(path, number, record, ("docid", "doc_id", "_id", "id"), "document id")
       body = _field(path, number, record, ("text", "contents", "body"), "text")
       title = str(record.get("title") or "").strip()
@@ -111,7 +75,7 @@ def read_qrels(path: PathLike, *, topics: Mapping[str, str] | None = None
   With `topics`, a judged query absent from them is an error naming its line.
   """
   qrels: dict[str, dict[str, int]] = {}
-  for number, line in _lines(path):
+  for number, line in text_lines(path):
     parts = line.split()
     if len(parts) != 4:
       raise DataFormatError(f"{path}:{number}: expected 4 columns 'qid 0 docid relevance', "
@@ -135,7 +99,7 @@ def read_qrels(path: PathLike, *, topics: Mapping[str, str] | None = None
 def read_run(path: PathLike) -> dict[str, dict[str, float]]:
   """A TREC run (`qid Q0 docid rank score tag`) as `{qid: {docid: score}}`."""
   run: dict[str, dict[str, float]] = {}
-  for number, line in _lines(path):
+  for number, line in text_lines(path):
     parts = line.split()
     if len(parts) != 6:
       raise DataFormatError(f"{path}:{number}: expected 6 columns 'qid Q0 docid rank score "

@@ -1,0 +1,46 @@
+"""Reading text files line by line: strict UTF-8, a leading BOM dropped, errors naming
+`path:line`. Shared by the evaluation formats and the training data readers."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Iterator
+
+PathLike = str | os.PathLike
+
+
+class DataFormatError(ValueError):
+  """A malformed input file; the message starts with `path:line:`."""
+
+
+def text_lines(path: PathLike) -> Iterator[tuple[int, str]]:
+  """(line number, text) of each non-blank line, decoding UTF-8 strictly."""
+  path = Path(path)
+  if not path.is_file():
+    raise DataFormatError(f"{path}: no such file")
+  with open(path, "rb") as f:
+    for number, raw in enumerate(f, start=1):
+      try:
+        text = raw.decode("utf-8")
+      except UnicodeDecodeError as e:
+        raise DataFormatError(f"{path}:{number}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at "
+                              f"column {e.start + 1})") from None
+      text = text.rstrip("\r\n")
+      if text.strip():
+        yield number, text
+
+
+def is_jsonl(path: PathLike) -> bool:
+  return str(path).endswith((".jsonl", ".json"))
+
+
+def json_record(path, number, text) -> dict:
+  try:
+    record = json.loads(text)
+  except json.JSONDecodeError as e:
+    raise DataFormatError(f"{path}:{number}: invalid JSON ({e.msg})") from None
+  if not isinstance(record, dict):
+    raise DataFormatError(f"{path}:{number}: expected a JSON object")
+  return record
