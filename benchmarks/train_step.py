@@ -16,7 +16,7 @@ Step = frozen teacher forward + student forward/backward + OT loss (1 - cos, log
 Sinkhorn, detached plan) + clipped AdamW update. Times are medians after compilation /
 warm-up. FLOPs are counted analytically (encoder matmuls only), and the fraction of the
 machine's peak uses a large matmul measured in the same run. On CPU, `--host-memory` is the
-train loop's `config.host_memory` (default "retain": glibc keeps freed memory), set for the
+train loop's `config.runtime.host_memory` (default "retain": glibc keeps freed memory), set for the
 whole process, so PyTorch runs under it too; "release" leaves malloc as it is. torch
 (`pip install torch==2.13.0`) is a benchmark-only dependency.
 """
@@ -66,15 +66,15 @@ def parse_args() -> argparse.Namespace:
   parser.add_argument("--remat", action="store_true")
   parser.add_argument("--microbatch-size", type=int, default=0,
                       help="also time our step split into chunks of this many examples "
-                           "(config.microbatch_size), in turns with the others; --grid: "
+                           "(config.train.microbatch_size), in turns with the others; --grid: "
                            "split ours where the batch is larger")
   parser.add_argument("--attention", default="xla",
-                      help="attention kernel (config.attention): xla, or cudnn on NVIDIA GPUs "
+                      help="attention kernel (config.model.attention): xla, or cudnn on NVIDIA GPUs "
                            "with --dtype bfloat16")
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
   parser.add_argument("--host-memory", choices=host_memory.SETTINGS,
-                      default=base_config().host_memory,
+                      default=base_config().runtime.host_memory,
                       help="CPU: glibc malloc keeps freed memory (retain, the train loop's "
                            "default) or not (release); for the whole process, torch included")
   mode = parser.add_mutually_exclusive_group()  # instead of the step table; one at a time
@@ -111,19 +111,22 @@ import jax.numpy as jnp
 import numpy as np
 
 from optical_jax.assets import minilm_checkpoint_dir
-from optical_jax.modeling import encoder_flops_per_token
+from optical_jax.models.encoder import encoder_flops_per_token
+from optical_jax.models.student import build_models
+from optical_jax.training.state import initial_state, make_optimizer
+from optical_jax.training.step import (CPU_SCHEDULES, compiled_per_shape, data_mesh,
+                                       global_batch, make_train_step, replicate,
+                                       step_compiler_options)
 from timing import cpu_description, interleaved_medians, median_seconds, wall_times
-from optical_jax.train import (CPU_SCHEDULES, build_models, compiled_per_shape, initial_state,
-                               make_optimizer, make_train_step, replicate, shard,
-                               step_compiler_options)
 
 
 def random_checkpoint(architecture: str) -> str:
   """A checkpoint directory of `ARCHITECTURES[architecture]` with random weights, written once
   into the cache directory (the step benchmark feeds random token ids: no tokenizer needed)."""
-  from optical_jax.hf_checkpoint import save_hf_checkpoint
-  from optical_jax.modeling import Encoder, EncoderConfig
-  directory = Path(base_config().cache_dir).expanduser() / "benchmark_checkpoints" / architecture
+  from optical_jax.models.hf_checkpoint import save_hf_checkpoint
+  from optical_jax.models.encoder import Encoder, EncoderConfig
+  directory = (Path(base_config().runtime.cache_dir).expanduser() / "benchmark_checkpoints"
+               / architecture)
   if not (directory / "config.json").is_file():
     config = EncoderConfig.from_hf_dict(ARCHITECTURES[architecture], source=architecture)
     ids = jnp.ones((1, 2), jnp.int32)
@@ -150,31 +153,35 @@ def step_flops(config, batch: int, length: int) -> float:
 def jax_reference(checkpoint: str, *, dtype: str = "float32", iterations: int = 50,
                   remat: bool = False, compiler_options: dict[str, str] | None = None,
                   attention: str = "xla", microbatch_size: int = 0):
-  """Our distillation step `step(batch) -> loss` (the train loop's compiled pmapped step) and
-  the models. `batch` holds `[devices, batch, length]` arrays; with `teacher_tokens` in it,
+  """Our distillation step `step(batch) -> loss` (the train loop's compiled data-parallel
+  step) and the models. `batch` holds `[batch, length]` arrays (the global batch); with `teacher_tokens` in it,
   the teacher's forward is skipped (the cached path). `compiler_options` are XLA options for
   compiling the step (`--xla_*` flags without `--`); default: the train loop's."""
   config = base_config()
-  config.teacher, config.dtype, config.remat, config.dropout = checkpoint, dtype, remat, 0.0
-  config.attention, config.microbatch_size = attention, microbatch_size
-  config.loss, config.num_train_steps = "ot", 1000
+  m = config.model
+  m.teacher, m.dtype, m.remat, m.dropout, m.attention = checkpoint, dtype, remat, 0.0, attention
+  config.train.microbatch_size = microbatch_size
+  config.loss, config.train.num_train_steps = "ot", 1000
   config.ot.max_iterations, config.ot.threshold = iterations, 0.0  # fixed iterations
   models = build_models(config)
   optimizer = make_optimizer(config)
-  holder = {"state": replicate(initial_state(models, optimizer))}
-  teacher_params = replicate(models.teacher.params)
-  rng = replicate(jax.random.PRNGKey(0))
+  mesh = data_mesh()
+  holder = {"state": replicate(initial_state(models, optimizer), mesh)}
+  teacher_params = replicate(models.teacher.params, mesh)
+  rng = replicate(jax.random.PRNGKey(0), mesh)
   train_step = compiled_per_shape(
-      make_train_step(config, models, optimizer),
+      make_train_step(config, models, optimizer, mesh),
       step_compiler_options(config) if compiler_options is None else compiler_options)
 
   def step(batch_arrays):
-    holder["state"], metrics = train_step(holder["state"], teacher_params, batch_arrays, rng)
+    holder["state"], metrics = train_step(holder["state"], teacher_params,
+                                          global_batch(batch_arrays, mesh), rng)
     return jax.block_until_ready(metrics["loss"])
 
   def temporary_bytes(batch_arrays) -> int:
     """The compiled step's temporary buffers: mostly activations kept for the backward."""
-    executable = train_step.executable_for(holder["state"], teacher_params, batch_arrays, rng)
+    executable = train_step.executable_for(holder["state"], teacher_params,
+                                           global_batch(batch_arrays, mesh), rng)
     return executable.memory_analysis().temp_size_in_bytes
 
   step.temporary_bytes = temporary_bytes
@@ -182,14 +189,13 @@ def jax_reference(checkpoint: str, *, dtype: str = "float32", iterations: int = 
 
 
 def random_batch(batch: int, length: int) -> dict[str, np.ndarray]:
-  """A full-length global batch, split over the local devices as the train loop feeds the
-  pmapped step: `[devices, batch / devices, length]`."""
+  """A full-length global batch `[batch, length]`, which the step splits over the devices."""
   devices = jax.local_device_count()
   if batch % devices:
     raise SystemExit(f"batch {batch} does not split evenly over {devices} devices")
   ids = np.random.default_rng(0).integers(1000, 20000, (batch, length)).astype(np.int32)
-  return shard({"student_ids": ids, "student_mask": np.ones_like(ids),
-                "teacher_ids": ids[:, ::-1].copy(), "teacher_mask": np.ones_like(ids)}, devices)
+  return {"student_ids": ids, "student_mask": np.ones_like(ids),
+          "teacher_ids": ids[:, ::-1].copy(), "teacher_mask": np.ones_like(ids)}
 
 
 def features(checkpoint: str, batch: int, *, lengths: tuple[int, ...], iterations: int,
@@ -198,7 +204,7 @@ def features(checkpoint: str, batch: int, *, lengths: tuple[int, ...], iteration
   compute (float32 master weights) and per-layer remat, each against the float32 step, in
   time and in the compiled step's temporary memory. On CPU these use the train loop's
   memory-optimised XLA:CPU schedule, and float32 and remat also run under XLA:CPU's default
-  schedule (which favours concurrency), the "before" of `config.xla_cpu_schedule`."""
+  schedule (which favours concurrency), the "before" of `config.runtime.xla_cpu_schedule`."""
   # (name, dtype, remat, compiler options); on CPU, "memory" is the train loop's schedule.
   variants = [("float32", "float32", False, None),
               ("bfloat16 compute, float32 weights", "bfloat16", False, None),
@@ -301,7 +307,7 @@ def torch_reference(checkpoint: str, *, iterations: int, dtype: str = "float32")
   """A PyTorch distillation step `step(student_ids, student_mask, teacher_ids, teacher_mask)`
   on int64 tensors: transformers' models, log-domain Sinkhorn with masked uniform marginals,
   detached plan, clipped AdamW. With `dtype` "bfloat16" the encoders run under CPU autocast
-  (bfloat16 compute, float32 weights: ours' `config.dtype`), the loss in float32."""
+  (bfloat16 compute, float32 weights: ours' `config.model.dtype`), the loss in float32."""
   torch = import_torch()
   autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16")
   from transformers import AutoModel
@@ -442,7 +448,7 @@ def kernels(checkpoint: str, batch: int, length: int, *, repeats: int) -> None:
   XLA's against torch's, in float32 and bfloat16: whether the step's gap to PyTorch on this
   machine is in the kernels themselves (the libraries each calls: YNNPACK in XLA:CPU, MKL or
   oneDNN in torch's CPU build, torch's fused `scaled_dot_product_attention`)."""
-  from optical_jax.hf_checkpoint import read_hf_config
+  from optical_jax.models.hf_checkpoint import read_hf_config
   torch = import_torch()
   config, _ = read_hf_config(Path(checkpoint))
   tokens, hidden = batch * length, config.hidden_size
@@ -590,9 +596,11 @@ def epoch(checkpoint: str, batch: int, length: int, *, iterations: int, repeats:
   """
   from optical_jax import load_encoder
   from optical_jax.assets import resolve
-  from optical_jax.data import BucketedBatches, read_pairs, tokenize_cached
+  from optical_jax.data.batching import BucketedBatches, tokenize_cached
+  from optical_jax.data.bitext import read_pairs
   from optical_jax.shapes import pad_sequences
-  rows = read_pairs(resolve("bible:train.tsv", base_config().cache_dir), ("student", "teacher"))
+  rows = read_pairs(resolve("bible:train.tsv", base_config().runtime.cache_dir),
+                    ("student", "teacher"))
   encoder = load_encoder(checkpoint)
   tokenize = lambda texts: tokenize_cached(encoder.tokenizer, texts, max_length=length,
                                           cache_dir=None, tag="")
@@ -631,7 +639,7 @@ def epoch(checkpoint: str, batch: int, length: int, *, iterations: int, repeats:
       examples[width][f"{name}_ids"], examples[width][f"{name}_mask"] = padded(index, name, width)
   timed = {}
   for width, arrays in sorted(examples.items()):
-    inline = shard(arrays, jax.local_device_count())
+    inline = dict(arrays)
     cached = {**inline, "teacher_tokens": np.zeros((*inline["teacher_ids"].shape, hidden),
                                                    np.float32)}
     timed[width, "inline"] = lambda inline=inline: step(inline)

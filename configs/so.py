@@ -28,23 +28,23 @@ CIRAL_HOW = ("Download CIRAL's Somali topics, qrels and passages (the CIRAL coll
 
 def get_config():
   c = base_config()
-  c.teacher = "sentence-transformers/all-MiniLM-L6-v2"
-  c.student = "intfloat/multilingual-e5-small"
-  c.student_side = "document"
+  c.model.teacher = "sentence-transformers/all-MiniLM-L6-v2"
+  c.model.student = "intfloat/multilingual-e5-small"
+  c.model.student_side = "document"
+  c.model.dtype = "bfloat16"
   c.loss = "ot"
-  c.dtype = "bfloat16"
   c.data.hf_dataset = "allenai/nllb"
   c.data.hf_config = "eng_Latn-som_Latn"
   c.data.student_field = "translation.som_Latn"
   c.data.teacher_field = "translation.eng_Latn"
   c.data.limit = 2_000_000
   c.data.max_length = 64
-  c.batch_size = 256
-  c.num_train_steps = 20_000
-  c.learning_rate = 5e-5
-  c.warmup_steps = 1000
-  c.eval_every_steps = 1000
-  c.checkpoint_every_steps = 1000
+  c.train.batch_size = 256
+  c.train.num_train_steps = 20_000
+  c.train.learning_rate = 5e-5
+  c.train.warmup_steps = 1000
+  c.train.eval_every_steps = 1000
+  c.train.checkpoint_every_steps = 1000
   c.eval.collections = [ml_collections.ConfigDict(dict(
       name="ciral-so", topics=f"{CIRAL}/topics.tsv", corpus=f"{CIRAL}/corpus.jsonl",
       qrels=f"{CIRAL}/qrels.txt", query_encoder="teacher", doc_encoder="student",

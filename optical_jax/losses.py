@@ -13,10 +13,12 @@ entropic optimal transport, and the loss is the transport cost <P, C>.
 
 from __future__ import annotations
 
+import math
 from typing import Literal, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from ott.geometry import geometry
 from ott.problems.linear import linear_problem
 from ott.solvers.linear import implicit_differentiation, sinkhorn
@@ -33,6 +35,7 @@ CostName = Literal["cosine", "sqeuclidean"]
 # Implicit differentiation solves a linear system scaled by the marginals: exact zeros make
 # it singular (NaN gradients), so in that mode padding weighs this much instead of 0.
 _IMPLICIT_PADDING_WEIGHT = 1e-8
+_IMPLICIT_KW = {"ridge_kernel": 1.0}
 
 
 class OTDiagnostics(NamedTuple):
@@ -76,9 +79,28 @@ def _token_inputs(student_tokens, teacher_tokens, student_mask, teacher_mask):
       raise ValueError(f"{name} must have shape {tokens.shape[:2]}, got {mask.shape}")
     return mask.astype(bool)
 
-  return (student_tokens, teacher_tokens,
-          mask_or_ones("student_mask", student_mask, student_tokens),
-          mask_or_ones("teacher_mask", teacher_mask, teacher_tokens))
+  student_mask = mask_or_ones("student_mask", student_mask, student_tokens)
+  teacher_mask = mask_or_ones("teacher_mask", teacher_mask, teacher_tokens)
+  # Padding is inert: masked tokens become zeros before anything reads them (NaN or inf
+  # there would poison the costs and the mean), and where() sends them a zero gradient.
+  return (jnp.where(student_mask[..., None], student_tokens, 0),
+          jnp.where(teacher_mask[..., None], teacher_tokens, 0), student_mask, teacher_mask)
+
+
+def _concrete(*xs) -> bool:
+  """Whether every argument has a value now (not a tracer under jit, vmap or grad)."""
+  return not any(isinstance(x, jax.core.Tracer) for x in xs)
+
+
+def _check_positive(name: str, value, hint: str) -> None:
+  """Rejects a non-scalar, NaN, inf or non-positive option; tracers pass unchecked."""
+  if jnp.ndim(value) != 0:
+    raise ValueError(f"{name} must be a scalar, got shape {jnp.shape(value)}")
+  if not _concrete(value):
+    return  # traced (e.g. jit over it): its value is unknown here
+  number = float(value)
+  if not (math.isfinite(number) and number > 0):
+    raise ValueError(f"{name} must be a finite positive number, got {number}: {hint}")
 
 
 def token_cost_matrix(student_tokens: jax.Array, teacher_tokens: jax.Array, *,
@@ -102,14 +124,30 @@ def token_cost_matrix(student_tokens: jax.Array, teacher_tokens: jax.Array, *,
   raise ValueError(f"cost must be 'cosine' or 'sqeuclidean', got {cost!r}")
 
 
+def _identity(x):
+  return x
+
+
 def _marginal(name: str, mask: jax.Array, weights, pad_weight: float) -> jax.Array:
   """Token weights summing to one over the unmasked tokens; `pad_weight` elsewhere."""
   if weights is None:
     raw = mask.astype(jnp.float32)
   else:
+    if _concrete(weights, mask):
+      values = np.asarray(weights, np.float32)
+      if values.shape != mask.shape:
+        raise ValueError(f"{name} must have shape {mask.shape}, got {values.shape}")
+      # Only real tokens count: padding may hold anything.
+      bad = np.argwhere(np.asarray(mask) & ~(values >= 0))
+      if len(bad):
+        row, column = bad[0]
+        raise ValueError(f"{name} must be finite and non-negative on unmasked tokens, got "
+                         f"{values[row, column]} at [{row}, {column}] ({len(bad)} such): "
+                         "pass token weights such as idf, clipped at 0")
     weights = jnp.asarray(weights, jnp.float32)
     if weights.shape != mask.shape:
       raise ValueError(f"{name} must have shape {mask.shape}, got {weights.shape}")
+    # Under jit the values cannot be checked: negative weights count as 0 there.
     raw = jnp.where(mask, jnp.maximum(weights, 0.0), 0.0)
   total = jnp.sum(raw, axis=-1, keepdims=True)
   marginal = raw / jnp.where(total > 0, total, 1.0)
@@ -192,8 +230,8 @@ def ot_distillation_loss(
   if gradient not in ("stop_gradient", "implicit", "unroll"):
     raise ValueError(f"gradient must be 'stop_gradient', 'implicit' or 'unroll', got "
                      f"{gradient!r}")
-  if not epsilon > 0:
-    raise ValueError(f"epsilon must be positive, got {epsilon}")
+  _check_positive("epsilon", epsilon, "the entropic regularisation, in the units of the cost "
+                  "(e.g. 0.05 for cosine)")
   student_tokens, teacher_tokens, student_mask, teacher_mask = _token_inputs(
       student_tokens, teacher_tokens, student_mask, teacher_mask)
   pad_weight = _IMPLICIT_PADDING_WEIGHT if gradient == "implicit" else 0.0
@@ -210,7 +248,10 @@ def ot_distillation_loss(
   # Balanced OT's potentials are defined up to a shared constant, so the implicit linear
   # system is singular along it; `ridge_kernel` solves for the zero-sum solution, which the
   # gradient does not depend on. Without it NormalCG returned NaN on some CPUs (AVX-512).
-  implicit_diff = (implicit_differentiation.ImplicitDiff(solver_kwargs={"ridge_kernel": 1.0})
+  # The identity preconditioner keeps the system symmetric (solved by CG, not NormalCG, which
+  # squares its condition number): ott's default eps*log one failed, the solver returning
+  # NaN, at epsilon <= 0.01 (and 0.02 for some inputs) on [2, 6, 8] x [2, 7, 8] cosine costs.
+  implicit_diff = (implicit_differentiation.ImplicitDiff(solver_kwargs=_IMPLICIT_KW)
                    if gradient == "implicit" else None)
   solver = sinkhorn.Sinkhorn(
       threshold=threshold, max_iterations=max_iterations, implicit_diff=implicit_diff,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import save_tiny_bert
+from tests.helpers import save_tiny_bert
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from timing import cpu_description  # noqa: E402

@@ -3,7 +3,7 @@ import pytest
 
 from optical_jax.evaluation import (TextEncoder, dense_reranker, dense_search, maxsim_reranker,
                                     rerank_run)
-from optical_jax.hf_checkpoint import load_encoder
+from optical_jax.models.hf_checkpoint import load_encoder
 
 
 def test_chunked_dense_search_equals_brute_force():

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from optical_jax.data import BucketedBatches, read_pairs
+from optical_jax.data.batching import BucketedBatches
+from optical_jax.data.bitext import read_pairs
 from optical_jax.evaluation.io import DataFormatError
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from conftest import save_tiny_bert, torch_last_hidden
+from tests.helpers import save_tiny_bert, torch_last_hidden
 from optical_jax import CheckpointError, load_encoder
 
 PARITY_TOL = 1e-4
@@ -80,7 +80,7 @@ def test_parameter_gradients_match_transformers(fixture, request):
   parameter's gradient matches PyTorch autograd through transformers' model."""
   import torch
   from transformers import AutoModel
-  from optical_jax.hf_checkpoint import convert_hf_weights
+  from optical_jax.models.hf_checkpoint import convert_hf_weights
   directory = request.getfixturevalue(fixture)
   encoder = load_encoder(directory)
   ids, mask = _padded_random_batch(encoder.config.vocab_size, pad_id=encoder.config.pad_token_id)

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from optical_jax.modeling import Encoder, EncoderConfig
+from optical_jax.models.encoder import Encoder, EncoderConfig
 from optical_jax.pooling import pool
 
 # The files of a sentence-transformers checkpoint that say how it pools.
@@ -222,7 +222,8 @@ def convert_hf_weights(weights: Mapping[str, np.ndarray], config: EncoderConfig,
 
 
 def save_hf_checkpoint(directory: str | os.PathLike, params: Any, config: EncoderConfig, *,
-                       hf_config: Mapping[str, Any] | None = None) -> Path:
+                       hf_config: Mapping[str, Any] | None = None,
+                       extra_weights: Mapping[str, np.ndarray] | None = None) -> Path:
   """Writes an encoder as a Hugging Face checkpoint directory, the inverse of `load_encoder`.
 
   `config.json` and `model.safetensors` carry the names and layouts of transformers'
@@ -236,6 +237,9 @@ def save_hf_checkpoint(directory: str | os.PathLike, params: Any, config: Encode
     config: the encoder's architecture.
     hf_config: the config.json to write, e.g. `LoadedEncoder.hf_config`, which keeps the
       fields we do not use (token ids, architectures); default: `config.to_hf_dict()`.
+    extra_weights: weights the encoder does not use but transformers' model expects, by
+      their Hugging Face names (`LoadedEncoder.extra_weights`: BERT's pooler), written as
+      they are so that transformers initialises nothing anew.
 
   Returns:
     The directory, as a `Path`.
@@ -263,6 +267,8 @@ def save_hf_checkpoint(directory: str | os.PathLike, params: Any, config: Encode
   for path, value in given.items():
     hf_name, _, to_hf = _hf_name_and_transforms(path, config)
     weights[hf_name] = np.ascontiguousarray(to_hf(value))
+  for name, value in (extra_weights or {}).items():
+    weights[name] = np.ascontiguousarray(value, np.float32)
   directory = Path(directory)
   directory.mkdir(parents=True, exist_ok=True)
   # transformers loads safetensors into PyTorch only when they say they are in its format.
@@ -297,6 +303,9 @@ class LoadedEncoder:
   pooling: str = "mean"
   normalize: bool = False
   hf_config: dict = dataclasses.field(default_factory=dict)
+  # Checkpoint weights our encoder does not use but transformers' model has (BERT's pooler),
+  # by their prefix-free Hugging Face names; `save` writes them back.
+  extra_weights: dict = dataclasses.field(default_factory=dict)
   _tokenizer: Any = None
 
   @property
@@ -315,7 +324,8 @@ class LoadedEncoder:
     checkpoint directory: weights and config.json (`save_hf_checkpoint`), the tokenizer, and
     the sentence-transformers pooling files that `load_encoder` reads."""
     directory = save_hf_checkpoint(directory, self.params if params is None else params,
-                                   self.config, hf_config=self.hf_config)
+                                   self.config, hf_config=self.hf_config,
+                                   extra_weights=self.extra_weights)
     self.tokenizer.save_pretrained(str(directory))
     for name in _POOLING_FILES:
       if (self.path / name).is_file():
@@ -371,5 +381,7 @@ def load_encoder(name_or_path: str | os.PathLike, *, dtype: Any = jnp.float32,
   pooling, normalize = _sentence_transformers_pooling(directory)
   return LoadedEncoder(module=Encoder(config, dtype=dtype, remat=remat, attention=attention),
                        params=params, config=config, path=directory, pooling=pooling,
-                       normalize=normalize, hf_config=raw)
+                       normalize=normalize, hf_config=raw,
+                       extra_weights={_strip_prefix(k): v for k, v in weights.items()
+                                      if _strip_prefix(k).startswith("pooler.")})
 

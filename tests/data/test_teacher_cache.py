@@ -4,9 +4,9 @@ never trusts vectors a killed run did not finish writing."""
 import numpy as np
 import pytest
 
-from optical_jax.hf_checkpoint import load_encoder
+from optical_jax.models.hf_checkpoint import load_encoder
 from optical_jax.shapes import pad_sequences
-from optical_jax.teacher_cache import TeacherTokenCache
+from optical_jax.data.teacher_cache import TeacherTokenCache
 
 
 @pytest.fixture(scope="module")

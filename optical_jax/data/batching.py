@@ -1,4 +1,4 @@
-"""Bitext and triples for training: reading, tokenising once (cached), bucketed batches.
+"""Training batches: token ids cached on disk, length-bucketed batches of a fixed shape.
 
 Batches come from a small fixed set of shapes (length buckets x a fixed batch size), so jit
 compiles a bounded number of times, and batch `step` is a pure function of the seed and the
@@ -14,70 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from optical_jax.textfiles import DataFormatError, json_record, text_lines
 from optical_jax.shapes import LENGTH_BUCKETS, bucket_for, check_buckets, pad_sequences
-
-
-
-def read_pairs(path: str | Path, fields: Sequence[str]) -> list[tuple[str, ...]]:
-  """Rows of `len(fields)` texts from TSV (columns in that order) or JSONL (named fields).
-
-  A TSV may have more columns than needed (the rest is ignored); every needed text must be
-  non-empty. Errors name the file and line.
-  """
-  rows = []
-  jsonl = str(path).endswith((".jsonl", ".json"))
-  for number, line in text_lines(path):
-    if jsonl:
-      record = json_record(path, number, line)
-      missing = [f for f in fields if f not in record]
-      if missing:
-        raise DataFormatError(f"{path}:{number}: missing field(s) {', '.join(missing)}")
-      texts = tuple(str(record[f]) for f in fields)
-    else:
-      parts = line.split("\t")
-      if len(parts) < len(fields):
-        raise DataFormatError(f"{path}:{number}: expected {len(fields)} tab-separated columns "
-                              f"({', '.join(fields)}), got {len(parts)}")
-      texts = tuple(parts[:len(fields)])
-    for field, text in zip(fields, texts):
-      if not text.strip():
-        raise DataFormatError(f"{path}:{number}: empty {field}")
-    rows.append(tuple(t.strip() for t in texts))
-  if not rows:
-    raise DataFormatError(f"{path}: no rows")
-  return rows
-
-
-def read_hf_dataset(name: str, fields: Sequence[str], *, config: str | None = None,
-                    split: str = "train", limit: int = 0) -> list[tuple[str, ...]]:
-  """Rows from a Hugging Face dataset (needs the `datasets` package and the hub or its cache).
-
-  `fields` may name nested values with dots, e.g. `translation.so` for NLLB-style rows.
-  """
-  try:
-    import datasets
-  except ImportError:
-    raise RuntimeError(f"reading the Hugging Face dataset {name!r} needs `pip install datasets`"
-                       ) from None
-  try:
-    rows = datasets.load_dataset(name, config or None, split=split, streaming=bool(limit))
-  except Exception as e:
-    raise RuntimeError(f"dataset {name!r} (config {config!r}, split {split!r}) is not "
-                       f"available: {type(e).__name__}: {e}. With no internet, download it "
-                       "elsewhere and point the config at TSV/JSONL files instead.") from None
-
-  def get(row, dotted):
-    for part in dotted.split("."):
-      row = row[part]
-    return str(row).strip()
-
-  out = []
-  for i, row in enumerate(rows):
-    if limit and i >= limit:
-      break
-    out.append(tuple(get(row, f) for f in fields))
-  return out
 
 
 def tokenize_cached(tokenizer: Any, texts: Sequence[str], *, max_length: int,
@@ -162,8 +99,18 @@ class BucketedBatches:
     """The padded length of batch `step`: the bucket of its longest example."""
     return int(self.buckets[self.indices(step)].max())
 
-  def batch(self, step: int) -> dict[str, np.ndarray]:
-    index, width = self.indices(step), self.width(step)
+  def local_indices(self, step: int, part: int = 0, parts: int = 1) -> np.ndarray:
+    """Part `part` of `parts` equal parts of batch `step`'s indices: the rows one of `parts`
+    processes feeds (the batch size must divide evenly)."""
+    if self.batch_size % parts:
+      raise ValueError(f"batch size {self.batch_size} does not split into {parts} parts")
+    rows = self.batch_size // parts
+    return self.indices(step)[part * rows:(part + 1) * rows]
+
+  def batch(self, step: int, part: int = 0, parts: int = 1) -> dict[str, np.ndarray]:
+    """The padded arrays of batch `step` (of its part `part` of `parts`, see
+    `local_indices`), padded to the whole batch's width."""
+    index, width = self.local_indices(step, part, parts), self.width(step)
     out = {}
     for name, column in self.columns.items():
       out[f"{name}_ids"], out[f"{name}_mask"] = pad_sequences(

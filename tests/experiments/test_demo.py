@@ -4,27 +4,26 @@ import json
 import re
 from pathlib import Path
 
-from conftest import load_config, save_tiny_bert
+from tests.helpers import ROOT, load_config, save_tiny_bert
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def demo_config(tmp_path: Path):
   config = load_config(ROOT / "configs" / "demo.py")
-  config.teacher = str(save_tiny_bert(tmp_path / "tiny_bert", seed=1))
-  config.cache_dir = str(tmp_path / "cache")
-  config.compilation_cache = False
-  config.num_train_steps, config.warmup_steps = 2, 1
-  config.eval_every_steps, config.checkpoint_every_steps = 1, 2
+  config.model.teacher = str(save_tiny_bert(tmp_path / "tiny_bert", seed=1))
+  config.runtime.cache_dir = str(tmp_path / "cache")
+  config.runtime.compilation_cache = False
+  config.train.num_train_steps, config.train.warmup_steps = 2, 1
+  config.train.eval_every_steps, config.train.checkpoint_every_steps = 1, 2
   config.data.max_length, config.eval.max_length = 16, 32
-  config.progress_bar = False
+  config.runtime.progress_bar = False
   return config
 
 
 def test_demo_prints_teacher_rows_one_row_per_loss_gains_and_a_plot(tmp_path):
-  from optical_jax.train import run
+  from optical_jax.experiments.demo import run_demo
   workdir = tmp_path / "demo"
-  rows = run(demo_config(tmp_path), workdir)
+  rows = run_demo(demo_config(tmp_path), workdir)
 
   losses = ["ot", "mse", "ot+contrastive"]
   assert list(rows) == ["en→en upper bound (teacher, English queries)",

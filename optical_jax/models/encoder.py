@@ -1,7 +1,7 @@
 """A Flax encoder for the BERT family (BERT, MiniLM, e5, XLM-RoBERTa).
 
 transformers v5 ships no Flax models, so this is our own implementation. Module and
-parameter names mirror Hugging Face's so that `optical_jax.checkpoints` maps weights
+parameter names mirror Hugging Face's so that `optical_jax.models.hf_checkpoint` maps weights
 one to one, and parity with transformers' PyTorch model is tested to 1e-4.
 """
 
@@ -34,16 +34,14 @@ ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
 
 
 def check_attention(attention: str, dtype: Any, backend: str) -> None:
-  """Raises ValueError naming `config.attention` unless `attention` is one of
-  `ATTENTION_IMPLEMENTATIONS` and runs here: "cudnn" needs a GPU and a half-precision dtype."""
+  """Raises ValueError unless `attention` is one of `ATTENTION_IMPLEMENTATIONS` and runs
+  here: "cudnn" needs a GPU and a half-precision dtype."""
   if attention not in ATTENTION_IMPLEMENTATIONS:
-    raise ValueError(f"config.attention must be one of {ATTENTION_IMPLEMENTATIONS}, got "
-                     f"{attention!r}")
+    raise ValueError(f"attention must be one of {ATTENTION_IMPLEMENTATIONS}, got {attention!r}")
   dtype = jnp.dtype(dtype)
   if attention == "cudnn" and (backend != "gpu" or dtype not in (jnp.bfloat16, jnp.float16)):
-    raise ValueError(f"config.attention 'cudnn' needs an NVIDIA GPU and config.dtype "
-                     f"'bfloat16'; here the backend is {backend!r} and the dtype "
-                     f"{dtype.name!r} (use 'xla')")
+    raise ValueError(f"attention 'cudnn' needs an NVIDIA GPU and a bfloat16 or float16 dtype; "
+                     f"here the backend is {backend!r} and the dtype {dtype.name!r} (use 'xla')")
 
 
 @dataclasses.dataclass(frozen=True)

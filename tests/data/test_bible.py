@@ -3,7 +3,7 @@
 
 import pytest
 
-from optical_jax.datasets import bible
+from optical_jax.data import bible
 from optical_jax.evaluation import read_corpus, read_qrels, read_topics
 
 

@@ -1,6 +1,6 @@
 """The embedded offline benchmark: English–Chichewa cross-lingual retrieval, end to end.
 
-`python train.py --config configs/demo.py` builds the Bible collections, evaluates the
+`python train.py --config configs/demo.py` (a config with a `demo` section) builds the Bible collections, evaluates the
 teacher's en→en upper bound and its zero-shot ny→en retrieval, distils one student per loss
 under the same step budget, and prints one table (with 95% paired-bootstrap intervals of
 each gain over zero-shot) plus a plot of dev MAP against steps for every loss.
@@ -14,20 +14,21 @@ from pathlib import Path
 
 import ml_collections
 
+from optical_jax.assets import resolve
 from optical_jax.evaluation import (evaluate, evaluate_per_query, format_table,
                                     paired_bootstrap_interval, read_corpus, read_qrels,
                                     read_topics, retrieve)
-from optical_jax.hf_checkpoint import load_encoder
+from optical_jax.evaluation.collections import teacher_encoder
+from optical_jax.models.hf_checkpoint import load_encoder
+from optical_jax.training.loop import train_and_evaluate
 
 TABLE_MEASURES = ("MAP", "nDCG@10", "R@1", "R@10")
 
 
 def _teacher_rows(config, measures) -> list[tuple[str, dict, dict]]:
   """(name, aggregate, per-query) for the teacher on English and on Chichewa queries."""
-  from optical_jax.assets import resolve
-  r = lambda ref: resolve(ref, config.cache_dir)
-  from optical_jax.train import teacher_encoder
-  teacher = teacher_encoder(load_encoder(r(config.teacher)), config)
+  r = lambda ref: resolve(ref, config.runtime.cache_dir)
+  teacher = teacher_encoder(load_encoder(r(config.model.teacher)), config)
   corpus = read_corpus(r("bible:test/passages.en.tsv"))
   qrels = read_qrels(r("bible:test/qrels.txt"))
   rows = []
@@ -58,7 +59,6 @@ def plot_dev_map(curves: dict[str, list[tuple[int, float]]], path: Path) -> Path
 
 
 def run_demo(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
-  from optical_jax.train import train_and_evaluate
   start = time.perf_counter()
   workdir = Path(workdir).expanduser().resolve()
   workdir.mkdir(parents=True, exist_ok=True)
@@ -79,7 +79,7 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
       return {}
     per_query = json.loads((run_dir / "eval_per_query.json").read_text())["test-ny-en"]
     gain, low, high = paired_bootstrap_interval(per_query["MAP"], zero_shot)
-    table.append({"system": f"{loss} distillation ({config.num_train_steps} steps)",
+    table.append({"system": f"{loss} distillation ({config.train.num_train_steps} steps)",
                   **{m: results["test-ny-en"][m] for m in measures},
                   "MAP gain over zero-shot [95% CI]": f"{gain:+.4f} [{low:+.4f}, {high:+.4f}]"})
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from optical_jax.modeling import Dense, Encoder, EncoderConfig
+from optical_jax.models.encoder import Dense, Encoder, EncoderConfig
 
 
 @pytest.mark.parametrize("features, flax_layer", [

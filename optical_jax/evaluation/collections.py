@@ -1,0 +1,92 @@
+"""A config's test collections: their specs, the encoders of both sides (teacher, student),
+and evaluating them all into tables, metrics JSON and TREC run files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Mapping
+
+import ml_collections
+
+from optical_jax.evaluation.io import read_corpus, read_qrels, read_topics, write_run
+from optical_jax.evaluation.metrics import DEFAULT_MEASURES, evaluate, evaluate_per_query
+from optical_jax.evaluation.report import format_table
+from optical_jax.evaluation.retrieval import TextEncoder, retrieve
+
+
+class CollectionError(FileNotFoundError):
+  """A collection file that is missing; the message names the config field."""
+
+
+def collection_specs(config) -> list[ml_collections.ConfigDict]:
+  """`config.eval.collections`, each checked to have its three files."""
+  specs = [ml_collections.ConfigDict(dict(s)) if isinstance(s, Mapping) else s
+           for s in config.eval.collections]
+  for spec in specs:
+    for field in ("topics", "corpus", "qrels"):
+      path = Path(spec[field]).expanduser()
+      if not path.is_file():
+        raise CollectionError(f"config.eval.collections[{spec.name!r}].{field}: {path} does not "
+                              f"exist. {spec.get('how_to_get', '')}".rstrip())
+  return specs
+
+
+def teacher_encoder(encoder, config) -> TextEncoder:
+  """The frozen teacher's text encoder; its embeddings are cached across runs."""
+  return TextEncoder(encoder, max_length=config.eval.max_length,
+                     batch_size=config.eval.batch_size,
+                     cache_dir=Path(config.runtime.cache_dir).expanduser() / "embeddings")
+
+
+def side_encoders(models, params, config) -> dict[str, TextEncoder]:
+  """The encoders of both sides of `models` (`DistillationModels`); build once and update
+  `["student"].params` as training goes, so evaluation compiles once."""
+  return {
+      "teacher": teacher_encoder(models.teacher, config),
+      "student": TextEncoder(models.student, params=params, max_length=config.eval.max_length,
+                             batch_size=config.eval.batch_size,
+                             token_fn=lambda p, ids, mask: models.student_tokens(p, ids, mask)),
+  }
+
+
+def evaluate_collection(spec, encoders: Mapping[str, TextEncoder], *,
+                        measures=DEFAULT_MEASURES, k: int = 100,
+                        progress: bool = True) -> tuple[dict, dict, dict]:
+  """(aggregate metrics, per-query metrics, run) of one collection."""
+  topics = read_topics(spec.topics)
+  qrels = read_qrels(spec.qrels, topics=topics)
+  corpus = read_corpus(spec.corpus)
+  if spec.get("max_queries"):
+    topics = {q: topics[q] for q in list(topics)[:spec.max_queries]}
+    qrels = {q: qrels[q] for q in topics if q in qrels}
+  run = retrieve(topics, corpus, query_encoder=encoders[spec.query_encoder],
+                 doc_encoder=encoders[spec.doc_encoder], k=k, progress=progress)
+  return evaluate(run, qrels, measures), evaluate_per_query(run, qrels, measures), run
+
+
+def evaluate_all(config, encoders: Mapping[str, TextEncoder], specs, workdir: Path, *,
+                 measures=DEFAULT_MEASURES, progress: bool = True,
+                 evaluated: Mapping[str, tuple] | None = None, write: bool = True) -> dict:
+  """Evaluates every collection, writing `eval.json`, per-query values and TREC run files
+  into `workdir` and printing the table (only where `write`: process 0).
+
+  `evaluated` maps collection names to `evaluate_collection` results already computed with
+  the same encoders and `measures` (the dev evaluation of the last training step).
+  """
+  results, per_query = {}, {}
+  for spec in specs:
+    if evaluated and spec.name in evaluated:
+      values, by_query, run = evaluated[spec.name]
+    else:
+      values, by_query, run = evaluate_collection(spec, encoders, measures=measures,
+                                                  k=config.eval.k, progress=progress)
+    results[spec.name], per_query[spec.name] = values, by_query
+    if write:
+      write_run(run, workdir / "runs" / f"{spec.name}.trec", tag=f"optical_jax-{config.loss}")
+  if results and write:
+    (workdir / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
+    (workdir / "eval_per_query.json").write_text(json.dumps(per_query) + "\n")
+    rows = [{"collection": name, **values} for name, values in results.items()]
+    print(format_table(rows, ["collection", *measures]), flush=True)
+  return results

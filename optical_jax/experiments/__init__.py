@@ -1,0 +1,1 @@
+"""Experiments built on training and evaluation; nothing in the library imports them."""

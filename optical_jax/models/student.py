@@ -1,0 +1,81 @@
+"""The distillation pair: the frozen teacher, the trained student encoder, and the student's
+projection into the teacher's space when their widths differ."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from optical_jax.models.hf_checkpoint import LoadedEncoder, load_encoder
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclasses.dataclass
+class DistillationModels:
+  """What a run trains: `student` (and `projection`, a Flax `Dense` or None) learn to map
+  into the space of the frozen `teacher`.
+
+  Parameters are one tree, `{"encoder": ..., "projection": {"kernel", "bias"}}` (no
+  projection when the widths agree), made by `init_params`.
+  """
+
+  teacher: LoadedEncoder
+  student: LoadedEncoder
+  projection: nn.Dense | None = None
+  # Token ids left out of OT marginals when config.ot.include_special_tokens is false.
+  student_special_ids: tuple[int, ...] = ()
+  teacher_special_ids: tuple[int, ...] = ()
+
+  def init_params(self, rng: jax.Array) -> dict:
+    """The student's checkpoint weights, and the projection initialised from `rng`."""
+    params = {"encoder": self.student.params}
+    if self.projection is not None:
+      width = self.student.config.hidden_size
+      params["projection"] = self.projection.init(rng, jnp.zeros((1, width)))["params"]
+    return params
+
+  def student_tokens(self, params: Mapping[str, Any], input_ids: jax.Array,
+                     attention_mask: jax.Array, *, deterministic: bool = True,
+                     rngs: Mapping[str, jax.Array] | None = None) -> jax.Array:
+    """Student token embeddings in the teacher's space, `[batch, length, teacher_hidden]`."""
+    hidden = self.student.apply(params["encoder"], input_ids, attention_mask,
+                                deterministic=deterministic, rngs=rngs)
+    if self.projection is not None:
+      hidden = self.projection.apply({"params": params["projection"]},
+                                     hidden.astype(jnp.float32))
+    return hidden
+
+
+def projection_for(student_width: int, teacher_width: int) -> nn.Dense | None:
+  """A learned linear map between the widths, or None when they agree."""
+  if student_width == teacher_width:
+    return None
+  return nn.Dense(teacher_width, name="projection",
+                  kernel_init=nn.initializers.normal(1.0 / math.sqrt(student_width)))
+
+
+def build_models(config: ml_collections.ConfigDict) -> DistillationModels:
+  """Loads the teacher and the student (the teacher's checkpoint when `model.student` is
+  empty). In the teacher stage, the model being fine-tuned plays both parts."""
+  m = config.model
+  dtype = DTYPES[m.dtype]
+  teacher = load_encoder(m.teacher, dtype=dtype, attention=m.attention)
+  student = load_encoder(m.student or m.teacher, dtype=dtype, remat=m.remat,
+                         dropout=m.dropout, attention=m.attention)
+  if config.stage == "teacher":
+    return DistillationModels(teacher=student, student=student)
+  special = {}
+  if config.loss in ("ot", "ot+contrastive") and not config.ot.include_special_tokens:
+    special = dict(student_special_ids=tuple(student.tokenizer.all_special_ids),
+                   teacher_special_ids=tuple(teacher.tokenizer.all_special_ids))
+  return DistillationModels(
+      teacher=teacher, student=student,
+      projection=projection_for(student.config.hidden_size, teacher.config.hidden_size),
+      **special)

@@ -1,0 +1,130 @@
+"""Process set-up for `train.py` and `eval.py`: multi-host initialisation, host memory, the
+compilation cache, offline asset references, and a console that shows only our messages.
+
+Call order matters: `configure_host_memory` before JAX's first computation (glibc fixes a
+thread's malloc arena when it first allocates), `initialize_distributed` before any JAX
+computation (JAX's rule).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import ml_collections
+
+log = logging.getLogger("optical_jax")
+
+# Loggers of libraries whose INFO lines (one per checkpoint save, distributed set-up) would
+# scroll our progress bar away: they go to the workdir's log file, their warnings to stderr.
+_CHATTY_LOGGERS = ("absl", "orbax", "jax._src.distributed", "huggingface_hub")
+
+
+def initialize_distributed(coordinator_address: str | None = None,
+                           num_processes: int | None = None,
+                           process_id: int | None = None) -> None:
+  """Joins this process to a multi-process JAX run.
+
+  With `coordinator_address` (and the process count and index), on any machine, several
+  processes on one machine included; without, where JAX detects a cluster (Cloud TPU pod
+  slices, SLURM, GKE). A single process elsewhere needs no call and gets none.
+  """
+  import jax
+  if coordinator_address:
+    if num_processes is None or process_id is None:
+      raise ValueError("--coordinator_address needs --num_processes and --process_id")
+    if not 0 <= process_id < num_processes:
+      raise ValueError(f"--process_id must be in [0, {num_processes}), got {process_id}")
+    jax.distributed.initialize(coordinator_address=coordinator_address,
+                               num_processes=num_processes, process_id=process_id)
+    return
+  if num_processes not in (None, 1) or process_id not in (None, 0):
+    raise ValueError("--num_processes and --process_id need --coordinator_address")
+  if _cluster_detected():
+    jax.distributed.initialize()
+
+
+def _cluster_detected() -> bool:
+  """Whether JAX's auto-detection would find a multi-process cluster here."""
+  if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+    return True
+  if os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") >= 1:  # a multi-host TPU slice
+    return True
+  return bool(os.environ.get("JAX_COORDINATOR_ADDRESS"))
+
+
+def configure_host_memory(setting: str) -> bool:
+  """Applies `config.runtime.host_memory` (see `optical_jax.host_memory`)."""
+  from optical_jax import host_memory
+  return host_memory.configure(setting)
+
+
+def enable_compilation_cache(config: ml_collections.ConfigDict) -> None:
+  """Keeps compiled XLA programs in `cache_dir/xla`, so a rerun, a resumed run or another run
+  with the same shapes (the demo's evaluations) loads them instead of compiling again."""
+  import jax
+  if config.runtime.compilation_cache:
+    jax.config.update("jax_compilation_cache_dir",
+                      str(Path(config.runtime.cache_dir).expanduser() / "xla"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+def resolve_assets(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy of `config` with offline asset references (`pypi:`, `bible:`) made paths."""
+  from optical_jax.assets import resolve
+  config = ml_collections.ConfigDict(config.to_dict())
+  r = lambda value: resolve(value, config.runtime.cache_dir) if value else value
+  config.model.teacher, config.model.student = r(config.model.teacher), r(config.model.student)
+  config.data.train_file = r(config.data.train_file)
+  for spec in config.eval.collections:
+    for field in ("topics", "corpus", "qrels"):
+      spec[field] = r(spec[field])
+  return config
+
+
+def quiet_libraries(log_file: str | Path | None = None) -> None:
+  """Our own messages on stderr as plain lines; chatty libraries' INFO lines into `log_file`
+  (dropped without one) and only their warnings on stderr; transformers' only errors (it
+  warns that PyTorch is missing, which we never need)."""
+  import sys
+  from absl import logging as absl_logging
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  absl_logging.get_absl_handler().setLevel(logging.WARNING)
+  console = logging.StreamHandler(sys.stderr)
+  console.setFormatter(logging.Formatter("%(message)s"))
+  ours = logging.getLogger("optical_jax")
+  ours.handlers, ours.propagate = [console], False
+  ours.setLevel(logging.INFO)
+  try:
+    from transformers.utils import logging as hf_logging
+    hf_logging.set_verbosity_error()
+  except ImportError:  # pragma: no cover - transformers is a dependency
+    pass
+  warnings = logging.StreamHandler(sys.stderr)
+  warnings.setLevel(logging.WARNING)
+  warnings.setFormatter(logging.Formatter("%(name)s: %(levelname)s: %(message)s"))
+  handlers = [warnings]
+  if log_file is not None:
+    Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+    to_file = logging.FileHandler(log_file)
+    to_file.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    handlers.append(to_file)
+  for name in _CHATTY_LOGGERS:
+    logger = logging.getLogger(name)
+    logger.handlers, logger.propagate = list(handlers), False
+    logger.setLevel(logging.INFO if log_file is not None else logging.WARNING)
+
+
+def is_primary() -> bool:
+  """Whether this is process 0, the one that writes files and shows progress."""
+  import jax
+  return jax.process_index() == 0
+
+
+def to_host(tree):
+  """A replicated (or fully addressable) tree of arrays as numpy arrays, on any process."""
+  import jax
+  import numpy as np
+  return jax.tree_util.tree_map(
+      lambda x: np.asarray(x.addressable_data(0) if isinstance(x, jax.Array) else x), tree)

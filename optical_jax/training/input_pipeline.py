@@ -1,0 +1,62 @@
+"""From a config to training batches: the rows of its bitext (or triples), tokenised once, in
+length-bucketed batches; each process feeds its own rows of every global batch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from optical_jax.config import ConfigError
+from optical_jax.data import bitext
+from optical_jax.data.batching import BucketedBatches, tokenize_cached
+from optical_jax.textfiles import DataFormatError
+
+
+def load_training_rows(config) -> list[tuple[str, ...]]:
+  """The training rows: (student, teacher) pairs, or (query, positive[, negative]) triples in
+  the teacher stage; at most `config.data.limit` (0: all)."""
+  fields = (("query", "positive", "negative") if config.stage == "teacher"
+            else ("student", "teacher"))
+  d = config.data
+  if d.train_file:
+    path = Path(d.train_file).expanduser()
+    if not path.is_file():
+      raise ConfigError(f"config.data.train_file: {path} does not exist. "
+                        f"{d.get('how_to_get', '')}".rstrip())
+    if config.stage == "teacher":
+      try:
+        rows = bitext.read_pairs(path, fields)
+      except DataFormatError:
+        rows = bitext.read_pairs(path, fields[:2])
+    else:
+      rows = bitext.read_pairs(path, (d.student_field, d.teacher_field))
+  elif d.hf_dataset:
+    names = (d.student_field, d.teacher_field) if config.stage != "teacher" else fields
+    rows = bitext.read_hf_dataset(d.hf_dataset, names, config=d.hf_config, split=d.hf_split,
+                                  limit=d.limit)
+  else:
+    raise ConfigError("config.data: set train_file (TSV/JSONL) or hf_dataset")
+  return rows[:d.limit] if d.limit else rows
+
+
+def make_batches(config, models, rows, cache_dir: Path) -> BucketedBatches:
+  """Length-bucketed global batches of `rows`, tokenised by the encoders of `models`
+  (`DistillationModels`) and cached in `cache_dir`."""
+  if config.stage == "teacher":
+    names = ("query", "positive", "negative")[:len(rows[0])]
+    tokenizers = {name: models.student for name in names}
+  else:
+    names = ("student", "teacher")
+    tokenizers = {"student": models.student, "teacher": models.teacher}
+  columns, pad_ids = {}, {}
+  for col, name in enumerate(names):
+    encoder = tokenizers[name]
+    columns[name] = tokenize_cached(
+        encoder.tokenizer, [r[col] for r in rows], max_length=config.data.max_length,
+        cache_dir=cache_dir, tag=f"{encoder.path}:{name}")
+    pad_ids[name] = encoder.config.pad_token_id
+  try:
+    return BucketedBatches(columns, pad_ids, batch_size=config.train.batch_size,
+                           max_length=config.data.max_length, seed=config.seed,
+                           length_buckets=config.data.length_buckets)
+  except ValueError as e:
+    raise ConfigError(f"config.train.batch_size: {e}") from None

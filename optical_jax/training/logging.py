@@ -1,0 +1,65 @@
+"""What a run records: metrics as JSON lines and TensorBoard events, and its curves as a plot.
+Only process 0 writes; on the others these objects do nothing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Mapping
+
+
+class MetricsLog:
+  """`workdir/metrics.jsonl` and `workdir/tensorboard`; on resume, records after the resumed
+  step (written by the interrupted run, about to be redone) are dropped."""
+
+  def __init__(self, workdir: Path, resume_step: int, *, enabled: bool = True):
+    self.path, self.enabled = workdir / "metrics.jsonl", enabled
+    if not enabled:
+      return
+    kept = []
+    if self.path.is_file():
+      kept = [line for line in self.path.read_text().splitlines()
+              if line.strip() and json.loads(line)["step"] <= resume_step]
+    self.path.write_text("".join(line + "\n" for line in kept))
+    from tensorboardX import SummaryWriter
+    self.writer = SummaryWriter(str(workdir / "tensorboard"), purge_step=resume_step + 1)
+
+  def write(self, step: int, values: Mapping[str, float]) -> None:
+    if not self.enabled:
+      return
+    record = {"step": int(step), **{k: float(v) for k, v in values.items()}}
+    with open(self.path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+    for key, value in values.items():
+      self.writer.add_scalar(key, float(value), int(step))
+    self.writer.flush()
+
+  def records(self) -> list[dict]:
+    if not self.path.is_file():
+      return []
+    return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+  def close(self) -> None:
+    if self.enabled:
+      self.writer.close()
+
+
+def plot_curves(records: list[dict], path: Path, title: str = "") -> Path:
+  """Training loss and dev MAP against steps, side by side."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, (ax_loss, ax_map) = plt.subplots(1, 2, figsize=(10, 3.8))
+  losses = [(r["step"], r["loss"]) for r in records if "loss" in r]
+  maps = [(r["step"], r["dev_MAP"]) for r in records if "dev_MAP" in r]
+  if losses:
+    ax_loss.plot(*zip(*losses), lw=1)
+  ax_loss.set(xlabel="step", ylabel="training loss", title="loss")
+  if maps:
+    ax_map.plot(*zip(*maps), marker="o")
+  ax_map.set(xlabel="step", ylabel="MAP", title="dev MAP")
+  fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path

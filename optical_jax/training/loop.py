@@ -1,0 +1,180 @@
+"""`train_and_evaluate`: trains per a config in a workdir, resuming from its latest
+checkpoint, with dev MAP during training and every collection evaluated at the end."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+import jax
+import ml_collections
+from tqdm.auto import tqdm
+
+from optical_jax import host_memory, runtime
+from optical_jax.config import ConfigError, validate
+from optical_jax.data.teacher_cache import TeacherTokenCache
+from optical_jax.evaluation.collections import (collection_specs, evaluate_all,
+                                                evaluate_collection, side_encoders)
+from optical_jax.models.student import build_models
+from optical_jax.training import checkpoints, step as step_lib
+from optical_jax.training.input_pipeline import load_training_rows, make_batches
+from optical_jax.training.logging import MetricsLog, plot_curves
+from optical_jax.training.state import initial_state, make_optimizer
+from optical_jax.training.workdir import StopSignals, check_resumed_config, workdir_lock
+
+log = logging.getLogger("optical_jax")
+
+
+class TrainingError(RuntimeError):
+  """A run that cannot go on; the message says why and what was kept."""
+
+
+class Stopped(SystemExit):
+  """Ctrl-C or SIGTERM stopped the run after saving; its code is 128 + the signal."""
+
+
+def _check_lengths(config, models) -> None:
+  for field in ("data", "eval"):
+    limit = config[field].max_length
+    for side, encoder in (("teacher", models.teacher), ("student", models.student)):
+      if limit > encoder.config.max_length:
+        raise ConfigError(f"config.{field}.max_length {limit} is longer than the "
+                          f"{encoder.config.max_length} tokens the {side} ({encoder.path}) "
+                          "has position embeddings for")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
+  """Trains per `config` in `workdir`; returns the final evaluation `{collection: {measure:
+  value}}` (empty when no collections are configured or the run halted early)."""
+  validate(config, devices=jax.device_count(), backend=jax.default_backend())
+  if (config.runtime.host_memory == "retain" and host_memory.missing_retain()
+      and jax.default_backend() == "cpu"):
+    log.warning("config.runtime.host_memory 'retain' is not in effect: it must be applied "
+                "before JAX's first computation, as train.py does; in a notebook, call "
+                "optical_jax.host_memory.configure('retain') first thing")
+  config = runtime.resolve_assets(config)
+  workdir = Path(workdir).expanduser().resolve()  # Orbax needs absolute paths
+  if workdir.exists() and not workdir.is_dir():
+    raise ConfigError(f"--workdir {workdir} is a file; give a directory")
+  workdir.mkdir(parents=True, exist_ok=True)
+  primary = runtime.is_primary()
+  with workdir_lock(workdir, enabled=primary):
+    return _train(config, workdir, primary)
+
+
+def _train(config, workdir: Path, primary: bool) -> dict:
+  config_file = workdir / "config.json"
+  if config_file.is_file() and any(p.name.isdigit() for p in workdir.glob("checkpoints/*")):
+    changed = check_resumed_config(config_file.read_text(), config)  # before any slow work
+    if changed:
+      log.warning("resuming under a changed configuration: %s", ", ".join(changed))
+  specs = collection_specs(config)
+  dev_spec = next((s for s in specs if s.name == config.eval.dev_collection), None)
+  rows = load_training_rows(config)
+  models = build_models(config)
+  _check_lengths(config, models)
+  batches = make_batches(config, models, rows, workdir / "cache")
+  mesh = step_lib.data_mesh()
+  log.info("%d training examples, %d steps per epoch, %d device(s) in %d process(es), batch "
+           "shapes %s", batches.num_examples, batches.steps_per_epoch, jax.device_count(),
+           jax.process_count(), batches.shapes)
+  teacher_cache = None
+  if config.stage == "distill" and config.data.teacher_cache:
+    teacher_cache = TeacherTokenCache(models.teacher, batches.columns["teacher"],
+                                      Path(config.runtime.cache_dir) / "teacher_tokens")
+
+  optimizer = make_optimizer(config)
+  state = initial_state(models, optimizer, trainable=config.train.trainable, seed=config.seed)
+  latest, best = checkpoints.managers(workdir, config.train.keep_checkpoints)
+  state, start = checkpoints.restore_latest(latest, state)
+  state, start = step_lib.replicate(state, mesh), start or 0
+  if start:
+    print(f"resumed from step {start} ({workdir / 'checkpoints'})", flush=True)
+  if primary:
+    config_file.write_text(config.to_json_best_effort(indent=2) + "\n")
+  metrics_log = MetricsLog(workdir, start, enabled=primary)
+  teacher_params = step_lib.replicate(models.teacher.params, mesh)
+  step_fn = step_lib.compiled_per_shape(step_lib.make_train_step(config, models, optimizer, mesh),
+                                        step_lib.step_compiler_options(config))
+  rng = step_lib.replicate(jax.random.PRNGKey(config.seed), mesh)
+  on_device0 = lambda params: jax.tree_util.tree_map(lambda x: x.addressable_data(0), params)
+  encoders = side_encoders(models, on_device0(state.params), config)
+  num_steps, t = config.train.num_train_steps, config.train
+  final_dev = {}  # the last step's dev evaluation, reused by the final evaluation
+
+  def dev_eval(step: int) -> float | None:
+    if dev_spec is None:
+      return None
+    encoders["student"].params = on_device0(state.params)
+    values, by_query, run = evaluate_collection(dev_spec, encoders, k=config.eval.k,
+                                                progress=False)
+    metrics_log.write(step, {f"dev_{k}": v for k, v in values.items()})
+    if step == num_steps:
+      final_dev[dev_spec.name] = (values, by_query, run)
+    return values["MAP"]
+
+  if start == 0 and config.eval.eval_at_start:
+    dev_eval(0)
+  best_map = max((r["dev_MAP"] for r in metrics_log.records() if "dev_MAP" in r
+                  and r["step"] > 0), default=-math.inf)
+  bar = tqdm(range(start, num_steps), initial=start, total=num_steps,
+             desc=f"{config.stage}:{config.loss}",
+             disable=not (config.runtime.progress_bar and primary))
+  window_start, window_steps = time.perf_counter(), 0
+  part, parts = jax.process_index(), jax.process_count()
+  with StopSignals() as stop:
+    for step in bar:
+      batch = batches.batch(step, part, parts)
+      if teacher_cache is not None:
+        batch["teacher_tokens"] = teacher_cache.lookup(
+            batches.local_indices(step, part, parts), batch["teacher_ids"], batch["teacher_mask"])
+      state, metrics = step_fn(state, teacher_params, step_lib.global_batch(batch, mesh), rng)
+      done, window_steps = step + 1, window_steps + 1
+      loss = float(runtime.to_host(metrics["loss"]))
+      if not math.isfinite(loss):
+        latest.wait_until_finished()  # the last good checkpoint must be on disk, not in flight
+        raise TrainingError(f"non-finite loss ({loss}) at step {done}; the last good "
+                            f"checkpoint (step {latest.latest_step()}) is kept in "
+                            f"{workdir / 'checkpoints'}. Lower config.train.learning_rate or "
+                            "raise config.ot.epsilon.")
+      if done % t.log_every_steps == 0 or done == num_steps:
+        record = {k: float(v) for k, v in runtime.to_host(metrics).items()}
+        record["steps_per_sec"] = window_steps / (time.perf_counter() - window_start)
+        record["compilations"] = len(step_fn.executables)
+        metrics_log.write(done, record)
+        bar.set_postfix(loss=f"{loss:.4f}", sps=f"{record['steps_per_sec']:.2f}")
+        window_start, window_steps = time.perf_counter(), 0
+      dev_map = None
+      if done % t.eval_every_steps == 0 or done == num_steps:
+        dev_map = dev_eval(done)
+        if dev_map is not None and primary:
+          bar.write(f"step {done}: dev MAP {dev_map:.4f}")
+      if done % t.checkpoint_every_steps == 0 or done == num_steps or stop.requested:
+        checkpoints.save(latest, done, state)
+      if dev_map is not None and dev_map > best_map:  # parameters only: best/ is for evaluation
+        best_map = dev_map
+        checkpoints.save(best, done, {"params": state.params}, metrics={"dev_MAP": dev_map})
+      if stop.requested or (t.halt_after_steps and done - start >= t.halt_after_steps):
+        bar.close()
+        latest.wait_until_finished()
+        best.wait_until_finished()
+        if stop.requested:
+          print(f"stopped at step {done}; rerun the same command to resume", flush=True)
+          raise Stopped(stop.exit_code)
+        print(f"halted after step {done} (halt_after_steps); rerun to resume", flush=True)
+        return {}
+  bar.close()
+  latest.wait_until_finished()
+  best.wait_until_finished()
+  log.info("compiled the train step for %d shape(s)", len(step_fn.executables))
+  if teacher_cache is not None:
+    log.info("teacher token cache %s: encoded %d pairs, the rest were cached",
+             teacher_cache.directory, teacher_cache.encoded)
+  if primary:
+    plot_curves(metrics_log.records(), workdir / "curves.png",
+                title=f"{config.stage} / {config.loss}")
+  metrics_log.close()
+  encoders["student"].params = on_device0(state.params)
+  return evaluate_all(config, encoders, specs, workdir, evaluated=final_dev, write=primary)

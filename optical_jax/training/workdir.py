@@ -1,0 +1,132 @@
+"""What guards a workdir: one run at a time (a lock naming host and pid), the same
+configuration on resume, and a clean stop on Ctrl-C or SIGTERM (preemption)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+from pathlib import Path
+
+from optical_jax.config import ConfigError
+
+log = logging.getLogger("optical_jax")
+
+# Fields a resumed run may change freely: they do not change what is trained.
+RESUMABLE_CHANGES = ("runtime.", "eval.", "demo.", "train.halt_after_steps",
+                     "train.log_every_steps", "train.eval_every_steps",
+                     "train.checkpoint_every_steps", "train.keep_checkpoints",
+                     "train.resume_with_changes")
+
+
+class WorkdirBusy(RuntimeError):
+  """Another live run holds the workdir."""
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: Path, *, enabled: bool = True):
+  """Holds `workdir/.lock` (host and pid) while the block runs. A lock left by a dead
+  process of this host is taken over with a message; a live one is refused."""
+  if not enabled:
+    yield
+    return
+  path = workdir / ".lock"
+  me = {"host": socket.gethostname(), "pid": os.getpid()}
+  while True:
+    try:
+      fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+      try:
+        holder = json.loads(path.read_text())
+      except (OSError, ValueError):
+        holder = {}
+      host, pid = holder.get("host"), holder.get("pid")
+      if host == me["host"] and isinstance(pid, int) and not _alive(pid):
+        log.warning("taking over %s: its run (pid %d on %s) is no longer running", path, pid,
+                    host)
+        path.unlink(missing_ok=True)
+        continue
+      raise WorkdirBusy(f"{workdir} is in use by another run (pid {pid} on {host}); wait for "
+                        f"it to finish, use another --workdir, or delete {path} if that run "
+                        "is dead") from None
+    with os.fdopen(fd, "w") as f:
+      json.dump(me, f)
+    break
+  try:
+    yield
+  finally:
+    path.unlink(missing_ok=True)
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flat(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+def check_resumed_config(saved_json: str, config) -> list[str]:
+  """The fields of `config` that differ from the saved run's (`config.json`) and matter to
+  training. Raises `ConfigError` naming them unless `config.train.resume_with_changes`;
+  returns them so the caller can log the change."""
+  saved = _flat(json.loads(saved_json))
+  current = _flat(json.loads(config.to_json_best_effort()))
+  changed = sorted(k for k in saved.keys() | current.keys()
+                   if saved.get(k) != current.get(k) and not k.startswith(RESUMABLE_CHANGES))
+  if changed and not config.train.get("resume_with_changes", False):
+    shown = "; ".join(f"config.{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed[:5])
+    raise ConfigError(f"this workdir holds a run with another configuration ({shown}); use "
+                      "another --workdir, or pass --config.train.resume_with_changes=True to "
+                      "continue it under the new one")
+  return changed
+
+
+class StopSignals:
+  """Turns SIGINT and SIGTERM into a request to stop after the current step (`requested`),
+  restoring the previous handlers on exit. A second Ctrl-C stops at once."""
+
+  def __init__(self):
+    self.signal: int | None = None
+    self._previous = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGINT, signal.SIGTERM):
+      try:
+        self._previous[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # not the main thread: leave signals alone
+        pass
+    return self
+
+  def _handle(self, signum, frame):
+    if self.signal is not None and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.signal = signum
+
+  @property
+  def requested(self) -> bool:
+    return self.signal is not None
+
+  @property
+  def exit_code(self) -> int:
+    return 128 + (self.signal or 0)
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+    return False

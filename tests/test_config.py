@@ -1,0 +1,68 @@
+"""`validate`: every field a run cannot use is refused, naming it, before anything is
+written."""
+
+import re
+
+import pytest
+
+from optical_jax.config import ConfigError, base_config, validate
+
+
+def _with(**fields):
+  config = base_config()
+  for field, value in fields.items():
+    section, _, name = field.rpartition(".")
+    (config[section] if section else config)[name] = value
+  return config
+
+
+def test_the_base_config_is_valid():
+  validate(base_config())
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"train.microbatch_size": 3}, "config.train.microbatch_size must be 0 (off) or a positive "
+     "integer that divides the per-device batch 32, got 3"),
+    ({"train.microbatch_size": 8, "loss": "ot+contrastive"},
+     "config.train.microbatch_size cannot split batches for the contrastive losses"),
+    ({"train.microbatch_size": 8, "ot.center": True},
+     "config.train.microbatch_size cannot split batches for the contrastive losses, the "
+     "teacher stage and ot.center"),
+    ({"model.attention": "flash"}, "config.model.attention must be one of ('xla', 'cudnn'), got "
+     "'flash'"),
+    ({"model.attention": "cudnn"}, "config.model.attention 'cudnn' needs an NVIDIA GPU and "
+     "config.model.dtype 'bfloat16'"),
+    ({"data.length_buckets": (64, 32)}, "config.data.length_buckets must be ascending positive "
+     "integers, got (64, 32)"),
+    ({"runtime.xla_cpu_schedule": "fastest"}, "config.runtime.xla_cpu_schedule must be one of "
+     "('memory', 'default'), got 'fastest'"),
+    ({"runtime.host_memory": "keep"}, "config.runtime.host_memory must be one of ('retain', "
+     "'release'), got 'keep'"),
+    ({"loss": "kl"}, "config.loss must be one of ('ot', 'mse', 'contrastive', "
+     "'ot+contrastive'), got 'kl'"),
+    ({"train.learning_rate": -1e-4}, "config.train.learning_rate must be a positive finite "
+     "number, got -0.0001"),
+    ({"data.limit": -5}, "config.data.limit must be a non-negative integer, got -5"),
+    ({"ot.epsilon": float("inf")}, "config.ot.epsilon must be a positive finite number, got inf"),
+    ({"ot.epsilon": 0.0}, "config.ot.epsilon must be a positive finite number, got 0.0"),
+    ({"contrastive.weight": -1.0}, "config.contrastive.weight must be a non-negative finite "
+     "number"),
+    ({"train.num_train_steps": 0}, "config.train.num_train_steps must be a positive integer, "
+     "got 0"),
+    ({"eval.dev_collection": "dev"}, "config.eval.dev_collection 'dev' names no collection of "
+     "config.eval.collections (none)"),
+    ({"train.batch_size": 30}, "config.train.batch_size 30 is not divisible by the 4 devices"),
+])
+def test_unusable_fields_are_named(fields, message):
+  with pytest.raises(ConfigError, match=re.escape(message)):
+    validate(_with(**fields), devices=4 if "train.batch_size" in fields else 1)
+
+
+def test_a_collection_with_an_unknown_encoder_is_named():
+  config = base_config()
+  config.eval.collections = [dict(name="toy", topics="t", corpus="c", qrels="q",
+                                  query_encoder="students", doc_encoder="teacher")]
+  with pytest.raises(ConfigError, match=re.escape(
+      "config.eval.collections['toy'].query_encoder must be 'student' or 'teacher', got "
+      "'students'")):
+    validate(config)
