@@ -89,10 +89,13 @@ def _parse_flags(argv):
     if os.environ.get("OPTICAL_VERBOSE", "").strip().lower() in ("1", "true", "yes") or \
         "--verbose" in argv:
       raise
-    message = str(e.args[0] if isinstance(e, (AttributeError, KeyError)) and e.args else e)
-    message = message.strip("'\"").replace("\\'", "'").replace("\\n", "; ").replace("\n", "; ")
     overrides = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
-    where = f" (overrides: {', '.join(overrides)})" if overrides else ""
-    print(f"error: {message}{where}\nsee --helpfull for the flags; config fields are in "
-          "optical_jax/config.py", file=sys.stderr)
+    if isinstance(e, (AttributeError, KeyError)) and e.args:  # an override naming no field
+      detail = str(e.args[0]).strip("'\"").replace("\\'", "'").replace("\\n", " ")
+      detail = " ".join(detail.replace("\n", " ").split())
+      message = f"{', '.join(overrides) or '--config'}: no such config field ({detail})"
+    else:
+      message = str(e)
+    print(f"error: {message}\nconfig fields and their defaults: optical_jax/config.py",
+          file=sys.stderr)
     sys.exit(2)

@@ -53,7 +53,7 @@ def test_retain_reuses_freed_memory_where_release_faults_it_in_again():
 
 
 def test_unknown_setting_is_named():
-  with pytest.raises(ValueError, match="config.host_memory must be one of .*'keep'"):
+  with pytest.raises(ValueError, match="host memory setting must be one of .*'keep'"):
     host_memory.configure("keep")
 
 
@@ -66,7 +66,7 @@ from jax._src import xla_bridge
 from optical_jax import host_memory
 
 def probe(setting):
-  print(setting, "optical_jax.train" in sys.modules, xla_bridge.backends_are_initialized())
+  print(setting, "optical_jax.training.loop" in sys.modules, xla_bridge.backends_are_initialized())
   raise SystemExit(0)
 
 host_memory.configure = probe
@@ -83,7 +83,7 @@ def test_command_lines_apply_the_config_before_jax_starts(script, arguments):
   root = Path(__file__).resolve().parents[1]
   result = subprocess.run(
       [sys.executable, "-c", _CLI_PROBE, str(root / script), "--config",
-       str(root / "configs" / "tiny.py"), "--config.host_memory=release", *arguments],
+       str(root / "configs" / "tiny.py"), "--config.runtime.host_memory=release", *arguments],
       capture_output=True, text=True, cwd=root, env={**os.environ, "HF_HUB_OFFLINE": "1"})
   assert result.returncode == 0, result.stderr
   # The setting from the config, before the train loop (and its JAX computations) loaded.

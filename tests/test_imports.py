@@ -1,0 +1,97 @@
+"""The package's import graph: no cycles (function-level imports included), and the library
+layers load without the training stack above them."""
+
+import ast
+import subprocess
+import sys
+
+from tests.helpers import ROOT
+
+PACKAGE = ROOT / "optical_jax"
+
+
+def _module_name(path) -> str:
+  parts = path.relative_to(ROOT).with_suffix("").parts
+  return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+  """Module -> the package modules it imports anywhere in its body."""
+  modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+  graph = {}
+  for name, path in modules.items():
+    edges = set()
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+      if isinstance(node, ast.Import):
+        targets = [alias.name for alias in node.names]
+      elif isinstance(node, ast.ImportFrom):
+        base = node.module or ""
+        if node.level:  # relative import
+          anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
+          base = ".".join(anchor + ([base] if base else []))
+        targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base
+                   for alias in node.names]
+      else:
+        continue
+      edges |= {t for t in targets if t in modules and t != name}
+    graph[name] = edges
+  return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+  state, stack = {}, []
+
+  def visit(node):
+    state[node] = "open"
+    stack.append(node)
+    for nxt in sorted(graph[node]):
+      if state.get(nxt) == "open":
+        return stack[stack.index(nxt):] + [nxt]
+      if nxt not in state:
+        found = visit(nxt)
+        if found:
+          return found
+    stack.pop()
+    state[node] = "done"
+    return None
+
+  for node in sorted(graph):
+    if node not in state:
+      found = visit(node)
+      if found:
+        return found
+  return None
+
+
+def test_the_package_has_no_import_cycle():
+  graph = import_graph()
+  assert "optical_jax.training.loop" in graph and graph["optical_jax.training.loop"]
+  assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+
+
+def test_the_cycle_finder_finds_a_planted_cycle():
+  graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}
+  assert find_cycle(graph) == ["a", "b", "c", "a"]
+
+
+def _loaded_after(statement: str) -> set[str]:
+  code = f"import sys; {statement}; print(' '.join(sorted(sys.modules)))"
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                       cwd=ROOT).stdout
+  return set(out.split())
+
+
+def test_the_losses_pull_in_no_training_stack():
+  loaded = _loaded_after("import optical_jax.losses")
+  # (optax comes with ott-jax.)
+  assert not {m for m in loaded if m.startswith(("transformers", "orbax", "flax",
+                                                 "optical_jax.training", "optical_jax.models",
+                                                 "tensorboardX"))}
+
+
+def test_evaluating_a_checkpoint_does_not_import_the_train_loop():
+  loaded = _loaded_after("import optical_jax.training.checkpoints, "
+                         "optical_jax.evaluation.collections, optical_jax.models.export")
+  assert "optical_jax.training.loop" not in loaded
+  assert "optical_jax.training.step" not in loaded
