@@ -35,33 +35,81 @@ def managers(workdir: Path, keep: int):
   return latest, best
 
 
+def _fault(manager, step: int | None, error: BaseException) -> CheckpointFault:
+  reason = getattr(error, "strerror", None) or str(error).strip().splitlines()[-1][:300]
+  kept = manager.latest_step()
+  return CheckpointFault(
+      f"{manager.directory}: cannot write checkpoint {step if step is not None else ''} "
+      f"({reason}); " + (f"the last good checkpoint (step {kept}) is kept" if kept is not None
+                         else "no checkpoint was written") +
+      ". Free disk space or fix the directory's permissions, then rerun to resume.")
+
+
+def check_writable(directory: Path) -> None:
+  """Fails at once, naming `directory`, where a checkpoint could not be written."""
+  probe = directory / ".write_probe"
+  try:
+    directory.mkdir(parents=True, exist_ok=True)
+    probe.write_bytes(b"0" * 4096)
+    probe.unlink()
+  except OSError as e:
+    raise CheckpointFault(f"{directory}: cannot write checkpoints ({e.strerror or e}); fix its "
+                          "permissions or free disk space, or use another --workdir") from None
+
+
 def save(manager, step: int, tree, metrics=None) -> None:
   """Starts saving host copies of `tree` as `step`; Orbax finishes in the background."""
   import orbax.checkpoint as ocp
-  manager.save(step, args=ocp.args.StandardSave(to_host(tree)), metrics=metrics, force=True)
+  try:
+    manager.save(step, args=ocp.args.StandardSave(to_host(tree)), metrics=metrics, force=True)
+  except Exception as e:  # an earlier save's background error surfaces here too
+    if isinstance(e, OSError) or isinstance(e.__cause__, OSError) or "No space left" in str(e):
+      try:  # the last good checkpoint must be on disk, not in flight
+        manager.wait_until_finished()
+      except Exception:
+        pass
+      raise _fault(manager, step, e) from None
+    raise
+
+
+def finish(*managers) -> None:
+  """Waits for background saves, turning a write error into one clear `CheckpointFault`."""
+  for manager in managers:
+    try:
+      manager.wait_until_finished()
+    except Exception as e:
+      if isinstance(e, OSError) or isinstance(e.__cause__, OSError) or "No space left" in str(e):
+        raise _fault(manager, None, e) from None
+      raise
 
 
 def _abstract(template):
   return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), template)
 
 
-def restore_latest(manager, template) -> tuple[Any, int | None]:
+def restore_latest(manager, template, *, primary: bool = True) -> tuple[Any, int | None]:
   """The newest readable checkpoint of `manager` as host arrays shaped like `template`, and
-  its step; a checkpoint that fails to read is reported and the one before it tried.
-  (template, None) when there is none."""
+  its step. A checkpoint that fails to read is reported, moved aside into
+  `corrupt_checkpoints/` beside the directory (so the redone step can be saved again), and the
+  one before it tried. (template, None) when there is none."""
   import orbax.checkpoint as ocp
   steps = sorted(manager.all_steps(), reverse=True)
+  directory = Path(manager.directory)
   for step in steps:
     try:
       return manager.restore(step, args=ocp.args.StandardRestore(_abstract(template))), step
     except Exception as e:  # Orbax raises many types for truncated or corrupt files
-      path = Path(manager.directory) / str(step)
       older = [s for s in steps if s < step]
-      log.warning("checkpoint %s cannot be read (%s: %s); %s", path, type(e).__name__,
-                  str(e).splitlines()[0][:200] if str(e) else "",
+      aside = directory.parent / "corrupt_checkpoints" / f"{directory.name}-{step}"
+      log.warning("checkpoint %s cannot be read (%s); moved to %s; %s", directory / str(step),
+                  (str(e).strip().splitlines() or [type(e).__name__])[-1][:200], aside,
                   f"falling back to step {older[0]}" if older else "no older checkpoint")
+      if primary:
+        aside.parent.mkdir(parents=True, exist_ok=True)
+        (directory / str(step)).rename(aside)
+      manager.reload()
   if steps:
-    raise CheckpointFault(f"{manager.directory}: no checkpoint can be read (steps "
+    raise CheckpointFault(f"{directory}: no checkpoint can be read (steps "
                           f"{', '.join(map(str, steps))}); delete the directory to start over")
   return template, None
 

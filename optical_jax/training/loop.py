@@ -87,8 +87,10 @@ def _train(config, workdir: Path, primary: bool) -> dict:
 
   optimizer = make_optimizer(config)
   state = initial_state(models, optimizer, trainable=config.train.trainable, seed=config.seed)
+  if primary:
+    checkpoints.check_writable(workdir / "checkpoints")
   latest, best = checkpoints.managers(workdir, config.train.keep_checkpoints)
-  state, start = checkpoints.restore_latest(latest, state)
+  state, start = checkpoints.restore_latest(latest, state, primary=primary)
   state, start = step_lib.replicate(state, mesh), start or 0
   if start:
     print(f"resumed from step {start} ({workdir / 'checkpoints'})", flush=True)
@@ -134,7 +136,7 @@ def _train(config, workdir: Path, primary: bool) -> dict:
       done, window_steps = step + 1, window_steps + 1
       loss = float(runtime.to_host(metrics["loss"]))
       if not math.isfinite(loss):
-        latest.wait_until_finished()  # the last good checkpoint must be on disk, not in flight
+        checkpoints.finish(latest)  # the last good checkpoint must be on disk, not in flight
         raise TrainingError(f"non-finite loss ({loss}) at step {done}; the last good "
                             f"checkpoint (step {latest.latest_step()}) is kept in "
                             f"{workdir / 'checkpoints'}. Lower config.train.learning_rate or "
@@ -158,16 +160,14 @@ def _train(config, workdir: Path, primary: bool) -> dict:
         checkpoints.save(best, done, {"params": state.params}, metrics={"dev_MAP": dev_map})
       if stop.requested or (t.halt_after_steps and done - start >= t.halt_after_steps):
         bar.close()
-        latest.wait_until_finished()
-        best.wait_until_finished()
+        checkpoints.finish(latest, best)
         if stop.requested:
           print(f"stopped at step {done}; rerun the same command to resume", flush=True)
           raise Stopped(stop.exit_code)
         print(f"halted after step {done} (halt_after_steps); rerun to resume", flush=True)
         return {}
   bar.close()
-  latest.wait_until_finished()
-  best.wait_until_finished()
+  checkpoints.finish(latest, best)
   log.info("compiled the train step for %d shape(s)", len(step_fn.executables))
   if teacher_cache is not None:
     log.info("teacher token cache %s: encoded %d pairs, the rest were cached",

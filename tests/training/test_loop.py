@@ -6,84 +6,15 @@ import platform
 import re
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.helpers import ROOT, load_config, save_tiny_bert
-
-SENTENCES = [("Ndipo Mulungu anati, Kuyere; ndipo kunayera.", "And God said, Let there be light."),
-             ("Yesu analira.", "Jesus wept."),
-             ("Pachiyambi Mulungu adalenga kumwamba ndi dziko lapansi.",
-              "In the beginning God created the heaven and the earth."),
-             ("Ndipo madzulo ndi m'mawa anali tsiku loyamba.",
-              "And the evening and the morning were the first day.")]
-
-
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-  root = tmp_path_factory.mktemp("train")
-  checkpoint = save_tiny_bert(root / "tiny_bert", seed=1)
-  rng = np.random.default_rng(0)
-  rows = [SENTENCES[i] for i in rng.integers(0, len(SENTENCES), 64)]
-  bitext = root / "bitext.tsv"
-  bitext.write_text("".join(f"{s}\t{t}\n" for s, t in rows))
-  triples = root / "triples.tsv"
-  triples.write_text("".join(f"{t}\t{s}\t{SENTENCES[(i + 1) % 4][1]}\n"
-                             for i, (s, t) in enumerate(rows)))
-  return root, checkpoint, bitext, triples
-
-
-# Short names the tests use for grouped config fields.
-FIELDS = {"num_train_steps": "train.num_train_steps", "checkpoint_every_steps":
-          "train.checkpoint_every_steps", "keep_checkpoints": "train.keep_checkpoints",
-          "trainable": "train.trainable", "cache_dir": "runtime.cache_dir",
-          "xla_cpu_schedule": "runtime.xla_cpu_schedule", "host_memory": "runtime.host_memory"}
-
-
-def write_config(path: Path, checkpoint: Path, train_file: Path, **overrides) -> Path:
-  lines = "\n".join(f"  c.{FIELDS.get(k, k)} = {v!r}" for k, v in overrides.items())
-  path.write_text(textwrap.dedent(f"""\
-      from optical_jax.config import base_config
-
-      def get_config():
-        c = base_config()
-        c.model.teacher = {str(checkpoint)!r}
-        c.data.train_file = {str(train_file)!r}
-        c.data.max_length = 16
-        c.model.dropout = 0.0
-        c.train.batch_size = 8
-        c.train.num_train_steps = 3
-        c.train.learning_rate = 1e-3
-        c.train.warmup_steps = 1
-        c.train.log_every_steps = 1
-        c.train.checkpoint_every_steps = 1
-        c.runtime.progress_bar = False
-        c.runtime.cache_dir = {str(path.parent / "cache")!r}
-      """) + lines + "\n  return c\n")
-  return path
-
-
-def run_train(config: Path, workdir: Path, *, devices: int = 1, extra=(), check=True):
-  env = dict(os.environ, HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-  return subprocess.run([sys.executable, str(ROOT / "train.py"), f"--config={config}",
-                         f"--workdir={workdir}", *extra], env=env, capture_output=True,
-                        text=True, check=check, timeout=600)
-
-
-def final_params(workdir: Path) -> dict[str, np.ndarray]:
-  import orbax.checkpoint as ocp
-  return final_params_at(workdir, ocp.CheckpointManager(workdir / "checkpoints").latest_step())
-
-
-def assert_same_params(a, b, atol):
-  assert a.keys() == b.keys()
-  worst = max(float(np.max(np.abs(a[k] - b[k]))) for k in a)
-  assert worst < atol, worst
+from tests.helpers import ROOT, load_config
+from tests.training.runs import (SENTENCES, keyed, assert_same_params, final_params,
+                                 final_params_at, run_train, toy_collection, write_config)
 
 
 @pytest.mark.parametrize("loss", ["ot", "ot+contrastive"])
@@ -98,11 +29,6 @@ def test_two_devices_match_one_device(setup, loss):
   initial = final_params_at(one, 1)
   assert max(float(np.max(np.abs(p1[k] - initial[k]))) for k in p1) > 1e-4, "params moved"
   assert_same_params(p1, p2, atol=1e-5)
-
-
-def final_params_at(workdir, step):
-  import orbax.checkpoint as ocp
-  return _keyed(ocp.CheckpointManager(workdir / "checkpoints").restore(step)["params"])
 
 
 def test_interrupted_run_resumes_to_the_same_parameters(setup):
@@ -212,14 +138,6 @@ def test_so_config_fails_fast_offline_naming_what_is_missing(tmp_path):
   assert len(result.stderr.strip().splitlines()) <= 3, result.stderr  # no traceback
 
 
-def toy_collection(root: Path) -> dict:
-  (root / "topics.tsv").write_text("".join(f"q{i}\t{s}\n" for i, (s, _) in enumerate(SENTENCES)))
-  (root / "corpus.tsv").write_text("".join(f"d{i}\t{t}\n" for i, (_, t) in enumerate(SENTENCES)))
-  (root / "qrels.txt").write_text("".join(f"q{i} 0 d{i} 1\n" for i in range(len(SENTENCES))))
-  return dict(name="toy", topics=str(root / "topics.tsv"), corpus=str(root / "corpus.tsv"),
-              qrels=str(root / "qrels.txt"), query_encoder="student", doc_encoder="teacher")
-
-
 def test_final_evaluation_reuses_the_last_steps_dev_evaluation(setup, monkeypatch):
   root, checkpoint, bitext, _ = setup
   from optical_jax.training import loop
@@ -277,12 +195,12 @@ def test_eval_cli_exports_the_trained_student_for_transformers(setup, evaluated_
                  capture_output=True, text=True, check=True, timeout=300)
   exported = load_encoder(tmp_path / "student")
   trained = final_params(workdir)
-  flat = _keyed(exported.params)
+  flat = keyed(exported.params)
   assert flat.keys() == {k.removeprefix("['encoder']") for k in trained}
   for key, value in flat.items():
     np.testing.assert_array_equal(value, trained["['encoder']" + key])
   assert not np.array_equal(flat["['layer_0']['output_dense']['kernel']"],
-                            _keyed(load_encoder(setup[1]).params)[
+                            keyed(load_encoder(setup[1]).params)[
                                 "['layer_0']['output_dense']['kernel']"]), "not trained"
   batch = exported.tokenize(["Yesu analira.", "Ndipo Mulungu anati, Kuyere; ndipo kunayera."])
   np.testing.assert_allclose(
@@ -292,12 +210,6 @@ def test_eval_cli_exports_the_trained_student_for_transformers(setup, evaluated_
   from transformers import AutoModel
   _, info = AutoModel.from_pretrained(str(tmp_path / "student"), output_loading_info=True)
   assert not info["missing_keys"] and not info["mismatched_keys"], info  # pooler included
-
-
-def _keyed(params) -> dict:
-  import jax
-  return {jax.tree_util.keystr(p): np.asarray(v)
-          for p, v in jax.tree_util.tree_leaves_with_path(params)}
 
 
 def test_a_refused_config_writes_nothing(tmp_path):

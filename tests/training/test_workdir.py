@@ -1,0 +1,166 @@
+"""A workdir's safety: one run at a time, the same config on resume, a clean stop on SIGTERM
+and Ctrl-C, corrupt or unwritable checkpoints, and a console without library chatter."""
+
+import errno
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.helpers import ROOT
+from tests.training.runs import assert_same_params, final_params, run_train, write_config
+
+
+def test_a_live_runs_lock_is_refused_and_a_dead_ones_taken_over(setup, tmp_path):
+  root, checkpoint, bitext, _ = setup
+  config = write_config(tmp_path / "lock.py", checkpoint, bitext)
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  (workdir / ".lock").write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
+  busy = run_train(config, workdir, check=False)
+  assert busy.returncode == 1
+  assert f"is in use by another run (pid {os.getpid()} on {socket.gethostname()})" in busy.stderr
+  assert not (workdir / "checkpoints").exists()
+
+  dead = subprocess.Popen(["true"])
+  dead.wait()
+  (workdir / ".lock").write_text(json.dumps({"host": socket.gethostname(), "pid": dead.pid}))
+  taken = run_train(config, workdir)
+  assert f"its run (pid {dead.pid} on {socket.gethostname()}) is no longer running" in (
+      taken.stderr)
+  assert not (workdir / ".lock").exists()  # released at the end
+
+
+def test_resuming_under_a_changed_config_is_refused_unless_asked_for(setup, tmp_path):
+  root, checkpoint, bitext, _ = setup
+  config = write_config(tmp_path / "change.py", checkpoint, bitext)
+  workdir = tmp_path / "run"
+  run_train(config, workdir, extra=["--config.train.halt_after_steps=1"])
+  saved = (workdir / "config.json").read_text()
+  refused = run_train(config, workdir, extra=["--config.loss=mse"], check=False)
+  assert refused.returncode == 1
+  assert "config.loss: 'ot' -> 'mse'" in refused.stderr
+  assert "--config.train.resume_with_changes=True" in refused.stderr
+  assert len(refused.stderr.strip().splitlines()) <= 3, refused.stderr
+  assert (workdir / "config.json").read_text() == saved  # not overwritten
+  # Changes that do not alter training are fine; an explicit flag allows the rest.
+  run_train(config, workdir, extra=["--config.train.halt_after_steps=1",
+                                    "--config.runtime.progress_bar=True"])
+  allowed = run_train(config, workdir, extra=["--config.loss=mse",
+                                              "--config.train.resume_with_changes=True"])
+  assert "resuming under a changed configuration: loss" in allowed.stderr
+  assert json.loads((workdir / "config.json").read_text())["loss"] == "mse"
+
+
+def _start(config, workdir):
+  env = dict(os.environ, HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu")
+  return subprocess.Popen([sys.executable, str(ROOT / "train.py"), f"--config={config}",
+                           f"--workdir={workdir}"], env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_step(workdir, step, process, timeout=300):
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline:
+    metrics = workdir / "metrics.jsonl"
+    if metrics.is_file() and any(json.loads(line)["step"] >= step
+                                 for line in metrics.read_text().splitlines() if line.strip()):
+      return
+    assert process.poll() is None, process.communicate()
+    time.sleep(0.05)
+  raise AssertionError("the run did not get going")
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_stop_signal_saves_and_the_rerun_resumes_to_the_same_end(sig, code, setup, tmp_path):
+  root, checkpoint, bitext, _ = setup
+  config = write_config(tmp_path / "stop.py", checkpoint, bitext, num_train_steps=60,
+                        checkpoint_every_steps=1000)
+  straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+  run_train(config, straight)
+  process = _start(config, stopped)
+  _wait_for_step(stopped, 2, process)
+  process.send_signal(sig)
+  out, err = process.communicate(timeout=300)
+  assert process.returncode == code, err
+  step = int(out.split("stopped at step ")[1].split(";")[0])
+  assert 2 <= step < 60 and "rerun the same command to resume" in out
+  assert "Traceback" not in err
+  assert (stopped / "checkpoints" / str(step)).is_dir()  # saved on the way out
+  again = run_train(config, stopped)
+  assert f"resumed from step {step}" in again.stdout
+  assert_same_params(final_params(straight), final_params(stopped), atol=1e-6)
+
+
+def test_a_corrupt_latest_checkpoint_falls_back_to_the_one_before(setup, tmp_path):
+  root, checkpoint, bitext, _ = setup
+  config = write_config(tmp_path / "corrupt.py", checkpoint, bitext, num_train_steps=4)
+  workdir = tmp_path / "run"
+  run_train(config, workdir, extra=["--config.train.halt_after_steps=3"])
+  files = sorted((p for p in (workdir / "checkpoints" / "3").rglob("*") if p.is_file()),
+                 key=lambda p: p.stat().st_size)
+  for path in files[-3:]:  # the array data
+    path.write_bytes(path.read_bytes()[:max(1, path.stat().st_size // 3)])
+  resumed = run_train(config, workdir)
+  assert f"checkpoint {workdir / 'checkpoints' / '3'} cannot be read" in resumed.stderr
+  assert "falling back to step 2" in resumed.stderr
+  assert (workdir / "corrupt_checkpoints" / "checkpoints-3").is_dir()
+  assert "resumed from step 2" in resumed.stdout
+  assert 4 in {json.loads(line)["step"]
+               for line in (workdir / "metrics.jsonl").read_text().splitlines()}
+
+
+def test_an_unwritable_checkpoint_directory_fails_at_once(setup, tmp_path):
+  if os.geteuid() == 0:  # root writes anywhere: make the directory a file instead
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / "checkpoints").write_text("not a directory")
+  else:
+    workdir = tmp_path / "run"
+    (workdir / "checkpoints").mkdir(parents=True)
+    (workdir / "checkpoints").chmod(0o500)
+  root, checkpoint, bitext, _ = setup
+  start = time.monotonic()
+  result = run_train(write_config(tmp_path / "ro.py", checkpoint, bitext), workdir, check=False)
+  assert result.returncode == 1 and time.monotonic() - start < 120
+  assert f"{workdir / 'checkpoints'}: cannot write checkpoints" in result.stderr
+  assert len(result.stderr.strip().splitlines()) <= 3, result.stderr
+
+
+def test_a_full_disk_is_one_clear_error_keeping_the_last_checkpoint(setup, tmp_path,
+                                                                    monkeypatch):
+  import orbax.checkpoint as ocp
+  from optical_jax.training import checkpoints
+  from optical_jax.training.loop import train_and_evaluate
+  from tests.helpers import load_config
+  root, checkpoint, bitext, _ = setup
+  config = load_config(write_config(tmp_path / "full.py", checkpoint, bitext, num_train_steps=4))
+  original = ocp.CheckpointManager.save
+
+  def save(self, step, *args, **kwargs):
+    if step == 3:
+      raise OSError(errno.ENOSPC, "No space left on device")
+    return original(self, step, *args, **kwargs)
+
+  monkeypatch.setattr(ocp.CheckpointManager, "save", save)
+  with pytest.raises(checkpoints.CheckpointFault, match=r"cannot write checkpoint 3 \(No space "
+                     r"left on device\); the last good checkpoint \(step 2\) is kept"):
+    train_and_evaluate(config, tmp_path / "run")
+  assert (tmp_path / "run" / "checkpoints" / "2").is_dir()
+
+
+def test_the_console_shows_our_messages_and_libraries_log_to_a_file(setup, tmp_path):
+  root, checkpoint, bitext, _ = setup
+  workdir = tmp_path / "run"
+  out = run_train(write_config(tmp_path / "quiet.py", checkpoint, bitext), workdir)
+  console = out.stdout + out.stderr
+  for chatter in ("async_io_engine", "event_tracking", "standard_logger", "PyTorch was not found",
+                  "local_files_only"):
+    assert chatter not in console
+  assert "64 training examples" in console
+  assert "orbax" in (workdir / "logs" / "libraries.log").read_text()
