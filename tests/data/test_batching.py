@@ -2,8 +2,6 @@ import numpy as np
 import pytest
 
 from optical_jax.data.batching import BucketedBatches
-from optical_jax.data.bitext import read_pairs
-from optical_jax.evaluation.io import DataFormatError
 
 
 def make_batches(seed=0, n=100, batch_size=8, **options):
@@ -51,14 +49,3 @@ def test_batches_pad_to_the_smallest_given_bucket_capped_at_max_length():
 def test_bad_length_buckets_are_refused(buckets):
   with pytest.raises(ValueError, match="length_buckets must be ascending positive integers"):
     make_batches(length_buckets=buckets)
-
-
-def test_read_pairs_names_bad_lines(tmp_path):
-  path = tmp_path / "bitext.tsv"
-  path.write_text("a\tb\nonly one column\n")
-  with pytest.raises(DataFormatError, match=r"bitext\.tsv:2: expected 2 tab-separated"):
-    read_pairs(path, ("student", "teacher"))
-  path = tmp_path / "bitext.jsonl"
-  path.write_text('{"so": "x", "en": "y"}\n{"so": "x", "en": ""}\n')
-  with pytest.raises(DataFormatError, match=r"bitext\.jsonl:2: empty en"):
-    read_pairs(path, ("so", "en"))
