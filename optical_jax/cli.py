@@ -23,20 +23,23 @@ def define_process_flags() -> None:
 
 def start(argv, config, workdir: str | None):
   """Checks `argv`, then, in this order, sets up host memory (before JAX starts threads),
-  joins a multi-process run, turns on the compilation cache and quiets library logging
-  (into `workdir/logs/libraries.log`). Returns `config`."""
+  quiets library logging (into `workdir/logs/libraries.log`), joins a multi-process run and
+  turns on the compilation cache. Returns `config`."""
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from optical_jax import runtime
   runtime.configure_host_memory(config.runtime.host_memory)
-  runtime.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
-                                 FLAGS.process_id)
-  runtime.enable_compilation_cache(config)
   log_file = Path(workdir).expanduser() / "logs" / "libraries.log" if workdir else None
   if log_file is not None and log_file.parent.parent.exists() and \
       not log_file.parent.parent.is_dir():
     log_file = None  # --workdir is a file: the loop says so
   runtime.quiet_libraries(log_file)
+  runtime.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
+                                 FLAGS.process_id)
+  runtime.enable_compilation_cache(config)
+  if not runtime.is_primary():  # process 0 speaks for the run
+    import logging
+    logging.getLogger("optical_jax").setLevel(logging.WARNING)
   return config
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -32,7 +33,7 @@ def tokenize_cached(tokenizer: Any, texts: Sequence[str], *, max_length: int,
     path.parent.mkdir(parents=True, exist_ok=True)
     offsets = np.concatenate([[0], np.cumsum([len(a) for a in arrays])]).astype(np.int64)
     flat = np.concatenate(arrays) if arrays else np.zeros(0, np.int32)
-    tmp = path.with_suffix(".tmp.npz")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")  # processes sharing the cache
     np.savez(tmp, flat=flat, offsets=offsets)
     tmp.replace(path)
   return arrays

@@ -27,11 +27,16 @@ class CheckpointFault(RuntimeError):
 def managers(workdir: Path, keep: int):
   """(latest, best) Orbax `CheckpointManager`s of `workdir`."""
   import orbax.checkpoint as ocp
+  # Several processes save synchronously: two managers' background saves would race for the
+  # same cross-process barriers.
+  background = jax.process_count() == 1
   latest = ocp.CheckpointManager(
-      workdir / "checkpoints", options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+      workdir / "checkpoints", options=ocp.CheckpointManagerOptions(
+          max_to_keep=keep, create=True, enable_async_checkpointing=background))
   best = ocp.CheckpointManager(
       workdir / "best", options=ocp.CheckpointManagerOptions(
-          max_to_keep=1, best_fn=lambda m: m["dev_MAP"], best_mode="max", create=True))
+          max_to_keep=1, best_fn=lambda m: m["dev_MAP"], best_mode="max", create=True,
+          enable_async_checkpointing=background))
   return latest, best
 
 

@@ -82,8 +82,11 @@ def _train(config, workdir: Path, primary: bool) -> dict:
            jax.process_count(), batches.shapes)
   teacher_cache = None
   if config.stage == "distill" and config.data.teacher_cache:
-    teacher_cache = TeacherTokenCache(models.teacher, batches.columns["teacher"],
-                                      Path(config.runtime.cache_dir) / "teacher_tokens")
+    # One cache per process of a multi-process run: each encodes only its own rows.
+    directory = Path(config.runtime.cache_dir) / "teacher_tokens"
+    if jax.process_count() > 1:
+      directory = directory / f"process-{jax.process_index()}-of-{jax.process_count()}"
+    teacher_cache = TeacherTokenCache(models.teacher, batches.columns["teacher"], directory)
 
   optimizer = make_optimizer(config)
   state = initial_state(models, optimizer, trainable=config.train.trainable, seed=config.seed)
@@ -92,7 +95,7 @@ def _train(config, workdir: Path, primary: bool) -> dict:
   latest, best = checkpoints.managers(workdir, config.train.keep_checkpoints)
   state, start = checkpoints.restore_latest(latest, state, primary=primary)
   state, start = step_lib.replicate(state, mesh), start or 0
-  if start:
+  if start and primary:
     print(f"resumed from step {start} ({workdir / 'checkpoints'})", flush=True)
   if primary:
     config_file.write_text(config.to_json_best_effort(indent=2) + "\n")
@@ -164,7 +167,8 @@ def _train(config, workdir: Path, primary: bool) -> dict:
         if stop.requested:
           print(f"stopped at step {done}; rerun the same command to resume", flush=True)
           raise Stopped(stop.exit_code)
-        print(f"halted after step {done} (halt_after_steps); rerun to resume", flush=True)
+        if primary:
+          print(f"halted after step {done} (halt_after_steps); rerun to resume", flush=True)
         return {}
   bar.close()
   checkpoints.finish(latest, best)
