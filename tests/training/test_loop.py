@@ -175,6 +175,7 @@ def test_eval_cli_evaluates_a_trained_checkpoint(evaluated_run):
   out = subprocess.run([sys.executable, str(ROOT / "eval.py"), f"--config={config}",
                         f"--checkpoint={workdir}"], env=env, capture_output=True,
                        text=True, check=True, timeout=300).stdout
+  assert f"{workdir}: step 2 (best)" in out  # best/ by dev MAP, here also the last step
   row = next(line for line in out.splitlines() if line.startswith("| toy |"))
   assert row == next(line for line in trained_stdout.splitlines() if line.startswith("| toy |"))
   assert json.loads((workdir / "eval.json").read_text())["toy"]["MAP"] > 0
