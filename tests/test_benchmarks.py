@@ -96,3 +96,15 @@ def test_grid_times_ours_and_pytorch_at_each_batch_length_and_iteration_count(
   assert {(256, 64, 50), (32, 256, 50), (32, 64, 200)} <= points
   assert all(float(ratio) > 0 for *_, ratio in rows)
   assert plot.stat().st_size > 10_000  # three panels drawn
+
+
+def test_devices_table_times_the_step_on_each_device_count(tiny_checkpoint):
+  result = subprocess.run(
+      [sys.executable, str(ROOT / "benchmarks" / "devices.py"), "--checkpoint",
+       str(tiny_checkpoint), "--batch", "4", "--length", "8", "--repeats", "2", "--devices",
+       "1,2"], capture_output=True, text=True, timeout=600,
+      env=dict(os.environ, HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu"))
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = re.findall(rf"^\| (\d) \| (\d) \| ({NUMBER}) \| ({NUMBER})x \|$", result.stdout, re.M)
+  assert [(n, b) for n, b, _, _ in rows] == [("1", "4"), ("2", "2")]
+  assert float(rows[0][3]) == 1.0 and all(float(s) > 0 for _, _, s, _ in rows)
