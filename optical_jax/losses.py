@@ -1,4 +1,4 @@
-"""Distillation losses and retrieval scores: pure functions, arrays in, `jax.Array` out.
+"""Distillation losses: pure functions, arrays in, `jax.Array` out.
 
 Everything here is jit-, vmap- and grad-friendly, returns unreduced per-example values
 (`[batch]`) unless documented otherwise, and imports neither transformers, orbax nor the
@@ -9,6 +9,9 @@ training stack, so other JAX projects can use it on its own::
 The OT loss is OPTICAL's (Huang, Yu, Allan, WSDM 2023): the student's token embeddings of
 a low-resource sentence are aligned to the teacher's token embeddings of its translation by
 entropic optimal transport, and the loss is the transport cost <P, C>.
+
+The retrieval scores `dense_scores` and `maxsim_scores` live in `optical_jax.scoring`; they
+are re-exported here, where they used to be.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from ott.problems.linear import linear_problem
 from ott.solvers.linear import implicit_differentiation, sinkhorn
 
 from optical_jax.pooling import l2_normalize
+from optical_jax.scoring import dense_scores, maxsim_scores
 
 __all__ = [
     "OTDiagnostics", "token_cost_matrix", "ot_distillation_loss", "mse_distillation_loss",
@@ -35,7 +39,9 @@ CostName = Literal["cosine", "sqeuclidean"]
 # Implicit differentiation solves a linear system scaled by the marginals: exact zeros make
 # it singular (NaN gradients), so in that mode padding weighs this much instead of 0.
 _IMPLICIT_PADDING_WEIGHT = 1e-8
-_IMPLICIT_KW = {"ridge_kernel": 1.0}
+# Below this (cosine costs, in [0, 2]) the implicit linear solve failed in every case probed:
+# unpadded [2, 6, 8] x [2, 7, 8] (3 seeds), padded [4, 24 or 48, 64] x [4, 32, 64] (2 seeds).
+_IMPLICIT_MIN_EPSILON = 0.01
 
 
 class OTDiagnostics(NamedTuple):
@@ -124,12 +130,10 @@ def token_cost_matrix(student_tokens: jax.Array, teacher_tokens: jax.Array, *,
   raise ValueError(f"cost must be 'cosine' or 'sqeuclidean', got {cost!r}")
 
 
-def _identity(x):
-  return x
-
-
-def _marginal(name: str, mask: jax.Array, weights, pad_weight: float) -> jax.Array:
-  """Token weights summing to one over the unmasked tokens; `pad_weight` elsewhere."""
+def _marginal(name: str, mask: jax.Array, weights, pad_weight: float
+              ) -> tuple[jax.Array, jax.Array]:
+  """Token weights summing to one over the unmasked tokens, `pad_weight` where they are 0;
+  and the mask less the rows whose weights sum to 0 (they count as empty)."""
   if weights is None:
     raw = mask.astype(jnp.float32)
   else:
@@ -138,7 +142,7 @@ def _marginal(name: str, mask: jax.Array, weights, pad_weight: float) -> jax.Arr
       if values.shape != mask.shape:
         raise ValueError(f"{name} must have shape {mask.shape}, got {values.shape}")
       # Only real tokens count: padding may hold anything.
-      bad = np.argwhere(np.asarray(mask) & ~(values >= 0))
+      bad = np.argwhere(np.asarray(mask) & ~(np.isfinite(values) & (values >= 0)))
       if len(bad):
         row, column = bad[0]
         raise ValueError(f"{name} must be finite and non-negative on unmasked tokens, got "
@@ -152,9 +156,10 @@ def _marginal(name: str, mask: jax.Array, weights, pad_weight: float) -> jax.Arr
   total = jnp.sum(raw, axis=-1, keepdims=True)
   marginal = raw / jnp.where(total > 0, total, 1.0)
   if pad_weight:
-    marginal = jnp.where(mask, marginal, pad_weight)
+    # Any zero mass (padding, a zero weight) makes the implicit linear system singular.
+    marginal = jnp.where(marginal > 0, marginal, pad_weight)
     marginal = marginal / jnp.sum(marginal, axis=-1, keepdims=True)
-  return marginal
+  return marginal, mask & (total > 0)
 
 
 def ot_distillation_loss(
@@ -182,8 +187,10 @@ def ot_distillation_loss(
   .. math:: P = \arg\min_{P \in U(a, b)} \langle P, C \rangle - \epsilon H(P)
 
   computed by ott-jax's log-domain Sinkhorn (vmapped over the batch), and the loss is
-  :math:`\langle P, C \rangle = \sum_{ij} P_{ij} C_{ij}`. Padded tokens get zero mass, so
-  they change nothing; `Ls` and `Lt` may differ (different tokenizers).
+  :math:`\langle P, C \rangle = \sum_{ij} P_{ij} C_{ij}`. Padded (masked) tokens get zero
+  mass and are never read: whatever they hold (zeros, NaN), the loss and the gradient are
+  those of the unpadded pair, and padded tokens get a zero gradient. `Ls` and `Lt` may
+  differ (different tokenizers).
 
   Gradient modes (`gradient`):
     * `"stop_gradient"` (default): the plan is treated as a constant, so the gradient is
@@ -192,8 +199,11 @@ def ot_distillation_loss(
       memory, and stays finite with zero-weight padding.
     * `"implicit"`: differentiates the plan too, by implicit differentiation of the
       Sinkhorn fixed point (a linear solve per pair; padding then weighs 1e-8, not 0).
-      It needs a converged plan: with a small `epsilon` and too few iterations the
-      linear solve fails (ott-jax/lineax raise an error).
+      The solve is ill-conditioned: with cosine costs it failed on every input probed at
+      `epsilon` < 0.01 (a ValueError here), on most at 0.01, on some at 0.02, and on some
+      padded batches at 0.05-0.07, converged plans or not. A failed solve surfaces as lineax's
+      error "A linear solver returned non-finite (NaN or inf) output": then use
+      `"stop_gradient"` (the exact gradient of the OT cost) or `"unroll"`.
     * `"unroll"`: backpropagates through the Sinkhorn iterations (memory grows with them).
 
   Args:
@@ -202,10 +212,13 @@ def ot_distillation_loss(
     student_mask: `[batch, Ls]` true for real tokens; all true if omitted.
     teacher_mask: `[batch, Lt]` likewise.
     student_weights: optional `[batch, Ls]` non-negative token weights (e.g. idf),
-      normalised over unmasked tokens; uniform if omitted.
+      normalised over unmasked tokens; uniform if omitted. Negative or non-finite weights
+      on unmasked tokens are a ValueError (under `jit`, where they cannot be checked,
+      negative ones count as 0); a row of zero weights counts as a row with no real token.
     teacher_weights: optional `[batch, Lt]` likewise.
     cost: `"cosine"` (1 - cos) or `"sqeuclidean"`.
-    epsilon: entropic regularisation, in the units of the cost.
+    epsilon: entropic regularisation, in the units of the cost: finite and positive. It
+      may be traced (e.g. `jax.jit` over it); its value is then not checked.
     max_iterations: Sinkhorn iteration cap.
     threshold: stop when the marginal error (L1) falls below it.
     gradient: `"stop_gradient"`, `"implicit"` or `"unroll"`, see above.
@@ -232,11 +245,16 @@ def ot_distillation_loss(
                      f"{gradient!r}")
   _check_positive("epsilon", epsilon, "the entropic regularisation, in the units of the cost "
                   "(e.g. 0.05 for cosine)")
+  if (gradient == "implicit" and cost == "cosine" and _concrete(epsilon)
+      and float(epsilon) < _IMPLICIT_MIN_EPSILON):
+    raise ValueError(f"gradient='implicit' needs epsilon >= {_IMPLICIT_MIN_EPSILON} with cosine "
+                     f"costs, got {float(epsilon)}: its linear solve fails below; use "
+                     "gradient='stop_gradient' (the exact gradient of the OT cost) or 'unroll'")
   student_tokens, teacher_tokens, student_mask, teacher_mask = _token_inputs(
       student_tokens, teacher_tokens, student_mask, teacher_mask)
   pad_weight = _IMPLICIT_PADDING_WEIGHT if gradient == "implicit" else 0.0
-  a = _marginal("student_weights", student_mask, student_weights, pad_weight)
-  b = _marginal("teacher_weights", teacher_mask, teacher_weights, pad_weight)
+  a, student_real = _marginal("student_weights", student_mask, student_weights, pad_weight)
+  b, teacher_real = _marginal("teacher_weights", teacher_mask, teacher_weights, pad_weight)
   if center:
     weights = teacher_mask[..., None].astype(jnp.float32)
     mean = jnp.sum(teacher_tokens.astype(jnp.float32) * weights, axis=(0, 1)) / jnp.maximum(
@@ -248,10 +266,7 @@ def ot_distillation_loss(
   # Balanced OT's potentials are defined up to a shared constant, so the implicit linear
   # system is singular along it; `ridge_kernel` solves for the zero-sum solution, which the
   # gradient does not depend on. Without it NormalCG returned NaN on some CPUs (AVX-512).
-  # The identity preconditioner keeps the system symmetric (solved by CG, not NormalCG, which
-  # squares its condition number): ott's default eps*log one failed, the solver returning
-  # NaN, at epsilon <= 0.01 (and 0.02 for some inputs) on [2, 6, 8] x [2, 7, 8] cosine costs.
-  implicit_diff = (implicit_differentiation.ImplicitDiff(solver_kwargs=_IMPLICIT_KW)
+  implicit_diff = (implicit_differentiation.ImplicitDiff(solver_kwargs={"ridge_kernel": 1.0})
                    if gradient == "implicit" else None)
   solver = sinkhorn.Sinkhorn(
       threshold=threshold, max_iterations=max_iterations, implicit_diff=implicit_diff,
@@ -264,7 +279,7 @@ def ot_distillation_loss(
 
   solve_costs = jax.lax.stop_gradient(costs) if gradient == "stop_gradient" else costs
   plan, converged, iterations = jax.vmap(solve)(solve_costs, a, b)
-  plan = jnp.where(student_mask[:, :, None] & teacher_mask[:, None, :], plan, 0.0)
+  plan = jnp.where(student_real[:, :, None] & teacher_real[:, None, :], plan, 0.0)
   if gradient == "stop_gradient":
     plan = jax.lax.stop_gradient(plan)
   loss = jnp.sum(plan * costs, axis=(1, 2))
@@ -321,7 +336,8 @@ def contrastive_distillation_loss(student_embeddings: jax.Array, teacher_embeddi
   Args:
     student_embeddings: `[batch, d]`.
     teacher_embeddings: `[num_teachers, d]`, `num_teachers >= batch`.
-    temperature: softmax temperature :math:`\tau > 0`.
+    temperature: softmax temperature :math:`\tau`, finite and positive (unchecked when
+      traced).
     symmetric: also score teacher rows against student columns, and average (needs
       `num_teachers == batch`).
     label_offset: index of student row 0's translation among the teacher rows.
@@ -333,8 +349,7 @@ def contrastive_distillation_loss(student_embeddings: jax.Array, teacher_embeddi
   >>> bool(jnp.all(contrastive_distillation_loss(x, x) < 1e-3))
   True
   """
-  if not temperature > 0:
-    raise ValueError(f"temperature must be positive, got {temperature}")
+  _check_positive("temperature", temperature, "the softmax temperature (e.g. 0.05)")
   student = _as_array("student_embeddings", student_embeddings, 2)
   teacher = _as_array("teacher_embeddings", teacher_embeddings, 2)
   if teacher.shape[0] < student.shape[0] or teacher.shape[1] != student.shape[1]:
@@ -370,81 +385,3 @@ def weighted_sum(terms: Mapping[str, jax.Array], weights: Mapping[str, float]) -
   if len(set(shapes.values())) > 1:
     raise ValueError(f"terms must have one shape, got {shapes}")
   return sum(float(w) * jnp.asarray(terms[name], jnp.float32) for name, w in weights.items())
-
-
-def dense_scores(queries: jax.Array, documents: jax.Array, *,
-                 similarity: Literal["dot", "cosine"] = "dot") -> jax.Array:
-  """Query-document scores `[num_queries, num_documents]` of pooled embeddings.
-
-  Args:
-    queries: `[Q, d]`.
-    documents: `[D, d]`; score a large corpus chunk by chunk to bound memory.
-    similarity: `"dot"` or `"cosine"`.
-
-  >>> dense_scores(jnp.array([[1., 0.]]), jnp.array([[2., 0.], [0., 1.]]), similarity="cosine")
-  Array([[1., 0.]], dtype=float32)
-  """
-  queries = _as_array("queries", queries, 2).astype(jnp.float32)
-  documents = _as_array("documents", documents, 2).astype(jnp.float32)
-  if queries.shape[1] != documents.shape[1]:
-    raise ValueError(f"queries dim {queries.shape[1]} != documents dim {documents.shape[1]}")
-  if similarity == "cosine":
-    queries, documents = l2_normalize(queries), l2_normalize(documents)
-  elif similarity != "dot":
-    raise ValueError(f"similarity must be 'dot' or 'cosine', got {similarity!r}")
-  return queries @ documents.T
-
-
-def maxsim_scores(query_tokens: jax.Array, query_mask: jax.Array, doc_tokens: jax.Array,
-                  doc_mask: jax.Array, *, normalize: bool = True,
-                  doc_chunk_size: int | None = None) -> jax.Array:
-  r"""ColBERT late-interaction scores `[Q, D]`: :math:`\sum_i \max_j \langle q_i, d_j \rangle`.
-
-  Sums, over the query's real tokens, the best similarity with any real document token.
-
-  Args:
-    query_tokens: `[Q, Lq, d]`.
-    query_mask: `[Q, Lq]`.
-    doc_tokens: `[D, Ld, d]`.
-    doc_mask: `[D, Ld]`.
-    normalize: L2-normalise tokens first (cosine similarities, as ColBERT does).
-    doc_chunk_size: score this many documents at a time (bounds the `[Q, chunk, Lq, Ld]`
-      intermediate); all at once if None.
-
-  >>> q = jnp.array([[[1., 0.], [0., 1.]]]); d = jnp.array([[[1., 0.]], [[0., 2.]]])
-  >>> maxsim_scores(q, jnp.ones((1, 2)), d, jnp.ones((2, 1)))
-  Array([[1., 1.]], dtype=float32)
-  """
-  query_tokens = _as_array("query_tokens", query_tokens, 3).astype(jnp.float32)
-  doc_tokens = _as_array("doc_tokens", doc_tokens, 3).astype(jnp.float32)
-  query_mask = _as_array("query_mask", query_mask, 2).astype(bool)
-  doc_mask = _as_array("doc_mask", doc_mask, 2).astype(bool)
-  if query_mask.shape != query_tokens.shape[:2]:
-    raise ValueError(f"query_mask must have shape {query_tokens.shape[:2]}, got "
-                     f"{query_mask.shape}")
-  if doc_mask.shape != doc_tokens.shape[:2]:
-    raise ValueError(f"doc_mask must have shape {doc_tokens.shape[:2]}, got {doc_mask.shape}")
-  if query_tokens.shape[2] != doc_tokens.shape[2]:
-    raise ValueError(f"query_tokens dim {query_tokens.shape[2]} != doc_tokens dim "
-                     f"{doc_tokens.shape[2]}")
-  if normalize:
-    query_tokens, doc_tokens = l2_normalize(query_tokens), l2_normalize(doc_tokens)
-
-  def score_chunk(chunk):
-    tokens, mask = chunk
-    sims = jnp.einsum("qid,njd->qnij", query_tokens, tokens)
-    sims = jnp.where(mask[None, :, None, :], sims, -jnp.inf)
-    best = jnp.max(sims, axis=-1)
-    best = jnp.where(jnp.isfinite(best), best, 0.0)  # documents with no real token
-    return jnp.sum(jnp.where(query_mask[:, None, :], best, 0.0), axis=-1)  # [Q, n]
-
-  num_docs = doc_tokens.shape[0]
-  if doc_chunk_size is None or doc_chunk_size >= num_docs:
-    return score_chunk((doc_tokens, doc_mask))
-  pad = -num_docs % doc_chunk_size
-  tokens = jnp.pad(doc_tokens, ((0, pad), (0, 0), (0, 0)))
-  mask = jnp.pad(doc_mask, ((0, pad), (0, 0)))
-  chunks = (tokens.reshape(-1, doc_chunk_size, *tokens.shape[1:]),
-            mask.reshape(-1, doc_chunk_size, mask.shape[1]))
-  scores = jax.lax.map(score_chunk, chunks)  # [chunks, Q, chunk]
-  return jnp.moveaxis(scores, 0, 1).reshape(query_tokens.shape[0], -1)[:, :num_docs]

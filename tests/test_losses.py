@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 from scipy.special import logsumexp
 
-from optical_jax.losses import (contrastive_distillation_loss, dense_scores, maxsim_scores,
-                                mse_distillation_loss, ot_distillation_loss, token_cost_matrix,
-                                weighted_sum)
+from optical_jax.losses import (contrastive_distillation_loss, mse_distillation_loss,
+                                ot_distillation_loss, token_cost_matrix, weighted_sum)
 
 TIGHT = dict(threshold=1e-5, max_iterations=5000)
 
@@ -173,8 +172,6 @@ def test_bad_inputs_name_the_argument():
     ot_distillation_loss(s, t, gradient="exact")
   with pytest.raises(ValueError, match="student_embeddings .* must have the same shape"):
     mse_distillation_loss(np.ones((2, 3)), np.ones((3, 3)))
-  with pytest.raises(ValueError, match="doc_mask must have shape"):
-    maxsim_scores(s, sm, t, tm[:, :2])
 
 
 def test_mse_and_contrastive_match_numpy():
@@ -195,27 +192,6 @@ def test_mse_and_contrastive_match_numpy():
   np.testing.assert_allclose(combined, row + 0.3 * col, rtol=1e-5)
   with pytest.raises(ValueError, match="not given"):
     weighted_sum({"ot": row}, {"nce": 1.0})
-
-
-def test_dense_and_maxsim_scores_match_numpy():
-  rng = np.random.default_rng(1)
-  q, d = rng.normal(size=(3, 4, 5)), rng.normal(size=(7, 6, 5))
-  qm = np.arange(4)[None] < np.array([4, 2, 1])[:, None]
-  dm = np.arange(6)[None] < np.array([6, 1, 3, 5, 2, 6, 4])[:, None]
-  qn = q / np.linalg.norm(q, axis=-1, keepdims=True)
-  dn = d / np.linalg.norm(d, axis=-1, keepdims=True)
-  expected = np.zeros((3, 7))
-  for i in range(3):
-    for j in range(7):
-      expected[i, j] = (qn[i][qm[i]] @ dn[j][dm[j]].T).max(axis=1).sum()
-  np.testing.assert_allclose(maxsim_scores(q, qm, d, dm), expected, rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(maxsim_scores(q, qm, d, dm, doc_chunk_size=3), expected,
-                             rtol=1e-5, atol=1e-6)
-  pooled_q, pooled_d = q[:, 0], d[:, 0]
-  np.testing.assert_allclose(dense_scores(pooled_q, pooled_d), pooled_q @ pooled_d.T,
-                             rtol=1e-5)
-  np.testing.assert_allclose(dense_scores(pooled_q, pooled_d, similarity="cosine"),
-                             qn[:, 0] @ dn[:, 0].T, rtol=1e-5, atol=1e-6)
 
 
 def test_cost_matrix_matches_numpy():
@@ -254,3 +230,151 @@ def test_centered_cost_matches_numpy_and_ignores_a_shared_offset():
     assert abs(float(loss[k]) - np.sum(plan * cost)) < 1e-4
   shifted = ot_distillation_loss(s + 5.0, t + 5.0, sm, tm, center=True, **TIGHT)
   np.testing.assert_allclose(shifted, loss, atol=1e-4)
+
+
+def _unpadded_reference(s, t, sm, tm, **kw):
+  """Each pair alone, trimmed to its real tokens: losses and gradients, padded back with 0."""
+  losses, grad_s, grad_t = [], np.zeros_like(s), np.zeros_like(t)
+  fn = lambda x, y: ot_distillation_loss(x[None], y[None], **kw)[0]
+  for k in range(len(s)):
+    ls, lt = int(sm[k].sum()), int(tm[k].sum())
+    value, (gs, gt) = jax.value_and_grad(fn, argnums=(0, 1))(s[k, :ls], t[k, :lt])
+    losses.append(float(value))
+    grad_s[k, :ls], grad_t[k, :lt] = gs, gt
+  return np.array(losses), grad_s, grad_t
+
+
+@pytest.mark.parametrize("cost,center,epsilon,mode", [
+    ("cosine", False, 0.05, "stop_gradient"), ("cosine", True, 0.05, "stop_gradient"),
+    ("sqeuclidean", False, 1.0, "stop_gradient"), ("sqeuclidean", True, 1.0, "stop_gradient"),
+    ("cosine", False, 0.1, "unroll")])
+def test_zero_padding_is_inert_in_value_and_gradient(cost, center, epsilon, mode):
+  s, t, sm, tm = random_batch(seed=9, ls=(6, 3, 1, 7), lt=(9, 2, 7, 10))
+  # What jnp.pad or a collate function makes: zeros beyond each length.
+  s, t = np.where(sm[..., None], s, 0), np.where(tm[..., None], t, 0)
+  # Unrolling differentiates every iteration: fewer keep it quick, and both sides run alike.
+  tolerance = TIGHT if mode != "unroll" else dict(threshold=1e-4, max_iterations=300)
+  kw = dict(cost=cost, epsilon=epsilon, gradient=mode, **tolerance)
+  loss = lambda s, t: ot_distillation_loss(s, t, sm, tm, center=center, **kw)
+  values = loss(s, t)
+  grad_s, grad_t = jax.grad(lambda s, t: loss(s, t).sum(), argnums=(0, 1))(s, t)
+  assert np.all(np.isfinite(grad_s)) and np.all(np.isfinite(grad_t))
+  assert np.all(np.asarray(grad_s)[~sm] == 0) and np.all(np.asarray(grad_t)[~tm] == 0)
+  if center:  # the batch's mean real teacher token, held constant, shifts both sides
+    mean = np.asarray(t, np.float64)[tm].mean(0).astype(np.float32)
+    s, t = np.where(sm[..., None], s - mean, 0), np.where(tm[..., None], t - mean, 0)
+  expected, expected_s, expected_t = _unpadded_reference(s, t, sm, tm, **kw)
+  np.testing.assert_allclose(values, expected, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(grad_s, expected_s, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(grad_t, expected_t, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("center", [False, True])
+def test_nan_and_inf_in_masked_positions_are_ignored(center):
+  s, t, sm, tm = random_batch(seed=10)
+  zeros = np.where(sm[..., None], s, 0), np.where(tm[..., None], t, 0)
+  poisoned = np.where(sm[..., None], s, np.nan), np.where(tm[..., None], t, np.inf)
+  poisoned[1][0, -1, 0] = -np.inf
+
+  def value_and_grads(s, t, mode="stop_gradient"):
+    fn = lambda s, t: ot_distillation_loss(s, t, sm, tm, center=center, gradient=mode,
+                                           epsilon=0.1).sum()
+    return jax.value_and_grad(fn, argnums=(0, 1))(s, t)
+
+  for mode in ("stop_gradient", "unroll"):
+    value, (gs, gt) = value_and_grads(*poisoned, mode)
+    expected, (es, et) = value_and_grads(*zeros, mode)
+    assert np.isfinite(float(value)) and float(value) == pytest.approx(float(expected), abs=1e-6)
+    np.testing.assert_allclose(gs, es, atol=1e-6)
+    np.testing.assert_allclose(gt, et, atol=1e-6)
+
+
+def test_pooling_ignores_masked_positions_and_l2_normalize_has_finite_gradients():
+  from optical_jax.pooling import cls_pool, l2_normalize, mean_pool
+  rng = np.random.default_rng(0)
+  tokens = rng.normal(size=(3, 5, 4)).astype(np.float32)
+  mask = np.arange(5)[None] < np.array([5, 2, 0])[:, None]
+  poisoned = np.where(mask[..., None], tokens, np.nan)
+  expected = np.stack([tokens[k][mask[k]].mean(0) if mask[k].any() else np.zeros(4)
+                       for k in range(3)])
+  for normalize in (False, True):
+    pooled = mean_pool(poisoned, mask, normalize=normalize)
+    reference = expected / np.maximum(np.linalg.norm(expected, axis=1, keepdims=True),
+                                      1e-12) if normalize else expected
+    np.testing.assert_allclose(pooled, reference, rtol=1e-5, atol=1e-7)
+  np.testing.assert_array_equal(cls_pool(poisoned, mask)[2], np.zeros(4))
+  grad = jax.grad(lambda x: mean_pool(x, mask, normalize=True).sum())(poisoned)
+  assert np.all(np.isfinite(grad)) and np.all(np.asarray(grad)[~mask] == 0)
+  x = np.array([[0.0, 0.0], [3.0, 4.0]], np.float32)
+  np.testing.assert_allclose(l2_normalize(x), [[0, 0], [0.6, 0.8]], rtol=1e-6)
+  grad = jax.grad(lambda x: (l2_normalize(x) * np.array([[0.0, 0.0], [1.0, 0.0]])).sum())(x)
+  assert np.all(np.isfinite(grad)) and np.all(np.asarray(grad)[0] == 0)
+  # Away from zero it is the analytic gradient: (I - u u^T) / ||x||, u = x / ||x||.
+  u = x[1] / 5.0
+  np.testing.assert_allclose(grad[1], (np.eye(2) - np.outer(u, u))[0] / 5.0, rtol=1e-5)
+
+
+def test_bad_options_are_named():
+  s, t, sm, tm = random_batch()
+  weights = np.ones(sm.shape, np.float32)
+  negative = weights.copy()
+  negative[1, 2] = -0.5
+  with pytest.raises(ValueError, match=r"student_weights must be finite and non-negative on "
+                     r"unmasked tokens, got -0.5 at \[1, 2\]"):
+    ot_distillation_loss(s, t, sm, tm, student_weights=negative)
+  not_finite = np.ones(tm.shape, np.float32)
+  not_finite[0, 0] = np.nan
+  with pytest.raises(ValueError, match="teacher_weights must be finite and non-negative"):
+    ot_distillation_loss(s, t, sm, tm, teacher_weights=not_finite)
+  # On padding they are ignored, like the tokens.
+  padded_negative = weights.copy()
+  padded_negative[~sm] = -1.0
+  np.testing.assert_allclose(ot_distillation_loss(s, t, sm, tm, student_weights=padded_negative),
+                             ot_distillation_loss(s, t, sm, tm), rtol=1e-6)
+  for epsilon in (0.0, -0.1, np.inf, np.nan):
+    with pytest.raises(ValueError, match="epsilon must be a finite positive number"):
+      ot_distillation_loss(s, t, epsilon=epsilon)
+  with pytest.raises(ValueError, match="epsilon must be a scalar"):
+    ot_distillation_loss(s, t, epsilon=np.array([0.1, 0.2]))
+  for temperature in (0.0, np.inf, np.nan):
+    with pytest.raises(ValueError, match="temperature must be a finite positive number"):
+      contrastive_distillation_loss(s[:, 0], t[:, 0, :8], temperature=temperature)
+  with pytest.raises(ValueError, match=r"gradient='implicit' needs epsilon >= 0.01 .* use "
+                     r"gradient='stop_gradient'"):
+    ot_distillation_loss(s, t, epsilon=0.005, gradient="implicit")
+
+
+def test_traced_epsilon_and_temperature_under_jit_equal_the_eager_values():
+  s, t, sm, tm = random_batch()
+  by_epsilon = jax.jit(lambda eps: ot_distillation_loss(s, t, sm, tm, epsilon=eps))
+  for epsilon in (0.05, 0.3):
+    np.testing.assert_allclose(by_epsilon(epsilon), ot_distillation_loss(s, t, sm, tm,
+                                                                         epsilon=epsilon),
+                               rtol=1e-5)
+  by_temperature = jax.jit(lambda tau: contrastive_distillation_loss(s[:, 0], t[:, 0],
+                                                                     temperature=tau))
+  np.testing.assert_allclose(by_temperature(0.2),
+                             contrastive_distillation_loss(s[:, 0], t[:, 0], temperature=0.2),
+                             rtol=1e-5)
+  # Traced weights cannot be checked: negative ones count as 0 there, as documented.
+  weights = np.ones(sm.shape, np.float32)
+  jitted = jax.jit(lambda w: ot_distillation_loss(s, t, sm, tm, student_weights=w))
+  np.testing.assert_allclose(jitted(weights), ot_distillation_loss(s, t, sm, tm), rtol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["stop_gradient", "unroll", "implicit"])
+def test_a_row_of_zero_weights_counts_as_empty(mode):
+  s, t, sm, tm = random_batch(seed=11)
+  weights = sm.astype(np.float32)
+  weights[1] = 0.0
+  loss, grad = jax.value_and_grad(
+      lambda x: ot_distillation_loss(x, t, sm, tm, student_weights=weights, gradient=mode,
+                                     epsilon=0.1).sum())(s)
+  per_pair = ot_distillation_loss(s, t, sm, tm, student_weights=weights, gradient=mode,
+                                  epsilon=0.1)
+  assert float(per_pair[1]) == 0.0 and np.isfinite(float(loss))
+  assert np.all(np.isfinite(grad)) and np.all(np.asarray(grad)[1] == 0)
+  np.testing.assert_allclose(np.asarray(per_pair)[[0, 2, 3]],
+                             np.asarray(ot_distillation_loss(s, t, sm, tm, gradient=mode,
+                                                             epsilon=0.1))[[0, 2, 3]],
+                             rtol=1e-5)

@@ -13,7 +13,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from optical_jax.shapes import bucket_for, pad_sequences
-from optical_jax.losses import dense_scores, maxsim_scores
+from optical_jax.scoring import dense_scores, maxsim_scores
 from optical_jax.pooling import pool
 
 TokenFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
