@@ -16,7 +16,8 @@ class DataFormatError(ValueError):
 
 
 def text_lines(path: PathLike) -> Iterator[tuple[int, str]]:
-  """(line number, text) of each non-blank line, decoding UTF-8 strictly."""
+  """(line number, text) of each non-blank line, decoding UTF-8 strictly; a BOM that starts
+  the file is dropped."""
   path = Path(path)
   if not path.is_file():
     raise DataFormatError(f"{path}: no such file")
@@ -27,6 +28,10 @@ def text_lines(path: PathLike) -> Iterator[tuple[int, str]]:
       except UnicodeDecodeError as e:
         raise DataFormatError(f"{path}:{number}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at "
                               f"column {e.start + 1})") from None
+      if number == 1:
+        # Windows editors start UTF-8 files with a BOM; kept, it would glue itself to the
+        # first id (a phantom query or document).
+        text = text.removeprefix("\ufeff")
       text = text.rstrip("\r\n")
       if text.strip():
         yield number, text

@@ -5,6 +5,7 @@ Every error names the file and the line (`path:line: what is wrong`).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Mapping
 
@@ -12,10 +13,21 @@ from optical_jax.textfiles import (DataFormatError, PathLike, is_jsonl, json_rec
                                    text_lines)
 
 
-def _field(path, number, record: Mapping, names: tuple[str, ...], what: str) -> str:
+def _field(path, number, record: Mapping, names: tuple[str, ...], what: str, *,
+           is_id: bool = False) -> str:
+  """The first of `names` in `record`, which must be a string (or, for an id, an integer:
+  BEIR corpora number their documents); str() of a list or dict would pass for text."""
   for name in names:
-    if name in record and record[name] is not None:
-      return str(record[name])
+    if name not in record:
+      continue
+    value = record[name]
+    if isinstance(value, str):
+      return value
+    if is_id and isinstance(value, int) and not isinstance(value, bool):
+      return str(value)
+    expected = "a string or an integer" if is_id else "a string"
+    raise DataFormatError(f"{path}:{number}: {what} field {name!r} must be {expected}, got "
+                          f"{json.dumps(value)[:60]}")
   raise DataFormatError(f"{path}:{number}: no {what} field (expected one of {', '.join(names)})")
 
 
@@ -25,7 +37,8 @@ def read_topics(path: PathLike) -> dict[str, str]:
   for number, line in text_lines(path):
     if is_jsonl(path):
       record = json_record(path, number, line)
-      qid = _field(path, number, record, ("qid", "query_id", "_id", "id"), "query id")
+      qid = _field(path, number, record, ("qid", "query_id", "_id", "id"), "query id",
+                   is_id=True)
       text = _field(path, number, record, ("text", "query", "title"), "query text")
     else:
       parts = line.split("\t")
@@ -49,9 +62,14 @@ def read_corpus(path: PathLike) -> dict[str, str]:
   for number, line in text_lines(path):
     if is_jsonl(path):
       record = json_record(path, number, line)
-      docid = _field(path, number, record, ("docid", "doc_id", "_id", "id"), "document id")
+      docid = _field(path, number, record, ("docid", "doc_id", "_id", "id"),
+                     "document id", is_id=True)
       body = _field(path, number, record, ("text", "contents", "body"), "text")
-      title = str(record.get("title") or "").strip()
+      title = record.get("title")  # optional: absent, null or a string
+      if title is not None and not isinstance(title, str):
+        raise DataFormatError(f"{path}:{number}: title field 'title' must be a string, got "
+                              f"{json.dumps(title)[:60]}")
+      title = (title or "").strip()
       text = f"{title} {body}".strip() if title else body.strip()
     else:
       parts = line.split("\t")

@@ -1,9 +1,11 @@
 """Readers name the file and line of every bad input."""
 
+import ir_measures
+import numpy as np
 import pytest
 
-from optical_jax.evaluation import (DataFormatError, read_corpus, read_qrels, read_run,
-                                    read_topics, write_run)
+from optical_jax.evaluation import (DataFormatError, evaluate, read_corpus, read_qrels, read_run,
+                                    read_topics, write_qrels, write_run)
 
 
 def write(tmp_path, name, content: bytes | str):
@@ -50,3 +52,76 @@ def test_qrels_query_absent_from_topics_is_named(tmp_path):
   path = write(tmp_path, "qrels", "1 0 d1 1\n7 0 d1 1\n")
   with pytest.raises(DataFormatError, match=r"qrels:2: query '7' is judged but absent"):
     read_qrels(path, topics={"1": "x"})
+
+
+BOM = "\ufeff"
+
+
+def test_int_ids_are_read_as_strings(tmp_path):
+  corpus = read_corpus(write(tmp_path, "c.jsonl", '{"_id": 17, "title": null, "text": "body"}\n'
+                             '{"_id": "d2", "text": "other"}\n'))
+  assert corpus == {"17": "body", "d2": "other"}
+  assert read_topics(write(tmp_path, "q.jsonl", '{"_id": 3, "text": "a"}\n')) == {"3": "a"}
+
+
+@pytest.mark.parametrize("reader,content,message", [
+    (read_topics, '{"qid": "1", "text": "a"}\n{"qid": "2", "text": 42}\n',
+     r"q\.jsonl:2: query text field 'text' must be a string, got 42"),
+    (read_topics, '{"qid": "1", "text": ["a", "b"]}\n',
+     r"q\.jsonl:1: query text field 'text' must be a string, got \[\"a\", \"b\"\]"),
+    (read_topics, '{"qid": "1", "text": null, "query": "a"}\n',
+     r"q\.jsonl:1: query text field 'text' must be a string, got null"),
+    (read_topics, '{"qid": 1.5, "text": "a"}\n',
+     r"q\.jsonl:1: query id field 'qid' must be a string or an integer, got 1.5"),
+    (read_topics, '{"qid": null, "_id": "1", "text": "a"}\n',
+     r"q\.jsonl:1: query id field 'qid' must be a string or an integer, got null"),
+    (read_corpus, '{"_id": "d1", "text": {"body": "x"}}\n',
+     r"q\.jsonl:1: text field 'text' must be a string, got \{\"body\": \"x\"\}"),
+    (read_corpus, '{"_id": true, "text": "x"}\n',
+     r"q\.jsonl:1: document id field '_id' must be a string or an integer, got true"),
+    (read_corpus, '{"_id": "d1", "title": 7, "text": "x"}\n',
+     r"q\.jsonl:1: title field 'title' must be a string, got 7"),
+])
+def test_non_string_json_fields_are_named(tmp_path, reader, content, message):
+  with pytest.raises(DataFormatError, match=message):
+    reader(write(tmp_path, "q.jsonl", content))
+
+
+@pytest.mark.parametrize("name,content,reader", [
+    ("q.tsv", "1\tmoyo wa dziko\n2\twhere is water\n", read_topics),
+    ("q.jsonl", '{"qid": "1", "text": "a"}\n{"qid": "2", "text": "b"}\n', read_topics),
+    ("c.tsv", "d1\tT\tbody\nd2\tother\n", read_corpus),
+    ("c.jsonl", '{"_id": "d1", "text": "body"}\n', read_corpus),
+    ("qrels", "1 0 d1 1\n1 0 d2 0\n", read_qrels),
+    ("run", "1 Q0 d1 1 0.5 t\n1 Q0 d2 2 0.4 t\n", read_run),
+])
+def test_a_leading_bom_is_dropped(tmp_path, name, content, reader):
+  plain = reader(write(tmp_path, name, content))
+  assert reader(write(tmp_path, "bom_" + name, BOM + content)) == plain
+  assert all(not key.startswith(BOM) for key in plain)
+
+
+def test_a_bom_in_topics_is_not_a_qrels_problem(tmp_path):
+  topics = read_topics(write(tmp_path, "q.tsv", BOM + "1\tmoyo\n2\tmadzi\n"))
+  qrels = read_qrels(write(tmp_path, "qrels", "1 0 d1 1\n2 0 d2 1\n"), topics=topics)
+  assert set(qrels) == set(topics) == {"1", "2"}
+
+
+@pytest.mark.parametrize("bom_in", ["run", "qrels", "both"])
+def test_scores_with_a_bom_equal_the_bom_free_files_and_ir_measures(tmp_path, bom_in):
+  rng = np.random.default_rng(11)
+  run = {f"q{q}": {f"d{d}": float(rng.integers(0, 9)) for d in rng.choice(30, 12, replace=False)}
+         for q in range(5)}
+  qrels = {qid: {d: int(rng.integers(0, 3)) for d in list(docs)[::3]} for qid, docs in run.items()}
+  run_path, qrels_path = write_run(run, tmp_path / "run"), write_qrels(qrels, tmp_path / "qrels")
+  bom_run, bom_qrels = tmp_path / "bom_run", tmp_path / "bom_qrels"
+  bom_run.write_bytes(BOM.encode() * (bom_in != "qrels") + run_path.read_bytes())
+  bom_qrels.write_bytes(BOM.encode() * (bom_in != "run") + qrels_path.read_bytes())
+  measures = ["MAP", "nDCG@10", "RR@10"]
+  with_bom = evaluate(read_run(bom_run), read_qrels(bom_qrels), measures)
+  assert with_bom == evaluate(read_run(run_path), read_qrels(qrels_path), measures)
+  expected = ir_measures.calc_aggregate(
+      [ir_measures.AP, ir_measures.nDCG @ 10], ir_measures.read_trec_qrels(str(qrels_path)),
+      ir_measures.read_trec_run(str(run_path)))
+  assert with_bom["MAP"] == pytest.approx(expected[ir_measures.AP], abs=1e-6)
+  assert with_bom["nDCG@10"] == pytest.approx(expected[ir_measures.nDCG @ 10], abs=1e-6)
