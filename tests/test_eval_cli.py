@@ -41,3 +41,67 @@ def test_eval_names_the_bad_line(tmp_path):
   result = subprocess.run([sys.executable, str(ROOT / "eval.py"), "--run", str(tmp_path / "run"),
                            "--qrels", str(tmp_path / "qrels")], capture_output=True, text=True)
   assert result.returncode != 0 and "run:2: expected 6 columns" in result.stderr
+
+
+def eval_py(run_path, qrels_path, *flags):
+  return subprocess.run([sys.executable, str(ROOT / "eval.py"), "--run", str(run_path), "--qrels",
+                         str(qrels_path), *flags], capture_output=True, text=True, check=True)
+
+
+def all_values(stdout):
+  return {line.split()[0]: float(line.split()[2]) for line in stdout.splitlines()
+          if line.split()[1:2] == ["all"]}
+
+
+def test_eval_reports_ciral_measures_by_default(tmp_path):
+  rng = np.random.default_rng(3)
+  run = {f"q{q}": {f"d{d}": float(rng.normal()) for d in rng.choice(200, 120, replace=False)}
+         for q in range(8)}
+  qrels = {q: {d: int(rng.integers(1, 3)) for d in rng.choice(list(docs), 6, replace=False)}
+           for q, docs in run.items()}
+  run_path, qrels_path = write_run(run, tmp_path / "run"), write_qrels(qrels, tmp_path / "qrels")
+  printed = all_values(eval_py(run_path, qrels_path).stdout)
+  expected = ir_measures.calc_aggregate(
+      [ir_measures.AP, ir_measures.nDCG @ 20, ir_measures.R @ 100],
+      ir_measures.read_trec_qrels(str(qrels_path)), ir_measures.read_trec_run(str(run_path)))
+  assert {"MAP", "RR@10", "nDCG@20", "R@100"} <= set(printed)
+  assert printed["MAP"] == pytest.approx(expected[ir_measures.AP], abs=1e-4)
+  assert printed["nDCG@20"] == pytest.approx(expected[ir_measures.nDCG @ 20], abs=1e-4)
+  assert printed["R@100"] == pytest.approx(expected[ir_measures.R @ 100], abs=1e-4)
+
+
+@pytest.mark.parametrize("bom_in", ["run", "qrels"])
+def test_eval_with_a_bom_prints_the_bom_free_scores(tmp_path, bom_in):
+  run = {"q1": {"d1": 3.0, "d2": 2.0, "d3": 1.0}, "q2": {"d4": 2.0, "d5": 1.0}}
+  qrels = {"q1": {"d1": 1, "d3": 1}, "q2": {"d5": 1}}
+  run_path, qrels_path = write_run(run, tmp_path / "run"), write_qrels(qrels, tmp_path / "qrels")
+  plain = all_values(eval_py(run_path, qrels_path, "--measures", "MAP,RR@10").stdout)
+  bom_path = run_path if bom_in == "run" else qrels_path
+  bom_path.write_bytes("\ufeff".encode() + bom_path.read_bytes())
+  result = eval_py(run_path, qrels_path, "--measures", "MAP,RR@10")
+  assert all_values(result.stdout) == plain
+  expected = ir_measures.calc_aggregate([ir_measures.AP], qrels, run)[ir_measures.AP]
+  assert plain["MAP"] == pytest.approx(expected, abs=1e-4)
+  assert "judged queries in the run: 2 of 2" in result.stderr
+
+
+def test_eval_says_how_many_judged_queries_the_run_covers(tmp_path):
+  run = {q: {"d1": 1.0} for q in ("q1", "q2", "q3", "unjudged")}
+  qrels = {q: {"d1": 1} for q in ("q1", "q2", "q3", "q4", "q5")}
+  result = eval_py(write_run(run, tmp_path / "run"), write_qrels(qrels, tmp_path / "qrels"))
+  assert "judged queries in the run: 3 of 5" in result.stderr
+  assert "warning" not in result.stderr
+  assert all_values(result.stdout)["MAP"] == pytest.approx(3 / 5)
+
+
+@pytest.mark.parametrize("run_text,qrels_text,warning", [
+    ("Q1 Q0 d1 1 0.5 t\n", "q1 0 d1 1\n", "no query of the run is judged (run queries: 'Q1'"),
+    ("", "q1 0 d1 1\n", "has no results"),
+    ("q1 Q0 d1 1 0.5 t\n", "\n", "judge no query"),
+])
+def test_eval_warns_when_every_measure_must_be_zero(tmp_path, run_text, qrels_text, warning):
+  (tmp_path / "run").write_text(run_text)
+  (tmp_path / "qrels").write_text(qrels_text)
+  result = eval_py(tmp_path / "run", tmp_path / "qrels")
+  assert warning in result.stderr
+  assert set(all_values(result.stdout).values()) == {0.0}

@@ -21,7 +21,9 @@ import numpy as np
 Run = Mapping[str, Mapping[str, float]]
 Qrels = Mapping[str, Mapping[str, int]]
 
-DEFAULT_MEASURES = ("MAP", "nDCG@10", "R@1", "R@10", "R@100", "RR@10", "P@10")
+# Every evaluation reports CIRAL's official measures, nDCG@20 and R@100 (trec_eval -c), next to
+# MAP and MRR@10 (RR@10) and the nDCG@10 most other collections quote.
+DEFAULT_MEASURES = ("MAP", "nDCG@10", "nDCG@20", "R@1", "R@10", "R@100", "RR@10", "P@10")
 _MEASURE = re.compile(r"^(MAP|AP|nDCG|R|P|RR|MRR)(?:@(\d+))?$")
 
 

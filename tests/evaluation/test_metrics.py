@@ -4,7 +4,7 @@ import ir_measures
 import numpy as np
 import pytest
 
-from optical_jax.evaluation import evaluate, evaluate_per_query, trec_ranking
+from optical_jax.evaluation import DEFAULT_MEASURES, evaluate, evaluate_per_query, trec_ranking
 
 
 def random_run_and_qrels(seed: int, num_queries: int = 40, num_docs: int = 60):
@@ -25,7 +25,8 @@ def random_run_and_qrels(seed: int, num_queries: int = 40, num_docs: int = 60):
   return run, qrels
 
 
-MEASURES = {"MAP": ir_measures.AP, "nDCG@10": ir_measures.nDCG @ 10, "nDCG": ir_measures.nDCG,
+MEASURES = {"MAP": ir_measures.AP, "nDCG@10": ir_measures.nDCG @ 10,
+            "nDCG@20": ir_measures.nDCG @ 20, "nDCG": ir_measures.nDCG,
             "R@1": ir_measures.R @ 1, "R@10": ir_measures.R @ 10, "R@100": ir_measures.R @ 100,
             "P@5": ir_measures.P @ 5, "P@10": ir_measures.P @ 10, "RR": ir_measures.RR}
 
@@ -76,3 +77,18 @@ def test_unknown_measure_is_rejected():
     evaluate({}, {}, ["MAPP"])
   with pytest.raises(ValueError, match="needs a cutoff"):
     evaluate({}, {}, ["R"])
+
+
+def test_default_measures_include_ciral_official_ones_and_match_ir_measures():
+  run, qrels = random_run_and_qrels(4)
+  ours = evaluate(run, qrels)  # DEFAULT_MEASURES
+  assert {"MAP", "RR@10", "nDCG@20", "R@100"} <= set(ours)
+  theirs = ir_measures.calc_aggregate([ir_measures.AP, ir_measures.nDCG @ 20,
+                                       ir_measures.R @ 100], qrels, run)
+  assert ours["MAP"] == pytest.approx(theirs[ir_measures.AP], abs=1e-6)
+  assert ours["nDCG@20"] == pytest.approx(theirs[ir_measures.nDCG @ 20], abs=1e-6)
+  assert ours["R@100"] == pytest.approx(theirs[ir_measures.R @ 100], abs=1e-6)
+  assert ours["RR@10"] == pytest.approx(trec_eval_rr_at(10, run, qrels), abs=1e-6)
+  # nDCG@20 is its own cutoff, not nDCG@10 again: some query has relevant documents 11-20.
+  assert ours["nDCG@20"] != ours["nDCG@10"]
+  assert list(DEFAULT_MEASURES) == list(ours)
