@@ -52,7 +52,7 @@ def main(argv):
   workdir = Path(FLAGS.checkpoint).expanduser().resolve()
   if workdir.name in ("checkpoints", "best"):
     workdir = workdir.parent
-  config = runtime.resolve_assets(config)
+  config = runtime.resolve_assets(config, training=False)
   models = build_models(config)
   params, step, which = restore_params(workdir, FLAGS.step)
   print(f"{workdir}: step {step} ({which})", flush=True)

@@ -29,6 +29,13 @@ def main(argv):
     return run_demo(config, FLAGS.workdir or "runs/demo")
   if FLAGS.workdir is None:
     raise app.UsageError("--workdir is required")
+  import jax
+  from optical_jax import runtime
+  from optical_jax.config import validate
+  # Config and assets first: a bad field or a missing download is named in seconds, before the
+  # training stack loads.
+  validate(config, devices=jax.device_count(), backend=jax.default_backend())
+  config = runtime.resolve_assets(config)
   from optical_jax.training.loop import train_and_evaluate
   train_and_evaluate(config, FLAGS.workdir)
 

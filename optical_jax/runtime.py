@@ -70,13 +70,18 @@ def enable_compilation_cache(config: ml_collections.ConfigDict) -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
-def resolve_assets(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """A copy of `config` with offline asset references (`pypi:`, `bible:`) made paths."""
+def resolve_assets(config: ml_collections.ConfigDict, *, training: bool = True
+                   ) -> ml_collections.ConfigDict:
+  """A copy of `config` with asset references (`pypi:`, `bible:`, `ciral:`, `bitext:`) made
+  paths, fetching or building them on first use; `training=False` leaves the training data."""
+  import copy
   from optical_jax.assets import resolve
-  config = ml_collections.ConfigDict(config.to_dict())
+  # A deep copy: the collections are shared with the caller's config otherwise.
+  config = ml_collections.ConfigDict(copy.deepcopy(config.to_dict()))
   r = lambda value: resolve(value, config.runtime.cache_dir) if value else value
   config.model.teacher, config.model.student = r(config.model.teacher), r(config.model.student)
-  config.data.train_file = r(config.data.train_file)
+  if training:
+    config.data.train_file = r(config.data.train_file)
   for spec in config.eval.collections:
     for field in ("topics", "corpus", "qrels"):
       spec[field] = r(spec[field])

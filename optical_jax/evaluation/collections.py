@@ -50,6 +50,10 @@ def side_encoders(models, params, config) -> dict[str, TextEncoder]:
   }
 
 
+def _prompt(encoder: TextEncoder, side: str) -> str:
+  return getattr(encoder.encoder, "prompts", {}).get(side, "")
+
+
 def evaluate_collection(spec, encoders: Mapping[str, TextEncoder], *,
                         measures=DEFAULT_MEASURES, k: int = 100,
                         progress: bool = True) -> tuple[dict, dict, dict]:
@@ -60,6 +64,13 @@ def evaluate_collection(spec, encoders: Mapping[str, TextEncoder], *,
   if spec.get("max_queries"):
     topics = {q: topics[q] for q in list(topics)[:spec.max_queries]}
     qrels = {q: qrels[q] for q in topics if q in qrels}
+  # Each side's checkpoint may declare a prefix ("query: ", "passage: ") it was trained with.
+  query_prompt = _prompt(encoders[spec.query_encoder], "query")
+  passage_prompt = _prompt(encoders[spec.doc_encoder], "passage")
+  if query_prompt:
+    topics = {q: query_prompt + text for q, text in topics.items()}
+  if passage_prompt:
+    corpus = {d: passage_prompt + text for d, text in corpus.items()}
   run = retrieve(topics, corpus, query_encoder=encoders[spec.query_encoder],
                  doc_encoder=encoders[spec.doc_encoder], k=k, progress=progress)
   return evaluate(run, qrels, measures), evaluate_per_query(run, qrels, measures), run

@@ -25,10 +25,12 @@ from optical_jax.pooling import pool
 
 # The files of a sentence-transformers checkpoint that say how it pools.
 _POOLING_FILES = ("modules.json", "1_Pooling/config.json")
+# The file of a sentence-transformers checkpoint that names its query and passage prefixes.
+_PROMPTS_FILE = "config_sentence_transformers.json"
 # Files a checkpoint needs, for the hub download: no duplicate weight formats.
 _HUB_PATTERNS = ["config.json", "*.safetensors", "model.safetensors.index.json",
                  "tokenizer*", "vocab*", "special_tokens_map.json", "sentencepiece*",
-                 "merges.txt", *_POOLING_FILES]
+                 "merges.txt", *_POOLING_FILES, _PROMPTS_FILE]
 # Weights a checkpoint may carry that an encoder does not use.
 _IGNORED_WEIGHTS = re.compile(
     r"^(pooler\.|cls\.|lm_head\.|classifier\.|qa_outputs\.|embeddings\.position_ids$)")
@@ -292,6 +294,33 @@ def _sentence_transformers_pooling(directory: Path) -> tuple[str, bool]:
   return "mean", normalize
 
 
+# Prompt names sentence-transformers checkpoints use for the two sides of retrieval.
+_PROMPT_NAMES = {"query": ("query", "queries", "search_query"),
+                 "passage": ("passage", "document", "documents", "corpus", "search_document")}
+
+
+def sentence_transformers_prompts(directory: str | Path) -> dict[str, str]:
+  """`{"query": prefix, "passage": prefix}`: the text a sentence-transformers checkpoint puts
+  before queries and before passages, from the "prompts" of its
+  `config_sentence_transformers.json` (e5: "query: " / "passage: "); "" where it declares
+  none. Exact names first ("query", "passage", "document", ...), then names ending in one
+  ("retrieval.query")."""
+  path = Path(directory) / _PROMPTS_FILE
+  prompts = {}
+  if path.is_file():
+    try:
+      prompts = json.loads(path.read_text(encoding="utf-8")).get("prompts") or {}
+    except (json.JSONDecodeError, AttributeError) as e:
+      raise ValueError(f"{path}: not a JSON object with \"prompts\" ({e})") from None
+  found = {}
+  for side, names in _PROMPT_NAMES.items():
+    exact = [prompts[n] for n in names if isinstance(prompts.get(n), str)]
+    suffixed = [v for k, v in prompts.items() if isinstance(v, str)
+                and k.lower().rsplit(".", 1)[-1].rsplit("_", 1)[-1] in names]
+    found[side] = (exact or suffixed or [""])[0]
+  return found
+
+
 @dataclasses.dataclass
 class LoadedEncoder:
   """A Flax encoder with its weights and tokenizer, as `load_encoder` returns it."""
@@ -306,6 +335,9 @@ class LoadedEncoder:
   # Checkpoint weights our encoder does not use but transformers' model has (BERT's pooler),
   # by their prefix-free Hugging Face names; `save` writes them back.
   extra_weights: dict = dataclasses.field(default_factory=dict)
+  # Text put before queries and passages (e5: "query: " / "passage: "), from the checkpoint's
+  # sentence-transformers config; "" where it declares none.
+  prompts: dict = dataclasses.field(default_factory=lambda: {"query": "", "passage": ""})
   _tokenizer: Any = None
 
   @property
@@ -327,7 +359,7 @@ class LoadedEncoder:
                                    self.config, hf_config=self.hf_config,
                                    extra_weights=self.extra_weights)
     self.tokenizer.save_pretrained(str(directory))
-    for name in _POOLING_FILES:
+    for name in (*_POOLING_FILES, _PROMPTS_FILE):
       if (self.path / name).is_file():
         (directory / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(self.path / name, directory / name)
@@ -383,5 +415,6 @@ def load_encoder(name_or_path: str | os.PathLike, *, dtype: Any = jnp.float32,
                        params=params, config=config, path=directory, pooling=pooling,
                        normalize=normalize, hf_config=raw,
                        extra_weights={_strip_prefix(k): v for k, v in weights.items()
-                                      if _strip_prefix(k).startswith("pooler.")})
+                                      if _strip_prefix(k).startswith("pooler.")},
+                       prompts=sentence_transformers_prompts(directory))
 

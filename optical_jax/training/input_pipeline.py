@@ -44,14 +44,19 @@ def make_batches(config, models, rows, cache_dir: Path) -> BucketedBatches:
   if config.stage == "teacher":
     names = ("query", "positive", "negative")[:len(rows[0])]
     tokenizers = {name: models.student for name in names}
+    roles = {"query": "query", "positive": "passage", "negative": "passage"}
   else:
     names = ("student", "teacher")
     tokenizers = {"student": models.student, "teacher": models.teacher}
+    # Both sides of a pair play the part the student plays at retrieval.
+    role = "passage" if config.model.student_side == "document" else "query"
+    roles = {"student": role, "teacher": role}
   columns, pad_ids = {}, {}
   for col, name in enumerate(names):
     encoder = tokenizers[name]
+    prompt = getattr(encoder, "prompts", {}).get(roles[name], "")  # e5: "query: "
     columns[name] = tokenize_cached(
-        encoder.tokenizer, [r[col] for r in rows], max_length=config.data.max_length,
+        encoder.tokenizer, [prompt + r[col] for r in rows], max_length=config.data.max_length,
         cache_dir=cache_dir, tag=f"{encoder.path}:{name}")
     pad_ids[name] = encoder.config.pad_token_id
   try:

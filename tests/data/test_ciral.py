@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from optical_jax.assets import resolve, sentence_transformers_prompts
+from optical_jax.assets import resolve
+from optical_jax.models.hf_checkpoint import sentence_transformers_prompts
 from optical_jax.data import bitext, ciral
 from optical_jax.evaluation.io import read_corpus, read_qrels, read_topics
 from optical_jax.textfiles import DataFormatError
