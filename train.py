@@ -26,7 +26,8 @@ def main(argv):
   config = cli.start(argv, FLAGS.config, FLAGS.workdir)
   if "demo" in config:
     from optical_jax.experiments.demo import run_demo
-    return run_demo(config, FLAGS.workdir or "runs/demo")
+    run_demo(config, FLAGS.workdir or "runs/demo")  # prints its table
+    return
   if FLAGS.workdir is None:
     raise app.UsageError("--workdir is required")
   import jax
