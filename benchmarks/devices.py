@@ -3,7 +3,7 @@
   python benchmarks/devices.py                       # fake CPU devices, MiniLM, B=32, L=64
   python benchmarks/devices.py --devices 1,2,4,8 --batch 64
 
-Each device count runs `benchmarks/train_step.py --no-torch` in its own process (the device
+Each device count runs `benchmarks/step.py --no-torch` in its own process (the device
 count is fixed when JAX starts: `XLA_FLAGS=--xla_force_host_platform_device_count=N` on CPU);
 on CPU, fake devices share the machine's cores, so the table shows the cost of splitting the
 batch and of the gradient all-reduce, not a speed-up.
@@ -18,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from timing import cpu_description
+from common import cpu_description
 
 HERE = Path(__file__).resolve().parent
 OURS = re.compile(r"^\| optical_jax \(JAX/Flax, ott-jax\) \| ([\d.]+) \|", re.M)
@@ -27,10 +27,10 @@ OURS = re.compile(r"^\| optical_jax \(JAX/Flax, ott-jax\) \| ([\d.]+) \|", re.M)
 def step_seconds(devices: int, arguments: list[str]) -> float:
   env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
   env.setdefault("HF_HUB_OFFLINE", "1")
-  out = subprocess.run([sys.executable, str(HERE / "train_step.py"), "--no-torch", *arguments],
+  out = subprocess.run([sys.executable, str(HERE / "step.py"), "--no-torch", *arguments],
                        env=env, capture_output=True, text=True)
   if out.returncode:
-    raise SystemExit(f"{devices} device(s): train_step.py failed:\n{out.stderr[-2000:]}")
+    raise SystemExit(f"{devices} device(s): step.py failed:\n{out.stderr[-2000:]}")
   return float(OURS.search(out.stdout).group(1))
 
 

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from optical_jax.losses import ot_distillation_loss, token_cost_matrix
-from timing import median_seconds
+from common import median_seconds
 
 EPSILON, ITERATIONS = 0.05, 50
 

@@ -1,5 +1,5 @@
-"""The step benchmark's commands run end to end (on a tiny BERT, tiny shapes) and print their
-tables: BENCHMARKS.md's numbers come from these commands, so a broken mode must show here."""
+"""The step benchmarks' scripts run end to end (on a tiny BERT, tiny shapes) and print their
+tables: BENCHMARKS.md's numbers come from these commands, so a broken script must show here."""
 
 import os
 import re
@@ -9,10 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.common import cpu_description
 from tests.helpers import save_tiny_bert
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from timing import cpu_description  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 NUMBER = r"\d+(?:\.\d+)?"
@@ -25,9 +23,9 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
                         max_position_embeddings=256)
 
 
-def run_benchmark(checkpoint: Path, *arguments: str) -> str:
+def run_benchmark(checkpoint: Path, script: str, *arguments: str) -> str:
   result = subprocess.run(
-      [sys.executable, str(ROOT / "benchmarks" / "train_step.py"), "--checkpoint",
+      [sys.executable, str(ROOT / "benchmarks" / script), "--checkpoint",
        str(checkpoint), "--batch", "4", "--length", "8", "--repeats", "2", *arguments],
       capture_output=True, text=True, timeout=600,
       env=dict(os.environ, HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu"))
@@ -41,7 +39,7 @@ def run_benchmark(checkpoint: Path, *arguments: str) -> str:
 ])
 def test_step_table_compares_ours_with_pytorch_in_the_same_dtype(tiny_checkpoint, dtype,
                                                                    torch_row):
-  out = run_benchmark(tiny_checkpoint, "--dtype", dtype)
+  out = run_benchmark(tiny_checkpoint, "step.py", "--dtype", dtype)
   assert f"dtype={dtype}" in out
   assert re.search(r"^CPU: .+, \d+ cores, ", out, re.M), out  # the table names its machine
   for row in ("optical_jax (JAX/Flax, ott-jax)", torch_row):
@@ -51,7 +49,7 @@ def test_step_table_compares_ours_with_pytorch_in_the_same_dtype(tiny_checkpoint
 
 
 def test_step_table_times_the_microbatched_step_in_the_same_turns(tiny_checkpoint):
-  out = run_benchmark(tiny_checkpoint, "--microbatch-size", "2")
+  out = run_benchmark(tiny_checkpoint, "step.py", "--microbatch-size", "2")
   for row in ("optical_jax (JAX/Flax, ott-jax)", "optical_jax, microbatches of 2",
               "PyTorch reference (transformers, torch Sinkhorn)"):
     assert re.search(rf"\| {re.escape(row)} \| {NUMBER} \| {NUMBER} \| {NUMBER} \| {NUMBER}% \|",
@@ -61,7 +59,7 @@ def test_step_table_times_the_microbatched_step_in_the_same_turns(tiny_checkpoin
 
 
 def test_kernels_table_times_each_encoder_kernel_in_both_dtypes(tiny_checkpoint):
-  out = run_benchmark(tiny_checkpoint, "--kernels")
+  out = run_benchmark(tiny_checkpoint, "encoder_kernels.py")
   rows = re.findall(rf"^\| (.+) \| (float32|bfloat16) \| ({NUMBER}) \| ({NUMBER}) \| "
                     rf"({NUMBER})x \|$", out, re.M)
   assert len(rows) == 12, out  # five matmuls and the attention, in two dtypes each
@@ -70,6 +68,15 @@ def test_kernels_table_times_each_encoder_kernel_in_both_dtypes(tiny_checkpoint)
   assert "(8 x 8 x 8, 16 of them)" in out
   assert "one layer's attention, forward + backward (4 heads of 8)" in out
   assert all(float(ratio) > 0 for *_, ratio in rows)  # both timed (GFLOP/s may round to 0)
+
+
+def test_breakdown_times_our_encoder_with_both_dense_layers_and_torchs(tiny_checkpoint):
+  out = run_benchmark(tiny_checkpoint, "breakdown.py")  # swaps in Flax's dense layers
+  for row in ("JAX encoder forward", "JAX encoder forward + backward",
+              "JAX forward + backward, Flax's nn.Dense layers",
+              "JAX forward + backward, word embeddings frozen", "PyTorch encoder forward",
+              "PyTorch encoder forward + backward"):
+    assert re.search(rf"^\| {re.escape(row)} \| {NUMBER} \|$", out, re.M), out
 
 
 def test_cpu_description_tells_cpu_generations_apart_by_family_and_instruction_sets(tmp_path):
@@ -88,7 +95,7 @@ def test_cpu_description_tells_cpu_generations_apart_by_family_and_instruction_s
 def test_grid_times_ours_and_pytorch_at_each_batch_length_and_iteration_count(
     tiny_checkpoint, tmp_path):
   plot = tmp_path / "scaling.png"
-  out = run_benchmark(tiny_checkpoint, "--grid", "--plot", str(plot))
+  out = run_benchmark(tiny_checkpoint, "grid.py", "--plot", str(plot))
   rows = re.findall(rf"^\| (\d+) \| (\d+) \| (\d+) \| {NUMBER} \| {NUMBER} \| {NUMBER} \| "
                     rf"{NUMBER}% \| {NUMBER} \| ({NUMBER})x \|$", out, re.M)
   points = {(int(b), int(l), int(i)) for b, l, i, _ in rows}
