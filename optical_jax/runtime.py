@@ -46,12 +46,16 @@ def initialize_distributed(coordinator_address: str | None = None,
 
 
 def _cluster_detected() -> bool:
-  """Whether JAX's auto-detection would find a multi-process cluster here."""
-  if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
-    return True
-  if os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") >= 1:  # a multi-host TPU slice
-    return True
-  return bool(os.environ.get("JAX_COORDINATOR_ADDRESS"))
+  """Whether JAX's own auto-detection finds a cluster here (Cloud TPU VMs, SLURM, Open MPI,
+  Kubernetes), asked the way `jax.distributed.initialize()` asks it."""
+  try:
+    from jax._src import clusters  # JAX's detection; no public API says "is there a cluster"
+    return any(not env.opt_in_only_method and env.is_env_present()
+               for env in clusters.ClusterEnv._cluster_types)
+  except Exception:  # a JAX without it: the environment variables those detectors read
+    return (int(os.environ.get("SLURM_NTASKS", "1")) > 1
+            or bool(os.environ.get("TPU_WORKER_HOSTNAMES"))
+            or bool(os.environ.get("OMPI_COMM_WORLD_SIZE")))
 
 
 def configure_host_memory(setting: str) -> bool:

@@ -1,0 +1,46 @@
+"""Process set-up: when a run joins a cluster, flags that cannot work, host copies."""
+
+import jax
+import numpy as np
+import pytest
+
+from optical_jax import runtime
+
+
+def test_a_slurm_job_is_detected_as_a_cluster(monkeypatch):
+  slurm = {"SLURM_JOB_ID": "42", "SLURM_STEP_NODELIST": "node[1-2]", "SLURM_NTASKS": "2",
+           "SLURM_PROCID": "0", "SLURM_LOCALID": "0"}
+  for name in (*slurm, "TPU_WORKER_HOSTNAMES", "OMPI_MCA_orte_hnp_uri"):
+    monkeypatch.delenv(name, raising=False)
+  assert not runtime._cluster_detected()
+  for name, value in slurm.items():  # what srun sets for each task
+    monkeypatch.setenv(name, value)
+  assert runtime._cluster_detected()
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (("localhost:1234", None, 0), "--coordinator_address needs --num_processes and --process_id"),
+    (("localhost:1234", 2, 2), r"--process_id must be in \[0, 2\), got 2"),
+    ((None, 2, 1), "--num_processes and --process_id need --coordinator_address"),
+])
+def test_process_flags_that_cannot_work_are_named(arguments, message):
+  with pytest.raises(ValueError, match=message):
+    runtime.initialize_distributed(*arguments)
+
+
+def test_a_single_process_is_left_alone(monkeypatch):
+  calls = []
+  monkeypatch.setattr(jax.distributed, "initialize", lambda *a, **k: calls.append((a, k)))
+  monkeypatch.setattr(runtime, "_cluster_detected", lambda: False)
+  runtime.initialize_distributed(None, None, None)
+  assert not calls
+  monkeypatch.setattr(runtime, "_cluster_detected", lambda: True)
+  runtime.initialize_distributed(None, None, None)
+  assert calls == [((), {})]
+
+
+def test_to_host_gives_numpy_copies():
+  tree = {"a": jax.numpy.arange(3.0), "b": np.ones(2)}
+  host = runtime.to_host(tree)
+  assert all(isinstance(v, np.ndarray) for v in host.values())
+  np.testing.assert_array_equal(host["a"], [0.0, 1.0, 2.0])
