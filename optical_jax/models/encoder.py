@@ -129,7 +129,7 @@ def _kernel_gradient(x: jax.Array, g: jax.Array) -> jax.Array:
   def via_transposed_copy(x, g):
     # XLA:CPU hands a dot contracting axis 0 of both operands to Eigen, not YNNPACK, and
     # runs it beside the input-gradient dot; the two share the cores badly (MiniLM's forward
-    # + backward is about 8% slower: `benchmarks/train_step.py --breakdown`). The barrier keeps
+    # + backward is about 8% slower: `benchmarks/breakdown.py`). The barrier keeps
     # the explicit transpose from being folded back into the dot, so the dot is a plain
     # [in, tokens] x [tokens, out] one.
     return jax.lax.optimization_barrier(x.T) @ g
