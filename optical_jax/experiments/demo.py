@@ -58,6 +58,21 @@ def plot_dev_map(curves: dict[str, list[tuple[int, float]]], path: Path) -> Path
   return path
 
 
+# (label, system, baseline): what each difference tells about OT (paired over queries).
+COMPARISONS = (("OT's own share", "ot+contrastive", "contrastive"), ("OT vs MSE", "ot", "mse"))
+
+
+def comparisons(per_loss: dict[str, dict[str, float]]) -> list[str]:
+  """`label: a − b = +x.xxxx [lo, hi]` (MAP, paired bootstrap over queries, 95%) for each of
+  `COMPARISONS` whose two losses ran."""
+  lines = []
+  for label, system, baseline in COMPARISONS:
+    if system in per_loss and baseline in per_loss:
+      gain, low, high = paired_bootstrap_interval(per_loss[system], per_loss[baseline])
+      lines.append(f"{label}: {system} − {baseline} = {gain:+.4f} [{low:+.4f}, {high:+.4f}]")
+  return lines
+
+
 def run_demo(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
   start = time.perf_counter()
   workdir = Path(workdir).expanduser().resolve()
@@ -65,7 +80,7 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
   measures = list(TABLE_MEASURES)
   teacher_rows = _teacher_rows(config, measures)
   zero_shot = teacher_rows[1][2]["MAP"]
-  table, curves = [], {}
+  table, curves, per_loss = [], {}, {}
   for name, values, _ in teacher_rows:
     table.append({"system": name, **values, "MAP gain over zero-shot [95% CI]": ""})
   for i, loss in enumerate(config.demo.losses):
@@ -78,6 +93,7 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
     if not results:  # halted early: resume later
       return {}
     per_query = json.loads((run_dir / "eval_per_query.json").read_text())["test-ny-en"]
+    per_loss[loss] = per_query["MAP"]
     gain, low, high = paired_bootstrap_interval(per_query["MAP"], zero_shot)
     table.append({"system": f"{loss} distillation ({config.train.num_train_steps} steps)",
                   **{m: results["test-ny-en"][m] for m in measures},
@@ -92,7 +108,8 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
   text = ("Held-out books (Ruth, Jonah, Mark, Acts, James, 1 John): 500 Chichewa verse queries, "
           "431 English 5-verse passages.\n\n"
           + format_table(table, ["system", *measures, "MAP gain over zero-shot [95% CI]"])
-          + f"\n\ndev MAP curves: {plot}\ntotal time: {minutes:.1f} min\n")
+          + "\n\n" + "".join(f"{line}\n" for line in comparisons(per_loss))
+          + f"\ndev MAP curves: {plot}\ntotal time: {minutes:.1f} min\n")
   (workdir / "results.md").write_text(text)
   print("\n" + text, flush=True)
   return {row["system"]: {m: row[m] for m in measures} for row in table}

@@ -25,7 +25,7 @@ def test_demo_prints_teacher_rows_one_row_per_loss_gains_and_a_plot(tmp_path):
   workdir = tmp_path / "demo"
   rows = run_demo(demo_config(tmp_path), workdir)
 
-  losses = ["ot", "mse", "ot+contrastive"]
+  losses = ["ot", "mse", "contrastive", "ot+contrastive"]
   assert list(rows) == ["en→en upper bound (teacher, English queries)",
                         "zero-shot (teacher, Chichewa queries)",
                         *[f"{loss} distillation (2 steps)" for loss in losses]]
@@ -46,3 +46,14 @@ def test_demo_prints_teacher_rows_one_row_per_loss_gains_and_a_plot(tmp_path):
   # Every student starts as the teacher: only the first run evaluates step 0.
   assert dev_steps("ot") == [0, 1, 2]
   assert dev_steps("mse") == dev_steps("ot+contrastive") == [1, 2]
+
+  # OT's share on top of contrastive learning, and OT against MSE: paired, centred on the
+  # difference of the two rows' MAPs.
+  for label, system, baseline in (("OT's own share", "ot+contrastive", "contrastive"),
+                                  ("OT vs MSE", "ot", "mse")):
+    line = next(l for l in text.splitlines() if l.startswith(f"{label}: {system} − {baseline} = "))
+    gain, low, high = map(float, re.search(
+        r"= ([+-]\d\.\d+) \[([+-]\d\.\d+), ([+-]\d\.\d+)\]$", line).groups())
+    difference = (rows[f"{system} distillation (2 steps)"]["MAP"]
+                  - rows[f"{baseline} distillation (2 steps)"]["MAP"])
+    assert abs(gain - difference) < 2e-4 and low <= gain <= high
