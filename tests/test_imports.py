@@ -90,6 +90,11 @@ def test_the_losses_pull_in_no_training_stack():
                                                  "tensorboardX"))}
 
 
+def test_the_scores_pull_in_neither_ott_nor_a_model_stack():
+  loaded = _loaded_after("import optical_jax.scoring")
+  assert not {m for m in loaded if m.split(".")[0] in ("transformers", "orbax", "torch", "ott")}
+
+
 def test_evaluating_a_checkpoint_does_not_import_the_train_loop():
   loaded = _loaded_after("import optical_jax.training.checkpoints, "
                          "optical_jax.evaluation.collections, optical_jax.models.export")
