@@ -54,3 +54,19 @@ def test_frozen_encoder_cache_returns_the_same_vectors_without_encoding(minilm_d
   cached._encode = None  # encoding again would fail: the cache must answer
   np.testing.assert_array_equal(cached.encode(texts, progress=False), first)
   assert TextEncoder(encoder, cache_dir=tmp_path).encode(texts[:1], progress=False).shape == (1, 384)
+
+
+def test_the_same_texts_and_params_are_encoded_once(minilm_dir, monkeypatch):
+  encoder = TextEncoder(load_encoder(minilm_dir), max_length=16, batch_size=4)
+  calls = []
+  original = encoder._encode
+  monkeypatch.setattr(encoder, "_encode", lambda *a: calls.append(1) or original(*a))
+  texts = ["Jesus wept.", "In the beginning.", "And God said."]
+  first = encoder.encode(texts, progress=False)
+  np.testing.assert_array_equal(encoder.encode(texts, progress=False), first)
+  assert len(calls) == 1  # a second collection over the same corpus
+  encoder.encode(texts[:2], progress=False)
+  assert len(calls) == 2  # other texts
+  encoder.params = dict(encoder.params)  # new parameters (a later training step)
+  encoder.encode(texts[:2], progress=False)
+  assert len(calls) == 3
