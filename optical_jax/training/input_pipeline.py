@@ -8,6 +8,7 @@ from pathlib import Path
 from optical_jax.config import ConfigError
 from optical_jax.data import bitext
 from optical_jax.data.batching import BucketedBatches, tokenize_cached
+from optical_jax.data.teacher_cache import TeacherTokenCache
 from optical_jax.textfiles import DataFormatError
 
 
@@ -65,3 +66,16 @@ def make_batches(config, models, rows, cache_dir: Path) -> BucketedBatches:
                            length_buckets=config.data.length_buckets)
   except ValueError as e:
     raise ConfigError(f"config.train.batch_size: {e}") from None
+
+
+def make_teacher_cache(config, models, batches: BucketedBatches) -> TeacherTokenCache | None:
+  """The frozen teacher's token embeddings of the bitext, cached on disk (distill stage with
+  `config.data.teacher_cache`); one cache per process of a multi-process run, each holding
+  only the rows that process feeds."""
+  if config.stage != "distill" or not config.data.teacher_cache:
+    return None
+  import jax
+  directory = Path(config.runtime.cache_dir) / "teacher_tokens"
+  if jax.process_count() > 1:
+    directory = directory / f"process-{jax.process_index()}-of-{jax.process_count()}"
+  return TeacherTokenCache(models.teacher, batches.columns["teacher"], directory)

@@ -14,15 +14,15 @@ from tqdm.auto import tqdm
 
 from optical_jax import host_memory, runtime
 from optical_jax.config import ConfigError, validate
-from optical_jax.data.teacher_cache import TeacherTokenCache
 from optical_jax.evaluation.collections import (collection_specs, evaluate_all,
                                                 evaluate_collection, side_encoders)
 from optical_jax.models.student import build_models
 from optical_jax.training import checkpoints, step as step_lib
-from optical_jax.training.input_pipeline import load_training_rows, make_batches
+from optical_jax.training.input_pipeline import (load_training_rows, make_batches,
+                                                 make_teacher_cache)
 from optical_jax.training.logging import MetricsLog, plot_curves
 from optical_jax.training.state import initial_state, make_optimizer
-from optical_jax.training.workdir import StopSignals, check_resumed_config, workdir_lock
+from optical_jax.training.workdir import StopSignals, check_workdir_config, workdir_lock
 
 log = logging.getLogger("optical_jax")
 
@@ -65,11 +65,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
 
 def _train(config, workdir: Path, primary: bool) -> dict:
-  config_file = workdir / "config.json"
-  if config_file.is_file() and any(p.name.isdigit() for p in workdir.glob("checkpoints/*")):
-    changed = check_resumed_config(config_file.read_text(), config)  # before any slow work
-    if changed:
-      log.warning("resuming under a changed configuration: %s", ", ".join(changed))
+  check_workdir_config(workdir, config)  # before any slow work
   specs = collection_specs(config)
   dev_spec = next((s for s in specs if s.name == config.eval.dev_collection), None)
   rows = load_training_rows(config)
@@ -80,14 +76,7 @@ def _train(config, workdir: Path, primary: bool) -> dict:
   log.info("%d training examples, %d steps per epoch, %d device(s) in %d process(es), batch "
            "shapes %s", batches.num_examples, batches.steps_per_epoch, jax.device_count(),
            jax.process_count(), batches.shapes)
-  teacher_cache = None
-  if config.stage == "distill" and config.data.teacher_cache:
-    # One cache per process of a multi-process run: each encodes only its own rows.
-    directory = Path(config.runtime.cache_dir) / "teacher_tokens"
-    if jax.process_count() > 1:
-      directory = directory / f"process-{jax.process_index()}-of-{jax.process_count()}"
-    teacher_cache = TeacherTokenCache(models.teacher, batches.columns["teacher"], directory)
-
+  teacher_cache = make_teacher_cache(config, models, batches)
   optimizer = make_optimizer(config)
   state = initial_state(models, optimizer, trainable=config.train.trainable, seed=config.seed)
   if primary:
@@ -98,7 +87,7 @@ def _train(config, workdir: Path, primary: bool) -> dict:
   if start and primary:
     print(f"resumed from step {start} ({workdir / 'checkpoints'})", flush=True)
   if primary:
-    config_file.write_text(config.to_json_best_effort(indent=2) + "\n")
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
   metrics_log = MetricsLog(workdir, start, enabled=primary)
   teacher_params = step_lib.replicate(models.teacher.params, mesh)
   step_fn = step_lib.compiled_per_shape(step_lib.make_train_step(config, models, optimizer, mesh),

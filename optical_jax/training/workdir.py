@@ -97,6 +97,16 @@ def check_resumed_config(saved_json: str, config) -> list[str]:
   return changed
 
 
+def check_workdir_config(workdir: Path, config) -> None:
+  """`check_resumed_config` against the workdir's `config.json` when it holds checkpoints,
+  logging the changes a resumed run was allowed to make."""
+  saved = workdir / "config.json"
+  if saved.is_file() and any(p.name.isdigit() for p in workdir.glob("checkpoints/*")):
+    changed = check_resumed_config(saved.read_text(), config)
+    if changed:
+      log.warning("resuming under a changed configuration: %s", ", ".join(changed))
+
+
 class StopSignals:
   """Turns SIGINT and SIGTERM into a request to stop after the current step (`requested`),
   restoring the previous handlers on exit. A second Ctrl-C stops at once."""
