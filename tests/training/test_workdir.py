@@ -76,13 +76,22 @@ def _wait_for_step(workdir, step, process, timeout=300):
   raise AssertionError("the run did not get going")
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_a_stop_signal_saves_and_the_rerun_resumes_to_the_same_end(sig, code, setup, tmp_path):
+@pytest.fixture(scope="module")
+def uninterrupted(setup, tmp_path_factory):
+  """A 60-step config and the parameters its uninterrupted run ends with."""
   root, checkpoint, bitext, _ = setup
-  config = write_config(tmp_path / "stop.py", checkpoint, bitext, num_train_steps=60,
+  directory = tmp_path_factory.mktemp("uninterrupted")
+  config = write_config(directory / "stop.py", checkpoint, bitext, num_train_steps=60,
                         checkpoint_every_steps=1000)
-  straight, stopped = tmp_path / "straight", tmp_path / "stopped"
-  run_train(config, straight)
+  run_train(config, directory / "run")
+  return config, final_params(directory / "run")
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_stop_signal_saves_and_the_rerun_resumes_to_the_same_end(sig, code, uninterrupted,
+                                                                   tmp_path):
+  config, expected = uninterrupted
+  stopped = tmp_path / "stopped"
   process = _start(config, stopped)
   _wait_for_step(stopped, 2, process)
   process.send_signal(sig)
@@ -94,7 +103,7 @@ def test_a_stop_signal_saves_and_the_rerun_resumes_to_the_same_end(sig, code, se
   assert (stopped / "checkpoints" / str(step)).is_dir()  # saved on the way out
   again = run_train(config, stopped)
   assert f"resumed from step {step}" in again.stdout
-  assert_same_params(final_params(straight), final_params(stopped), atol=1e-6)
+  assert_same_params(expected, final_params(stopped), atol=1e-6)
 
 
 def test_a_corrupt_latest_checkpoint_falls_back_to_the_one_before(setup, tmp_path):
