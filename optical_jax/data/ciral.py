@@ -20,9 +20,10 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
-import os
 import re
 from pathlib import Path
+
+from optical_jax.models.hf_checkpoint import hub_offline
 
 LANGUAGES = {"hausa": "ha", "somali": "so", "swahili": "sw", "yoruba": "yo"}
 SPLITS = ("dev", "test-a", "test-a-pools", "test-b")
@@ -68,18 +69,11 @@ def corpus_file(language: str) -> str:
   return f"passages-v1.0/{language}_passages.jsonl"
 
 
-def _offline() -> bool:
-  if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
-    return True
-  from huggingface_hub import constants
-  return bool(constants.HF_HUB_OFFLINE)
-
-
 def _hub(function: str, repo_id: str, what: str, include: str, instead: str, **kwargs) -> Path:
   """`huggingface_hub.<function>` of a dataset repository (its own progress bars; offline,
   the cache only), failing as one line that says what to download, how, and where it goes."""
   import huggingface_hub
-  offline = _offline()
+  offline = hub_offline()
   try:
     return Path(getattr(huggingface_hub, function)(repo_id=repo_id, repo_type="dataset",
                                                     local_files_only=offline, **kwargs))

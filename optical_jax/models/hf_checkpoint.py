@@ -41,14 +41,12 @@ class CheckpointError(ValueError):
   """A checkpoint that cannot be loaded; the message names the file and the weight."""
 
 
-def _is_offline() -> bool:
+def hub_offline() -> bool:
+  """Whether the Hugging Face hub is off (`HF_HUB_OFFLINE`): only its cache may be read."""
   if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
     return True
-  try:
-    from huggingface_hub import constants
-    return bool(constants.HF_HUB_OFFLINE)
-  except ImportError:  # pragma: no cover - huggingface_hub is a dependency
-    return False
+  from huggingface_hub import constants
+  return bool(constants.HF_HUB_OFFLINE)
 
 
 def resolve_checkpoint_dir(name_or_path: str | os.PathLike) -> Path:
@@ -68,7 +66,7 @@ def resolve_checkpoint_dir(name_or_path: str | os.PathLike) -> Path:
   if looks_local:
     raise CheckpointError(f"{name}: no such checkpoint directory")
   from huggingface_hub import snapshot_download
-  offline = _is_offline()
+  offline = hub_offline()
   try:
     snapshot = snapshot_download(name, allow_patterns=_HUB_PATTERNS, local_files_only=offline)
   except Exception as e:  # huggingface_hub raises several types for "not here, not reachable"
