@@ -56,9 +56,10 @@ def _our_errors() -> tuple[type, ...]:
           CheckpointFault, TrainingError, WorkdirBusy, FileNotFoundError)
 
 
-def _verbose() -> bool:
+def _verbose(argv=()) -> bool:
+  """`OPTICAL_VERBOSE=1`, or `--verbose` (in `argv` while the flags are not parsed yet)."""
   env = os.environ.get("OPTICAL_VERBOSE", "").strip().lower() in ("1", "true", "yes")
-  return env or (FLAGS.is_parsed() and FLAGS.verbose)
+  return env or "--verbose" in argv or (FLAGS.is_parsed() and FLAGS.verbose)
 
 
 def run(main) -> None:
@@ -89,8 +90,7 @@ def _parse_flags(argv):
   try:
     return FLAGS(argv)
   except Exception as e:  # config_flags raises AttributeError, KeyError, ... for overrides
-    if os.environ.get("OPTICAL_VERBOSE", "").strip().lower() in ("1", "true", "yes") or \
-        "--verbose" in argv:
+    if _verbose(argv):
       raise
     overrides = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
     if isinstance(e, (AttributeError, KeyError)) and e.args:  # an override naming no field
