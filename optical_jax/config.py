@@ -18,6 +18,7 @@ CPU_SCHEDULES = ("memory", "default")
 HOST_MEMORY = ("retain", "release")
 OT_COSTS = ("cosine", "sqeuclidean")
 OT_GRADIENTS = ("stop_gradient", "implicit", "unroll")
+VOCAB_INITS = ("mean_of_pieces", "ot_plan")
 
 
 class ConfigError(ValueError):
@@ -42,6 +43,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.attention = "xla"
   c.model.remat = False  # recompute each layer in the backward pass (long inputs, less memory)
   c.model.dropout = 0.1  # student dropout (hidden and attention); 0 makes steps deterministic
+  # Vocabulary adaptation (optical_jax/adaptation): this many WordPiece pieces learned from the
+  # bitext's student side and not yet in the student's vocabulary are added to its tokenizer
+  # and word embeddings (0: off). Distill stage, WordPiece (BERT-family) students.
+  c.model.vocab_extension = 0
+  # The new embedding rows: "mean_of_pieces" (mean of the old pieces each new one used to be
+  # split into) or "ot_plan" (plan-weighted mean of the input embeddings of the English tokens
+  # its occurrences are transported to; data.alignment_pairs pairs).
+  c.model.vocab_init = "mean_of_pieces"
 
   c.ot = ml_collections.ConfigDict()
   c.ot.cost = "cosine"  # cosine (1 - cos) | sqeuclidean
@@ -74,6 +83,12 @@ def base_config() -> ml_collections.ConfigDict:
   # Encode each pair's English side with the frozen teacher once and keep its token embeddings
   # in runtime.cache_dir/teacher_tokens; False: run the teacher inside every train step.
   c.data.teacher_cache = True
+  # Share of training sentences whose student-side words are replaced by their English
+  # translation from a lexicon induced from OT plans (optical_jax/adaptation; 0: off).
+  c.data.code_switch_rate = 0.0
+  # Bitext pairs (a seeded sample) whose OT plans give model.vocab_init "ot_plan" and the
+  # code-switching lexicon.
+  c.data.alignment_pairs = 2000
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 32  # global batch (split over all devices)
@@ -188,6 +203,16 @@ def validate(config, *, devices: int = 1, backend: str = "cpu") -> None:
     raise ConfigError("config.model.attention 'cudnn' needs an NVIDIA GPU and "
                       f"config.model.dtype 'bfloat16' (here: {backend}, "
                       f"{config.model.dtype!r}); use 'xla'")
+  _one_of(config, "model.vocab_init", VOCAB_INITS)
+  _positive_int(config.model.vocab_extension, "model.vocab_extension", zero_ok=True)
+  _positive_int(config.data.alignment_pairs, "data.alignment_pairs")
+  rate = config.data.code_switch_rate
+  if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate <= 1:
+    raise ConfigError(f"config.data.code_switch_rate must be in [0, 1], got {rate!r}")
+  if config.stage == "teacher" and (config.model.vocab_extension or rate):
+    raise ConfigError("config.model.vocab_extension and config.data.code_switch_rate adapt a "
+                      "student to its language from bitext: the distill stage only; set them to "
+                      "0 in the teacher stage")
   if not 0 <= config.model.dropout < 1:
     raise ConfigError(f"config.model.dropout must be in [0, 1), got {config.model.dropout!r}")
   _positive_number(config.ot.epsilon, "ot.epsilon")
