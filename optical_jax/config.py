@@ -124,7 +124,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.eval_at_start = True  # dev MAP at step 0 (the zero-shot starting point)
   c.eval.k = 100  # retrieval depth of the run files
   c.eval.max_length = 128  # tokens per query / passage at evaluation
-  c.eval.batch_size = 64  # encoding batch size at evaluation
+  c.eval.batch_size = 64  # encoding batch size per device at evaluation
+  c.eval.corpus_chunk = 32768  # passages tokenised, encoded and searched at a time (host memory)
+  c.eval.bucket_width = 16  # encoding batches are padded to a multiple of this many tokens
+  c.eval.dtype = "float32"  # "bfloat16": encode in bfloat16 at evaluation (not bit-exact)
+  # Pooled embeddings kept in runtime.cache_dir/embeddings, keyed by parameters, texts and
+  # settings: the teacher's, and the student's at the final step (reused by eval.py).
+  c.eval.embedding_cache = True
 
   c.runtime = ml_collections.ConfigDict()
   # XLA:CPU's instruction schedule for the train step: "memory" (about 40% less memory than
@@ -242,6 +248,9 @@ def validate(config, *, devices: int = 1, backend: str = "cpu") -> None:
   _positive_int(config.data.max_length, "data.max_length")
   _positive_int(config.eval.max_length, "eval.max_length")
   _positive_int(config.eval.batch_size, "eval.batch_size")
+  _positive_int(config.eval.corpus_chunk, "eval.corpus_chunk")
+  _positive_int(config.eval.bucket_width, "eval.bucket_width")
+  _one_of(config, "eval.dtype", ("float32", "bfloat16"))
   _positive_int(config.eval.k, "eval.k")
   try:
     check_buckets(config.data.length_buckets, "config.data.length_buckets")
