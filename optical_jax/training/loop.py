@@ -95,6 +95,9 @@ def _train(config, workdir: Path, primary: bool) -> dict:
   rng = step_lib.replicate(jax.random.PRNGKey(config.seed), mesh)
   on_device0 = lambda params: jax.tree_util.tree_map(lambda x: x.addressable_data(0), params)
   encoders = side_encoders(models, on_device0(state.params), config)
+  # The student's embeddings are cached at the final step only (eval.py of that checkpoint
+  # reuses them); earlier steps' would never be read again.
+  student_cache, encoders["student"].cache_dir = encoders["student"].cache_dir, None
   num_steps, t = config.train.num_train_steps, config.train
   final_dev = {}  # the last step's dev evaluation, reused by the final evaluation
 
@@ -102,6 +105,7 @@ def _train(config, workdir: Path, primary: bool) -> dict:
     if dev_spec is None:
       return None
     encoders["student"].params = on_device0(state.params)
+    encoders["student"].cache_dir = student_cache if step == num_steps else None
     values, by_query, run = evaluate_collection(dev_spec, encoders, k=config.eval.k,
                                                 progress=False)
     metrics_log.write(step, {f"dev_{k}": v for k, v in values.items()})
@@ -170,4 +174,5 @@ def _train(config, workdir: Path, primary: bool) -> dict:
                 title=f"{config.stage} / {config.loss}")
   metrics_log.close()
   encoders["student"].params = on_device0(state.params)
+  encoders["student"].cache_dir = student_cache
   return evaluate_all(config, encoders, specs, workdir, evaluated=final_dev, write=primary)
