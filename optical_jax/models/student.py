@@ -63,11 +63,23 @@ def projection_for(student_width: int, teacher_width: int) -> nn.Dense | None:
 
 def build_models(config: ml_collections.ConfigDict) -> DistillationModels:
   """Loads the teacher and the student (the teacher's checkpoint when `model.student` is
-  empty). In the teacher stage, the model being fine-tuned plays both parts."""
+  empty). In the teacher stage, the model being fine-tuned plays both parts.
+
+  With `model.vocab_extension` > 0 (distill stage) the student is the one
+  `optical_jax.adaptation` builds for the bitext's language: its tokenizer has the new
+  WordPiece pieces and its word embeddings their rows (`model.vocab_init`), read from a
+  checkpoint directory cached under `runtime.cache_dir/adaptation` (built on first use, so
+  training, resuming and eval.py all see one vocabulary).
+  """
   m = config.model
   dtype = DTYPES[m.dtype]
   teacher = load_encoder(m.teacher, dtype=dtype, attention=m.attention)
-  student = load_encoder(m.student or m.teacher, dtype=dtype, remat=m.remat,
+  student_source = m.student or m.teacher
+  if config.stage == "distill" and m.get("vocab_extension", 0):
+    from optical_jax.adaptation.pipeline import adapted_student_dir
+    initial = teacher if not m.student else load_encoder(m.student)
+    student_source = adapted_student_dir(config, initial, teacher)
+  student = load_encoder(student_source, dtype=dtype, remat=m.remat,
                          dropout=m.dropout, attention=m.attention)
   if config.stage == "teacher":
     return DistillationModels(teacher=student, student=student)

@@ -1,0 +1,14 @@
+"""A student built for its language (issue #23): vocabulary adaptation and OT-induced lexicons.
+
+- `alignment`: entropic OT plans between the initial student's token embeddings of bitext
+  sentences and the teacher's of their translations (the loss's own solver, batched).
+- `vocabulary`: WordPiece pieces learned from the student side, added to the student's
+  tokenizer and word embeddings, initialised as the mean of the old pieces or from OT plans.
+- `lexicon`: student-language word -> English words by accumulated plan mass.
+- `codeswitch`: training sentences with some words replaced by their lexicon translation.
+- `pipeline`: the same from a config, cached on disk (`build_models` and the input pipeline
+  call it).
+
+Layering: this package imports `optical_jax.models`, `optical_jax.losses` and the data readers;
+the training stack imports it, never the reverse.
+"""

@@ -1,0 +1,164 @@
+"""The adaptation levers from a config, each result cached on disk under
+`config.runtime.cache_dir/adaptation/` by the content it depends on (checkpoints, bitext,
+settings), so every run, resumed run, demo row and `eval.py` sees the same vocabulary and
+lexicon.
+
+- `adapted_student_dir(config, student, teacher)`: model.vocab_extension > 0; `build_models`
+  loads the student from it.
+- `code_switch_rows(config, rows)`: data.code_switch_rate > 0; the input pipeline's hook.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Sequence
+
+from optical_jax.adaptation import codeswitch, lexicon as lexicon_lib, vocabulary
+from optical_jax.adaptation.alignment import compute_alignment, sample_pairs
+
+log = logging.getLogger("optical_jax")
+_VERSION = 1  # bump when a cached result would change
+
+
+def bitext_rows(config) -> list[tuple[str, str]]:
+  """The (student, teacher) training pairs of `config.data` as written (before any
+  augmentation), at most `data.limit`; `bible:` references are resolved."""
+  from optical_jax.assets import resolve
+  from optical_jax.data import bitext
+  d = config.data
+  if d.train_file:
+    path = Path(resolve(d.train_file, config.runtime.cache_dir)).expanduser()
+    rows = bitext.read_pairs(path, (d.student_field, d.teacher_field))
+  elif d.hf_dataset:
+    rows = bitext.read_hf_dataset(d.hf_dataset, (d.student_field, d.teacher_field),
+                                  config=d.hf_config, split=d.hf_split, limit=d.limit)
+  else:
+    raise ValueError("config.data: set train_file (TSV/JSONL) or hf_dataset")
+  rows = [(r[0], r[1]) for r in rows]
+  return rows[:d.limit] if d.limit else rows
+
+
+def _checkpoint_fingerprint(directory: str | Path) -> str:
+  """Path, and size and mtime of the weights: a changed checkpoint changes the key."""
+  directory = Path(directory)
+  stats = [(p.name, p.stat().st_size, int(p.stat().st_mtime))
+           for p in sorted(directory.glob("*.safetensors"))]
+  return json.dumps([str(directory.resolve()), stats])
+
+
+def _key(*parts: Any) -> str:
+  digest = hashlib.sha256(json.dumps([_VERSION, *parts], ensure_ascii=False,
+                                     default=str).encode())
+  return digest.hexdigest()[:20]
+
+
+def _rows_digest(rows: Sequence[Sequence[str]]) -> str:
+  digest = hashlib.sha256()
+  for row in rows:
+    digest.update("\t".join(row[:2]).encode())
+    digest.update(b"\n")
+  return digest.hexdigest()
+
+
+def _cache_dir(config) -> Path:
+  return Path(config.runtime.cache_dir).expanduser() / "adaptation"
+
+
+def adapted_student_dir(config, student: Any, teacher: Any) -> Path:
+  """The student of `config` with `model.vocab_extension` new pieces initialised per
+  `model.vocab_init` (`vocabulary.adapt_student`), as a checkpoint directory, built on first
+  use from the bitext (`bitext_rows`)."""
+  m, rows = config.model, bitext_rows(config)
+  key = _key("vocabulary", _checkpoint_fingerprint(student.path),
+             _checkpoint_fingerprint(teacher.path), _rows_digest(rows), m.vocab_extension,
+             m.vocab_init, config.data.alignment_pairs, config.seed, config.data.max_length,
+             float(config.ot.epsilon), bool(config.ot.center))
+  directory = _cache_dir(config) / f"student-{key}"
+  if (directory / "vocabulary_adaptation.json").is_file():
+    return directory
+  log.info("vocabulary adaptation: learning %d pieces (%s) into %s", m.vocab_extension,
+           m.vocab_init, directory)
+  tmp = directory.with_name(f"{directory.name}.{os.getpid()}.tmp")
+  shutil.rmtree(tmp, ignore_errors=True)
+  result = vocabulary.adapt_student(
+      student, teacher, rows, count=m.vocab_extension, init=m.vocab_init, directory=tmp,
+      alignment_pairs=config.data.alignment_pairs, seed=config.seed,
+      max_length=config.data.max_length, epsilon=float(config.ot.epsilon),
+      center=bool(config.ot.center))
+  if directory.exists():  # another process finished first
+    shutil.rmtree(tmp, ignore_errors=True)
+  else:
+    os.replace(tmp, directory)
+  log.info("vocabulary adaptation: %d new pieces, %d initialised from OT plans",
+           len(result.pieces), result.ot_initialised)
+  return directory
+
+
+def induce_lexicon_from_rows(student: Any, teacher: Any, rows: Sequence[Sequence[str]], *,
+                             pairs: int, seed: int, max_length: int = 64,
+                             epsilon: float = 0.05, center: bool = True, top_k: int = 3,
+                             min_count: int = 5) -> tuple[lexicon_lib.Lexicon, dict[str, int]]:
+  """The OT lexicon of a seeded sample of `pairs` rows, and the student words' counts in it."""
+  chosen = [rows[i] for i in sample_pairs(rows, size=pairs, seed=seed)]
+  alignment = compute_alignment(student, teacher, [r[0] for r in chosen],
+                                [r[1] for r in chosen], max_length=max_length, epsilon=epsilon,
+                                center=center)
+  s_words = lexicon_lib.pretokenized_words(student.tokenizer, alignment.student_texts)
+  t_words = lexicon_lib.pretokenized_words(teacher.tokenizer, alignment.teacher_texts)
+  mass = lexicon_lib.word_alignment_mass(alignment.plans, alignment.student_word_ids,
+                                         alignment.teacher_word_ids, s_words, t_words)
+  counts = {}
+  for words in s_words:
+    for w in words:
+      counts[w] = counts.get(w, 0) + 1
+  return lexicon_lib.induce_lexicon(mass, counts, top_k=top_k, min_count=min_count), counts
+
+
+def lexicon_for(config, rows: Sequence[Sequence[str]]) -> tuple[lexicon_lib.Lexicon,
+                                                                 dict[str, int]]:
+  """The OT lexicon of `config`'s initial student and teacher on `rows` (cached)."""
+  from optical_jax.assets import resolve
+  from optical_jax.models.hf_checkpoint import load_encoder, resolve_checkpoint_dir
+  r = lambda ref: resolve_checkpoint_dir(resolve(ref, config.runtime.cache_dir))
+  teacher_dir = r(config.model.teacher)
+  student_dir = r(config.model.student) if config.model.student else teacher_dir
+  key = _key("lexicon", _checkpoint_fingerprint(student_dir), _checkpoint_fingerprint(teacher_dir),
+             _rows_digest(rows), config.data.alignment_pairs, config.seed,
+             config.data.max_length, float(config.ot.epsilon), bool(config.ot.center))
+  path = _cache_dir(config) / f"lexicon-{key}.json"
+  if path.is_file():
+    stored = json.loads(path.read_text(encoding="utf-8"))
+    return ({w: [tuple(t) for t in ts] for w, ts in stored["lexicon"].items()},
+            stored["counts"])
+  teacher = load_encoder(teacher_dir)
+  student = teacher if student_dir == teacher_dir else load_encoder(student_dir)
+  lexicon, counts = induce_lexicon_from_rows(
+      student, teacher, rows, pairs=config.data.alignment_pairs, seed=config.seed,
+      max_length=config.data.max_length, epsilon=float(config.ot.epsilon),
+      center=bool(config.ot.center))
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_suffix(f".{os.getpid()}.tmp")
+  tmp.write_text(json.dumps({"lexicon": lexicon, "counts": {w: counts[w] for w in lexicon}},
+                            ensure_ascii=False) + "\n", encoding="utf-8")
+  os.replace(tmp, path)
+  return lexicon, counts
+
+
+def code_switch_rows(config, rows: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
+  """`rows` code-switched at `config.data.code_switch_rate` with the OT lexicon of `rows`
+  (`codeswitch.code_switch`, seeded by `config.seed`); `rows` itself when the rate is 0 or in
+  the teacher stage."""
+  rate = config.data.get("code_switch_rate", 0.0)
+  if not rate or config.stage != "distill":
+    return rows
+  lexicon, _ = lexicon_for(config, rows)
+  switched = codeswitch.code_switch(rows, lexicon_lib.best_translations(lexicon), rate=rate,
+                                    seed=config.seed)
+  log.info("code-switching: %d of %d training sentences changed (lexicon of %d words)",
+           sum(a != b for a, b in zip(rows, switched)), len(rows), len(lexicon))
+  return switched
