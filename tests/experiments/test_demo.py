@@ -39,6 +39,10 @@ def test_demo_prints_teacher_rows_one_row_per_loss_gains_and_a_plot(tmp_path):
     assert abs(gain - (rows[f"{loss} distillation (2 steps)"]["MAP"] - zero_shot)) < 2e-4
     assert low <= gain <= high
   assert (workdir / "dev_map.png").stat().st_size > 10_000
+  # MaxSim reranks the dense top 100 of every row, teacher rows included.
+  from optical_jax.experiments.demo import MAXSIM
+  for name, values in rows.items():
+    assert 0.0 < values[MAXSIM] <= 1.0, name
 
   def dev_steps(loss):
     records = (workdir / loss.replace("+", "_") / "metrics.jsonl").read_text().splitlines()
@@ -57,3 +61,36 @@ def test_demo_prints_teacher_rows_one_row_per_loss_gains_and_a_plot(tmp_path):
     difference = (rows[f"{system} distillation (2 steps)"]["MAP"]
                   - rows[f"{baseline} distillation (2 steps)"]["MAP"])
     assert abs(gain - difference) < 2e-4 and low <= gain <= high
+    # The same comparison under MaxSim, paired over queries as well.
+    maxsim = (rows[f"{system} distillation (2 steps)"][MAXSIM]
+              - rows[f"{baseline} distillation (2 steps)"][MAXSIM])
+    line = next(l for l in text.splitlines()
+                if l.startswith(f"{label}, MaxSim: {system} − {baseline} = "))
+    gain = float(re.search(r"= ([+-]\d\.\d+) \[", line).group(1))
+    assert abs(gain - maxsim) < 2e-4
+
+
+def test_demo_seed_study_reports_each_seed_and_the_pooled_share(tmp_path):
+  from optical_jax.experiments.demo import run_demo
+  config = demo_config(tmp_path)
+  config.train.eval_every_steps = 2
+  config.demo.losses = ["contrastive", "ot+contrastive"]
+  config.demo.seeds = (0, 1)
+  workdir = tmp_path / "demo"
+  run_demo(config, workdir)
+  text = (workdir / "results.md").read_text()
+  seed_rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines()
+               if line.startswith(("| contrastive |", "| ot+contrastive |"))}
+  assert set(seed_rows) == {"contrastive", "ot+contrastive"}
+  for loss, line in seed_rows.items():
+    seed0, seed1, mean, sd = map(float, line.strip("| ").split(" | ")[1:])
+    assert abs(mean - (seed0 + seed1) / 2) < 1e-4 and sd >= 0
+  for label in ("seed 0", "seed 1", "2 seeds pooled"):
+    assert any(l.startswith(f"OT's own share, {label}: ") for l in text.splitlines()), label
+  # Seed 0 keeps the usual directory; the other seeds get their own.
+  assert (workdir / "contrastive" / "eval.json").is_file()
+  assert (workdir / "ot_contrastive-seed1" / "eval.json").is_file()
+  # A different seed trains on different batches.
+  losses = [[json.loads(l)["loss"] for l in (workdir / d / "metrics.jsonl").read_text().splitlines()
+             if "loss" in json.loads(l)] for d in ("contrastive", "contrastive-seed1")]
+  assert losses[0] != losses[1]
