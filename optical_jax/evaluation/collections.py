@@ -32,21 +32,33 @@ def collection_specs(config) -> list[ml_collections.ConfigDict]:
   return specs
 
 
+def encoder_settings(config) -> dict:
+  """`TextEncoder` settings from `config.eval`: lengths, per-device batch, corpus chunk,
+  bucket width, dtype, and the one embedding cache (`runtime.cache_dir/embeddings`) unless
+  `eval.embedding_cache` is off."""
+  e = config.eval
+  cache = (Path(config.runtime.cache_dir).expanduser() / "embeddings"
+           if e.get("embedding_cache", True) else None)
+  return dict(max_length=e.max_length, batch_size=e.batch_size, cache_dir=cache,
+              corpus_chunk=e.get("corpus_chunk", 32768), bucket_width=e.get("bucket_width", 16),
+              dtype=e.get("dtype", "float32"))
+
+
 def teacher_encoder(encoder, config) -> TextEncoder:
   """The frozen teacher's text encoder; its embeddings are cached across runs."""
-  return TextEncoder(encoder, max_length=config.eval.max_length,
-                     batch_size=config.eval.batch_size,
-                     cache_dir=Path(config.runtime.cache_dir).expanduser() / "embeddings")
+  return TextEncoder(encoder, **encoder_settings(config))
 
 
 def side_encoders(models, params, config) -> dict[str, TextEncoder]:
   """The encoders of both sides of `models` (`DistillationModels`); build once and update
-  `["student"].params` as training goes, so evaluation compiles once."""
+  `["student"].params` as training goes, so evaluation compiles once. Both cache their
+  embeddings keyed by their parameters (the training loop turns the student's cache off
+  except at its final step: intermediate steps are never evaluated again)."""
   return {
       "teacher": teacher_encoder(models.teacher, config),
-      "student": TextEncoder(models.student, params=params, max_length=config.eval.max_length,
-                             batch_size=config.eval.batch_size,
-                             token_fn=lambda p, ids, mask: models.student_tokens(p, ids, mask)),
+      "student": TextEncoder(models.student, params=params,
+                             token_fn=lambda p, ids, mask: models.student_tokens(p, ids, mask),
+                             **encoder_settings(config)),
   }
 
 

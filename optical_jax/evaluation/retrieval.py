@@ -1,22 +1,252 @@
-"""Dense retrieval for evaluation: batched encoding, chunked top-k search and reranking."""
+"""Dense retrieval for evaluation: corpus-scale encoding, exact top-k search and reranking.
+
+A corpus is encoded in chunks of `corpus_chunk` passages (bounded host memory at any size):
+each chunk is tokenised, length-sorted and cut into batches of `batch_size` rows per device,
+padded to a multiple of `bucket_width` tokens. Batches are dealt round-robin to processes and
+each process's run on its local devices in steps of one batch per device (`jax.shard_map`),
+so a batch holds the same passages in the same shape however many processes and devices
+there are: every process computes its local top-k, and the exact merge of the gathered lists
+(ties broken by docid) gives the run file of a one-process run byte for byte.
+
+Pooled embeddings are kept on disk when `TextEncoder.cache_dir` is set, keyed by a
+fingerprint of the parameters, the texts and the encoder settings (`EmbeddingCache`).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
+import math
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 
-from optical_jax.shapes import bucket_for, pad_sequences
-from optical_jax.scoring import dense_scores, maxsim_scores
 from optical_jax.pooling import pool
+from optical_jax.scoring import maxsim_scores
 
 TokenFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
+AXIS = "batch"  # the local devices' mesh axis: one batch per device
+
+
+# ---------------------------------------------------------------------------------------------
+# Batch plans: pure functions of the lengths, the same for every process and device count.
+
+
+def padded_width(length: int, max_length: int, bucket_width: int) -> int:
+  """`length` rounded up to a multiple of `bucket_width`, capped at `max_length`: a few fixed
+  shapes (compiled once each) with at most `bucket_width - 1` padding tokens per row."""
+  return min(max_length, -(-max(length, 1) // bucket_width) * bucket_width)
+
+
+def plan_batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
+  """Row indices of each batch `[<= batch_size]`: rows sorted by length (ties by position),
+  cut every `batch_size`; only the last batch may be short."""
+  order = np.argsort(np.asarray(lengths, np.int64), kind="stable")
+  return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+
+
+def deal_steps(widths: Sequence[int], part: int, parts: int, devices: int) -> list[list[int]]:
+  """Which batches this process runs in each step: batch `b` (widths ascending, as
+  `plan_batches` cuts them) goes to process `b % parts`; a step is up to `devices` of its
+  batches of one width (the missing ones run as padding), so that no batch's width depends on
+  the number of processes or devices."""
+  mine = list(range(part, len(widths), parts))
+  steps: list[list[int]] = []
+  for b in mine:
+    if steps and len(steps[-1]) < devices and widths[steps[-1][0]] == widths[b]:
+      steps[-1].append(b)
+    else:
+      steps.append([b])
+  return steps
+
+
+def share_size(num_texts: int, chunk: int, batch_size: int, part: int, parts: int) -> int:
+  """How many of `num_texts` rows process `part` of `parts` encodes, chunk by chunk (known
+  before tokenising: every batch but a chunk's last is full)."""
+  total = 0
+  for start in range(0, num_texts, chunk):
+    n = min(chunk, num_texts - start)
+    sizes = [min(batch_size, n - s) for s in range(0, n, batch_size)]
+    total += sum(sizes[part::parts])
+  return total
+
+
+# ---------------------------------------------------------------------------------------------
+# Exact top-k: one implementation, used over corpus chunks and across processes.
+
+
+def docid_ranks(doc_ids: Sequence[str]) -> np.ndarray:
+  """Each document's place `[num_docs]` in trec_eval's tie order (docid descending): the key
+  that decides which of equally scored documents make the top k, whatever the chunking."""
+  order = sorted(range(len(doc_ids)), key=lambda i: doc_ids[i].encode("utf-8"), reverse=True)
+  ranks = np.empty(len(doc_ids), np.int64)
+  ranks[order] = np.arange(len(doc_ids))
+  return ranks
+
+
+def score_chunk(query_vectors: np.ndarray, doc_vectors: np.ndarray,
+                similarity: str = "dot") -> np.ndarray:
+  """Scores `[Q, m]` (float32) of queries `[Q, d]` against documents `[m, d]`, computed in
+  float64 on the host: a pair's float32 score then does not depend on which other documents
+  share its chunk (a float32 matmul's summation order does), so every split of the corpus
+  ranks alike."""
+  if similarity not in ("dot", "cosine"):
+    raise ValueError(f"similarity must be 'dot' or 'cosine', got {similarity!r}")
+  q, d = np.asarray(query_vectors, np.float64), np.asarray(doc_vectors, np.float64)
+  if q.shape[1:] != d.shape[1:]:
+    raise ValueError(f"queries dim {q.shape[1:]} != documents dim {d.shape[1:]}")
+  if similarity == "cosine":
+    q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+    d = d / np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-12)
+  return (q @ d.T).astype(np.float32)
+
+
+def empty_top_k(num_queries: int) -> tuple[np.ndarray, np.ndarray]:
+  """No documents yet: scores `[Q, 0]` float32 and document indices `[Q, 0]` int64."""
+  return np.zeros((num_queries, 0), np.float32), np.zeros((num_queries, 0), np.int64)
+
+
+def merge_top_k(best: tuple[np.ndarray, np.ndarray], scores: np.ndarray, index: np.ndarray,
+                ranks: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+  """The exact top `k` of `best` (scores, indices `[Q, k']`) and new candidates (`scores`,
+  `index` `[Q, m]`; index -1: none), by score descending, ties by `ranks[index]` ascending
+  (`docid_ranks`). Returns scores and indices `[Q, min(k, k' + m)]`."""
+  scores = np.concatenate([best[0], scores], axis=1)
+  index = np.concatenate([best[1], index], axis=1)
+  tie = np.where(index >= 0, ranks[np.maximum(index, 0)], len(ranks))
+  keep = np.lexsort((tie, -scores.astype(np.float64)), axis=1)[:, :k]
+  return np.take_along_axis(scores, keep, axis=1), np.take_along_axis(index, keep, axis=1)
+
+
+def gather_top_k(best: tuple[np.ndarray, np.ndarray], ranks: np.ndarray,
+                 k: int) -> tuple[np.ndarray, np.ndarray]:
+  """Every process's local top-k merged exactly (one collective per call, so all processes
+  call it). Lists are padded to `k` with index -1 to gather in one shape."""
+  if jax.process_count() == 1:
+    return best
+  from jax.experimental import multihost_utils
+  pad = k - best[0].shape[1]
+  scores = np.pad(best[0], ((0, 0), (0, pad)), constant_values=-np.inf)
+  index = np.pad(best[1], ((0, 0), (0, pad)), constant_values=-1).astype(np.int32)
+  all_scores, all_index = (np.asarray(x) for x in multihost_utils.process_allgather(
+      (scores, index)))
+  merged = empty_top_k(scores.shape[0])
+  for p in range(all_scores.shape[0]):
+    merged = merge_top_k(merged, all_scores[p], all_index[p].astype(np.int64), ranks, k)
+  return merged
+
+
+def as_run(best: tuple[np.ndarray, np.ndarray], query_ids: Sequence[str],
+           doc_ids: Sequence[str]) -> dict[str, dict[str, float]]:
+  """`{qid: {docid: score}}` of a top-k (indices -1 are left out)."""
+  return {qid: {doc_ids[j]: float(s) for j, s in zip(best[1][row], best[0][row]) if j >= 0}
+          for row, qid in enumerate(query_ids)}
+
+
+def dense_search(query_vectors: np.ndarray, doc_vectors: np.ndarray, query_ids: Sequence[str],
+                 doc_ids: Sequence[str], *, k: int = 100, chunk_size: int = 8192,
+                 similarity: str = "dot") -> dict[str, dict[str, float]]:
+  """Top-`k` documents per query as a run, from queries `[Q, d]` and documents `[N, d]`
+  (e.g. a memmap): `chunk_size` documents at a time, so memory stays
+  `O(Q * (k + chunk_size))` whatever the corpus size; ties go by docid as in trec_eval."""
+  if len(query_ids) != len(query_vectors) or len(doc_ids) != len(doc_vectors):
+    raise ValueError("ids and vectors must have the same length")
+  ranks, best = docid_ranks(doc_ids), empty_top_k(len(query_ids))
+  for start in range(0, len(doc_ids), chunk_size):
+    chunk = np.asarray(doc_vectors[start:start + chunk_size])
+    index = np.broadcast_to(np.arange(start, start + len(chunk)), (len(query_ids), len(chunk)))
+    best = merge_top_k(best, score_chunk(query_vectors, chunk, similarity), index, ranks, k)
+  return as_run(best, query_ids, doc_ids)
+
+
+# ---------------------------------------------------------------------------------------------
+# The on-disk embedding cache.
+
+
+def params_fingerprint(params: Any) -> str:
+  """A digest of every parameter's path, dtype, shape and bytes: the same weights (a final
+  training step and its restored checkpoint) give the same key."""
+  h = hashlib.sha256()
+  leaves, _ = jax.tree_util.tree_flatten_with_path(params)
+  for path, leaf in leaves:
+    array = np.ascontiguousarray(jax.device_get(leaf))
+    h.update(f"{jax.tree_util.keystr(path)}:{array.dtype}:{array.shape}".encode())
+    h.update(array.view(np.uint8).reshape(-1).data)
+  return h.hexdigest()
+
+
+def texts_fingerprint(texts: Sequence[str]) -> str:
+  """A digest of the texts in order."""
+  h = hashlib.sha256()
+  for text in texts:
+    h.update(text.encode("utf-8"))
+    h.update(b"\0")
+  return h.hexdigest()
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbeddingCache:
+  """Pooled embeddings one process encoded, on disk: `NAME.npy` (`[rows, dim]` float32, written
+  through `np.lib.format.open_memmap` a chunk at a time) and `NAME.rows.npy` (`[rows]`, each
+  row's index among the texts). Each process writes its own pair (its share of the corpus),
+  under a temporary name renamed into place when complete, vectors last: a pair is either
+  whole or absent."""
+
+  directory: Path
+  name: str
+
+  @property
+  def vectors_path(self) -> Path:
+    return self.directory / f"{self.name}.npy"
+
+  @property
+  def rows_path(self) -> Path:
+    return self.directory / f"{self.name}.rows.npy"
+
+  def exists(self) -> bool:
+    return self.vectors_path.is_file() and self.rows_path.is_file()
+
+  def read(self, chunk: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(rows `[m]`, vectors `[m, dim]`) `chunk` rows at a time, memory-mapped."""
+    vectors = np.load(self.vectors_path, mmap_mode="r")
+    rows = np.load(self.rows_path)
+    for start in range(0, len(rows), chunk):
+      yield rows[start:start + chunk], np.asarray(vectors[start:start + chunk])
+
+  def write(self, size: int,
+            pieces: Iterator[tuple[np.ndarray, np.ndarray]]) -> Iterator[tuple[np.ndarray,
+                                                                             np.ndarray]]:
+    """Passes `pieces` (rows, vectors) through, appending them to a `[size, dim]` memmap;
+    renames the files into place once all `size` rows are in."""
+    self.directory.mkdir(parents=True, exist_ok=True)
+    tmp_vectors = self.vectors_path.with_suffix(".tmp.npy")
+    tmp_rows = self.rows_path.with_suffix(".tmp.npy")
+    rows, out, filled = np.full(size, -1, np.int64), None, 0
+    for piece_rows, vectors in pieces:
+      if out is None:
+        out = np.lib.format.open_memmap(tmp_vectors, mode="w+", dtype=np.float32,
+                                        shape=(size, vectors.shape[1]))
+      out[filled:filled + len(vectors)] = vectors
+      rows[filled:filled + len(vectors)] = piece_rows
+      filled += len(vectors)
+      yield piece_rows, vectors
+    if out is None or filled != size:
+      return  # nothing encoded, or the plan and the encoding disagree: keep no file
+    out.flush()
+    del out
+    np.save(tmp_rows, rows)
+    tmp_rows.replace(self.rows_path)
+    tmp_vectors.replace(self.vectors_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# The encoder.
 
 
 @dataclasses.dataclass
@@ -25,108 +255,194 @@ class TextEncoder:
 
   `token_fn(params, input_ids, attention_mask) -> [batch, length, dim]` defaults to the
   encoder's own apply; a trained student with a projection head passes its own.
+  `batch_size` is per device; batches are padded to multiples of `bucket_width` tokens.
+  With `cache_dir`, pooled embeddings are kept there, keyed by the parameters' fingerprint,
+  the texts and these settings, so the same corpus is encoded once across runs (a frozen
+  teacher; a final student step and a later evaluation of its checkpoint).
   """
 
-  encoder: Any  # optical_jax.hf_checkpoint.LoadedEncoder
+  encoder: Any  # optical_jax.models.hf_checkpoint.LoadedEncoder
   params: Any = None
   token_fn: TokenFn | None = None
   max_length: int = 128
   batch_size: int = 64
-  # Frozen encoders only (a teacher): pooled embeddings are stored here, keyed by the
-  # checkpoint, settings and texts, so the same corpus is encoded once across runs.
   cache_dir: str | Path | None = None
+  corpus_chunk: int = 32768  # passages tokenised, encoded and searched at a time
+  bucket_width: int = 16
+  dtype: str = "float32"  # "bfloat16": computation in bfloat16 (faster where supported)
 
   def __post_init__(self):
     if self.params is None:
       self.params = self.encoder.params
     token_fn = self.token_fn or self.encoder.apply
-    self._tokens = jax.jit(token_fn)
-    self._pooled = jax.jit(lambda params, ids, mask: pool(
-        token_fn(params, ids, mask), mask, method=self.encoder.pooling,
-        normalize=self.encoder.normalize))
+    self.mesh = Mesh(np.asarray(jax.local_devices()), (AXIS,))
+    dtype = jnp.dtype(self.dtype)
 
-  def _batches(self, texts: Sequence[str], desc: str, progress: bool):
-    """(indices, input_ids, mask) per batch, length-sorted and bucketed, in a fixed shape."""
-    ids = self.encoder.tokenizer(list(texts), truncation=True, max_length=self.max_length,
-                                 padding=False)["input_ids"]
-    order = np.argsort([len(x) for x in ids], kind="stable")
-    starts = range(0, len(order), self.batch_size)
-    for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
-      index = order[start:start + self.batch_size]
-      width = bucket_for(max(len(ids[i]) for i in index), self.max_length)
-      input_ids, mask = pad_sequences([ids[i] for i in index], width,
-                                      self.encoder.config.pad_token_id, rows=self.batch_size)
-      yield index, input_ids, mask
+    def cast(params):  # bfloat16 weights where asked; LayerNorm statistics are in them too
+      return params if dtype == jnp.float32 else jax.tree_util.tree_map(
+          lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
+
+    def pooled(params, ids, mask):
+      hidden = token_fn(cast(params), ids, mask).astype(jnp.float32)
+      return pool(hidden, mask, method=self.encoder.pooling, normalize=self.encoder.normalize)
+
+    def tokens(params, ids, mask):
+      return token_fn(cast(params), ids, mask).astype(jnp.float32)
+
+    # One batch per local device; the per-device program is the same on any device count.
+    sharded = lambda f: jax.jit(jax.shard_map(f, mesh=self.mesh, in_specs=(P(), P(AXIS), P(AXIS)),
+                                              out_specs=P(AXIS), check_vma=False))
+    self._pooled, self._tokens = sharded(pooled), sharded(tokens)
+    self._placed = None  # (params object, its replicated copy on the local devices)
+    self._fingerprint = None  # (params object, params_fingerprint)
+    self.encoded_rows = 0  # rows run through the encoder (padding excluded), for tests/logs
+
+  # -- pieces ----------------------------------------------------------------------------------
+
+  def _device_params(self):
+    """`params` replicated on the local devices, once per params object."""
+    if self._placed is None or self._placed[0] is not self.params:
+      self._placed = (self.params, jax.device_put(self.params, NamedSharding(self.mesh, P())))
+    return self._placed[1]
+
+  def _tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+    return self.encoder.tokenizer(list(texts), truncation=True, max_length=self.max_length,
+                                  padding=False)["input_ids"]
+
+  def _steps(self, ids: list[list[int]], part: int, parts: int
+             ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """(rows `[r]`, input_ids and mask `[devices * batch_size, width]`, live `[r]`) per step
+    of this process's batches: `rows` are positions in `ids`, `live` the slots holding them
+    (the rest is padding)."""
+    batches = plan_batches([len(x) for x in ids], self.batch_size)
+    widths = [padded_width(max(len(ids[i]) for i in b), self.max_length, self.bucket_width)
+              for b in batches]
+    devices = self.mesh.size
+    pad_id = self.encoder.config.pad_token_id
+    for step in deal_steps(widths, part, parts, devices):
+      width, rows = widths[step[0]], self.batch_size
+      input_ids = np.full((devices * rows, width), pad_id, np.int32)
+      mask = np.zeros((devices * rows, width), np.int32)
+      for slot, b in enumerate(step):
+        for r, i in enumerate(batches[b]):
+          input_ids[slot * rows + r, :len(ids[i])] = ids[i]
+          mask[slot * rows + r, :len(ids[i])] = 1
+      live = np.concatenate([slot * rows + np.arange(len(batches[b]))
+                             for slot, b in enumerate(step)])
+      yield np.concatenate([batches[b] for b in step]), input_ids, mask, live
+
+  def _run(self, fn, texts: Sequence[str], part: int, parts: int, bar
+           ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(rows, outputs of `fn`) per step; the next step is dispatched before the last one's
+    result is fetched, so host work overlaps device work."""
+    params, pending = self._device_params(), None
+    for rows, input_ids, mask, live in self._steps(self._tokenize(texts), part, parts):
+      out = fn(params, input_ids, mask)
+      if pending is not None:
+        yield _fetch(*pending, bar)
+      pending = (rows, out, live, mask)
+      self.encoded_rows += len(rows)
+    if pending is not None:
+      yield _fetch(*pending, bar)
+
+  def _stream_uncached(self, texts: Sequence[str], part: int, parts: int, bar
+                       ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    for start in range(0, len(texts), self.corpus_chunk):
+      pieces = list(self._run(self._pooled, texts[start:start + self.corpus_chunk], part, parts,
+                              bar))
+      if pieces:
+        yield (start + np.concatenate([r for r, _ in pieces]),
+               np.concatenate([v[0] for _, v in pieces]))
+
+  def cache_for(self, texts: Sequence[str], part: int, parts: int) -> EmbeddingCache | None:
+    """This process's cache entry for `texts`, or None without `cache_dir`."""
+    if self.cache_dir is None:
+      return None
+    if self._fingerprint is None or self._fingerprint[0] is not self.params:
+      self._fingerprint = (self.params, params_fingerprint(self.params))
+    settings = [self._fingerprint[1], texts_fingerprint(texts), self.encoder.config.to_hf_dict(),
+                self.max_length, self.encoder.pooling, self.encoder.normalize, self.batch_size,
+                self.bucket_width, self.corpus_chunk, self.dtype,
+                getattr(self.token_fn, "__qualname__", None)]
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+    return EmbeddingCache(Path(self.cache_dir).expanduser(), f"{key[:32]}-{part}of{parts}")
+
+  # -- public ----------------------------------------------------------------------------------
+
+  def stream(self, texts: Sequence[str], *, part: int = 0, parts: int = 1,
+             desc: str = "encoding", progress: bool = True
+             ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Pooled embeddings of process `part`'s share of `texts` (of `parts`), as (rows `[m]`,
+    vectors `[m, dim]` float32) a chunk of `corpus_chunk` texts at a time: never the whole
+    matrix in memory. From the cache when it has them, into it otherwise."""
+    size = share_size(len(texts), self.corpus_chunk, self.batch_size, part, parts)
+    bar = tqdm(total=size, desc=desc, unit="passage", unit_scale=True, leave=False,
+               disable=not progress)
+    try:
+      cache = self.cache_for(texts, part, parts)
+      if cache is not None and cache.exists():
+        for rows, vectors in cache.read(self.corpus_chunk):
+          bar.update(len(rows))
+          yield rows, vectors
+        return
+      pieces = self._stream_uncached(texts, part, parts, bar)
+      if cache is not None:
+        pieces = cache.write(size, pieces)
+      yield from pieces
+    finally:
+      bar.close()
 
   def encode(self, texts: Sequence[str], *, desc: str = "encoding",
              progress: bool = True) -> np.ndarray:
-    """Pooled embeddings `[len(texts), dim]` (float32), in the order of `texts`.
-
-    The last result is kept while `params` stays the same object, so collections sharing a
-    corpus (CIRAL's dev, test-a and test-b) encode it once per evaluation."""
-    key = hashlib.sha256(json.dumps(
-        [str(self.encoder.path), self.max_length, self.encoder.pooling, self.encoder.normalize,
-         list(texts)]).encode()).hexdigest()[:24]
-    last = getattr(self, "_last", None)
-    if last is not None and last[0] is self.params and last[1] == key:
-      return last[2]
-    if self.cache_dir is None:
-      vectors = self._encode(texts, desc, progress)
-      self._last = (self.params, key, vectors)
-      return vectors
-    path = Path(self.cache_dir).expanduser() / f"{key}.npy"
-    if path.is_file():
-      return np.load(path)
-    vectors = self._encode(texts, desc, progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npy")
-    np.save(tmp, vectors)
-    tmp.replace(path)
-    return vectors
-
-  def _encode(self, texts: Sequence[str], desc: str, progress: bool) -> np.ndarray:
+    """Pooled embeddings `[len(texts), dim]` (float32), in the order of `texts`, all on this
+    process (queries; for a corpus, `stream` bounds the memory)."""
     out = None
-    for index, input_ids, mask in self._batches(texts, desc, progress):
-      vectors = np.asarray(self._pooled(self.params, input_ids, mask))[:len(index)]
+    for rows, vectors in self.stream(texts, desc=desc, progress=progress):
       if out is None:
         out = np.zeros((len(texts), vectors.shape[1]), np.float32)
-      out[index] = vectors
+      out[rows] = vectors
     return out if out is not None else np.zeros((0, 0), np.float32)
 
   def encode_tokens(self, texts: Sequence[str], *, desc: str = "encoding tokens",
                     progress: bool = True) -> list[np.ndarray]:
     """Token embeddings of each text, unpadded: a list of `[length_i, dim]` arrays."""
     out: list[np.ndarray | None] = [None] * len(texts)
-    for index, input_ids, mask in self._batches(texts, desc, progress):
-      hidden = np.asarray(self._tokens(self.params, input_ids, mask), np.float32)
-      for row, i in enumerate(index):
-        out[i] = hidden[row, :int(mask[row].sum())]
+    bar = tqdm(total=len(texts), desc=desc, unit="text", leave=False, disable=not progress)
+    with bar:
+      for rows, (hidden, lengths) in self._run(self._tokens, texts, 0, 1, bar):
+        for i, h, n in zip(rows, hidden, lengths):
+          out[i] = h[:n]
     return out
 
 
-def dense_search(query_vectors: np.ndarray, doc_vectors: np.ndarray, query_ids: Sequence[str],
-                 doc_ids: Sequence[str], *, k: int = 100, chunk_size: int = 8192,
-                 similarity: str = "dot") -> dict[str, dict[str, float]]:
-  """Top-`k` documents per query as a run; scores documents `chunk_size` at a time so memory
-  stays `O(queries * (k + chunk_size))` whatever the corpus size."""
-  if len(query_ids) != len(query_vectors) or len(doc_ids) != len(doc_vectors):
-    raise ValueError("ids and vectors must have the same length")
-  num_queries, k = len(query_ids), min(k, len(doc_ids))
-  best_scores = np.full((num_queries, 0), -np.inf, np.float32)
-  best_index = np.zeros((num_queries, 0), np.int64)
-  score = jax.jit(lambda q, d: dense_scores(q, d, similarity=similarity))
-  for start in range(0, len(doc_ids), chunk_size):
-    chunk = np.asarray(score(query_vectors, doc_vectors[start:start + chunk_size]))
-    scores = np.concatenate([best_scores, chunk], axis=1)
-    index = np.concatenate(
-        [best_index, np.broadcast_to(np.arange(start, start + chunk.shape[1]), chunk.shape)],
-        axis=1)
-    keep = np.argpartition(-scores, k - 1, axis=1)[:, :k] if scores.shape[1] > k else (
-        np.broadcast_to(np.arange(scores.shape[1]), scores.shape))
-    best_scores = np.take_along_axis(scores, keep, axis=1)
-    best_index = np.take_along_axis(index, keep, axis=1)
-  return {qid: {doc_ids[j]: float(s) for j, s in zip(best_index[row], best_scores[row])}
-          for row, qid in enumerate(query_ids)}
+def _fetch(rows: np.ndarray, out: jax.Array, live: np.ndarray, mask: np.ndarray, bar
+           ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+  """(rows, (this step's outputs of live rows, their token counts)), the bar moved on."""
+  values = np.asarray(out, np.float32)[live]
+  bar.update(len(rows))
+  return rows, (values, mask[live].sum(axis=1))
+
+
+# ---------------------------------------------------------------------------------------------
+# Retrieval and reranking.
+
+
+def retrieve(queries: Mapping[str, str], corpus: Mapping[str, str], *, query_encoder: TextEncoder,
+             doc_encoder: TextEncoder, k: int = 100, progress: bool = True,
+             similarity: str = "dot") -> dict[str, dict[str, float]]:
+  """Encodes the queries (every process) and the corpus (each process its share, a chunk at a
+  time), keeps each process's exact top-`k` per query, and merges them across processes: the
+  same run on any number of processes and devices."""
+  query_ids, doc_ids = list(queries), list(corpus)
+  query_vectors = query_encoder.encode([queries[q] for q in query_ids], desc="queries",
+                                       progress=False)
+  ranks, best = docid_ranks(doc_ids), empty_top_k(len(query_ids))
+  part, parts = jax.process_index(), jax.process_count()
+  for rows, vectors in doc_encoder.stream([corpus[d] for d in doc_ids], part=part, parts=parts,
+                                          desc="passages", progress=progress and part == 0):
+    index = np.broadcast_to(rows, (len(query_ids), len(rows)))
+    best = merge_top_k(best, score_chunk(query_vectors, vectors, similarity), index, ranks, k)
+  return as_run(gather_top_k(best, ranks, min(k, len(doc_ids))), query_ids, doc_ids)
 
 
 def rerank_run(run: Mapping[str, Mapping[str, float]],
@@ -147,7 +463,7 @@ def dense_reranker(query_vectors: Mapping[str, np.ndarray], doc_vectors: Mapping
   """A `score_fn` for `rerank_run` from pooled vectors keyed by id."""
   def score(qid, docids):
     docs = np.stack([doc_vectors[d] for d in docids])
-    return np.asarray(dense_scores(query_vectors[qid][None], docs, similarity=similarity))[0]
+    return score_chunk(np.asarray(query_vectors[qid])[None], docs, similarity)[0]
   return score
 
 
@@ -164,15 +480,3 @@ def maxsim_reranker(query_tokens: Mapping[str, np.ndarray], doc_tokens: Mapping[
       mask[row, :len(doc_tokens[d])] = True
     return np.asarray(maxsim_scores(q[None], np.ones((1, len(q)), bool), docs, mask))[0]
   return score
-
-
-def retrieve(queries: Mapping[str, str], corpus: Mapping[str, str], *, query_encoder: TextEncoder,
-             doc_encoder: TextEncoder, k: int = 100, progress: bool = True,
-             similarity: str = "dot") -> dict[str, dict[str, float]]:
-  """Encodes queries and documents (each side with its own encoder) and searches densely."""
-  query_ids, doc_ids = list(queries), list(corpus)
-  doc_vectors = doc_encoder.encode([corpus[d] for d in doc_ids], desc="documents",
-                                   progress=progress)
-  query_vectors = query_encoder.encode([queries[q] for q in query_ids], desc="queries",
-                                       progress=progress)
-  return dense_search(query_vectors, doc_vectors, query_ids, doc_ids, k=k, similarity=similarity)

@@ -1,9 +1,28 @@
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 
 from optical_jax.evaluation import (TextEncoder, dense_reranker, dense_search, maxsim_reranker,
-                                    rerank_run)
+                                    rerank_run, retrieve)
+from optical_jax.evaluation.retrieval import (deal_steps, docid_ranks, merge_top_k,
+                                              padded_width, plan_batches, share_size)
 from optical_jax.models.hf_checkpoint import load_encoder
+from tests.helpers import ROOT
+
+WORDS = ("light waters earth heaven firmament seed fruit tree herb night day evening morning "
+         "beast cattle creeping fowl sea whale image likeness dominion").split()
+
+
+def passages(n: int, seed: int = 0) -> dict[str, str]:
+  """`n` passages of 1 to 40 words (several length buckets), ids not in corpus order."""
+  rng = np.random.default_rng(seed)
+  return {f"d{(7 * i) % n:04d}": " ".join(rng.choice(WORDS, rng.integers(1, 41)))
+          for i in range(n)}
 
 
 def test_chunked_dense_search_equals_brute_force():
@@ -18,6 +37,44 @@ def test_chunked_dense_search_equals_brute_force():
     assert set(run[qid]) == expected
     for d, s in run[qid].items():
       assert s == pytest.approx(scores[row, dids.index(d)], rel=1e-5)
+
+
+def test_tied_scores_keep_trec_evals_first_docids_in_any_chunking():
+  docs = np.ones((10, 2), np.float32)  # every document scores the same
+  dids = [f"d{i}" for i in (3, 9, 0, 5, 1, 8, 2, 7, 4, 6)]
+  runs = [dense_search(np.ones((1, 2), np.float32), docs, ["q"], dids, k=3, chunk_size=c)
+          for c in (1, 3, 10)]
+  assert all(set(run["q"]) == {"d9", "d8", "d7"} for run in runs)  # docid descending
+
+
+def test_merge_top_k_across_parts_equals_one_merge():
+  rng = np.random.default_rng(2)
+  scores = rng.integers(0, 5, (4, 30)).astype(np.float32)  # many ties
+  ranks = docid_ranks([f"d{i:02d}" for i in range(30)])
+  index = np.broadcast_to(np.arange(30), (4, 30))
+  empty = (np.zeros((4, 0), np.float32), np.zeros((4, 0), np.int64))
+  whole = merge_top_k(empty, scores, index, ranks, 7)
+  parts = empty
+  for cols in (np.arange(0, 30, 3), np.arange(1, 30, 3), np.arange(2, 30, 3)):
+    parts = merge_top_k(parts, scores[:, cols], index[:, cols], ranks, 7)
+  np.testing.assert_array_equal(parts[0], whole[0])
+  np.testing.assert_array_equal(parts[1], whole[1])
+
+
+def test_batches_hold_the_same_rows_and_width_for_any_process_and_device_count():
+  lengths = np.random.default_rng(3).integers(1, 200, 1000)
+  batches = plan_batches(lengths, 32)
+  widths = [padded_width(int(lengths[b].max()), 128, 16) for b in batches]
+  assert all(w % 16 == 0 or w == 128 for w in widths) and widths == sorted(widths)
+  for parts, devices in ((1, 1), (2, 1), (1, 4), (3, 2)):
+    runs = [b for part in range(parts) for step in deal_steps(widths, part, parts, devices)
+            for b in step]
+    assert sorted(runs) == list(range(len(batches)))  # each batch exactly once
+    for part in range(parts):
+      steps = deal_steps(widths, part, parts, devices)
+      assert all(len(s) <= devices and len({widths[b] for b in s}) == 1 for s in steps)
+      assert sum(len(batches[b]) for s in steps for b in s) == share_size(
+          1000, 1000, 32, part, parts)
 
 
 def test_rerank_rescores_only_the_candidates():
@@ -43,30 +100,80 @@ def test_text_encoder_restores_order_and_matches_unbatched(minilm_dir):
     batch = encoder.tokenize([text])
     single = encoder.pool(encoder.apply(encoder.params, **batch), batch["attention_mask"])
     np.testing.assert_allclose(vectors[i], np.asarray(single)[0], atol=1e-5)
+  tokens = TextEncoder(encoder, batch_size=2).encode_tokens(texts, progress=False)
+  assert [t.shape for t in tokens] == [(len(encoder.tokenize([t])["input_ids"][0]), 384)
+                                       for t in texts]
 
 
-def test_frozen_encoder_cache_returns_the_same_vectors_without_encoding(minilm_dir, tmp_path):
-  encoder = load_encoder(minilm_dir)
-  texts = ["one passage", "another passage entirely"]
-  first = TextEncoder(encoder, cache_dir=tmp_path).encode(texts, progress=False)
-  assert len(list(tmp_path.glob("*.npy"))) == 1
-  cached = TextEncoder(encoder, cache_dir=tmp_path)
-  cached._encode = None  # encoding again would fail: the cache must answer
-  np.testing.assert_array_equal(cached.encode(texts, progress=False), first)
-  assert TextEncoder(encoder, cache_dir=tmp_path).encode(texts[:1], progress=False).shape == (1, 384)
+def test_streamed_chunks_give_the_one_chunk_ranking(tiny_bert_dir):
+  encoder = load_encoder(tiny_bert_dir)
+  corpus, queries = passages(90), {f"q{i}": t for i, t in enumerate(passages(6, seed=1).values())}
+  runs = [retrieve(queries, corpus, query_encoder=TextEncoder(encoder, batch_size=4),
+                   doc_encoder=TextEncoder(encoder, batch_size=4, corpus_chunk=chunk), k=10,
+                   progress=False) for chunk in (1000, 25, 7)]
+  # Other chunks make other batches (widths, neighbours): the last float bits may differ.
+  for run in runs[1:]:
+    assert run.keys() == runs[0].keys()
+    for qid, ranked in run.items():
+      assert ranked.keys() == runs[0][qid].keys()
+      assert all(s == pytest.approx(runs[0][qid][d], abs=1e-5) for d, s in ranked.items())
 
 
-def test_the_same_texts_and_params_are_encoded_once(minilm_dir, monkeypatch):
-  encoder = TextEncoder(load_encoder(minilm_dir), max_length=16, batch_size=4)
-  calls = []
-  original = encoder._encode
-  monkeypatch.setattr(encoder, "_encode", lambda *a: calls.append(1) or original(*a))
-  texts = ["Jesus wept.", "In the beginning.", "And God said."]
-  first = encoder.encode(texts, progress=False)
-  np.testing.assert_array_equal(encoder.encode(texts, progress=False), first)
-  assert len(calls) == 1  # a second collection over the same corpus
-  encoder.encode(texts[:2], progress=False)
-  assert len(calls) == 2  # other texts
-  encoder.params = dict(encoder.params)  # new parameters (a later training step)
-  encoder.encode(texts[:2], progress=False)
-  assert len(calls) == 3
+def test_a_cached_evaluation_does_not_encode_again(tiny_bert_dir, tmp_path):
+  encoder = load_encoder(tiny_bert_dir)
+  corpus, queries = passages(40), {"q0": "light and waters", "q1": "the beast of the sea"}
+  make = lambda params=None: TextEncoder(encoder, params=params, batch_size=4, corpus_chunk=16,
+                                         cache_dir=tmp_path)
+  first_encoder = make()
+  first = retrieve(queries, corpus, query_encoder=first_encoder, doc_encoder=first_encoder,
+                   progress=False)
+  assert first_encoder.encoded_rows == 42
+  assert len(list(tmp_path.glob("*-0of1.npy"))) == 2  # queries and corpus, vectors ...
+  assert len(list(tmp_path.glob("*.rows.npy"))) == 2  # ... and their row order
+  assert not list(tmp_path.glob("*.tmp.npy"))
+  again = make()
+  assert retrieve(queries, corpus, query_encoder=again, doc_encoder=again,
+                  progress=False) == first
+  assert again.encoded_rows == 0  # the encoder was never called
+  # Other parameters (a later training step) are another key.
+  changed = make(params=jax_tree_scaled(encoder.params, 1.5))
+  retrieve(queries, corpus, query_encoder=changed, doc_encoder=changed, progress=False)
+  assert changed.encoded_rows == 42
+
+
+def jax_tree_scaled(params, factor):
+  import jax
+  return jax.tree_util.tree_map(lambda x: x * factor, params)
+
+
+_RUN_SCRIPT = textwrap.dedent("""\
+    import json, sys
+    import jax
+    from optical_jax.evaluation import TextEncoder, retrieve, write_run
+    from optical_jax.models.hf_checkpoint import load_encoder
+    encoder = load_encoder(sys.argv[1])
+    queries, corpus = json.loads(open(sys.argv[2]).read())
+    run = retrieve(queries, corpus, query_encoder=TextEncoder(encoder, batch_size=3),
+                   doc_encoder=TextEncoder(encoder, batch_size=3, corpus_chunk=50), k=20,
+                   progress=False)
+    write_run(run, sys.argv[3])
+    print(jax.local_device_count(), "devices")
+    """)
+
+
+def test_two_devices_write_the_one_device_run_file(tiny_bert_dir, tmp_path):
+  data = tmp_path / "data.json"
+  data.write_text(json.dumps([{f"q{i}": t for i, t in enumerate(passages(5, 1).values())},
+                              passages(120)]))
+  (tmp_path / "run.py").write_text(_RUN_SCRIPT)
+  files = {}
+  for devices in (1, 2):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT),
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    out = subprocess.run([sys.executable, str(tmp_path / "run.py"), str(tiny_bert_dir),
+                          str(data), str(tmp_path / f"run{devices}")], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"{devices} devices" in out.stdout
+    files[devices] = (tmp_path / f"run{devices}").read_bytes()
+  assert files[1] == files[2] and files[1].count(b"\n") == 5 * 20
