@@ -4,7 +4,10 @@ the alignments that the vocabulary's "ot_plan" initialisation and the lexicon re
 The plans are the training loss's own (`optical_jax.losses.ot_distillation_loss` with
 `return_diagnostics=True`): cost 1 - cos between the contextual token embeddings (the
 encoders' last hidden states), special tokens ([CLS], [SEP], padding) left out of both
-marginals, so that their mass goes to words.
+marginals, so that their mass goes to words. By default the marginals are idf weights
+(`idf_weights`, per side, over the sample): a student that does not know the language yet
+spreads each token's mass nearly uniformly, and with uniform marginals most of it lands on
+"the", "and", "of" and commas, which every verse has; idf takes those out of the plans.
 """
 
 from __future__ import annotations
@@ -74,10 +77,35 @@ def tokenize_words(tokenizer: Any, texts: Sequence[str], *, length: int) -> dict
           "offsets": np.asarray(batch["offset_mapping"], np.int32)}
 
 
+def idf_weights(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+  """Per-token idf over the rows, `log((n + 1) / (df + 1))` (0 for a token every row has),
+  where `df` counts the rows holding the token id; 0 on masked tokens.
+
+  Args:
+    ids: `[n, L]` token ids.
+    mask: `[n, L]` true on the tokens that count.
+
+  Returns:
+    `[n, L]` float32.
+
+  >>> idf_weights(np.array([[5, 7], [5, 8]]), np.ones((2, 2), bool)).round(3)
+  array([[0.   , 0.405],
+         [0.   , 0.405]], dtype=float32)
+  """
+  n = ids.shape[0]
+  df = {}
+  for row, real in zip(ids, mask):
+    for token in set(row[real].tolist()):
+      df[token] = df.get(token, 0) + 1
+  lookup = np.vectorize(lambda t: np.log((n + 1) / (df.get(t, 0) + 1)), otypes=[np.float32])
+  return np.where(mask, lookup(ids), 0.0).astype(np.float32)
+
+
 def compute_alignment(student: Any, teacher: Any, student_texts: Sequence[str],
                       teacher_texts: Sequence[str], *, student_params: Any = None,
                       max_length: int = 64, epsilon: float = 0.05, center: bool = True,
-                      max_iterations: int = 100, batch_size: int = 64) -> Alignment:
+                      max_iterations: int = 100, batch_size: int = 64,
+                      weighting: str = "idf") -> Alignment:
   """OT plans between the student's token embeddings of `student_texts` and the teacher's of
   their translations `teacher_texts`, in batches of `batch_size` (one compiled shape).
 
@@ -90,6 +118,8 @@ def compute_alignment(student: Any, teacher: Any, student_texts: Sequence[str],
     epsilon, center, max_iterations: as in `ot_distillation_loss` (center: subtract the
       batch's mean teacher token, as config.ot.center does).
     batch_size: pairs per encoder call.
+    weighting: the marginals: "idf" (`idf_weights` of each side over these pairs) or
+      "uniform" (as the training loss).
 
   Returns:
     An `Alignment` of the `n` pairs, plans `[n, max_length, max_length]`.
@@ -111,17 +141,23 @@ def compute_alignment(student: Any, teacher: Any, student_texts: Sequence[str],
                      "width (no projection is learned before training)")
   s = tokenize_words(student.tokenizer, student_texts, length=max_length)
   t = tokenize_words(teacher.tokenizer, teacher_texts, length=max_length)
+  if weighting not in ("idf", "uniform"):
+    raise ValueError(f"weighting must be 'idf' or 'uniform', got {weighting!r}")
+  if weighting == "idf":
+    s_weights, t_weights = idf_weights(s["ids"], s["mask"]), idf_weights(t["ids"], t["mask"])
+  else:
+    s_weights, t_weights = s["mask"].astype(np.float32), t["mask"].astype(np.float32)
   s_attention = s["ids"] != student.config.pad_token_id
   t_attention = t["ids"] != teacher.config.pad_token_id
 
   @jax.jit
-  def plans_of(s_params, t_params, s_ids, s_att, s_real, t_ids, t_att, t_real):
+  def plans_of(s_params, t_params, s_ids, s_att, s_real, s_w, t_ids, t_att, t_real, t_w):
     s_tokens = student.apply(s_params, s_ids, s_att.astype(jnp.int32))
     t_tokens = teacher.apply(t_params, t_ids, t_att.astype(jnp.int32))
     _, diagnostics = ot_distillation_loss(
         s_tokens.astype(jnp.float32), t_tokens.astype(jnp.float32), s_real, t_real,
-        epsilon=epsilon, center=center, max_iterations=max_iterations,
-        return_diagnostics=True)
+        student_weights=s_w, teacher_weights=t_w, epsilon=epsilon, center=center,
+        max_iterations=max_iterations, return_diagnostics=True)
     return diagnostics.plan
 
   params = student.params if student_params is None else student_params
@@ -137,9 +173,9 @@ def compute_alignment(student: Any, teacher: Any, student_texts: Sequence[str],
           else part
 
     out = plans_of(params, teacher.params, chunk(s["ids"], student.config.pad_token_id),
-                   chunk(s_attention), chunk(s["mask"]),
+                   chunk(s_attention), chunk(s["mask"]), chunk(s_weights),
                    chunk(t["ids"], teacher.config.pad_token_id), chunk(t_attention),
-                   chunk(t["mask"]))
+                   chunk(t["mask"]), chunk(t_weights))
     plans[start:stop] = np.asarray(out)[:stop - start]
   return Alignment(student_texts=list(student_texts), teacher_texts=list(teacher_texts),
                    student_ids=s["ids"], student_mask=s["mask"], student_word_ids=s["word_ids"],

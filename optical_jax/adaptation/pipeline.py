@@ -90,10 +90,12 @@ def adapted_student_dir(config, student: Any, teacher: Any) -> Path:
       alignment_pairs=config.data.alignment_pairs, seed=config.seed,
       max_length=config.data.max_length, epsilon=float(config.ot.epsilon),
       center=bool(config.ot.center))
-  if directory.exists():  # another process finished first
-    shutil.rmtree(tmp, ignore_errors=True)
-  else:
+  try:
     os.replace(tmp, directory)
+  except OSError:  # another process (of a multi-process run) finished first
+    if not (directory / "vocabulary_adaptation.json").is_file():
+      raise
+    shutil.rmtree(tmp, ignore_errors=True)
   log.info("vocabulary adaptation: %d new pieces, %d initialised from OT plans",
            len(result.pieces), result.ot_initialised)
   return directory
@@ -162,3 +164,27 @@ def code_switch_rows(config, rows: list[tuple[str, ...]]) -> list[tuple[str, ...
   log.info("code-switching: %d of %d training sentences changed (lexicon of %d words)",
            sum(a != b for a, b in zip(rows, switched)), len(rows), len(lexicon))
   return switched
+
+
+def write_lexicon_sample(config, path: str | Path, *, rows: int = 30,
+                         language: str = "Chichewa") -> Path:
+  """Writes the `rows` most frequent entries of `config`'s OT lexicon (`lexicon_for` on the
+  bitext) to `path` as a markdown table, with how it was made.
+
+  Example (docs/lexicon_sample.md)::
+
+    write_lexicon_sample(load_config("configs/demo.py"), "docs/lexicon_sample.md")
+  """
+  lexicon, counts = lexicon_for(config, bitext_rows(config))
+  header = (
+      f"# {language}-English lexicon induced from OT plans (sample)\n\n"
+      f"The {rows} most frequent {language} words of {config.data.alignment_pairs} bitext "
+      f"pairs (seed {config.seed}) of `{config.data.train_file}`, each with its three English "
+      "words by accumulated plan mass and their share of the word's mass. Plans: the initial "
+      f"student ({config.model.student or config.model.teacher}) against the teacher, cost "
+      f"1 - cos of contextual token embeddings{' centred' if config.ot.center else ''}, "
+      f"epsilon {config.ot.epsilon}, idf marginals, special tokens left out; word pieces summed "
+      "to words (lowercased), punctuation left out. Made by "
+      "`optical_jax.adaptation.pipeline.write_lexicon_sample`.")
+  return lexicon_lib.write_lexicon_sample(path, lexicon, counts, rows=rows, language=language,
+                                          header=header)

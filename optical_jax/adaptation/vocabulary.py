@@ -14,7 +14,10 @@ student's tokenizer and grown word-embedding matrix.
      token embeddings of a student-language sentence (old tokenizer) and the teacher's of its
      English translation says where each occurrence of the new piece (its old pieces' rows of
      the plan) sends its mass; the new row is the plan-weighted mean of the *input*
-     embeddings of those English tokens. The plan lives in the teacher's output space, but a
+     embeddings of those English tokens. The plans have idf marginals (`alignment`): with
+     uniform ones a student that does not know the language yet sends most mass to "the",
+     "and" and commas, and every new row became nearly their mean. The plan lives in the
+     teacher's output space (contextual token embeddings), but a
      word-embedding row must live in the student's input space: the English tokens are
      therefore mapped through the student's own input embedding matrix
      (`teacher_token_targets`): the row of the same token when student and teacher share a
