@@ -42,7 +42,7 @@ def get_config():
   # The demo section makes train.py run the benchmark (optical_jax/experiments/demo.py):
   # one student per loss, in this order; each row of the table is the loss it names.
   c.demo = ml_collections.ConfigDict()
-  c.demo.losses = ["ot", "mse", "contrastive", "ot+contrastive"]
+  c.demo.losses = ("ot", "mse", "contrastive", "ot+contrastive")  # a tuple: --config.demo.losses="('ot',)"
   # Training seeds: each loss is trained once per seed; with several, a seed table follows.
   # The seed study: --config.demo.seeds="(0, 1, 2)" (three times the time).
   c.demo.seeds = (0,)
