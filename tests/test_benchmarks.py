@@ -27,10 +27,16 @@ def run_benchmark(checkpoint: Path, script: str, *arguments: str) -> str:
   result = subprocess.run(
       [sys.executable, str(ROOT / "benchmarks" / script), "--checkpoint",
        str(checkpoint), "--batch", "4", "--length", "8", "--repeats", "2", *arguments],
-      capture_output=True, text=True, timeout=600,
-      env=dict(os.environ, HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu"))
+      capture_output=True, text=True, timeout=600, env=benchmark_env())
   assert result.returncode == 0, result.stderr[-3000:]
   return result.stdout
+
+
+def benchmark_env() -> dict:
+  """Offline, CPU, and the repository importable from benchmarks/ (the scripts' own folder
+  comes first on their path)."""
+  path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+  return dict(os.environ, HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu", PYTHONPATH=path)
 
 
 @pytest.mark.parametrize("dtype, torch_row", [
@@ -95,12 +101,14 @@ def test_cpu_description_tells_cpu_generations_apart_by_family_and_instruction_s
 def test_grid_times_ours_and_pytorch_at_each_batch_length_and_iteration_count(
     tiny_checkpoint, tmp_path):
   plot = tmp_path / "scaling.png"
-  out = run_benchmark(tiny_checkpoint, "grid.py", "--plot", str(plot))
+  # A small grid around B=4, L=8, 2 iterations (the defaults: around B=32, L=64, 50).
+  out = run_benchmark(tiny_checkpoint, "grid.py", "--plot", str(plot), "--iterations", "2",
+                      "--batches", "4,8", "--lengths", "8,16", "--sinkhorn", "2,5")
   rows = re.findall(rf"^\| (\d+) \| (\d+) \| (\d+) \| {NUMBER} \| {NUMBER} \| {NUMBER} \| "
                     rf"{NUMBER}% \| {NUMBER} \| ({NUMBER})x \|$", out, re.M)
   points = {(int(b), int(l), int(i)) for b, l, i, _ in rows}
-  assert len(rows) == len(points) == 9, out  # B=32, L=64, 50 iterations is shared by all three
-  assert {(256, 64, 50), (32, 256, 50), (32, 64, 200)} <= points
+  assert len(rows) == len(points) == 4, out  # B=4, L=8, 2 iterations is shared by all three
+  assert {(8, 8, 2), (4, 16, 2), (4, 8, 5)} <= points
   assert all(float(ratio) > 0 for *_, ratio in rows)
   assert plot.stat().st_size > 10_000  # three panels drawn
 
@@ -109,9 +117,29 @@ def test_devices_table_times_the_step_on_each_device_count(tiny_checkpoint):
   result = subprocess.run(
       [sys.executable, str(ROOT / "benchmarks" / "devices.py"), "--checkpoint",
        str(tiny_checkpoint), "--batch", "4", "--length", "8", "--repeats", "2", "--devices",
-       "1,2"], capture_output=True, text=True, timeout=600,
-      env=dict(os.environ, HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu"))
+       "1,2"], capture_output=True, text=True, timeout=600, env=benchmark_env())
   assert result.returncode == 0, result.stderr[-3000:]
   rows = re.findall(rf"^\| (\d) \| (\d) \| ({NUMBER}) \| ({NUMBER})x \|$", result.stdout, re.M)
   assert [(n, b) for n, b, _, _ in rows] == [("1", "4"), ("2", "2")]
   assert float(rows[0][3]) == 1.0 and all(float(s) > 0 for _, _, s, _ in rows)
+
+
+def test_encoding_table_compares_our_text_encoder_with_sentence_transformers(tiny_checkpoint,
+                                                                            tmp_path):
+  corpus = tmp_path / "corpus.tsv"
+  corpus.write_text("".join(f"d{i}\tIn the beginning God created {'the earth ' * i}\n"
+                            for i in range(12)))
+  result = subprocess.run(
+      [sys.executable, str(ROOT / "benchmarks" / "encoding.py"), "--checkpoint",
+       str(tiny_checkpoint), "--passages-file", str(corpus), "--passages", "10", "--batch", "4",
+       "--length", "32", "--repeats", "1"], capture_output=True, text=True, timeout=600,
+      env=benchmark_env())
+  assert result.returncode == 0, result.stderr[-3000:]
+  out = result.stdout
+  assert re.search(r"^CPU: .+, \d+ cores, ", out, re.M), out
+  assert re.search(r"^10 passages, .* batch 4, .*largest difference between the embeddings "
+                   r"\d\.\de[-+]\d\d$", out, re.M), out
+  for row in ("optical_jax TextEncoder (JAX/Flax)", "sentence-transformers (PyTorch)"):
+    assert re.search(rf"^\| {re.escape(row)} \| {NUMBER} \| {NUMBER} \| {NUMBER} \|$", out,
+                     re.M), out
+  assert re.search(rf"ours is {NUMBER}x the speed of sentence-transformers", out), out

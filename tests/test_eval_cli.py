@@ -105,3 +105,28 @@ def test_eval_warns_when_every_measure_must_be_zero(tmp_path, run_text, qrels_te
   result = eval_py(tmp_path / "run", tmp_path / "qrels")
   assert warning in result.stderr
   assert set(all_values(result.stdout).values()) == {0.0}
+
+
+def test_eval_of_the_final_checkpoint_reuses_the_training_runs_embeddings(tmp_path):
+  from tests.helpers import save_tiny_bert
+  from tests.training.runs import SENTENCES, run_train, toy_collection, write_config
+  checkpoint = save_tiny_bert(tmp_path / "tiny_bert", seed=1)
+  bitext = tmp_path / "bitext.tsv"
+  bitext.write_text("".join(f"{s}\t{t}\n" for s, t in SENTENCES * 8))
+  # The student encodes the corpus: its final step's embeddings are the ones to keep.
+  collection = dict(toy_collection(tmp_path), query_encoder="teacher", doc_encoder="student")
+  config = write_config(tmp_path / "config.py", checkpoint, bitext,
+                        **{"eval.collections": [collection]})
+  workdir = tmp_path / "run"
+  run_train(config, workdir)
+  cache = tmp_path / "cache" / "embeddings"
+  written = {p.name: p.stat().st_mtime_ns for p in cache.glob("*.npy")}
+  assert len(written) == 4  # queries (teacher) and corpus (student): vectors and row order
+  trained = (workdir / "runs" / "toy.trec").read_bytes()
+  result = subprocess.run([sys.executable, str(ROOT / "eval.py"), f"--config={config}",
+                           f"--checkpoint={workdir}"], capture_output=True, text=True,
+                          timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  # Nothing was encoded again (a new key would have written new files) and the run is the same.
+  assert {p.name: p.stat().st_mtime_ns for p in cache.glob("*.npy")} == written
+  assert (workdir / "runs" / "toy.trec").read_bytes() == trained
