@@ -30,7 +30,8 @@ class TeacherTokenCache:
 
   Args:
     encoder: the frozen teacher (`optical_jax.hf_checkpoint.LoadedEncoder`).
-    token_ids: the teacher-side token ids of every pair (unpadded int arrays).
+    token_ids: the teacher-side token ids of every pair this process feeds (unpadded int
+      arrays; `BucketedBatches.columns`), which `lookup` indexes by position.
     directory: where the cache lives (shared by all runs that use the same teacher and text).
   """
 

@@ -1,13 +1,18 @@
-"""From a config to training batches: the rows of its bitext (or triples), tokenised once, in
-length-bucketed batches; each process feeds its own rows of every global batch."""
+"""From a config to training batches: the rows of its bitext (or triples) dealt to one shard
+per row of the global batch; each process tokenises (once, cached on disk) and feeds only the
+shards of its devices, and the processes exchange the rows' lengths so that all compute the same
+length-bucketed global batches (`optical_jax.data.batching`), whatever the devices."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
 
 from optical_jax.config import ConfigError
 from optical_jax.data import bitext
-from optical_jax.data.batching import BucketedBatches, tokenize_cached
+from optical_jax.data.batching import BucketedBatches, longest, shard_rows, tokenize_cached
 from optical_jax.data.teacher_cache import TeacherTokenCache
 from optical_jax.textfiles import DataFormatError
 
@@ -39,9 +44,55 @@ def load_training_rows(config) -> list[tuple[str, ...]]:
   return rows[:d.limit] if d.limit else rows
 
 
-def make_batches(config, models, rows, cache_dir: Path) -> BucketedBatches:
-  """Length-bucketed global batches of `rows`, tokenised by the encoders of `models`
-  (`DistillationModels`) and cached in `cache_dir`."""
+def process_shards(mesh, batch_size: int) -> list[int]:
+  """This process's shards, in mesh order: a run has one shard per row of the global batch
+  (`batch_size`, whatever the devices), and the device at mesh position d feeds the rows of
+  shards `[d * per_device, (d + 1) * per_device)`."""
+  import jax
+  devices = list(mesh.devices.flat)
+  per_device = batch_size // len(devices)
+  return [d * per_device + i for d, device in enumerate(devices)
+          if device.process_index == jax.process_index() for i in range(per_device)]
+
+
+def dealing_order(rows: Sequence[tuple[str, ...]]) -> np.ndarray:
+  """int `[rows]`: the rows by their longest text in characters (ties in file order), the order
+  in which they are dealt to shards (`shard_rows`): every shard then gets nearly the same mix
+  of lengths, so few rows wait for a wider bucket (`epoch_schedule`). Characters, because
+  each process knows them for every row without tokenising it."""
+  return np.argsort([max(map(len, row)) for row in rows], kind="stable")
+
+
+def gather_lengths(local: Mapping[int, np.ndarray], num_examples: int,
+                   num_shards: int) -> np.ndarray:
+  """Every row's length, int32 `[num_examples]`, from each process's `local` (shard -> its
+  rows' lengths, `[len(shard_rows(...))]`): one all-gather of a `[local shards, 1 + rows per
+  shard]` int32 block per process (shard id, then lengths), the same result on every process."""
+  import jax
+  width = -(-num_examples // num_shards)  # the largest shard's rows
+  block = np.full((len(local), 1 + width), -1, np.int32)
+  for slot, (shard, lengths) in enumerate(sorted(local.items())):
+    block[slot, 0], block[slot, 1:1 + len(lengths)] = shard, lengths
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    block = np.asarray(multihost_utils.process_allgather(block)).reshape(-1, 1 + width)
+  if sorted(block[:, 0].tolist()) != list(range(num_shards)):
+    raise RuntimeError(f"the processes' shards {sorted(block[:, 0].tolist())} are not each of "
+                       f"the {num_shards} shards once")
+  out = np.empty(num_examples, np.int32)
+  for row in block:
+    rows = shard_rows(num_examples, int(row[0]), num_shards)
+    out[rows] = row[1:1 + len(rows)]
+  return out
+
+
+def make_batches(config, models, rows, cache_dir: Path, *, shards: Sequence[int] | None = None,
+                 gather=gather_lengths) -> BucketedBatches:
+  """Length-bucketed global batches of `rows` (all rows, as `load_training_rows` gives them) in
+  `config.train.batch_size` shards (`process_shards`), of which this process tokenises, by the
+  encoders of `models` (`DistillationModels`), and keeps only `shards` (default: all); its
+  tokens are cached in `cache_dir`. `gather(lengths by shard, examples, shards)` exchanges the
+  rows' lengths between processes (`gather_lengths`)."""
   if config.stage == "teacher":
     names = ("query", "positive", "negative")[:len(rows[0])]
     tokenizers = {name: models.student for name in names}
@@ -52,30 +103,54 @@ def make_batches(config, models, rows, cache_dir: Path) -> BucketedBatches:
     # Both sides of a pair play the part the student plays at retrieval.
     role = "passage" if config.model.student_side == "document" else "query"
     roles = {"student": role, "teacher": role}
+  num_shards = config.train.batch_size  # one per batch row: the same batches on any devices
+  shards = list(range(num_shards)) if shards is None else list(shards)
+  order = dealing_order(rows)
+  by_shard = [order[shard_rows(len(rows), s, num_shards)] for s in shards]
+  mine = np.concatenate(by_shard)
   columns, pad_ids = {}, {}
   for col, name in enumerate(names):
     encoder = tokenizers[name]
     prompt = getattr(encoder, "prompts", {}).get(roles[name], "")  # e5: "query: "
     columns[name] = tokenize_cached(
-        encoder.tokenizer, [prompt + r[col] for r in rows], max_length=config.data.max_length,
-        cache_dir=cache_dir, tag=f"{encoder.path}:{name}")
+        encoder.tokenizer, [prompt + rows[i][col] for i in mine],
+        max_length=config.data.max_length, cache_dir=cache_dir, tag=f"{encoder.path}:{name}")
     pad_ids[name] = encoder.config.pad_token_id
+  ends = np.cumsum([len(r) for r in by_shard])
+  local = dict(zip(shards, np.split(longest(columns), ends[:-1])))
   try:
     return BucketedBatches(columns, pad_ids, batch_size=config.train.batch_size,
                            max_length=config.data.max_length, seed=config.seed,
-                           length_buckets=config.data.length_buckets)
+                           length_buckets=config.data.length_buckets,
+                           lengths=gather(local, len(rows), num_shards),
+                           num_shards=num_shards, shards=shards)
   except ValueError as e:
     raise ConfigError(f"config.train.batch_size: {e}") from None
 
 
+def local_batch(batches: BucketedBatches, teacher_cache: TeacherTokenCache | None,
+                step: int) -> dict[str, np.ndarray]:
+  """This process's rows of global batch `step` (`BucketedBatches.batch`), with their teacher
+  token embeddings `teacher_tokens` `[rows, width, hidden]` when `teacher_cache` is given;
+  one schedule look-up."""
+  positions, width = batches.local_rows(step)
+  batch = batches.pad(positions, width)
+  if teacher_cache is not None:
+    batch["teacher_tokens"] = teacher_cache.lookup(positions, batch["teacher_ids"],
+                                                   batch["teacher_mask"])
+  return batch
+
+
 def make_teacher_cache(config, models, batches: BucketedBatches) -> TeacherTokenCache | None:
-  """The frozen teacher's token embeddings of the bitext, cached on disk (distill stage with
-  `config.data.teacher_cache`); one cache per process of a multi-process run, each holding
-  only the rows that process feeds."""
+  """The frozen teacher's token embeddings of this process's rows (`batches.columns`, its
+  shards only), cached on disk (distill stage with `config.data.teacher_cache`) and looked up
+  by position there (`local_batch`): one cache per process."""
   if config.stage != "distill" or not config.data.teacher_cache:
     return None
   import jax
   directory = Path(config.runtime.cache_dir) / "teacher_tokens"
+  # The cache's key hashes the rows' tokens, but two processes whose shards hold the same text
+  # must still not write one cache at once.
   if jax.process_count() > 1:
     directory = directory / f"process-{jax.process_index()}-of-{jax.process_count()}"
   return TeacherTokenCache(models.teacher, batches.columns["teacher"], directory)

@@ -1,15 +1,20 @@
 """Several processes (jax.distributed on localhost, the command-line flags) train and evaluate
 exactly as one process with the same global batch and devices does."""
 
+import collections
 import json
 import os
 import socket
 import subprocess
 import sys
+import textwrap
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from optical_jax.evaluation.io import read_run
+from optical_jax.training.input_pipeline import gather_lengths, process_shards
 from tests.helpers import ROOT
 from tests.training.runs import (assert_same_params, final_params, run_train, toy_collection,
                                  write_config)
@@ -95,3 +100,59 @@ def test_a_two_process_evaluation_writes_the_one_process_run_file(setup, tmp_pat
   out = run_processes("eval.py", [f"--config={config}", f"--checkpoint={workdir}"])
   assert (workdir / "runs" / "toy.trec").read_bytes() == single
   assert "| toy |" in out[0].stdout and "| toy |" not in out[1].stdout
+
+
+# train.py, counting the texts each process hands to a tokenizer.
+COUNTING_TRAIN = textwrap.dedent("""\
+    import atexit, json, os, runpy, sys
+    from transformers import PreTrainedTokenizerBase
+    texts, call = [], PreTrainedTokenizerBase.__call__
+    def counting(self, text, *args, **kwargs):
+      texts.extend([text] if isinstance(text, str) else text)
+      return call(self, text, *args, **kwargs)
+    PreTrainedTokenizerBase.__call__ = counting
+    process = sys.argv[-1].split("=")[1]  # --process_id=I
+    atexit.register(lambda: open(os.path.join(os.environ["COUNT_DIR"], process), "w").write(
+        json.dumps(texts)))
+    sys.argv[0] = TRAIN
+    sys.path.insert(0, os.path.dirname(TRAIN))  # as `python train.py` would
+    runpy.run_path(TRAIN, run_name="__main__")
+    """)
+
+
+def test_each_process_tokenises_and_caches_only_its_rows(setup, tmp_path, monkeypatch):
+  root, checkpoint, bitext, _ = setup
+  config = write_config(tmp_path / "mp.py", checkpoint, bitext, num_train_steps=2)
+  script = tmp_path / "counting_train.py"
+  script.write_text(f"TRAIN = {str(ROOT / 'train.py')!r}\n" + COUNTING_TRAIN)
+  monkeypatch.setenv("COUNT_DIR", str(tmp_path))
+  run_processes(str(script), [f"--config={config}", f"--workdir={tmp_path / 'run'}"], devices=2)
+  rows = [line.split("\t") for line in bitext.read_text().splitlines()]
+  texts = [json.loads((tmp_path / str(i)).read_text()) for i in range(2)]
+  # Batch 8 on 4 devices: 8 shards of 8 of the 64 rows, 4 shards per process.
+  assert [len(t) for t in texts] == [2 * 32, 2 * 32]
+  every = collections.Counter(text for row in rows for text in row)
+  assert collections.Counter(texts[0]) + collections.Counter(texts[1]) == every
+  for i in range(2):
+    caches = list((tmp_path / "cache" / "teacher_tokens" / f"process-{i}-of-2").glob(
+        "teacher-tokens-*/done.npy"))
+    assert len(caches) == 1 and np.load(caches[0]).shape == (32,)
+
+
+def _mesh(*process_of_device):
+  return SimpleNamespace(devices=np.array([SimpleNamespace(process_index=p)
+                                           for p in process_of_device]))
+
+
+def test_a_process_has_the_shards_of_its_devices_batch_rows():
+  assert process_shards(_mesh(0), 4) == [0, 1, 2, 3]
+  assert process_shards(_mesh(0, 1), 8) == [0, 1, 2, 3]
+  assert process_shards(_mesh(1, 0, 1, 0), 8) == [2, 3, 6, 7]
+
+
+def test_gathered_lengths_are_each_rows_length_in_row_order():
+  lengths = np.arange(10, 33, dtype=np.int32)  # 23 rows in 4 shards of 6, 6, 6 and 5
+  local = {s: lengths[s::4] for s in range(4)}
+  np.testing.assert_array_equal(gather_lengths(local, 23, 4), lengths)
+  with pytest.raises(RuntimeError, match=r"shards \[0, 1, 3\] are not each of the 4"):
+    gather_lengths({s: local[s] for s in (0, 1, 3)}, 23, 4)
