@@ -18,8 +18,9 @@ from optical_jax.evaluation.collections import (collection_specs, evaluate_all,
                                                 evaluate_collection, side_encoders)
 from optical_jax.models.student import build_models
 from optical_jax.training import checkpoints, step as step_lib
-from optical_jax.training.input_pipeline import (load_training_rows, make_batches,
-                                                 make_teacher_cache)
+from optical_jax.training.input_pipeline import (load_training_rows, local_batch,
+                                                 make_batches, make_teacher_cache,
+                                                 process_shards)
 from optical_jax.training.logging import MetricsLog, plot_curves
 from optical_jax.training.state import initial_state, make_optimizer
 from optical_jax.training.workdir import StopSignals, check_workdir_config, workdir_lock
@@ -71,8 +72,10 @@ def _train(config, workdir: Path, primary: bool) -> dict:
   rows = load_training_rows(config)
   models = build_models(config)
   _check_lengths(config, models)
-  batches = make_batches(config, models, rows, workdir / "cache")
   mesh = step_lib.data_mesh()
+  batches = make_batches(config, models, rows, workdir / "cache",
+                         shards=process_shards(mesh, config.train.batch_size))
+  del rows  # the text of other processes' rows is not needed again
   log.info("%d training examples, %d steps per epoch, %d device(s) in %d process(es), batch "
            "shapes %s", batches.num_examples, batches.steps_per_epoch, jax.device_count(),
            jax.process_count(), batches.shapes)
@@ -121,13 +124,9 @@ def _train(config, workdir: Path, primary: bool) -> dict:
              desc=f"{config.stage}:{config.loss}",
              disable=not (config.runtime.progress_bar and primary))
   window_start, window_steps = time.perf_counter(), 0
-  part, parts = jax.process_index(), jax.process_count()
   with StopSignals() as stop:
     for step in bar:
-      batch = batches.batch(step, part, parts)
-      if teacher_cache is not None:
-        batch["teacher_tokens"] = teacher_cache.lookup(
-            batches.local_indices(step, part, parts), batch["teacher_ids"], batch["teacher_mask"])
+      batch = local_batch(batches, teacher_cache, step)
       state, metrics = step_fn(state, teacher_params, step_lib.global_batch(batch, mesh), rng)
       done, window_steps = step + 1, window_steps + 1
       loss = float(runtime.to_host(metrics["loss"]))
