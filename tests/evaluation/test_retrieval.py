@@ -177,3 +177,12 @@ def test_two_devices_write_the_one_device_run_file(tiny_bert_dir, tmp_path):
     assert f"{devices} devices" in out.stdout
     files[devices] = (tmp_path / f"run{devices}").read_bytes()
   assert files[1] == files[2] and files[1].count(b"\n") == 5 * 20
+
+
+def test_bfloat16_encoding_is_close_to_float32(tiny_bert_dir):
+  encoder = load_encoder(tiny_bert_dir)
+  texts = list(passages(8).values())
+  full = TextEncoder(encoder, batch_size=4).encode(texts, progress=False)
+  half = TextEncoder(encoder, batch_size=4, dtype="bfloat16").encode(texts, progress=False)
+  assert half.dtype == np.float32 and not np.array_equal(half, full)
+  np.testing.assert_allclose(half, full, atol=0.1, rtol=0.05)
