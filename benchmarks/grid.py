@@ -11,7 +11,7 @@ Each point varies one of B=32, L=64, 50 iterations (--batch, --length, --iterati
 from __future__ import annotations
 
 from common import (argument_parser, device_peak, interleaved_medians, jax_reference,
-                    parse_args, random_batch, run, step_flops, torch_step)
+                    parse_args, random_batch, run, step_flops, torch_reference)
 
 if __name__ == "__main__":
   # Before jax, numpy or torch start threads (see common.py).
@@ -39,6 +39,14 @@ def grid_points(base: tuple[int, int, int], batches, lengths, iterations) -> dic
           "Sinkhorn iterations": [(batch, length, i) for i in iterations]}
 
 
+def torch_call(step, batch: int, length: int):
+  """`step` (`torch_reference`'s) on `random_batch(batch, length)`, as a no-argument call."""
+  import torch
+  arrays = {k: torch.from_numpy(v).long() for k, v in random_batch(batch, length).items()}
+  return lambda: step(arrays["student_ids"], arrays["student_mask"], arrays["teacher_ids"],
+                      arrays["teacher_mask"])
+
+
 def grid(checkpoint: str, peak: float, points: dict, *, dtype: str, remat: bool, repeats: int,
          plot: str | None, with_torch: bool, microbatch_size: int = 0) -> None:
   """Step time against batch, length and Sinkhorn iterations at `points` (`grid_points`),
@@ -52,7 +60,8 @@ def grid(checkpoint: str, peak: float, points: dict, *, dtype: str, remat: bool,
         + torch_columns)
   print("|---|---|---|---|---|---|---|" + ("---|---|" if with_torch else ""))
   # (batch, length, iterations) -> (our step, PyTorch's step or None, encoder matmuls at peak)
-  measured, references = {}, {}  # references: one of our steps per iteration count
+  # references: our step (key: iterations) and PyTorch's (key: ("torch", iterations))
+  measured, references = {}, {}
   for batch, length, iters in dict.fromkeys(p for axis in points.values() for p in axis):
     if iters not in references:
       references[iters] = jax_reference(checkpoint, dtype=dtype, iterations=iters, remat=remat,
@@ -60,8 +69,10 @@ def grid(checkpoint: str, peak: float, points: dict, *, dtype: str, remat: bool,
     step, models = references[iters]
     batch_arrays = random_batch(batch, length)
     timed = {"ours": lambda: step(batch_arrays)}
-    if with_torch:
-      timed["torch"] = torch_step(checkpoint, batch, length, iterations=iters, dtype=dtype)
+    if with_torch:  # PyTorch's models loaded once per iteration count, as ours
+      if ("torch", iters) not in references:
+        references["torch", iters] = torch_reference(checkpoint, iterations=iters, dtype=dtype)
+      timed["torch"] = torch_call(references["torch", iters], batch, length)
     seconds = interleaved_medians(timed, repeats, warmup=2)
     flops = step_flops(models.student.config, batch, length)
     measured[batch, length, iters] = seconds["ours"], seconds.get("torch"), flops / peak

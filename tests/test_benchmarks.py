@@ -98,12 +98,14 @@ def test_cpu_description_tells_cpu_generations_apart_by_family_and_instruction_s
   assert cpu_description(str(cpuinfo)).endswith("no AVX2")
 
 
-def test_grid_times_ours_and_pytorch_at_each_batch_length_and_iteration_count(
-    tiny_checkpoint, tmp_path):
+def test_grid_times_ours_and_pytorch_at_each_batch_length_and_iteration_count(tmp_path):
+  # One layer (each point compiles a step) and a small grid around B=4, L=8, 2 iterations, one
+  # timed turn (the defaults: around B=32, L=64, 50 iterations).
+  checkpoint = save_tiny_bert(tmp_path / "one_layer", seed=2, layers=1)
   plot = tmp_path / "scaling.png"
-  # A small grid around B=4, L=8, 2 iterations (the defaults: around B=32, L=64, 50).
-  out = run_benchmark(tiny_checkpoint, "grid.py", "--plot", str(plot), "--iterations", "2",
-                      "--batches", "4,8", "--lengths", "8,16", "--sinkhorn", "2,5")
+  out = run_benchmark(checkpoint, "grid.py", "--plot", str(plot), "--iterations", "2",
+                      "--batches", "4,8", "--lengths", "8,16", "--sinkhorn", "2,5",
+                      "--repeats", "1")
   rows = re.findall(rf"^\| (\d+) \| (\d+) \| (\d+) \| {NUMBER} \| {NUMBER} \| {NUMBER} \| "
                     rf"{NUMBER}% \| {NUMBER} \| ({NUMBER})x \|$", out, re.M)
   points = {(int(b), int(l), int(i)) for b, l, i, _ in rows}
