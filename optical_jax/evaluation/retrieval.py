@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
+import os
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -225,8 +225,9 @@ class EmbeddingCache:
     """Passes `pieces` (rows, vectors) through, appending them to a `[size, dim]` memmap;
     renames the files into place once all `size` rows are in."""
     self.directory.mkdir(parents=True, exist_ok=True)
-    tmp_vectors = self.vectors_path.with_suffix(".tmp.npy")
-    tmp_rows = self.rows_path.with_suffix(".tmp.npy")
+    # Temporary names of this process alone: two runs writing one key cannot mix their bytes.
+    tmp = f".tmp{os.getpid()}.npy"
+    tmp_vectors, tmp_rows = (p.with_suffix(tmp) for p in (self.vectors_path, self.rows_path))
     rows, out, filled = np.full(size, -1, np.int64), None, 0
     for piece_rows, vectors in pieces:
       if out is None:
@@ -386,7 +387,9 @@ class TextEncoder:
           yield rows, vectors
         return
       pieces = self._stream_uncached(texts, part, parts, bar)
-      if cache is not None:
+      # A shard is its process's own file; texts every process encodes whole (queries) are
+      # written by process 0 alone.
+      if cache is not None and (parts > 1 or jax.process_index() == 0):
         pieces = cache.write(size, pieces)
       yield from pieces
     finally:

@@ -130,7 +130,7 @@ def test_a_cached_evaluation_does_not_encode_again(tiny_bert_dir, tmp_path):
   assert first_encoder.encoded_rows == 42
   assert len(list(tmp_path.glob("*-0of1.npy"))) == 2  # queries and corpus, vectors ...
   assert len(list(tmp_path.glob("*.rows.npy"))) == 2  # ... and their row order
-  assert not list(tmp_path.glob("*.tmp.npy"))
+  assert not list(tmp_path.glob("*.tmp*.npy"))
   again = make()
   assert retrieve(queries, corpus, query_encoder=again, doc_encoder=again,
                   progress=False) == first
