@@ -5,7 +5,9 @@
   python eval.py --config CONFIG --checkpoint WORKDIR [--step best|latest|N]
       evaluates a trained student on the config's collections (the best checkpoint by dev
       MAP when there is one), printing a table and writing metrics JSON and run files into
-      the workdir.
+      the workdir. Embeddings come from runtime.cache_dir/embeddings where these parameters
+      encoded these texts before (a training run keeps its final step's): not encoded twice.
+      Several processes each encode a share of each corpus and write the same run file.
   python eval.py --config CONFIG --checkpoint WORKDIR --export_hf DIR
       writes the trained student as a Hugging Face checkpoint (for transformers and
       sentence-transformers, or for config.model.student) instead of evaluating it.
