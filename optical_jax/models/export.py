@@ -18,7 +18,12 @@ class ExportError(ValueError):
 
 
 def export_student(models: DistillationModels, params: Any, directory: str | Path) -> Path:
-  """Writes the student with trained `params` (`{"encoder": ...}`) to `directory`."""
+  """Writes the student with trained `params` (`{"encoder": ...}`) to `directory`.
+
+  The student's own tokenizer goes with it: a student with an extended vocabulary
+  (`model.vocab_extension`, `optical_jax.adaptation`) is written with its new pieces and its
+  grown `vocab_size`, so transformers' `AutoTokenizer`/`AutoModel` and `load_encoder` read
+  it as trained (tests/models/test_vocabulary_extension.py)."""
   if "projection" in params:
     raise ExportError(
         f"the student ({models.student.config.hidden_size} wide) has a learned projection to "
