@@ -470,16 +470,31 @@ def dense_reranker(query_vectors: Mapping[str, np.ndarray], doc_vectors: Mapping
   return score
 
 
+def _power_of_two(n: int, floor: int) -> int:
+  """`n` rounded up to a power of two (at least `floor`): a rerank compiles for a handful of
+  shapes instead of once per query length and candidate width."""
+  width = floor
+  while width < n:
+    width *= 2
+  return width
+
+
+_maxsim = jax.jit(maxsim_scores)
+
+
 def maxsim_reranker(query_tokens: Mapping[str, np.ndarray], doc_tokens: Mapping[str, np.ndarray]
                     ) -> Callable[[str, list[str]], np.ndarray]:
   """A `score_fn` for `rerank_run` with ColBERT late interaction over token embeddings."""
   def score(qid, docids):
     q = query_tokens[qid]
-    width = max(doc_tokens[d].shape[0] for d in docids)
-    docs = np.zeros((len(docids), width, q.shape[1]), np.float32)
-    mask = np.zeros((len(docids), width), bool)
+    query = np.zeros((1, _power_of_two(len(q), 16), q.shape[1]), np.float32)
+    query[0, :len(q)] = q
+    query_mask = np.arange(query.shape[1])[None] < len(q)
+    width = _power_of_two(max(doc_tokens[d].shape[0] for d in docids), 16)
+    docs = np.zeros((_power_of_two(len(docids), 8), width, q.shape[1]), np.float32)
+    mask = np.zeros(docs.shape[:2], bool)
     for row, d in enumerate(docids):
       docs[row, :len(doc_tokens[d])] = doc_tokens[d]
       mask[row, :len(doc_tokens[d])] = True
-    return np.asarray(maxsim_scores(q[None], np.ones((1, len(q)), bool), docs, mask))[0]
+    return np.asarray(_maxsim(query, query_mask, docs, mask))[0, :len(docids)]
   return score

@@ -22,6 +22,7 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 
+from optical_jax import runtime
 from optical_jax.assets import resolve
 from optical_jax.evaluation import (evaluate, evaluate_per_query, format_table,
                                     maxsim_reranker, paired_bootstrap_interval, read_corpus,
@@ -88,7 +89,7 @@ class _TestSet:
     return rows
 
   def student_row(self, name: str, run_config, run_dir: Path, results: dict) -> Row:
-    models = build_models(run_config)
+    models = build_models(runtime.resolve_assets(run_config))
     params, _, _ = restore_params(run_dir, "latest")  # the step the table's results are from
     student = side_encoders(models, params, run_config)["student"]
     run = read_run(run_dir / "runs" / "test-ny-en.trec")

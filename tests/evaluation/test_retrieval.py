@@ -91,6 +91,25 @@ def test_rerank_rescores_only_the_candidates():
   assert maxsim["q"]["d0"] == pytest.approx(cos, rel=1e-5)
 
 
+def test_maxsim_rerank_pads_to_few_shapes_and_scores_as_unpadded():
+  from optical_jax.evaluation import retrieval
+  from optical_jax.scoring import maxsim_scores
+  rng = np.random.default_rng(2)
+  queries = {f"q{n}": rng.normal(size=(n, 8)).astype(np.float32) for n in range(1, 21)}
+  docs = {f"d{i}": rng.normal(size=(3 + 5 * i, 8)).astype(np.float32) for i in range(12)}
+  run = {q: {d: float(-i) for i, d in enumerate(docs)} for q in queries}
+  before = retrieval._maxsim._cache_size()
+  reranked = rerank_run(run, maxsim_reranker(queries, docs), depth=12)
+  # 20 query lengths and one candidate width: two padded query widths, one doc width.
+  assert retrieval._maxsim._cache_size() - before <= 2
+  q, ids = queries["q7"], list(docs)
+  width = max(len(docs[d]) for d in ids)
+  padded = np.stack([np.pad(docs[d], ((0, width - len(docs[d])), (0, 0))) for d in ids])
+  mask = np.arange(width)[None] < np.array([len(docs[d]) for d in ids])[:, None]
+  expected = np.asarray(maxsim_scores(q[None], np.ones((1, 7), bool), padded, mask))[0]
+  np.testing.assert_allclose([reranked["q7"][d] for d in ids], expected, rtol=1e-5)
+
+
 def test_text_encoder_restores_order_and_matches_unbatched(minilm_dir):
   encoder = load_encoder(minilm_dir)
   texts = ["a much longer sentence about the light and the waters and the earth", "short",
