@@ -54,7 +54,8 @@ def test_colab_notebook_runs_the_demo_and_so_py_to_their_tables_and_plots(tmp_pa
   student = save_tiny_bert(tmp_path / "student", seed=1)
   work, cache = tmp_path / "runs", tmp_path / "cache"
   demo = [*TINY, f"--config.model.teacher={student}", f"--config.runtime.cache_dir={cache}",
-          "--config.eval.max_length=16", "--config.data.limit=256"]
+          "--config.eval.max_length=16", "--config.data.limit=256",
+          "--config.model.vocab_extension=32", "--config.data.alignment_pairs=64"]
   so = [*TINY, f"--config.ciral.bitext={HUB / 'quickmt-train.so-en'}", "--config.ciral.heldout=6",
         "--config.ciral.heldout_rate=4", f"--config.model.teacher={teacher}",
         f"--config.model.student={student}", "--config.model.dtype=float32",

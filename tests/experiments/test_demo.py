@@ -17,6 +17,8 @@ def demo_config(tmp_path: Path):
   config.train.eval_every_steps, config.train.checkpoint_every_steps = 1, 2
   config.data.max_length, config.eval.max_length = 16, 32
   config.runtime.progress_bar = False
+  # The demo's student built for the language, at a tiny size.
+  config.model.vocab_extension, config.data.alignment_pairs = 32, 64
   return config
 
 
