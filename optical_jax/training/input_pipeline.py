@@ -10,6 +10,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from optical_jax.adaptation.pipeline import code_switch_rows
 from optical_jax.config import ConfigError
 from optical_jax.data import bitext
 from optical_jax.data.batching import BucketedBatches, longest, shard_rows, tokenize_cached
@@ -41,7 +42,7 @@ def load_training_rows(config) -> list[tuple[str, ...]]:
                                   limit=d.limit)
   else:
     raise ConfigError("config.data: set train_file (TSV/JSONL) or hf_dataset")
-  return rows[:d.limit] if d.limit else rows
+  return code_switch_rows(config, rows[:d.limit] if d.limit else rows)
 
 
 def process_shards(mesh, batch_size: int) -> list[int]:
