@@ -1,4 +1,4 @@
-"""Dense retrieval for evaluation: corpus-scale encoding, exact top-k search and reranking.
+"""Dense retrieval for evaluation: corpus-scale encoding and exact top-k search over it.
 
 A corpus is encoded in chunks of `corpus_chunk` passages (bounded host memory at any size):
 each chunk is tokenised, length-sorted and cut into batches of `batch_size` rows per device,
@@ -9,7 +9,8 @@ there are: every process computes its local top-k, and the exact merge of the ga
 (ties broken by docid) gives the run file of a one-process run byte for byte.
 
 Pooled embeddings are kept on disk when `TextEncoder.cache_dir` is set, keyed by a
-fingerprint of the parameters, the texts and the encoder settings (`EmbeddingCache`).
+fingerprint of the parameters, the texts and the encoder settings (`embedding_cache`); the
+top-k merge and reranking live in `search`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -27,8 +27,11 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 
+from optical_jax.evaluation.embedding_cache import (EmbeddingCache, params_fingerprint,
+                                                    texts_fingerprint)
+from optical_jax.evaluation.search import (as_run, docid_ranks, empty_top_k, gather_top_k,
+                                          merge_top_k, score_chunk)
 from optical_jax.pooling import pool
-from optical_jax.scoring import maxsim_scores
 
 TokenFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
 AXIS = "batch"  # the local devices' mesh axis: one batch per device
@@ -75,175 +78,6 @@ def share_size(num_texts: int, chunk: int, batch_size: int, part: int, parts: in
     sizes = [min(batch_size, n - s) for s in range(0, n, batch_size)]
     total += sum(sizes[part::parts])
   return total
-
-
-# ---------------------------------------------------------------------------------------------
-# Exact top-k: one implementation, used over corpus chunks and across processes.
-
-
-def docid_ranks(doc_ids: Sequence[str]) -> np.ndarray:
-  """Each document's place `[num_docs]` in trec_eval's tie order (docid descending): the key
-  that decides which of equally scored documents make the top k, whatever the chunking."""
-  order = sorted(range(len(doc_ids)), key=lambda i: doc_ids[i].encode("utf-8"), reverse=True)
-  ranks = np.empty(len(doc_ids), np.int64)
-  ranks[order] = np.arange(len(doc_ids))
-  return ranks
-
-
-def score_chunk(query_vectors: np.ndarray, doc_vectors: np.ndarray,
-                similarity: str = "dot") -> np.ndarray:
-  """Scores `[Q, m]` (float32) of queries `[Q, d]` against documents `[m, d]`, computed in
-  float64 on the host: a pair's float32 score then does not depend on which other documents
-  share its chunk (a float32 matmul's summation order does), so every split of the corpus
-  ranks alike."""
-  if similarity not in ("dot", "cosine"):
-    raise ValueError(f"similarity must be 'dot' or 'cosine', got {similarity!r}")
-  q, d = np.asarray(query_vectors, np.float64), np.asarray(doc_vectors, np.float64)
-  if q.shape[1:] != d.shape[1:]:
-    raise ValueError(f"queries dim {q.shape[1:]} != documents dim {d.shape[1:]}")
-  if similarity == "cosine":
-    q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
-    d = d / np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-12)
-  return (q @ d.T).astype(np.float32)
-
-
-def empty_top_k(num_queries: int) -> tuple[np.ndarray, np.ndarray]:
-  """No documents yet: scores `[Q, 0]` float32 and document indices `[Q, 0]` int64."""
-  return np.zeros((num_queries, 0), np.float32), np.zeros((num_queries, 0), np.int64)
-
-
-def merge_top_k(best: tuple[np.ndarray, np.ndarray], scores: np.ndarray, index: np.ndarray,
-                ranks: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-  """The exact top `k` of `best` (scores, indices `[Q, k']`) and new candidates (`scores`,
-  `index` `[Q, m]`; index -1: none), by score descending, ties by `ranks[index]` ascending
-  (`docid_ranks`). Returns scores and indices `[Q, min(k, k' + m)]`."""
-  scores = np.concatenate([best[0], scores], axis=1)
-  index = np.concatenate([best[1], index], axis=1)
-  tie = np.where(index >= 0, ranks[np.maximum(index, 0)], len(ranks))
-  keep = np.lexsort((tie, -scores.astype(np.float64)), axis=1)[:, :k]
-  return np.take_along_axis(scores, keep, axis=1), np.take_along_axis(index, keep, axis=1)
-
-
-def gather_top_k(best: tuple[np.ndarray, np.ndarray], ranks: np.ndarray,
-                 k: int) -> tuple[np.ndarray, np.ndarray]:
-  """Every process's local top-k merged exactly (one collective per call, so all processes
-  call it). Lists are padded to `k` with index -1 to gather in one shape."""
-  if jax.process_count() == 1:
-    return best
-  from jax.experimental import multihost_utils
-  pad = k - best[0].shape[1]
-  scores = np.pad(best[0], ((0, 0), (0, pad)), constant_values=-np.inf)
-  index = np.pad(best[1], ((0, 0), (0, pad)), constant_values=-1).astype(np.int32)
-  all_scores, all_index = (np.asarray(x) for x in multihost_utils.process_allgather(
-      (scores, index)))
-  merged = empty_top_k(scores.shape[0])
-  for p in range(all_scores.shape[0]):
-    merged = merge_top_k(merged, all_scores[p], all_index[p].astype(np.int64), ranks, k)
-  return merged
-
-
-def as_run(best: tuple[np.ndarray, np.ndarray], query_ids: Sequence[str],
-           doc_ids: Sequence[str]) -> dict[str, dict[str, float]]:
-  """`{qid: {docid: score}}` of a top-k (indices -1 are left out)."""
-  return {qid: {doc_ids[j]: float(s) for j, s in zip(best[1][row], best[0][row]) if j >= 0}
-          for row, qid in enumerate(query_ids)}
-
-
-def dense_search(query_vectors: np.ndarray, doc_vectors: np.ndarray, query_ids: Sequence[str],
-                 doc_ids: Sequence[str], *, k: int = 100, chunk_size: int = 8192,
-                 similarity: str = "dot") -> dict[str, dict[str, float]]:
-  """Top-`k` documents per query as a run, from queries `[Q, d]` and documents `[N, d]`
-  (e.g. a memmap): `chunk_size` documents at a time, so memory stays
-  `O(Q * (k + chunk_size))` whatever the corpus size; ties go by docid as in trec_eval."""
-  if len(query_ids) != len(query_vectors) or len(doc_ids) != len(doc_vectors):
-    raise ValueError("ids and vectors must have the same length")
-  ranks, best = docid_ranks(doc_ids), empty_top_k(len(query_ids))
-  for start in range(0, len(doc_ids), chunk_size):
-    chunk = np.asarray(doc_vectors[start:start + chunk_size])
-    index = np.broadcast_to(np.arange(start, start + len(chunk)), (len(query_ids), len(chunk)))
-    best = merge_top_k(best, score_chunk(query_vectors, chunk, similarity), index, ranks, k)
-  return as_run(best, query_ids, doc_ids)
-
-
-# ---------------------------------------------------------------------------------------------
-# The on-disk embedding cache.
-
-
-def params_fingerprint(params: Any) -> str:
-  """A digest of every parameter's path, dtype, shape and bytes: the same weights (a final
-  training step and its restored checkpoint) give the same key."""
-  h = hashlib.sha256()
-  leaves, _ = jax.tree_util.tree_flatten_with_path(params)
-  for path, leaf in leaves:
-    array = np.ascontiguousarray(jax.device_get(leaf))
-    h.update(f"{jax.tree_util.keystr(path)}:{array.dtype}:{array.shape}".encode())
-    h.update(array.view(np.uint8).reshape(-1).data)
-  return h.hexdigest()
-
-
-def texts_fingerprint(texts: Sequence[str]) -> str:
-  """A digest of the texts in order."""
-  h = hashlib.sha256()
-  for text in texts:
-    h.update(text.encode("utf-8"))
-    h.update(b"\0")
-  return h.hexdigest()
-
-
-@dataclasses.dataclass(frozen=True)
-class EmbeddingCache:
-  """Pooled embeddings one process encoded, on disk: `NAME.npy` (`[rows, dim]` float32, written
-  through `np.lib.format.open_memmap` a chunk at a time) and `NAME.rows.npy` (`[rows]`, each
-  row's index among the texts). Each process writes its own pair (its share of the corpus),
-  under a temporary name renamed into place when complete, vectors last: a pair is either
-  whole or absent."""
-
-  directory: Path
-  name: str
-
-  @property
-  def vectors_path(self) -> Path:
-    return self.directory / f"{self.name}.npy"
-
-  @property
-  def rows_path(self) -> Path:
-    return self.directory / f"{self.name}.rows.npy"
-
-  def exists(self) -> bool:
-    return self.vectors_path.is_file() and self.rows_path.is_file()
-
-  def read(self, chunk: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(rows `[m]`, vectors `[m, dim]`) `chunk` rows at a time, memory-mapped."""
-    vectors = np.load(self.vectors_path, mmap_mode="r")
-    rows = np.load(self.rows_path)
-    for start in range(0, len(rows), chunk):
-      yield rows[start:start + chunk], np.asarray(vectors[start:start + chunk])
-
-  def write(self, size: int,
-            pieces: Iterator[tuple[np.ndarray, np.ndarray]]) -> Iterator[tuple[np.ndarray,
-                                                                             np.ndarray]]:
-    """Passes `pieces` (rows, vectors) through, appending them to a `[size, dim]` memmap;
-    renames the files into place once all `size` rows are in."""
-    self.directory.mkdir(parents=True, exist_ok=True)
-    # Temporary names of this process alone: two runs writing one key cannot mix their bytes.
-    tmp = f".tmp{os.getpid()}.npy"
-    tmp_vectors, tmp_rows = (p.with_suffix(tmp) for p in (self.vectors_path, self.rows_path))
-    rows, out, filled = np.full(size, -1, np.int64), None, 0
-    for piece_rows, vectors in pieces:
-      if out is None:
-        out = np.lib.format.open_memmap(tmp_vectors, mode="w+", dtype=np.float32,
-                                        shape=(size, vectors.shape[1]))
-      out[filled:filled + len(vectors)] = vectors
-      rows[filled:filled + len(vectors)] = piece_rows
-      filled += len(vectors)
-      yield piece_rows, vectors
-    if out is None or filled != size:
-      return  # nothing encoded, or the plan and the encoding disagree: keep no file
-    out.flush()
-    del out
-    np.save(tmp_rows, rows)
-    tmp_rows.replace(self.rows_path)
-    tmp_vectors.replace(self.vectors_path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -427,7 +261,7 @@ def _fetch(rows: np.ndarray, out: jax.Array, live: np.ndarray, mask: np.ndarray,
 
 
 # ---------------------------------------------------------------------------------------------
-# Retrieval and reranking.
+# Retrieval.
 
 
 def retrieve(queries: Mapping[str, str], corpus: Mapping[str, str], *, query_encoder: TextEncoder,
@@ -446,55 +280,3 @@ def retrieve(queries: Mapping[str, str], corpus: Mapping[str, str], *, query_enc
     index = np.broadcast_to(rows, (len(query_ids), len(rows)))
     best = merge_top_k(best, score_chunk(query_vectors, vectors, similarity), index, ranks, k)
   return as_run(gather_top_k(best, ranks, min(k, len(doc_ids))), query_ids, doc_ids)
-
-
-def rerank_run(run: Mapping[str, Mapping[str, float]],
-               score_fn: Callable[[str, list[str]], np.ndarray], *,
-               depth: int = 100) -> dict[str, dict[str, float]]:
-  """Rescores each query's top-`depth` candidates (e.g. BM25's) with `score_fn(qid, docids)`."""
-  from optical_jax.evaluation.metrics import trec_ranking
-  reranked = {}
-  for qid, candidates in run.items():
-    docids = trec_ranking(candidates)[:depth]
-    scores = np.asarray(score_fn(qid, docids), np.float64)
-    reranked[qid] = {d: float(s) for d, s in zip(docids, scores)}
-  return reranked
-
-
-def dense_reranker(query_vectors: Mapping[str, np.ndarray], doc_vectors: Mapping[str, np.ndarray],
-                   similarity: str = "dot") -> Callable[[str, list[str]], np.ndarray]:
-  """A `score_fn` for `rerank_run` from pooled vectors keyed by id."""
-  def score(qid, docids):
-    docs = np.stack([doc_vectors[d] for d in docids])
-    return score_chunk(np.asarray(query_vectors[qid])[None], docs, similarity)[0]
-  return score
-
-
-def _power_of_two(n: int, floor: int) -> int:
-  """`n` rounded up to a power of two (at least `floor`): a rerank compiles for a handful of
-  shapes instead of once per query length and candidate width."""
-  width = floor
-  while width < n:
-    width *= 2
-  return width
-
-
-_maxsim = jax.jit(maxsim_scores)
-
-
-def maxsim_reranker(query_tokens: Mapping[str, np.ndarray], doc_tokens: Mapping[str, np.ndarray]
-                    ) -> Callable[[str, list[str]], np.ndarray]:
-  """A `score_fn` for `rerank_run` with ColBERT late interaction over token embeddings."""
-  def score(qid, docids):
-    q = query_tokens[qid]
-    query = np.zeros((1, _power_of_two(len(q), 16), q.shape[1]), np.float32)
-    query[0, :len(q)] = q
-    query_mask = np.arange(query.shape[1])[None] < len(q)
-    width = _power_of_two(max(doc_tokens[d].shape[0] for d in docids), 16)
-    docs = np.zeros((_power_of_two(len(docids), 8), width, q.shape[1]), np.float32)
-    mask = np.zeros(docs.shape[:2], bool)
-    for row, d in enumerate(docids):
-      docs[row, :len(doc_tokens[d])] = doc_tokens[d]
-      mask[row, :len(doc_tokens[d])] = True
-    return np.asarray(_maxsim(query, query_mask, docs, mask))[0, :len(docids)]
-  return score

@@ -9,8 +9,8 @@ import pytest
 
 from optical_jax.evaluation import (TextEncoder, dense_reranker, dense_search, maxsim_reranker,
                                     rerank_run, retrieve)
-from optical_jax.evaluation.retrieval import (deal_steps, docid_ranks, merge_top_k,
-                                              padded_width, plan_batches, share_size)
+from optical_jax.evaluation.retrieval import deal_steps, padded_width, plan_batches, share_size
+from optical_jax.evaluation.search import docid_ranks, merge_top_k
 from optical_jax.models.hf_checkpoint import load_encoder
 from tests.helpers import ROOT
 
@@ -92,16 +92,16 @@ def test_rerank_rescores_only_the_candidates():
 
 
 def test_maxsim_rerank_pads_to_few_shapes_and_scores_as_unpadded():
-  from optical_jax.evaluation import retrieval
+  from optical_jax.evaluation import search
   from optical_jax.scoring import maxsim_scores
   rng = np.random.default_rng(2)
   queries = {f"q{n}": rng.normal(size=(n, 8)).astype(np.float32) for n in range(1, 21)}
   docs = {f"d{i}": rng.normal(size=(3 + 5 * i, 8)).astype(np.float32) for i in range(12)}
   run = {q: {d: float(-i) for i, d in enumerate(docs)} for q in queries}
-  before = retrieval._maxsim._cache_size()
+  before = search._maxsim._cache_size()
   reranked = rerank_run(run, maxsim_reranker(queries, docs), depth=12)
   # 20 query lengths and one candidate width: two padded query widths, one doc width.
-  assert retrieval._maxsim._cache_size() - before <= 2
+  assert search._maxsim._cache_size() - before <= 2
   q, ids = queries["q7"], list(docs)
   width = max(len(docs[d]) for d in ids)
   padded = np.stack([np.pad(docs[d], ((0, width - len(docs[d])), (0, 0))) for d in ids])
