@@ -135,7 +135,7 @@ def plot_results(curves: dict[str, list[tuple[int, float]]], rows: list[Row], pa
   right.invert_yaxis()
   right.set(xlabel="test MAP (95% CI over queries)", title="Held-out books")
   right.grid(axis="x", alpha=0.3)
-  right.legend(loc="lower right", fontsize=8)
+  right.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
