@@ -55,7 +55,9 @@ def test_colab_notebook_runs_the_demo_and_so_py_to_their_tables_and_plots(tmp_pa
   work, cache = tmp_path / "runs", tmp_path / "cache"
   demo = [*TINY, f"--config.model.teacher={student}", f"--config.runtime.cache_dir={cache}",
           "--config.eval.max_length=16", "--config.data.limit=256",
-          "--config.model.vocab_extension=32", "--config.data.alignment_pairs=64"]
+          "--config.model.vocab_extension=32", "--config.data.alignment_pairs=64",
+          # Two of the demo's rows keep the test short; test_demo.py covers all of them.
+          "--config.demo.losses=('ot', 'contrastive')"]
   so = [*TINY, f"--config.ciral.bitext={HUB / 'quickmt-train.so-en'}", "--config.ciral.heldout=6",
         "--config.ciral.heldout_rate=4", f"--config.model.teacher={teacher}",
         f"--config.model.student={student}", "--config.model.dtype=float32",
@@ -86,7 +88,7 @@ def test_colab_notebook_runs_the_demo_and_so_py_to_their_tables_and_plots(tmp_pa
   assert _outputs(demo_cell, "text/markdown") == [results]
   rows = [l for l in results.splitlines() if l.startswith("| ")]
   assert rows[0].startswith("| system | MAP |")
-  for loss in ("ot", "mse", "contrastive", "ot+contrastive"):
+  for loss in ("ot", "contrastive"):
     assert any(r.startswith(f"| {loss} distillation (2 steps) |") for r in rows), loss
   assert "| system | MAP |" in _outputs(demo_cell, "stream")  # train.py's own print as well
   assert _png(demo_cell) == [(work / "demo" / "dev_map.png").read_bytes()]
