@@ -86,7 +86,9 @@ def test_demo_seed_study_reports_each_seed_and_the_pooled_share(tmp_path):
   assert set(seed_rows) == {"contrastive", "ot+contrastive"}
   for loss, line in seed_rows.items():
     seed0, seed1, mean, sd = map(float, line.strip("| ").split(" | ")[1:])
-    assert abs(mean - (seed0 + seed1) / 2) < 1e-4 and sd >= 0
+    # Two seeds: the sample standard deviation is |a − b| / √2.
+    assert abs(mean - (seed0 + seed1) / 2) < 1e-4
+    assert abs(sd - abs(seed0 - seed1) / 2 ** 0.5) < 2e-4
   for label in ("seed 0", "seed 1", "2 seeds pooled"):
     assert any(l.startswith(f"OT's own share, {label}: ") for l in text.splitlines()), label
   # Seed 0 keeps the usual directory; the other seeds get their own.
