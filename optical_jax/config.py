@@ -60,6 +60,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.ot.gradient = "stop_gradient"  # stop_gradient (exact, cheap) | implicit | unroll
   c.ot.include_special_tokens = True  # keep [CLS]/[SEP] (<s>/</s>) in the OT marginals
   c.ot.center = False  # centre both sides on the batch's mean teacher token before the cost
+  # Token weights of the OT marginals: uniform over real tokens, or idf over the training rows
+  # (per side and tokenizer), which moves the mass from "the", commas and [CLS] to words.
+  c.ot.marginals = "uniform"  # uniform | idf
 
   c.contrastive = ml_collections.ConfigDict()
   c.contrastive.temperature = 0.05  # InfoNCE temperature over cosine similarities
@@ -204,6 +207,7 @@ def validate(config, *, devices: int = 1, backend: str = "cpu") -> None:
   _one_of(config, "runtime.host_memory", HOST_MEMORY)
   _one_of(config, "ot.cost", OT_COSTS)
   _one_of(config, "ot.gradient", OT_GRADIENTS)
+  _one_of(config, "ot.marginals", ("uniform", "idf"))
   if config.model.attention == "cudnn" and (backend != "gpu"
                                             or config.model.dtype != "bfloat16"):
     raise ConfigError("config.model.attention 'cudnn' needs an NVIDIA GPU and "

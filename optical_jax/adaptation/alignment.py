@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from optical_jax.data.idf import document_frequencies, idf_table
 from optical_jax.losses import ot_distillation_loss
 
 
@@ -92,13 +93,9 @@ def idf_weights(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
   array([[0.   , 0.405],
          [0.   , 0.405]], dtype=float32)
   """
-  n = ids.shape[0]
-  df = {}
-  for row, real in zip(ids, mask):
-    for token in set(row[real].tolist()):
-      df[token] = df.get(token, 0) + 1
-  lookup = np.vectorize(lambda t: np.log((n + 1) / (df.get(t, 0) + 1)), otypes=[np.float32])
-  return np.where(mask, lookup(ids), 0.0).astype(np.float32)
+  mask = np.asarray(mask, bool)
+  df = document_frequencies((row[real] for row, real in zip(ids, mask)), int(ids.max()) + 1)
+  return np.where(mask, idf_table(df, ids.shape[0])[ids], 0.0).astype(np.float32)
 
 
 def compute_alignment(student: Any, teacher: Any, student_texts: Sequence[str],

@@ -28,19 +28,13 @@ _VERSION = 1  # bump when a cached result would change
 def bitext_rows(config) -> list[tuple[str, str]]:
   """The (student, teacher) training pairs of `config.data` as written (before any
   augmentation), at most `data.limit`; `bible:` references are resolved."""
+  import ml_collections
   from optical_jax.assets import resolve
   from optical_jax.data import bitext
-  d = config.data
-  if d.train_file:
-    path = Path(resolve(d.train_file, config.runtime.cache_dir)).expanduser()
-    rows = bitext.read_pairs(path, (d.student_field, d.teacher_field))
-  elif d.hf_dataset:
-    rows = bitext.read_hf_dataset(d.hf_dataset, (d.student_field, d.teacher_field),
-                                  config=d.hf_config, split=d.hf_split, limit=d.limit)
-  else:
-    raise ValueError("config.data: set train_file (TSV/JSONL) or hf_dataset")
-  rows = [(r[0], r[1]) for r in rows]
-  return rows[:d.limit] if d.limit else rows
+  if config.data.train_file:
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.data.train_file = resolve(config.data.train_file, config.runtime.cache_dir)
+  return [(r[0], r[1]) for r in bitext.configured_rows(config)]
 
 
 def _checkpoint_fingerprint(directory: str | Path) -> str:

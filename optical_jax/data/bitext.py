@@ -158,6 +158,37 @@ def read_hf_dataset(name: str, fields: Sequence[str], *, config: str | None = No
   return out
 
 
+def configured_rows(config) -> list[tuple[str, ...]]:
+  """The rows of `config.data` as written, before any augmentation: (student, teacher) pairs,
+  or (query, positive[, negative]) triples in the teacher stage, from its `train_file`
+  (TSV/JSONL/Parquet; a path, asset references resolved as `runtime.resolve_assets` does) or
+  `hf_dataset`; at most `data.limit` (0: all). A missing file is a ConfigError that says how to
+  get it (`data.how_to_get`)."""
+  from optical_jax.config import ConfigError
+  d = config.data
+  if config.stage == "teacher":
+    fields = ("query", "positive", "negative")
+  else:
+    fields = (d.student_field, d.teacher_field)
+  if d.train_file:
+    path = Path(d.train_file).expanduser()
+    if not path.is_file():
+      raise ConfigError(f"config.data.train_file: {path} does not exist. "
+                        f"{d.get('how_to_get', '')}".rstrip())
+    try:
+      rows = read_pairs(path, fields)
+    except DataFormatError:
+      if config.stage != "teacher":
+        raise
+      rows = read_pairs(path, fields[:2])  # (query, positive) pairs without negatives
+  elif d.hf_dataset:
+    rows = read_hf_dataset(d.hf_dataset, fields, config=d.hf_config, split=d.hf_split,
+                           limit=d.limit)
+  else:
+    raise ConfigError("config.data: set train_file (TSV/JSONL) or hf_dataset")
+  return rows[:d.limit] if d.limit else rows
+
+
 def _as_text(path, where, field: str, value) -> str:
   """A text value of a row being cleaned: a missing text (null) counts as empty."""
   if value is None or isinstance(value, str):

@@ -14,35 +14,14 @@ from optical_jax.adaptation.pipeline import code_switch_rows
 from optical_jax.config import ConfigError
 from optical_jax.data import bitext
 from optical_jax.data.batching import BucketedBatches, longest, shard_rows, tokenize_cached
+from optical_jax.data.idf import document_frequencies, idf_table
 from optical_jax.data.teacher_cache import TeacherTokenCache
-from optical_jax.textfiles import DataFormatError
 
 
 def load_training_rows(config) -> list[tuple[str, ...]]:
-  """The training rows: (student, teacher) pairs, or (query, positive[, negative]) triples in
-  the teacher stage; at most `config.data.limit` (0: all)."""
-  fields = (("query", "positive", "negative") if config.stage == "teacher"
-            else ("student", "teacher"))
-  d = config.data
-  if d.train_file:
-    path = Path(d.train_file).expanduser()
-    if not path.is_file():
-      raise ConfigError(f"config.data.train_file: {path} does not exist. "
-                        f"{d.get('how_to_get', '')}".rstrip())
-    if config.stage == "teacher":
-      try:
-        rows = bitext.read_pairs(path, fields)
-      except DataFormatError:
-        rows = bitext.read_pairs(path, fields[:2])
-    else:
-      rows = bitext.read_pairs(path, (d.student_field, d.teacher_field))
-  elif d.hf_dataset:
-    names = (d.student_field, d.teacher_field) if config.stage != "teacher" else fields
-    rows = bitext.read_hf_dataset(d.hf_dataset, names, config=d.hf_config, split=d.hf_split,
-                                  limit=d.limit)
-  else:
-    raise ConfigError("config.data: set train_file (TSV/JSONL) or hf_dataset")
-  return code_switch_rows(config, rows[:d.limit] if d.limit else rows)
+  """The training rows (`bitext.configured_rows`), code-switched per
+  `config.data.code_switch_rate`."""
+  return code_switch_rows(config, bitext.configured_rows(config))
 
 
 def process_shards(mesh, batch_size: int) -> list[int]:
@@ -130,16 +109,43 @@ def make_batches(config, models, rows, cache_dir: Path, *, shards: Sequence[int]
 
 
 def local_batch(batches: BucketedBatches, teacher_cache: TeacherTokenCache | None,
-                step: int) -> dict[str, np.ndarray]:
+                step: int, weights: Mapping[str, np.ndarray] | None = None
+                ) -> dict[str, np.ndarray]:
   """This process's rows of global batch `step` (`BucketedBatches.batch`), with their teacher
-  token embeddings `teacher_tokens` `[rows, width, hidden]` when `teacher_cache` is given;
-  one schedule look-up."""
+  token embeddings `teacher_tokens` `[rows, width, hidden]` when `teacher_cache` is given and
+  each side's token weights `{side}_weights` `[rows, width]` when `weights` (`token_weights`)
+  is; one schedule look-up."""
   positions, width = batches.local_rows(step)
   batch = batches.pad(positions, width)
   if teacher_cache is not None:
     batch["teacher_tokens"] = teacher_cache.lookup(positions, batch["teacher_ids"],
                                                    batch["teacher_mask"])
+  for side, table in (weights or {}).items():
+    batch[f"{side}_weights"] = table[batch[f"{side}_ids"]] * batch[f"{side}_mask"]
   return batch
+
+
+def sum_over_processes(counts: np.ndarray) -> np.ndarray:
+  """The sum of every process's int32 `counts` (one all-gather), the same on each."""
+  import jax
+  if jax.process_count() == 1:
+    return counts
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.process_allgather(counts)).reshape(-1, *counts.shape).sum(0)
+
+
+def token_weights(config, models, batches: BucketedBatches, *, sum_counts=sum_over_processes
+                  ) -> dict[str, np.ndarray] | None:
+  """Per side (student, teacher), float32 `[vocab]`: the idf of each token id over all the
+  training rows, for `config.ot.marginals` "idf" (each process counts the rows of its shards,
+  `sum_counts` adds the counts up); None for uniform marginals."""
+  if config.stage != "distill" or config.ot.marginals != "idf":
+    return None
+  tables = {}
+  for side, encoder in (("student", models.student), ("teacher", models.teacher)):
+    df = document_frequencies(batches.columns[side], encoder.config.vocab_size)
+    tables[side] = idf_table(sum_counts(df.astype(np.int32)), batches.num_examples)
+  return tables
 
 
 def make_teacher_cache(config, models, batches: BucketedBatches) -> TeacherTokenCache | None:

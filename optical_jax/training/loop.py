@@ -20,7 +20,7 @@ from optical_jax.models.student import build_models
 from optical_jax.training import checkpoints, step as step_lib
 from optical_jax.training.input_pipeline import (load_training_rows, local_batch,
                                                  make_batches, make_teacher_cache,
-                                                 process_shards)
+                                                 process_shards, token_weights)
 from optical_jax.training.logging import MetricsLog, plot_curves
 from optical_jax.training.state import initial_state, make_optimizer
 from optical_jax.training.workdir import StopSignals, check_workdir_config, workdir_lock
@@ -80,6 +80,7 @@ def _train(config, workdir: Path, primary: bool) -> dict:
            "shapes %s", batches.num_examples, batches.steps_per_epoch, jax.device_count(),
            jax.process_count(), batches.shapes)
   teacher_cache = make_teacher_cache(config, models, batches)
+  weights = token_weights(config, models, batches)
   optimizer = make_optimizer(config)
   state = initial_state(models, optimizer, trainable=config.train.trainable, seed=config.seed)
   if primary:
@@ -126,7 +127,7 @@ def _train(config, workdir: Path, primary: bool) -> dict:
   window_start, window_steps = time.perf_counter(), 0
   with StopSignals() as stop:
     for step in bar:
-      batch = local_batch(batches, teacher_cache, step)
+      batch = local_batch(batches, teacher_cache, step, weights)
       state, metrics = step_fn(state, teacher_params, step_lib.global_batch(batch, mesh), rng)
       done, window_steps = step + 1, window_steps + 1
       loss = float(runtime.to_host(metrics["loss"]))

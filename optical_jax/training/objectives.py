@@ -43,7 +43,9 @@ def ot_term(config, models: DistillationModels, student, teacher):
     t_mask &= _special_token_mask(teacher["ids"], models.teacher_special_ids)
   o = config.ot
   loss, diag = ot_distillation_loss(
-      student["tokens"], teacher["tokens"], s_mask, t_mask, cost=o.cost, epsilon=o.epsilon,
+      student["tokens"], teacher["tokens"], s_mask, t_mask,
+      student_weights=student.get("weights"), teacher_weights=teacher.get("weights"),
+      cost=o.cost, epsilon=o.epsilon,
       max_iterations=o.max_iterations, threshold=o.threshold, gradient=o.gradient,
       center=o.center, return_diagnostics=True)
   return loss, {"ot_iterations": jnp.mean(diag.iterations.astype(jnp.float32)),
@@ -79,7 +81,8 @@ OBJECTIVES: dict[str, tuple[str, ...]] = {
 def distillation_loss(config, models: DistillationModels, student: dict, teacher: dict):
   """Per-example loss `[batch]` of `config.loss` and its diagnostics.
 
-  `student` and `teacher` hold `tokens` `[batch, length, dim]`, `ids` and `mask`.
+  `student` and `teacher` hold `tokens` `[batch, length, dim]`, `ids` and `mask`, and
+  optionally `weights` `[batch, length]`, the OT marginals' token weights (`ot.marginals`).
   """
   terms, aux = {}, {}
   for name in OBJECTIVES[config.loss]:

@@ -87,8 +87,9 @@ def train_step(state: TrainState, teacher_params, batch: Mapping[str, jax.Array]
       per_example, aux = distillation_loss(
           config, models,
           {"tokens": tokens("student"), "ids": batch["student_ids"],
-           "mask": batch["student_mask"]},
-          {"tokens": teacher_tokens, "ids": batch["teacher_ids"], "mask": batch["teacher_mask"]})
+           "mask": batch["student_mask"], "weights": batch.get("student_weights")},
+          {"tokens": teacher_tokens, "ids": batch["teacher_ids"], "mask": batch["teacher_mask"],
+           "weights": batch.get("teacher_weights")})
     return jnp.mean(per_example), aux
 
   # Gradients of the trainable parameters only: frozen ones are constants here, so XLA

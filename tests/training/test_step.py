@@ -95,3 +95,39 @@ def test_the_package_has_no_pmap():
   offenders = [str(p.relative_to(ROOT)) for p in (ROOT / "optical_jax").rglob("*.py")
                if "jax.pmap" in p.read_text() or "device_put_replicated" in p.read_text()]
   assert not offenders
+
+
+def test_token_weights_in_the_batch_are_the_ot_marginals(tiny_bert_dir):
+  from optical_jax.losses import ot_distillation_loss
+  config, models, optimizer, mesh = _setup(tiny_bert_dir)
+  config.loss = "ot"
+  config.ot.marginals = "idf"
+  teacher_params = replicate(models.teacher.params, mesh)
+  rng = replicate(jax.random.PRNGKey(0), mesh)
+  data = np.random.default_rng(0)
+  ids = data.integers(1000, 20000, (8, 16)).astype(np.int32)
+  mask = (np.arange(16) < data.integers(4, 17, (8, 1))).astype(np.int32)
+  weights = data.uniform(0.1, 3.0, (8, 16)).astype(np.float32) * mask
+  arrays = {"student_ids": ids, "student_mask": mask, "teacher_ids": ids[:, ::-1].copy(),
+            "teacher_mask": mask[:, ::-1].copy()}
+  params = initial_state(models, optimizer).params
+
+  def loss_of(arrays):
+    step = compiled_per_shape(make_train_step(config, models, optimizer, mesh), {})
+    state = replicate(initial_state(models, optimizer), mesh)
+    return float(step(state, teacher_params, global_batch(arrays, mesh), rng)[1]["loss_ot"])
+
+  def reference(student_weights=None, teacher_weights=None):
+    s = models.student_tokens(params, ids, mask, deterministic=True)
+    t = models.teacher.apply(models.teacher.params, arrays["teacher_ids"], arrays["teacher_mask"])
+    o = config.ot
+    return float(np.mean(ot_distillation_loss(
+        s, t, mask.astype(bool), arrays["teacher_mask"].astype(bool),
+        student_weights=student_weights, teacher_weights=teacher_weights, epsilon=o.epsilon,
+        max_iterations=o.max_iterations, threshold=o.threshold, center=o.center)))
+
+  weighted = loss_of({**arrays, "student_weights": weights,
+                      "teacher_weights": weights[:, ::-1].copy()})
+  assert weighted == pytest.approx(reference(weights, weights[:, ::-1].copy()), rel=1e-4)
+  assert loss_of(arrays) == pytest.approx(reference(), rel=1e-4)
+  assert abs(weighted - reference()) > 1e-3  # the weights moved the plan

@@ -1,0 +1,57 @@
+"""Idf token weights of the training rows: the OT marginals of `config.ot.marginals` "idf"."""
+
+import numpy as np
+
+from tests.training.runs import SENTENCES
+
+
+def _batches(checkpoint, tmp_path, shards=None, lengths=None):
+  from optical_jax import load_encoder
+  from optical_jax.config import base_config
+  from optical_jax.models.student import DistillationModels
+  from optical_jax.training.input_pipeline import gather_lengths, make_batches
+  encoder = load_encoder(str(checkpoint))
+  config = base_config()
+  config.train.batch_size, config.data.max_length = 4, 32
+  config.ot.marginals = "idf"
+  models = DistillationModels(encoder, encoder)
+  rows = [(s, t) for s, t in SENTENCES] + [(t, s) for s, t in SENTENCES[:2]]
+  # Every row's lengths: what the processes' all-gather gives (kept from the one-process run).
+  lengths = {} if lengths is None else lengths
+  gather = lambda local, n, k: (lengths["all"] if "all" in lengths
+                                else lengths.setdefault("all", gather_lengths(local, n, k)))
+  return config, models, rows, make_batches(config, models, rows, tmp_path, shards=shards,
+                                            gather=gather), lengths
+
+
+def test_idf_weights_count_every_shards_rows_and_weigh_each_batch_token(setup, tmp_path):
+  from optical_jax.training.input_pipeline import local_batch, token_weights
+  _, checkpoint, _, _ = setup
+  config, models, rows, batches, lengths = _batches(checkpoint, tmp_path)
+  tables = token_weights(config, models, batches)
+  # Against the tokenizer on the rows directly: idf = log((n + 1) / (df + 1)).
+  tokenizer = models.student.tokenizer
+  for side, column in (("student", 0), ("teacher", 1)):
+    ids = [set(tokenizer(r[column], truncation=True, max_length=32)["input_ids"]) for r in rows]
+    for token in {t for row in ids for t in row}:
+      df = sum(token in row for row in ids)
+      assert np.isclose(tables[side][token], np.log((len(rows) + 1) / (df + 1)), rtol=1e-6)
+  assert tables["student"][tokenizer.cls_token_id] == 0.0  # every row has [CLS]
+  # Two processes, each counting its own shards, add up to the same tables.
+  half = _batches(checkpoint, tmp_path, shards=[0, 1], lengths=lengths)[3]
+  other = _batches(checkpoint, tmp_path, shards=[2, 3], lengths=lengths)[3]
+  other_counts = {}
+  token_weights(config, models, other,
+                sum_counts=lambda df: other_counts.setdefault(len(other_counts), df))
+  sides = iter(other_counts.values())
+  split = token_weights(config, models, half, sum_counts=lambda df: df + next(sides))
+  for side in tables:
+    np.testing.assert_array_equal(split[side], tables[side])
+  # Each batch token weighs its id's idf; padding weighs nothing.
+  batch = local_batch(batches, None, 0, tables)
+  for side in tables:
+    expected = tables[side][batch[f"{side}_ids"]] * batch[f"{side}_mask"]
+    np.testing.assert_array_equal(batch[f"{side}_weights"], expected)
+    assert (batch[f"{side}_weights"][batch[f"{side}_mask"] == 0] == 0).all()
+  config.ot.marginals = "uniform"
+  assert token_weights(config, models, batches) is None
