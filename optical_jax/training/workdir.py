@@ -11,7 +11,7 @@ import signal
 import socket
 from pathlib import Path
 
-from optical_jax.config import ConfigError
+from optical_jax.config import ConfigError, base_config
 
 log = logging.getLogger("optical_jax")
 
@@ -87,8 +87,12 @@ def check_resumed_config(saved_json: str, config) -> list[str]:
   returns them so the caller can log the change."""
   saved = _flat(json.loads(saved_json))
   current = _flat(json.loads(config.to_json_best_effort()))
+  # A field added since the run was saved counts at its default, which is what the run used.
+  defaults = _flat(json.loads(base_config().to_json_best_effort()))
+  value = lambda flat, k: flat[k] if k in flat else defaults.get(k)
   changed = sorted(k for k in saved.keys() | current.keys()
-                   if saved.get(k) != current.get(k) and not k.startswith(RESUMABLE_CHANGES))
+                   if value(saved, k) != value(current, k)
+                   and not k.startswith(RESUMABLE_CHANGES))
   if changed and not config.train.get("resume_with_changes", False):
     shown = "; ".join(f"config.{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed[:5])
     raise ConfigError(f"this workdir holds a run with another configuration ({shown}); use "

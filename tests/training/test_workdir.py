@@ -57,6 +57,18 @@ def test_resuming_under_a_changed_config_is_refused_unless_asked_for(setup, tmp_
   assert json.loads((workdir / "config.json").read_text())["loss"] == "mse"
 
 
+def test_a_field_added_since_the_run_was_saved_counts_at_its_default():
+  from optical_jax.config import ConfigError, base_config
+  from optical_jax.training.workdir import check_resumed_config
+  config = base_config()
+  saved = json.loads(config.to_json_best_effort())
+  del saved["ot"]["marginals"]  # a run saved before the field existed
+  assert check_resumed_config(json.dumps(saved), config) == []
+  config.ot.marginals = "idf"
+  with pytest.raises(ConfigError, match="config.ot.marginals: None -> 'idf'"):
+    check_resumed_config(json.dumps(saved), config)
+
+
 def _start(config, workdir):
   env = dict(os.environ, HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu")
   return subprocess.Popen([sys.executable, str(ROOT / "train.py"), f"--config={config}",
