@@ -8,12 +8,14 @@ however the corpus was cut.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Mapping, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from optical_jax.scoring import maxsim_scores
+from optical_jax.pooling import l2_normalize
 
 
 def docid_ranks(doc_ids: Sequence[str]) -> np.ndarray:
@@ -131,22 +133,48 @@ def _power_of_two(n: int, floor: int) -> int:
   return width
 
 
-_maxsim = jax.jit(maxsim_scores)
+@functools.partial(jax.jit, static_argnames="candidates")
+def _maxsim_flat(query, query_mask, tokens, index, segment, *, candidates: int):
+  """MaxSim of one query `[1, Lq, d]` against `candidates` documents whose L2-normalised tokens
+  are rows `index` `[S]` of `tokens`; `segment` `[S]` (sorted) names each row's candidate, and
+  the value `candidates` marks padding."""
+  sims = tokens[index] @ l2_normalize(query[0]).T  # [S, Lq]
+  best = jax.ops.segment_max(sims, segment, num_segments=candidates + 1,
+                             indices_are_sorted=True)[:candidates]
+  best = jnp.where(jnp.isfinite(best), best, 0.0)  # a document with no token
+  return jnp.sum(jnp.where(query_mask[0][None], best, 0.0), axis=-1)
 
 
 def maxsim_reranker(query_tokens: Mapping[str, np.ndarray], doc_tokens: Mapping[str, np.ndarray]
                     ) -> Callable[[str, list[str]], np.ndarray]:
-  """A `score_fn` for `rerank_run` with ColBERT late interaction over token embeddings."""
+  """A `score_fn` for `rerank_run` with ColBERT late interaction over token embeddings (cosine
+  similarities, as `maxsim_scores`). The documents' tokens are normalised and concatenated on
+  the device once, unpadded; each query gathers its candidates' tokens there and takes the
+  best match per candidate (a segment max), so no candidate is padded to the longest and a
+  rerank compiles for a few padded shapes (query length, candidates' token count) only."""
+  ids = list(doc_tokens)
+  position = {d: i for i, d in enumerate(ids)}
+  lengths = np.array([len(doc_tokens[d]) for d in ids], np.int64)
+  starts = np.cumsum(lengths) - lengths
+  dim = next(iter(doc_tokens.values())).shape[1] if ids else 0
+  tokens = np.concatenate([np.asarray(doc_tokens[d], np.float32).reshape(-1, dim) for d in ids]
+                          + [np.zeros((1, dim), np.float32)])  # the last row: padding
+  tokens[:-1] /= np.maximum(np.linalg.norm(tokens[:-1], axis=-1, keepdims=True), 1e-12)
+  tokens, pad_row = jax.device_put(tokens), int(lengths.sum())
+
   def score(qid, docids):
     q = query_tokens[qid]
     query = np.zeros((1, _power_of_two(len(q), 16), q.shape[1]), np.float32)
     query[0, :len(q)] = q
     query_mask = np.arange(query.shape[1])[None] < len(q)
-    width = _power_of_two(max(doc_tokens[d].shape[0] for d in docids), 16)
-    docs = np.zeros((_power_of_two(len(docids), 8), width, q.shape[1]), np.float32)
-    mask = np.zeros(docs.shape[:2], bool)
-    for row, d in enumerate(docids):
-      docs[row, :len(doc_tokens[d])] = doc_tokens[d]
-      mask[row, :len(doc_tokens[d])] = True
-    return np.asarray(_maxsim(query, query_mask, docs, mask))[0, :len(docids)]
+    rows = np.array([position[d] for d in docids], np.int64)
+    n = lengths[rows]
+    total, size = int(n.sum()), _power_of_two(int(n.sum()), 1024)
+    candidates = _power_of_two(len(docids), 8)
+    index = np.full(size, pad_row, np.int32)
+    segment = np.full(size, candidates, np.int32)
+    index[:total] = np.repeat(starts[rows] - (np.cumsum(n) - n), n) + np.arange(total)
+    segment[:total] = np.repeat(np.arange(len(docids)), n)
+    return np.asarray(_maxsim_flat(query, query_mask, tokens, index, segment,
+                                   candidates=candidates))[:len(docids)]
   return score

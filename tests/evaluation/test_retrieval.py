@@ -98,10 +98,10 @@ def test_maxsim_rerank_pads_to_few_shapes_and_scores_as_unpadded():
   queries = {f"q{n}": rng.normal(size=(n, 8)).astype(np.float32) for n in range(1, 21)}
   docs = {f"d{i}": rng.normal(size=(3 + 5 * i, 8)).astype(np.float32) for i in range(12)}
   run = {q: {d: float(-i) for i, d in enumerate(docs)} for q in queries}
-  before = search._maxsim._cache_size()
+  before = search._maxsim_flat._cache_size()
   reranked = rerank_run(run, maxsim_reranker(queries, docs), depth=12)
-  # 20 query lengths and one candidate width: two padded query widths, one doc width.
-  assert search._maxsim._cache_size() - before <= 2
+  # 20 query lengths, one candidate count: two padded query widths.
+  assert search._maxsim_flat._cache_size() - before <= 2
   q, ids = queries["q7"], list(docs)
   width = max(len(docs[d]) for d in ids)
   padded = np.stack([np.pad(docs[d], ((0, width - len(docs[d])), (0, 0))) for d in ids])
