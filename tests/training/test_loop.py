@@ -17,7 +17,8 @@ from tests.training.runs import (SENTENCES, keyed, assert_same_params, final_par
                                  final_params_at, run_train, toy_collection, write_config)
 
 
-@pytest.mark.parametrize("loss", ["ot", "ot+contrastive"])
+# ot+contrastive holds the OT term and the cross-device contrastive gather; plain ot adds nothing.
+@pytest.mark.parametrize("loss", ["ot+contrastive"])
 def test_two_devices_match_one_device(setup, loss):
   root, checkpoint, bitext, _ = setup
   config = write_config(root / f"pmap_{loss.replace('+', '_')}.py", checkpoint, bitext, loss=loss)
