@@ -6,11 +6,27 @@ Every error names the file and the line (`path:line: what is wrong`).
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Mapping
 
+from optical_jax.fileio import atomic_writer
 from optical_jax.textfiles import (DataFormatError, PathLike, is_jsonl, json_record,
                                    text_lines)
+
+# Column names a TSV's first line may carry instead of data (`qid<TAB>query`, pandas'
+# `to_csv(sep="\t")`, BEIR's `query-id`): compared lower-case.
+_ID_COLUMNS = {"qid", "query_id", "queryid", "query-id", "topic_id", "topicid", "id", "_id",
+               "docid", "doc_id", "doc-id", "docno", "document_id", "pid", "passage_id"}
+_TEXT_COLUMNS = {"query", "text", "title", "question", "query_text", "contents", "content",
+                 "body", "passage", "document", "doc", "doc_text"}
+
+
+def _is_header(parts: list[str]) -> bool:
+  """Whether a TSV line names its columns (an id column, then only text columns)."""
+  rest = [p.strip().lower() for p in parts[1:] if p.strip()]
+  return parts[0].strip().lower() in _ID_COLUMNS and bool(rest) and all(
+      p in _TEXT_COLUMNS for p in rest)
 
 
 def _field(path, number, record: Mapping, names: tuple[str, ...], what: str, *,
@@ -32,9 +48,11 @@ def _field(path, number, record: Mapping, names: tuple[str, ...], what: str, *,
 
 
 def read_topics(path: PathLike) -> dict[str, str]:
-  """Queries as `{qid: text}` from TSV (`qid<TAB>text`) or JSONL (`qid`/`_id`, `text`/`query`)."""
+  """Queries as `{qid: text}` from TSV (`qid<TAB>text`) or JSONL (`qid`/`_id`, `text`/`query`).
+  A TSV's first line that names its columns (`qid<TAB>query`, `id<TAB>text`, any case) is a
+  header, not a query."""
   topics: dict[str, str] = {}
-  for number, line in text_lines(path):
+  for index, (number, line) in enumerate(text_lines(path)):
     if is_jsonl(path):
       record = json_record(path, number, line)
       qid = _field(path, number, record, ("qid", "query_id", "_id", "id"), "query id",
@@ -44,6 +62,8 @@ def read_topics(path: PathLike) -> dict[str, str]:
       parts = line.split("\t")
       if len(parts) < 2:
         raise DataFormatError(f"{path}:{number}: expected 'qid<TAB>text', got {line[:60]!r}")
+      if index == 0 and _is_header(parts):
+        continue  # kept, it would be a phantom query "qid" in every run file
       qid, text = parts[0].strip(), " ".join(parts[1:])
     if not qid:
       raise DataFormatError(f"{path}:{number}: empty query id")
@@ -57,9 +77,10 @@ def read_topics(path: PathLike) -> dict[str, str]:
 
 def read_corpus(path: PathLike) -> dict[str, str]:
   """Documents as `{docid: text}` from TSV (`docid<TAB>text` or `docid<TAB>title<TAB>text`)
-  or JSONL (`docid`/`_id`, optional `title`, `text`); title and text are joined."""
+  or JSONL (`docid`/`_id`, optional `title`, `text`); title and text are joined. A TSV's first
+  line that names its columns (`docid<TAB>text`, `id<TAB>title<TAB>text`) is a header."""
   corpus: dict[str, str] = {}
-  for number, line in text_lines(path):
+  for index, (number, line) in enumerate(text_lines(path)):
     if is_jsonl(path):
       record = json_record(path, number, line)
       docid = _field(path, number, record, ("docid", "doc_id", "_id", "id"),
@@ -75,6 +96,8 @@ def read_corpus(path: PathLike) -> dict[str, str]:
       parts = line.split("\t")
       if len(parts) < 2:
         raise DataFormatError(f"{path}:{number}: expected 'docid<TAB>text', got {line[:60]!r}")
+      if index == 0 and _is_header(parts):
+        continue
       docid, text = parts[0].strip(), " ".join(p.strip() for p in parts[1:] if p.strip())
     if not docid:
       raise DataFormatError(f"{path}:{number}: empty document id")
@@ -115,7 +138,8 @@ def read_qrels(path: PathLike, *, topics: Mapping[str, str] | None = None
 
 
 def read_run(path: PathLike) -> dict[str, dict[str, float]]:
-  """A TREC run (`qid Q0 docid rank score tag`) as `{qid: {docid: score}}`."""
+  """A TREC run (`qid Q0 docid rank score tag`) as `{qid: {docid: score}}`; a NaN or
+  infinite score is an error naming its line."""
   run: dict[str, dict[str, float]] = {}
   for number, line in text_lines(path):
     parts = line.split()
@@ -127,6 +151,9 @@ def read_run(path: PathLike) -> dict[str, dict[str, float]]:
       value = float(score)
     except ValueError:
       raise DataFormatError(f"{path}:{number}: score {score!r} is not a number") from None
+    if not math.isfinite(value):  # no ranking has a place for it; trec_eval's would differ
+      raise DataFormatError(f"{path}:{number}: score {score!r} of document {docid!r} for query "
+                            f"{qid!r} is not a finite number; fix the system that wrote the run")
     ranked = run.setdefault(qid, {})
     if docid in ranked:
       raise DataFormatError(f"{path}:{number}: document {docid!r} appears twice for query "
@@ -141,7 +168,7 @@ def write_run(run: Mapping[str, Mapping[str, float]], path: PathLike, *,
   from optical_jax.evaluation.metrics import trec_ranking
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  with open(path, "w", encoding="utf-8") as f:
+  with atomic_writer(path) as f:  # an interrupted evaluation leaves the previous run file
     for qid in run:
       for rank, docid in enumerate(trec_ranking(run[qid]), start=1):
         f.write(f"{qid} Q0 {docid} {rank} {float(run[qid][docid]):.6f} {tag}\n")
@@ -151,7 +178,7 @@ def write_run(run: Mapping[str, Mapping[str, float]], path: PathLike, *,
 def write_qrels(qrels: Mapping[str, Mapping[str, int]], path: PathLike) -> Path:
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  with open(path, "w", encoding="utf-8") as f:
+  with atomic_writer(path) as f:
     for qid, judged in qrels.items():
       for docid, rel in judged.items():
         f.write(f"{qid} 0 {docid} {rel}\n")
@@ -162,7 +189,7 @@ def write_tsv(rows: Mapping[str, str], path: PathLike) -> Path:
   """`id<TAB>text` lines (topics or corpus); tabs and newlines in texts become spaces."""
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  with open(path, "w", encoding="utf-8") as f:
+  with atomic_writer(path) as f:
     for key, text in rows.items():
       f.write(f"{key}\t{' '.join(text.split())}\n")
   return path

@@ -125,3 +125,39 @@ def test_scores_with_a_bom_equal_the_bom_free_files_and_ir_measures(tmp_path, bo
       ir_measures.read_trec_run(str(run_path)))
   assert with_bom["MAP"] == pytest.approx(expected[ir_measures.AP], abs=1e-6)
   assert with_bom["nDCG@10"] == pytest.approx(expected[ir_measures.nDCG @ 10], abs=1e-6)
+
+
+@pytest.mark.parametrize("header", ["qid\tquery", "QID\tQuery", "query_id\ttext", "id\ttext",
+                                    "Query_ID\tTEXT"])
+def test_a_topics_header_naming_its_columns_is_no_query(tmp_path, header):
+  topics = read_topics(write(tmp_path, "q.tsv", f"{header}\n1\tmoyo wa dziko\n2\tmadzi\n"))
+  assert topics == {"1": "moyo wa dziko", "2": "madzi"}
+
+
+def test_only_a_first_line_of_column_names_is_a_header(tmp_path):
+  # A first line with one real field is data; a later "id<TAB>text" is a query named "id".
+  assert read_topics(write(tmp_path, "a.tsv", "qid\tmoyo\n")) == {"qid": "moyo"}
+  assert read_topics(write(tmp_path, "b.tsv", "1\tmoyo\nid\ttext\n")) == {"1": "moyo",
+                                                                          "id": "text"}
+
+
+@pytest.mark.parametrize("header", ["docid\ttext", "DocID\tTitle\tText", "id\ttitle\ttext",
+                                    "_id\tcontents"])
+def test_a_corpus_header_naming_its_columns_is_no_document(tmp_path, header):
+  corpus = read_corpus(write(tmp_path, "c.tsv", f"{header}\nd1\tT\tbody\nd2\tother\n"))
+  assert corpus == {"d1": "T body", "d2": "other"}
+
+
+@pytest.mark.parametrize("score", ["nan", "NaN", "inf", "-inf", "-Infinity"])
+def test_a_score_that_is_not_finite_is_named(tmp_path, score):
+  path = write(tmp_path, "run", f"q1 Q0 d1 1 0.5 t\nq1 Q0 d2 2 {score} t\n")
+  with pytest.raises(DataFormatError, match=rf"run:2: score '{score}' of document 'd2' for "
+                                            r"query 'q1' is not a finite number"):
+    read_run(path)
+
+
+def test_writers_replace_a_file_whole(tmp_path):
+  path = write_run({"q1": {"d1": 1.0}}, tmp_path / "runs" / "toy.trec")
+  write_run({"q2": {"d2": 2.0}}, path)
+  assert read_run(path) == {"q2": {"d2": 2.0}}
+  assert [p.name for p in path.parent.iterdir()] == ["toy.trec"]  # no temporary left
