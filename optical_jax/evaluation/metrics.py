@@ -25,18 +25,36 @@ Qrels = Mapping[str, Mapping[str, int]]
 # MAP and MRR@10 (RR@10) and the nDCG@10 most other collections quote.
 DEFAULT_MEASURES = ("MAP", "nDCG@10", "nDCG@20", "R@1", "R@10", "R@100", "RR@10", "P@10")
 _MEASURE = re.compile(r"^(MAP|AP|nDCG|R|P|RR|MRR)(?:@(\d+))?$")
+ACCEPTED = "MAP, AP[@k], nDCG[@k], R@k, P@k, RR[@k] or MRR[@k], with k >= 1"
+
+
+class MeasureError(ValueError):
+  """A measure name we cannot compute; the message names it and the accepted ones."""
 
 
 def parse_measure(name: str) -> tuple[str, int | None]:
   """('AP' | 'nDCG' | 'R' | 'P' | 'RR', cutoff or None) for names like 'nDCG@10', 'MAP'."""
   match = _MEASURE.match(name.strip())
   if not match:
-    raise ValueError(f"unknown measure {name!r}; use MAP, nDCG[@k], R@k, P@k, RR[@k] or MRR@k")
+    raise MeasureError(f"unknown measure {name!r}; use {ACCEPTED}")
   kind, cutoff = match.group(1), match.group(2)
   kind = {"MAP": "AP", "MRR": "RR"}.get(kind, kind)
   if kind in ("R", "P") and cutoff is None:
-    raise ValueError(f"measure {name!r} needs a cutoff, e.g. {kind}@10")
-  return kind, int(cutoff) if cutoff else None
+    raise MeasureError(f"measure {name!r} needs a cutoff, e.g. {kind}@10")
+  if cutoff is not None and int(cutoff) < 1:  # P@0 would divide by 0: nan
+    raise MeasureError(f"measure {name!r}: the cutoff must be at least 1; use {ACCEPTED}")
+  return kind, int(cutoff) if cutoff is not None else None
+
+
+def check_measures(names: Iterable[str]) -> list[str]:
+  """`names` as given, once each check passed (`parse_measure`); none at all is an error too.
+  For command lines: before any model loads."""
+  names = list(names)
+  if not names:
+    raise MeasureError(f"no measure given; use {ACCEPTED}")
+  for name in names:
+    parse_measure(name)
+  return names
 
 
 def trec_ranking(scores: Mapping[str, float]) -> list[str]:

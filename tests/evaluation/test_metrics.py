@@ -1,5 +1,7 @@
 """Every measure against ir_measures (pytrec_eval, i.e. trec_eval) on adversarial runs."""
 
+import re
+
 import ir_measures
 import numpy as np
 import pytest
@@ -92,3 +94,21 @@ def test_default_measures_include_ciral_official_ones_and_match_ir_measures():
   # nDCG@20 is its own cutoff, not nDCG@10 again: some query has relevant documents 11-20.
   assert ours["nDCG@20"] != ours["nDCG@10"]
   assert list(DEFAULT_MEASURES) == list(ours)
+
+
+@pytest.mark.parametrize("name", ["P@0", "R@0", "nDCG@0", "RR@0", "MAP@0"])
+def test_a_zero_cutoff_is_rejected_not_nan(name):
+  from optical_jax.evaluation.metrics import MeasureError
+  with pytest.raises(MeasureError, match=rf"measure '{re.escape(name)}': the cutoff must be at "
+                                         r"least 1; use MAP, AP\[@k\], nDCG\[@k\]"):
+    evaluate({"q1": {"d1": 1.0}}, {"q1": {"d1": 1}}, [name])
+
+
+def test_check_measures_names_the_bad_one_and_the_accepted_ones():
+  from optical_jax.evaluation.metrics import MeasureError, check_measures
+  assert check_measures(["MAP", "nDCG@20", "MRR@10", "RR"]) == ["MAP", "nDCG@20", "MRR@10", "RR"]
+  with pytest.raises(MeasureError, match=r"unknown measure 'foo'; use MAP, AP\[@k\], nDCG\[@k\], "
+                                         r"R@k, P@k, RR\[@k\] or MRR\[@k\], with k >= 1"):
+    check_measures(["MAP", "foo"])
+  with pytest.raises(MeasureError, match="no measure given"):
+    check_measures([])
