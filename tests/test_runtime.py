@@ -44,3 +44,38 @@ def test_to_host_gives_numpy_copies():
   host = runtime.to_host(tree)
   assert all(isinstance(v, np.ndarray) for v in host.values())
   np.testing.assert_array_equal(host["a"], [0.0, 1.0, 2.0])
+
+
+def test_the_processes_that_did_not_join_are_named(monkeypatch):
+  monkeypatch.setattr(runtime, "_listening", lambda address: True)
+  assert runtime.missing_processes("h:1", 2, 0) == "process 1"
+  assert runtime.missing_processes("h:1", 2, 1) == "process 0"
+  assert runtime.missing_processes("h:1", 4, 2) == "one or more of processes 0, 1, 3"
+  monkeypatch.setattr(runtime, "_listening", lambda address: False)
+  assert runtime.missing_processes("h:1", 3, 1) == "process 0 (nothing listens at h:1)"
+
+
+def test_a_process_whose_partner_never_starts_says_so_and_gives_up_in_one_line(tmp_path):
+  import os
+  import socket
+  import subprocess
+  import sys
+  import time
+  from tests.helpers import ROOT
+  with socket.socket() as s:  # a free port
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  started = time.monotonic()
+  result = subprocess.run(
+      [sys.executable, str(ROOT / "train.py"), "--config", "configs/tiny.py", "--workdir",
+       str(tmp_path / "W"), f"--coordinator_address=localhost:{port}", "--num_processes=2",
+       "--process_id=0", "--join_timeout=3"], capture_output=True, text=True, timeout=120,
+      cwd=ROOT, env=dict(os.environ, HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu"))
+  assert result.returncode == 1, result.stderr[-3000:]
+  lines = result.stderr.strip().splitlines()
+  assert lines[0] == (f"process 0: waiting for 2 processes at localhost:{port} (at most 3 s, "
+                      "--join_timeout)")
+  assert lines[-1].startswith(f"error: process 0 of 2: process 1 did not join at "
+                              f"localhost:{port} within 3 s (--join_timeout)")
+  assert len(lines) == 2 and "Check failure" not in result.stderr
+  assert time.monotonic() - started < 60  # not JAX's 5 minutes
