@@ -1,6 +1,6 @@
-"""What `train.py` and `eval.py` share: process flags, start-up in the right order, and our
-own errors printed as one short line instead of a traceback (`--verbose` or
-`OPTICAL_VERBOSE=1` shows it)."""
+"""What `train.py` and `eval.py` share: process flags, start-up in the right order, our own
+errors printed as one short line instead of a traceback (`--verbose` or `OPTICAL_VERBOSE=1`
+shows it), and Ctrl-C as exit 130 with a line saying what is kept."""
 
 from __future__ import annotations
 
@@ -12,12 +12,33 @@ from absl import app, flags
 
 FLAGS = flags.FLAGS
 
+# Our errors by defining module and class name, matched along the exception's classes: telling
+# one imports nothing (a module not loaded cannot have raised its error), so `eval.py --run`
+# never loads the training stack to print a line, and a module that fails to import cannot
+# turn a one-line error into two tracebacks.
+_OUR_ERRORS = frozenset({
+    ("optical_jax.config", "ConfigError"),
+    ("optical_jax.evaluation.collections", "CollectionError"),
+    ("optical_jax.evaluation.metrics", "MeasureError"),
+    ("optical_jax.models.export", "ExportError"),
+    ("optical_jax.models.hf_checkpoint", "CheckpointError"),
+    ("optical_jax.textfiles", "DataFormatError"),
+    ("optical_jax.training.checkpoints", "CheckpointFault"),
+    ("optical_jax.training.loop", "TrainingError"),
+    ("optical_jax.training.workdir", "WorkdirBusy"),
+})
+
+# What an interrupted program keeps, for the line Ctrl-C prints (`on_interrupt`).
+_kept: str | None = None
+
 
 def define_process_flags() -> None:
   flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0, for a run of "
                       "several processes where JAX does not detect the cluster itself.")
   flags.DEFINE_integer("num_processes", None, "How many processes the run has.")
   flags.DEFINE_integer("process_id", None, "This process's index, 0 .. num_processes - 1.")
+  flags.DEFINE_float("join_timeout", 300, "Seconds to wait for every process of a run of "
+                     "several (--num_processes) to join before giving up.")
   flags.DEFINE_bool("verbose", False, "Show tracebacks of our own errors.")
 
 
@@ -34,8 +55,11 @@ def start(argv, config, workdir: str | None):
       not log_file.parent.parent.is_dir():
     log_file = None  # --workdir is a file: the loop says so
   runtime.quiet_libraries(log_file)
+  if workdir:
+    on_interrupt(f"{Path(workdir).expanduser()} keeps every checkpoint saved so far; rerun the "
+                 "same command to resume (a finished run evaluates again)")
   runtime.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
-                                 FLAGS.process_id)
+                                 FLAGS.process_id, join_timeout=FLAGS.join_timeout)
   runtime.enable_compilation_cache(config)
   if not runtime.is_primary():  # process 0 speaks for the run
     import logging
@@ -43,45 +67,56 @@ def start(argv, config, workdir: str | None):
   return config
 
 
-def _our_errors() -> tuple[type, ...]:
-  from optical_jax.config import ConfigError
-  from optical_jax.evaluation.collections import CollectionError
-  from optical_jax.models.export import ExportError
-  from optical_jax.models.hf_checkpoint import CheckpointError
-  from optical_jax.textfiles import DataFormatError
-  from optical_jax.training.checkpoints import CheckpointFault
-  from optical_jax.training.loop import TrainingError
-  from optical_jax.training.workdir import WorkdirBusy
-  return (ConfigError, CollectionError, ExportError, CheckpointError, DataFormatError,
-          CheckpointFault, TrainingError, WorkdirBusy, FileNotFoundError)
+def _is_ours(error: BaseException) -> bool:
+  return isinstance(error, FileNotFoundError) or any(
+      (c.__module__, c.__qualname__) in _OUR_ERRORS for c in type(error).__mro__)
+
+
+def on_interrupt(kept: str) -> None:
+  """What Ctrl-C from now on leaves behind, said after "interrupted; "."""
+  global _kept
+  _kept = kept
+
+
+def _interrupted() -> None:
+  print(f"interrupted; {_kept}" if _kept else "interrupted", file=sys.stderr, flush=True)
+  sys.exit(130)
 
 
 def _verbose(argv=()) -> bool:
   """`OPTICAL_VERBOSE=1`, or `--verbose` (in `argv` while the flags are not parsed yet)."""
   env = os.environ.get("OPTICAL_VERBOSE", "").strip().lower() in ("1", "true", "yes")
-  return env or "--verbose" in argv or (FLAGS.is_parsed() and FLAGS.verbose)
+  return env or "--verbose" in argv or (FLAGS.is_parsed() and "verbose" in FLAGS
+                                        and FLAGS.verbose)
 
 
 def run(main) -> None:
   """`absl.app.run(main)`, with our errors as `error: message` (exit 1) and Ctrl-C outside
-  the train loop as one line (exit 130)."""
+  the train loop as one line saying what is kept (exit 130), even where a library swallowed
+  the interrupt (`optical_jax.interrupts`)."""
   def guarded(argv):
+    from optical_jax import interrupts
+    interrupts.install()
     try:
-      return main(argv)
+      result = main(argv)
     except KeyboardInterrupt:
       if _verbose():
         raise
-      print("interrupted", file=sys.stderr)
-      sys.exit(130)
+      _interrupted()
     except Exception as e:
+      if interrupts.received() and not _verbose():
+        _interrupted()  # a library turned the interrupt into its own error
       if not _verbose() and isinstance(e, OSError) and "Configuration is not available" in str(e):
         reason = str(e).strip().splitlines()[-1].strip()  # "[Errno 2] No such file ...: path"
         print(f"error: --config: {reason}", file=sys.stderr)
         sys.exit(2)
-      if _verbose() or not isinstance(e, _our_errors()):
+      if _verbose() or not _is_ours(e):
         raise
       print(f"error: {e}\n(--verbose shows the traceback)", file=sys.stderr)
       sys.exit(1)
+    if interrupts.received():
+      _interrupted()  # swallowed for good somewhere, and main went on: still not a success
+    return result
   app.run(guarded, flags_parser=_parse_flags)
 
 

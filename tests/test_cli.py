@@ -41,3 +41,45 @@ def test_verbose_shows_the_traceback(tmp_path):
   result = _train("--config", "configs/tiny.py", "--workdir", str(tmp_path / "W"),
                   "--config.ot.max_iterations=0", "--verbose")
   assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+SWALLOWED_INTERRUPT = """
+import gc, os, signal, sys, time
+from optical_jax import cli
+
+cli.define_process_flags()
+
+def main(argv):
+  cli.on_interrupt("the checkpoints are untouched")
+  def _xla_gc_callback(phase, info):  # what JAX runs in every garbage collection
+    if phase == "start":
+      os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C arrives inside the callback
+      time.sleep(0.05)
+  gc.callbacks.append(_xla_gc_callback)
+  gc.collect()
+  gc.callbacks.remove(_xla_gc_callback)
+  for _ in range(200):  # the rest of the final evaluation
+    time.sleep(0.01)
+  print("evaluated every collection", flush=True)
+
+cli.run(main)
+"""
+
+
+def test_ctrl_c_swallowed_by_a_gc_callback_still_stops_with_130(tmp_path):
+  script = tmp_path / "program.py"
+  script.write_text(SWALLOWED_INTERRUPT)
+  result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+  assert result.returncode == 130, result.stderr
+  assert result.stderr.strip() == "interrupted; the checkpoints are untouched"
+  assert "evaluated every collection" not in result.stdout  # stopped, not just exit 130 at the end
+  assert "Exception ignored" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_errors_printed_in_one_line_exist_where_cli_looks_for_them():
+  import importlib
+  from optical_jax import cli
+  for module, name in cli._OUR_ERRORS:
+    error = getattr(importlib.import_module(module), name)
+    assert issubclass(error, Exception) and error.__module__ == module, (module, name)

@@ -1,0 +1,71 @@
+"""Ctrl-C that always stops the program.
+
+Python turns SIGINT into a `KeyboardInterrupt` raised wherever the main thread happens to
+be. Raised inside a garbage-collector callback (JAX's `_xla_gc_callback` runs in every
+collection) or a `__del__`, it is printed as "Exception ignored in ..." and lost: the
+program goes on and exits 0. `install()` (called by `cli.run`) records every SIGINT, and
+delivers a lost interrupt again a moment later, outside the callback; `received()` says
+whether one came, so `cli.run` exits 130 even if one was lost for good; `check()` raises it
+at a safe point (between collections, between phases).
+
+Standard library only, so any module may import it.
+"""
+
+from __future__ import annotations
+
+import _thread
+import signal
+import sys
+import threading
+
+_received = 0  # SIGINTs seen by our handler, or interrupts some callback swallowed
+_installed = False
+
+
+def _on_sigint(signum, frame):
+  global _received
+  _received += 1
+  raise KeyboardInterrupt
+
+
+def _deliver_again() -> None:
+  # Runs the main thread's current SIGINT handler (ours, or the train loop's StopSignals) at
+  # its next bytecode: past the callback that swallowed the interrupt.
+  _thread.interrupt_main(signal.SIGINT)
+
+
+def _unraisable_hook(previous):
+  def hook(unraisable):
+    global _received
+    if isinstance(unraisable.exc_value, KeyboardInterrupt) or (
+        unraisable.exc_type is not None and issubclass(unraisable.exc_type, KeyboardInterrupt)):
+      _received += 1
+      timer = threading.Timer(0.01, _deliver_again)
+      timer.daemon = True
+      timer.start()
+      return  # no "Exception ignored in ..." traceback: the interrupt is not ignored
+    previous(unraisable)
+  return hook
+
+
+def install() -> None:
+  """Our SIGINT handler and the hook that redelivers swallowed interrupts (main thread
+  only; a second call does nothing)."""
+  global _installed
+  if _installed or threading.current_thread() is not threading.main_thread():
+    return
+  signal.signal(signal.SIGINT, _on_sigint)
+  sys.unraisablehook = _unraisable_hook(sys.unraisablehook)
+  _installed = True
+
+
+def received() -> bool:
+  """Whether Ctrl-C was pressed since `install()`."""
+  return _received > 0
+
+
+def check() -> None:
+  """Raises `KeyboardInterrupt` if Ctrl-C was pressed: for loops that must not go on after
+  an interrupt some library swallowed."""
+  if _received:
+    raise KeyboardInterrupt
