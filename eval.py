@@ -8,18 +8,23 @@
       the workdir. Embeddings come from runtime.cache_dir/embeddings where these parameters
       encoded these texts before (a training run keeps its final step's): not encoded twice.
       Several processes each encode a share of each corpus and write the same run file.
-  python eval.py --config CONFIG --checkpoint WORKDIR --export_hf DIR
+      The model is the one the run trained: the model fields of WORKDIR/config.json
+      (model.student, model.vocab_extension, ...) override the config's, which says so.
+  python eval.py --config CONFIG --checkpoint WORKDIR --export_hf DIR [--overwrite]
       writes the trained student as a Hugging Face checkpoint (for transformers and
-      sentence-transformers, or for config.model.student) instead of evaluating it.
+      sentence-transformers, or for config.model.student) instead of evaluating it. DIR is
+      new or empty, or replaced whole with --overwrite; never a directory a model loads from.
 """
 
+import json
+import sys
 from pathlib import Path
 
 from absl import app, flags
 from ml_collections import config_flags
 
 from optical_jax import cli
-from optical_jax.evaluation.metrics import DEFAULT_MEASURES
+from optical_jax.evaluation.metrics import DEFAULT_MEASURES, MeasureError, check_measures
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training configuration file.", lock_config=False)
@@ -32,39 +37,172 @@ flags.DEFINE_list("measures", list(DEFAULT_MEASURES), "Measures to report.")
 flags.DEFINE_bool("per_query", False, "Also print each query's values.")
 flags.DEFINE_string("export_hf", None, "With --config and --checkpoint: write the trained "
                     "student here as a Hugging Face checkpoint instead of evaluating it.")
+flags.DEFINE_bool("overwrite", False, "With --export_hf: replace a non-empty directory whole.")
 cli.define_process_flags()
+
+# Model settings that change how the model computes, not what it is: the given config's hold.
+COMPUTE_ONLY = ("model.dtype", "model.attention", "model.remat", "model.dropout")
+# What the vocabulary-adapted student is built from (the key of
+# adaptation.pipeline.adapted_student_dir), taken from the run when it extended the vocabulary.
+ADAPTATION_FIELDS = ("data.train_file", "data.student_field", "data.teacher_field",
+                     "data.hf_dataset", "data.hf_config", "data.hf_split", "data.limit",
+                     "data.max_length", "data.alignment_pairs", "seed", "ot.epsilon", "ot.center")
 
 
 def main(argv):
+  try:  # before any work: a typo costs no model loading
+    measures = check_measures(FLAGS.measures)
+  except MeasureError as e:
+    raise MeasureError(f"--measures: {e}") from None
   if FLAGS.run or FLAGS.qrels:
     if len(argv) > 1:
       raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not (FLAGS.run and FLAGS.qrels):
       raise app.UsageError("--run and --qrels go together")
     from optical_jax.evaluation.report import score_run_file
-    print(score_run_file(FLAGS.run, FLAGS.qrels, measures=FLAGS.measures,
+    cli.on_interrupt("nothing was written")
+    print(score_run_file(FLAGS.run, FLAGS.qrels, measures=measures,
                          per_query=FLAGS.per_query))
     return
   if FLAGS.config is None or FLAGS.checkpoint is None:
     raise app.UsageError("give --run and --qrels, or --config and --checkpoint")
+  if FLAGS.overwrite and not FLAGS.export_hf:
+    raise app.UsageError("--overwrite goes with --export_hf")
   config = cli.start(argv, FLAGS.config, None)
-  from optical_jax import runtime
-  from optical_jax.models.student import build_models
-  from optical_jax.training.checkpoints import restore_params
+  from optical_jax import interrupts, runtime
   workdir = Path(FLAGS.checkpoint).expanduser().resolve()
   if workdir.name in ("checkpoints", "best"):
     workdir = workdir.parent
+  cli.on_interrupt(f"nothing was written; {workdir} is as it was")
   config = runtime.resolve_assets(config, training=False)
+  config = as_trained(config, workdir, speak=runtime.is_primary())
+  if FLAGS.export_hf:
+    protected = protected_directories(config, workdir)
+    target = checked_export_target(FLAGS.export_hf, protected)
+  from optical_jax.models.student import build_models
+  from optical_jax.training.checkpoints import restore_params
   models = build_models(config)
   params, step, which = restore_params(workdir, FLAGS.step)
+  cli.on_interrupt(f"{target} is as it was" if FLAGS.export_hf else
+                   f"{workdir}'s checkpoints are untouched and its eval.json is the last "
+                   "complete evaluation's (run files of collections already evaluated are new)")
   print(f"{workdir}: step {step} ({which})", flush=True)
+  interrupts.check()
   if FLAGS.export_hf:
-    from optical_jax.models.export import export_student
-    print(export_student(models, params, FLAGS.export_hf))
+    if not runtime.is_primary():
+      return  # process 0 writes the one export
+    from optical_jax.models.export import ExportError, export_student
+    try:
+      print(export_student(models, params, target, overwrite=FLAGS.overwrite,
+                           protected=protected))
+    except ExportError as e:
+      raise ExportError(f"--export_hf {e}") from None
     return
   from optical_jax.evaluation.collections import collection_specs, evaluate_all, side_encoders
   evaluate_all(config, side_encoders(models, params, config), collection_specs(config), workdir,
-               measures=FLAGS.measures, write=runtime.is_primary())
+               measures=measures, write=runtime.is_primary())
+
+
+def _same(a, b) -> bool:
+  """Equal config values; paths that name one directory count as equal."""
+  norm = lambda v: json.loads(json.dumps(v, default=str))
+  if norm(a) == norm(b):
+    return True
+  if isinstance(a, str) and isinstance(b, str) and a and b:
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
+  return False
+
+
+def as_trained(config, workdir: Path, *, speak: bool = True):
+  """`config` with the model fields of the run in `workdir` (its `config.json`, written by
+  train.py with asset references resolved): its weights are those of the model it trained
+  (its student, its vocabulary, its teacher), which a config without, e.g., the run's
+  model.vocab_extension would build other shapes for. Says in one line which fields it took;
+  a run's checkpoint directory that is not on this machine keeps the config's."""
+  saved_path = workdir / "config.json"
+  if not saved_path.is_file():
+    return config
+  from optical_jax.config import ConfigError, base_config
+  try:
+    saved = json.loads(saved_path.read_text(encoding="utf-8"))
+  except (OSError, UnicodeDecodeError, ValueError) as e:
+    raise ConfigError(f"{saved_path}: not the run's configuration as JSON ({e})") from None
+  defaults = base_config()
+
+  def lookup(tree, field):
+    for key in field.split("."):
+      if not hasattr(tree, "get") or key not in tree:
+        return KeyError
+      tree = tree[key]
+    return tree
+
+  fields = ["stage", "loss", *(f"model.{k}" for k in config.model.keys()
+                               if f"model.{k}" not in COMPUTE_ONLY)]
+  trained_vocab = lookup(saved, "model.vocab_extension")
+  if trained_vocab not in (KeyError, 0, None):
+    fields += ADAPTATION_FIELDS
+  taken, kept = [], []
+  for field in fields:
+    value = lookup(saved, field)
+    if value is KeyError:  # a field added since the run: the run had its default
+      value = lookup(defaults, field)
+    current = lookup(config, field)
+    if value is KeyError or current is KeyError:
+      continue
+    if field == "data.train_file" and current:  # saved resolved; compare it resolved
+      from optical_jax.assets import resolve
+      current = resolve(current, config.runtime.cache_dir)
+    if _same(value, current):
+      continue
+    if field in ("model.teacher", "model.student") and value and str(value).startswith(
+        ("/", "~", ".")) and not Path(value).expanduser().exists():
+      kept.append(f"config.{field}={current!r} (the run's {value!r} is not here)")
+      continue
+    group, _, key = field.rpartition(".")
+    holder = config[group] if group else config
+    try:
+      holder[key] = value
+    except TypeError:
+      if not isinstance(value, list):
+        raise ConfigError(f"{saved_path}: the run's config.{field}={value!r} cannot replace the "
+                          f"config's {current!r}") from None
+      holder[key] = type(current)(value)  # JSON's list for a tuple field
+    taken.append(f"config.{field}={value!r} (the config has {current!r})")
+  if (taken or kept) and speak:
+    said = f"the model as trained, with {', '.join(taken)}" if taken else "the config's model"
+    said += f"; kept {', '.join(kept)}" if kept else ""
+    print(f"{saved_path}: evaluating {said}", file=sys.stderr, flush=True)
+  return config
+
+
+def protected_directories(config, workdir: Path) -> list:
+  """What an export may not replace: the checkpoints the config's models load from, the
+  run's checkpoints and workdir, the cache (`models.export.Protected` triples)."""
+  from optical_jax.models.hf_checkpoint import resolve_checkpoint_dir
+  protected = []
+  for field in ("teacher", "student"):
+    reference = config.model[field]
+    if not reference:
+      continue
+    try:
+      directory = resolve_checkpoint_dir(reference)
+    except Exception:  # not here: loading it fails later with its own message
+      continue
+    protected.append((f"the {field}'s checkpoint (config.model.{field})", directory, False))
+  protected += [("the run's workdir", workdir, True),
+                ("the run's checkpoints", workdir / "checkpoints", False),
+                ("the run's best checkpoint", workdir / "best", False),
+                ("the cache (config.runtime.cache_dir)", config.runtime.cache_dir, True)]
+  return protected
+
+
+def checked_export_target(directory: str, protected) -> Path:
+  from optical_jax.models.export import ExportError, check_export_target
+  try:
+    return check_export_target(directory, protected=protected, overwrite=FLAGS.overwrite)
+  except ExportError as e:
+    raise ExportError(f"--export_hf {e}") from None
 
 
 if __name__ == "__main__":

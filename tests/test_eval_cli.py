@@ -1,5 +1,6 @@
 """`eval.py --run --qrels` reproduces ir_measures on a real-looking run."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -130,3 +131,169 @@ def test_eval_of_the_final_checkpoint_reuses_the_training_runs_embeddings(tmp_pa
   # Nothing was encoded again (a new key would have written new files) and the run is the same.
   assert {p.name: p.stat().st_mtime_ns for p in cache.glob("*.npy")} == written
   assert (workdir / "runs" / "toy.trec").read_bytes() == trained
+
+
+def test_eval_refuses_a_run_with_a_nan_score_naming_its_line(tmp_path):
+  # trec_eval ranks NaN scores its own way (MAP 0.0516 where ours gave 0.0430): no number.
+  (tmp_path / "run").write_text("q1 Q0 d1 1 0.5 t\nq1 Q0 d2 2 nan t\nq1 Q0 d3 3 0.1 t\n")
+  (tmp_path / "qrels").write_text("q1 0 d2 1\n")
+  result = subprocess.run([sys.executable, str(ROOT / "eval.py"), "--run", str(tmp_path / "run"),
+                           "--qrels", str(tmp_path / "qrels")], capture_output=True, text=True)
+  assert result.returncode == 1, result.stderr
+  assert f"error: {tmp_path / 'run'}:2: score 'nan' of document 'd2'" in result.stderr
+  assert "Traceback" not in result.stderr and "MAP" not in result.stdout
+
+
+@pytest.mark.parametrize("measures, bad", [("MAP,foo", "unknown measure 'foo'"),
+                                           ("P@0", "measure 'P@0': the cutoff must be at least 1")])
+def test_a_bad_measure_is_one_line_before_any_work(tmp_path, measures, bad):
+  (tmp_path / "run").write_text("q1 Q0 d1 1 0.5 t\n")
+  (tmp_path / "qrels").write_text("q1 0 d1 1\n")
+  config = tmp_path / "config.py"
+  config.write_text("from optical_jax.config import base_config\n\ndef get_config():\n"
+                    "  c = base_config()\n  c.model.teacher = '/nonexistent/teacher'\n  return c\n")
+  for mode in (["--run", str(tmp_path / "run"), "--qrels", str(tmp_path / "qrels")],
+               [f"--config={config}", f"--checkpoint={tmp_path / 'W'}"]):
+    result = subprocess.run([sys.executable, str(ROOT / "eval.py"), *mode, "--measures",
+                             measures], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stderr
+    # Named before the (missing) teacher loads; the accepted measures with it.
+    assert result.stderr.startswith(f"error: --measures: {bad}"), result.stderr
+    assert "use MAP, AP[@k], nDCG[@k], R@k, P@k, RR[@k] or MRR[@k]" in result.stderr
+    assert "Traceback" not in result.stderr and "nan" not in result.stdout
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+  """A run trained with its own one-layer student (the teacher has two layers), and the same
+  config without `model.student`, as a user who forgot the run's override writes it."""
+  from types import SimpleNamespace
+  from tests.helpers import save_tiny_bert
+  from tests.training.runs import SENTENCES, run_train, toy_collection, write_config
+  root = tmp_path_factory.mktemp("trained_run")
+  teacher = save_tiny_bert(root / "teacher", seed=1)
+  student = save_tiny_bert(root / "student", seed=2, layers=1)
+  bitext = root / "bitext.tsv"
+  bitext.write_text("".join(f"{s}\t{t}\n" for s, t in SENTENCES * 8))
+  collection = toy_collection(root)
+  config = write_config(root / "config.py", teacher, bitext, num_train_steps=2,
+                        **{"model.student": str(student), "eval.collections": [collection]})
+  forgetful = write_config(root / "forgetful.py", teacher, bitext,
+                           **{"eval.collections": [collection]})
+  workdir = root / "run"
+  run_train(config, workdir)
+  return SimpleNamespace(root=root, teacher=teacher, student=student, config=config,
+                         forgetful=forgetful, workdir=workdir)
+
+
+def eval_checkpoint(config, workdir, *flags):
+  return subprocess.run([sys.executable, str(ROOT / "eval.py"), f"--config={config}",
+                         f"--checkpoint={workdir}", *flags], capture_output=True, text=True,
+                        timeout=600, env=dict(os.environ, HF_HUB_OFFLINE="1",
+                                              JAX_PLATFORMS="cpu"))
+
+
+def test_eval_with_a_config_missing_the_runs_model_fields_takes_them_and_says_so(trained_run):
+  run_file = trained_run.workdir / "runs" / "toy.trec"
+  trained = run_file.read_bytes()  # the training run's final evaluation
+  result = eval_checkpoint(trained_run.forgetful, trained_run.workdir)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert (f"{trained_run.workdir / 'config.json'}: evaluating the model as trained, with "
+          f"config.model.student={str(trained_run.student)!r} (the config has '')"
+          ) in result.stderr
+  assert "Traceback" not in result.stderr
+  assert run_file.read_bytes() == trained  # the trained student, not a shape error
+
+
+@pytest.mark.parametrize("where, what", [
+    ("teacher", "is the teacher's checkpoint (config.model.teacher)"),
+    ("student", "is the student's checkpoint (config.model.student)"),
+    ("workdir", "is the run's workdir"),
+    ("root", "holds the teacher's checkpoint (config.model.teacher)")])
+def test_export_into_a_directory_a_model_loads_from_is_refused(trained_run, where, what):
+  target = {"teacher": trained_run.teacher, "student": trained_run.student,
+            "workdir": trained_run.workdir, "root": trained_run.root}[where]
+  files = lambda: {p: p.read_bytes() for p in sorted(target.rglob("*")) if p.is_file()
+                   and "cache" not in p.parts}
+  before = files()
+  result = eval_checkpoint(trained_run.config, trained_run.workdir, f"--export_hf={target}",
+                           "--overwrite")
+  assert result.returncode == 1, result.stderr[-3000:]
+  assert result.stderr.startswith(f"error: --export_hf {target}: {what}, "), result.stderr
+  assert "which an export must never replace; give another directory" in result.stderr
+  assert "Traceback" not in result.stderr
+  assert files() == before
+
+
+def test_export_over_another_sentence_transformers_model_is_exactly_the_trained_student(
+    trained_run, tmp_path):
+  from sentence_transformers import SentenceTransformer
+  from optical_jax.evaluation.retrieval import TextEncoder
+  from optical_jax.models.student import build_models
+  from optical_jax.training.checkpoints import restore_params
+  from tests.helpers import load_config
+  from tests.models.test_export import TEXTS, stale_sentence_transformers_model
+  target = stale_sentence_transformers_model(tmp_path / "export")
+  refused = eval_checkpoint(trained_run.config, trained_run.workdir, f"--export_hf={target}")
+  assert refused.returncode == 1 and "not empty (5 entries: " in refused.stderr, refused.stderr
+  assert "pass --overwrite" in refused.stderr and (target / "modules.json").is_file()
+  result = eval_checkpoint(trained_run.config, trained_run.workdir, f"--export_hf={target}",
+                           "--overwrite")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert not (target / "modules.json").exists() and not (target / "README.md").exists()
+  # Our own embeddings of the trained student, from the config and the checkpoint.
+  config = load_config(trained_run.config)
+  models = build_models(config)
+  params, _, _ = restore_params(trained_run.workdir)
+  ours = TextEncoder(models.student, params=params["encoder"],
+                     max_length=config.eval.max_length).encode(TEXTS, progress=False)
+  theirs = SentenceTransformer(str(target), device="cpu").encode(TEXTS, convert_to_numpy=True)
+  np.testing.assert_allclose(theirs, ours, atol=1e-5)
+
+
+def test_ctrl_c_during_eval_stops_with_130_and_says_what_is_kept(trained_run, tmp_path):
+  import signal
+  eval_json = trained_run.workdir / "eval.json"
+  before = eval_json.read_bytes()
+  process = subprocess.Popen(
+      [sys.executable, str(ROOT / "eval.py"), f"--config={trained_run.config}",
+       f"--checkpoint={trained_run.workdir}",
+       f"--config.runtime.cache_dir={tmp_path / 'cache'}"],  # encoded anew: seconds to interrupt
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True, env=dict(os.environ, HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu"))
+  line = process.stdout.readline()  # "WORKDIR: step N (which)": the evaluation begins
+  assert ": step " in line, line
+  process.send_signal(signal.SIGINT)
+  out, err = process.communicate(timeout=300)
+  assert process.returncode == 130, err[-3000:]
+  assert err.strip().splitlines()[-1].startswith(
+      f"interrupted; {trained_run.workdir}'s checkpoints are untouched and its eval.json is "
+      "the last complete evaluation's"), err
+  assert "Traceback" not in err and "Exception ignored" not in err
+  assert eval_json.read_bytes() == before
+
+
+def test_eval_takes_the_runs_vocabulary_extension_and_what_built_it_not_its_dtype(tmp_path):
+  from tests.helpers import load_config, save_tiny_bert
+  from tests.training.runs import write_config
+  teacher = save_tiny_bert(tmp_path / "teacher")
+  bitext = tmp_path / "bitext.tsv"
+  bitext.write_text("Yesu analira.\tJesus wept.\n")
+  given = write_config(tmp_path / "config.py", teacher, "")  # without the run's overrides
+  run = load_config(write_config(tmp_path / "run.py", teacher, bitext, **{
+      "model.vocab_extension": 2000, "model.vocab_init": "ot_plan", "data.alignment_pairs": 64,
+      "model.dtype": "bfloat16"}))
+  workdir = tmp_path / "W"
+  workdir.mkdir()
+  (workdir / "config.json").write_text(run.to_json_best_effort(indent=2))
+  (tmp_path / "occupied").mkdir()
+  (tmp_path / "occupied" / "x").write_text("")  # stops the command before any model loads
+  result = eval_checkpoint(given, workdir, f"--export_hf={tmp_path / 'occupied'}")
+  assert result.returncode == 1, result.stderr[-3000:]
+  said = result.stderr.splitlines()[0]
+  assert said.startswith(f"{workdir / 'config.json'}: evaluating the model as trained, with "
+                         "config.model.vocab_extension=2000 (the config has 0), "
+                         "config.model.vocab_init='ot_plan' (the config has 'mean_of_pieces')"), said
+  assert f"config.data.train_file={str(bitext)!r} (the config has '')" in said
+  assert "config.data.alignment_pairs=64" in said
+  assert "dtype" not in said  # how the model computes stays the config's choice

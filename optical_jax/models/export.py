@@ -1,34 +1,105 @@
 """The trained student as a Hugging Face checkpoint directory (weights, config.json, tokenizer,
 sentence-transformers pooling files), for transformers, sentence-transformers and
-`load_encoder` alike."""
+`load_encoder` alike.
+
+The export is exactly the evaluated model: it is written into a fresh directory beside the
+target and renamed into place, so no file of what the target held before (another model's
+`modules.json`, pooling or prompts) survives; a directory a configured model loads from is
+never a target.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
+from optical_jax.fileio import temporary_sibling
 from optical_jax.models.student import DistillationModels
 
 log = logging.getLogger("optical_jax")
 
+# (what, directory, whether a target inside it is fine): a target may be none of these
+# directories nor hold one; inside one only where the flag says so (a workdir's hf/ folder).
+Protected = tuple[str, "str | os.PathLike", bool]
+
 
 class ExportError(ValueError):
-  """A student that a Hugging Face encoder checkpoint cannot hold."""
+  """A student that a Hugging Face encoder checkpoint cannot hold, or a target directory
+  that must not be written."""
 
 
-def export_student(models: DistillationModels, params: Any, directory: str | Path) -> Path:
+def check_export_target(directory: str | os.PathLike, *, protected: Iterable[Protected] = (),
+                        overwrite: bool = False) -> Path:
+  """The absolute target of an export to `directory`, once it is known not to replace what a
+  configured model loads from (`protected`) and, unless `overwrite`, to be new or empty."""
+  target = Path(directory).expanduser().resolve()
+  for what, path, inside_ok in protected:
+    source = Path(path).expanduser().resolve()
+    relation = ("is" if target == source else "holds" if source.is_relative_to(target)
+                else "is inside" if not inside_ok and target.is_relative_to(source) else None)
+    if relation:
+      raise ExportError(f"{directory}: {relation} {what}, {source}, which an export must never "
+                        "replace; give another directory")
+  if target.exists() and not target.is_dir():
+    raise ExportError(f"{directory}: is a file; give a directory")
+  held = sorted(p.name for p in target.iterdir()) if target.is_dir() else []
+  if held and not overwrite:
+    shown = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
+    raise ExportError(f"{directory}: not empty ({len(held)} entries: {shown}); pass "
+                      "--overwrite to replace it whole with the export, or give a new or "
+                      "empty directory")
+  return target
+
+
+def export_student(models: DistillationModels, params: Any, directory: str | Path, *,
+                   overwrite: bool = False, protected: Iterable[Protected] = ()) -> Path:
   """Writes the student with trained `params` (`{"encoder": ...}`) to `directory`.
 
   The student's own tokenizer goes with it: a student with an extended vocabulary
   (`model.vocab_extension`, `optical_jax.adaptation`) is written with its new pieces and its
   grown `vocab_size`, so transformers' `AutoTokenizer`/`AutoModel` and `load_encoder` read
-  it as trained (tests/models/test_vocabulary_extension.py)."""
+  it as trained (tests/models/test_vocabulary_extension.py).
+
+  `directory` may be neither the teacher's nor the student's checkpoint directory (nor one
+  of `protected`), nor hold one; a non-empty one only with `overwrite`, and then it is
+  replaced whole. The export is written beside it (`NAME.tmp<PID>`) and renamed into place:
+  a failed or interrupted export leaves `directory` as it was."""
   if "projection" in params:
     raise ExportError(
         f"the student ({models.student.config.hidden_size} wide) has a learned projection to "
         f"the teacher's {models.teacher.config.hidden_size} dimensions, which a Hugging Face "
         "encoder checkpoint cannot hold; use the workdir's Orbax checkpoint instead")
-  directory = models.student.save(directory, params["encoder"])
-  log.info("wrote the student to %s", directory)
-  return directory
+  protected = [*protected, ("the teacher's checkpoint", models.teacher.path, False),
+               ("the student's checkpoint", models.student.path, False)]
+  target = check_export_target(directory, protected=protected, overwrite=overwrite)
+  target.parent.mkdir(parents=True, exist_ok=True)
+  fresh = temporary_sibling(target)
+  shutil.rmtree(fresh, ignore_errors=True)  # a dead export of this pid's number
+  try:
+    models.student.save(fresh, params["encoder"])
+    _replace_directory(fresh, target)
+  except BaseException:  # Ctrl-C included: the target stays as it was
+    shutil.rmtree(fresh, ignore_errors=True)
+    raise
+  log.info("wrote the student to %s", target)
+  return target
+
+
+def _replace_directory(fresh: Path, target: Path) -> None:
+  """`fresh` renamed to `target`; an old non-empty `target` is moved aside first, then
+  deleted (put back if the rename fails)."""
+  if not (target.is_dir() and any(target.iterdir())):
+    os.replace(fresh, target)  # a missing or empty directory is replaced in one rename
+    return
+  old = temporary_sibling(target, "old")
+  shutil.rmtree(old, ignore_errors=True)
+  os.rename(target, old)
+  try:
+    os.rename(fresh, target)
+  except BaseException:
+    os.rename(old, target)
+    raise
+  shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,109 @@
+"""The exported student is exactly the evaluated one, and an export never replaces a model a
+configuration loads from (`optical_jax.models.export`)."""
+
+import json
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from optical_jax.evaluation.retrieval import TextEncoder
+from optical_jax.models.export import ExportError, export_student
+from optical_jax.models.hf_checkpoint import load_encoder
+from optical_jax.models.student import DistillationModels
+
+TEXTS = ["Yesu analira.", "And God said, Let there be light.",
+         "Pachiyambi Mulungu adalenga kumwamba ndi dziko lapansi."]
+
+
+def trained(tiny_bert_dir, tmp_path):
+  """Teacher and student of one tiny checkpoint (a copy: the export must never touch it), and
+  student parameters that differ from the checkpoint's, as training leaves them."""
+  source = shutil.copytree(tiny_bert_dir, tmp_path / "teacher")
+  encoder = load_encoder(source)
+  models = DistillationModels(teacher=encoder, student=encoder)
+  rng = np.random.default_rng(0)
+  params = {"encoder": jax.tree_util.tree_map(
+      lambda x: np.asarray(x) + 0.02 * rng.standard_normal(np.shape(x)).astype(np.float32),
+      encoder.params)}
+  return models, params
+
+
+def stale_sentence_transformers_model(directory):
+  """What another sentence-transformers model leaves: CLS pooling, Normalize, prompts."""
+  directory.mkdir(parents=True)
+  (directory / "modules.json").write_text(json.dumps([
+      {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+      {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+      {"idx": 2, "name": "2", "path": "2_Normalize",
+       "type": "sentence_transformers.models.Normalize"}]))
+  (directory / "1_Pooling").mkdir()
+  (directory / "1_Pooling" / "config.json").write_text(json.dumps(
+      {"word_embedding_dimension": 32, "pooling_mode_cls_token": True,
+       "pooling_mode_mean_tokens": False}))
+  (directory / "2_Normalize").mkdir()
+  (directory / "config_sentence_transformers.json").write_text(json.dumps(
+      {"prompts": {"query": "query: ", "passage": "passage: "}, "default_prompt_name": "query"}))
+  (directory / "README.md").write_text("another model\n")
+  return directory
+
+
+def test_an_export_over_another_sentence_transformers_model_is_exactly_ours(tiny_bert_dir,
+                                                                           tmp_path):
+  from sentence_transformers import SentenceTransformer
+  models, params = trained(tiny_bert_dir, tmp_path)
+  target = stale_sentence_transformers_model(tmp_path / "export")
+  export_student(models, params, target, overwrite=True)
+  assert not {"modules.json", "1_Pooling", "2_Normalize", "config_sentence_transformers.json",
+              "README.md"} & {p.name for p in target.iterdir()}
+  ours = TextEncoder(models.student, params=params["encoder"], max_length=64).encode(
+      TEXTS, progress=False)
+  theirs = SentenceTransformer(str(target), device="cpu").encode(TEXTS, convert_to_numpy=True)
+  np.testing.assert_allclose(theirs, ours, atol=1e-5)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "teacher"]  # nothing aside
+
+
+def test_a_non_empty_directory_needs_overwrite_and_is_left_as_it_was(tiny_bert_dir, tmp_path):
+  models, params = trained(tiny_bert_dir, tmp_path)
+  target = stale_sentence_transformers_model(tmp_path / "export")
+  before = {p.relative_to(target): p.read_bytes() for p in target.rglob("*") if p.is_file()}
+  with pytest.raises(ExportError, match=r"export: not empty \(5 entries: 1_Pooling, 2_Normalize, "
+                                        r"README.md, config_sentence_transformers.json, \.\.\.\); "
+                                        "pass --overwrite"):
+    export_student(models, params, target)
+  assert {p.relative_to(target): p.read_bytes() for p in target.rglob("*")
+          if p.is_file()} == before
+
+
+@pytest.mark.parametrize("where", ["teacher", "parent", "inside"])
+def test_the_directory_a_model_loads_from_is_never_a_target(tiny_bert_dir, tmp_path, where):
+  models, params = trained(tiny_bert_dir, tmp_path)
+  teacher = models.teacher.path
+  target = {"teacher": teacher, "parent": tmp_path, "inside": teacher / "hf"}[where]
+  weights = (teacher / "model.safetensors").read_bytes()
+  relation = {"teacher": "is", "parent": "holds", "inside": "is inside"}[where]
+  with pytest.raises(ExportError, match=rf": {relation} the teacher's checkpoint, "
+                                        rf"{teacher.resolve()}, which an export must never "
+                                        "replace"):
+    export_student(models, params, target, overwrite=True)
+  assert (teacher / "model.safetensors").read_bytes() == weights
+  assert not (teacher / "hf").exists()
+
+
+def test_a_failed_export_leaves_the_target_and_no_temporary(tiny_bert_dir, tmp_path,
+                                                            monkeypatch):
+  models, params = trained(tiny_bert_dir, tmp_path)
+  target = stale_sentence_transformers_model(tmp_path / "export")
+  from optical_jax.models import hf_checkpoint
+
+  def full_disk(self, directory, params=None):
+    (directory / "model.safetensors").parent.mkdir(parents=True, exist_ok=True)
+    (directory / "model.safetensors").write_bytes(b"half")
+    raise OSError(28, "No space left on device")
+
+  monkeypatch.setattr(hf_checkpoint.LoadedEncoder, "save", full_disk)
+  with pytest.raises(OSError, match="No space left"):
+    export_student(models, params, target, overwrite=True)
+  assert (target / "modules.json").is_file() and not (target / "model.safetensors").exists()
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "teacher"]
