@@ -79,6 +79,8 @@ def on_interrupt(kept: str) -> None:
 
 
 def _interrupted() -> None:
+  from optical_jax import interrupts
+  interrupts.release()  # no second KeyboardInterrupt on the way out
   print(f"interrupted; {_kept}" if _kept else "interrupted", file=sys.stderr, flush=True)
   sys.exit(130)
 

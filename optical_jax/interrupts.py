@@ -59,6 +59,13 @@ def install() -> None:
   _installed = True
 
 
+def release() -> None:
+  """For the way out: from here a Ctrl-C ends the process at once (the default action, in
+  case the exit hangs), and an interrupt still to be delivered again is dropped."""
+  if threading.current_thread() is threading.main_thread():
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # interrupt_main does nothing under SIG_DFL
+
+
 def received() -> bool:
   """Whether Ctrl-C was pressed since `install()`."""
   return _received > 0
