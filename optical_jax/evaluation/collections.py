@@ -9,7 +9,8 @@ from typing import Mapping
 
 import ml_collections
 
-from optical_jax.evaluation.io import read_corpus, read_qrels, read_topics, write_run
+from optical_jax.evaluation.check import absent_judged
+from optical_jax.evaluation.io import read_qrels, read_topics, write_run
 from optical_jax.evaluation.metrics import DEFAULT_MEASURES, evaluate, evaluate_per_query
 from optical_jax.evaluation.report import format_table
 from optical_jax.evaluation.retrieval import TextEncoder, retrieve
@@ -34,14 +35,16 @@ def collection_specs(config) -> list[ml_collections.ConfigDict]:
 
 def encoder_settings(config) -> dict:
   """`TextEncoder` settings from `config.eval`: lengths, per-device batch, corpus chunk,
-  bucket width, dtype, and the one embedding cache (`runtime.cache_dir/embeddings`) unless
-  `eval.embedding_cache` is off."""
-  e = config.eval
-  cache = (Path(config.runtime.cache_dir).expanduser() / "embeddings"
-           if e.get("embedding_cache", True) else None)
-  return dict(max_length=e.max_length, batch_size=e.batch_size, cache_dir=cache,
+  bucket width, dtype, the one embedding cache (`runtime.cache_dir/embeddings`) unless
+  `eval.embedding_cache` is off, and the corpus scans and token ids
+  (`runtime.cache_dir/corpus`, as `check.check_collections` keeps them) unless
+  `eval.token_cache` is off."""
+  e, root = config.eval, Path(config.runtime.cache_dir).expanduser()
+  return dict(max_length=e.max_length, batch_size=e.batch_size,
+              cache_dir=root / "embeddings" if e.get("embedding_cache", True) else None,
               corpus_chunk=e.get("corpus_chunk", 32768), bucket_width=e.get("bucket_width", 16),
-              dtype=e.get("dtype", "float32"))
+              dtype=e.get("dtype", "float32"),
+              corpus_cache_dir=root / "corpus" if e.get("token_cache", True) else None)
 
 
 def teacher_encoder(encoder, config) -> TextEncoder:
@@ -69,10 +72,14 @@ def _prompt(encoder: TextEncoder, side: str) -> str:
 def evaluate_collection(spec, encoders: Mapping[str, TextEncoder], *,
                         measures=DEFAULT_MEASURES, k: int = 100,
                         progress: bool = True) -> tuple[dict, dict, dict]:
-  """(aggregate metrics, per-query metrics, run) of one collection."""
+  """(aggregate metrics, per-query metrics, run) of one collection.
+
+  The corpus is never held as text: its scan (docids) and token ids come from the doc
+  encoder's corpus cache when an evaluation made them before (`TextEncoder.corpus`), and are
+  streamed from the file otherwise. Judged documents absent from the corpus are warned
+  about (once per process)."""
   topics = read_topics(spec.topics)
   qrels = read_qrels(spec.qrels, topics=topics)
-  corpus = read_corpus(spec.corpus)
   if spec.get("max_queries"):
     topics = {q: topics[q] for q in list(topics)[:spec.max_queries]}
     qrels = {q: qrels[q] for q in topics if q in qrels}
@@ -81,8 +88,9 @@ def evaluate_collection(spec, encoders: Mapping[str, TextEncoder], *,
   passage_prompt = _prompt(encoders[spec.doc_encoder], "passage")
   if query_prompt:
     topics = {q: query_prompt + text for q, text in topics.items()}
-  if passage_prompt:
-    corpus = {d: passage_prompt + text for d, text in corpus.items()}
+  corpus = encoders[spec.doc_encoder].corpus(Path(spec.corpus).expanduser(),
+                                             prompt=passage_prompt)
+  absent_judged(qrels, corpus.scan, qrels_path=spec.qrels)
   run = retrieve(topics, corpus, query_encoder=encoders[spec.query_encoder],
                  doc_encoder=encoders[spec.doc_encoder], k=k, progress=progress)
   return evaluate(run, qrels, measures), evaluate_per_query(run, qrels, measures), run

@@ -8,9 +8,12 @@ so a batch holds the same passages in the same shape however many processes and 
 there are: every process computes its local top-k, and the exact merge of the gathered lists
 (ties broken by docid) gives the run file of a one-process run byte for byte.
 
-Pooled embeddings are kept on disk when `TextEncoder.cache_dir` is set, keyed by a
-fingerprint of the parameters, the texts and the encoder settings (`embedding_cache`); the
-top-k merge and reranking live in `search`.
+Texts are tokenised a chunk ahead of the encoder, in a background thread (`token_cache`); a
+corpus file's token ids are kept on disk when `TextEncoder.corpus_cache_dir` is set, so that
+later evaluations of it tokenise nothing (`TextEncoder.corpus`). Pooled embeddings are kept
+on disk when `TextEncoder.cache_dir` is set, keyed by a fingerprint of the parameters, the
+texts (or the corpus's token ids) and every encoder setting that changes a vector
+(`embedding_cache`); the top-k merge and reranking live in `search`.
 """
 
 from __future__ import annotations
@@ -27,10 +30,13 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 
+from optical_jax.evaluation.corpus_files import scan_corpus
 from optical_jax.evaluation.embedding_cache import (EmbeddingCache, params_fingerprint,
                                                     texts_fingerprint)
 from optical_jax.evaluation.search import (as_run, docid_ranks, empty_top_k, gather_top_k,
                                           merge_top_k, score_chunk)
+from optical_jax.evaluation.token_cache import (CorpusTokens, TextTokens, flatten,
+                                                tokenizer_fingerprint)
 from optical_jax.pooling import pool
 
 TokenFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
@@ -93,7 +99,9 @@ class TextEncoder:
   `batch_size` is per device; batches are padded to multiples of `bucket_width` tokens.
   With `cache_dir`, pooled embeddings are kept there, keyed by the parameters' fingerprint,
   the texts and these settings, so the same corpus is encoded once across runs (a frozen
-  teacher; a final student step and a later evaluation of its checkpoint).
+  teacher; a final student step and a later evaluation of its checkpoint). With
+  `corpus_cache_dir`, corpus files' scans and token ids are kept there (`corpus`), so a
+  corpus is read and tokenised once however often it is evaluated.
   """
 
   encoder: Any  # optical_jax.models.hf_checkpoint.LoadedEncoder
@@ -105,6 +113,7 @@ class TextEncoder:
   corpus_chunk: int = 32768  # passages tokenised, encoded and searched at a time
   bucket_width: int = 16
   dtype: str = "float32"  # "bfloat16": computation in bfloat16 (faster where supported)
+  corpus_cache_dir: str | Path | None = None  # corpus scans and token ids (`corpus`)
 
   def __post_init__(self):
     if self.params is None:
@@ -130,6 +139,7 @@ class TextEncoder:
     self._pooled, self._tokens = sharded(pooled), sharded(tokens)
     self._placed = None  # (params object, its replicated copy on the local devices)
     self._fingerprint = None  # (params object, params_fingerprint)
+    self._tokenizer_key = None  # (tokenizer object, tokenizer_fingerprint)
     self.encoded_rows = 0  # rows run through the encoder (padding excluded), for tests/logs
 
   # -- pieces ----------------------------------------------------------------------------------
@@ -144,34 +154,45 @@ class TextEncoder:
     return self.encoder.tokenizer(list(texts), truncation=True, max_length=self.max_length,
                                   padding=False)["input_ids"]
 
-  def _steps(self, ids: list[list[int]], part: int, parts: int
+  def tokenizer_key(self) -> str:
+    """The fingerprint of the encoder's tokenizer (`token_cache.tokenizer_fingerprint`)."""
+    tokenizer = self.encoder.tokenizer
+    if self._tokenizer_key is None or self._tokenizer_key[0] is not tokenizer:
+      self._tokenizer_key = (tokenizer, tokenizer_fingerprint(tokenizer))
+    return self._tokenizer_key[1]
+
+  def _steps(self, flat: np.ndarray, offsets: np.ndarray, part: int, parts: int
              ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
     """(rows `[r]`, input_ids and mask `[devices * batch_size, width]`, live `[r]`) per step
-    of this process's batches: `rows` are positions in `ids`, `live` the slots holding them
-    (the rest is padding)."""
-    batches = plan_batches([len(x) for x in ids], self.batch_size)
-    widths = [padded_width(max(len(ids[i]) for i in b), self.max_length, self.bucket_width)
+    of this process's batches of one chunk (row `i`'s ids `flat[offsets[i]:offsets[i + 1]]`):
+    `rows` are positions in the chunk, `live` the slots holding them (the rest is padding)."""
+    lengths = np.diff(offsets)
+    batches = plan_batches(lengths, self.batch_size)
+    widths = [padded_width(int(lengths[b].max()), self.max_length, self.bucket_width)
               for b in batches]
     devices = self.mesh.size
     pad_id = self.encoder.config.pad_token_id
     for step in deal_steps(widths, part, parts, devices):
       width, rows = widths[step[0]], self.batch_size
-      input_ids = np.full((devices * rows, width), pad_id, np.int32)
-      mask = np.zeros((devices * rows, width), np.int32)
-      for slot, b in enumerate(step):
-        for r, i in enumerate(batches[b]):
-          input_ids[slot * rows + r, :len(ids[i])] = ids[i]
-          mask[slot * rows + r, :len(ids[i])] = 1
+      chosen = np.concatenate([batches[b] for b in step])
       live = np.concatenate([slot * rows + np.arange(len(batches[b]))
                              for slot, b in enumerate(step)])
-      yield np.concatenate([batches[b] for b in step]), input_ids, mask, live
+      # Each chosen row's ids left-aligned, the rest padding: one gather for the step.
+      filled = np.arange(width) < lengths[chosen][:, None]
+      source = offsets[chosen][:, None] + np.arange(width)
+      input_ids = np.full((devices * rows, width), pad_id, np.int32)
+      mask = np.zeros((devices * rows, width), np.int32)
+      block = np.full((len(chosen), width), pad_id, np.int32)
+      block[filled] = flat[source[filled]]
+      input_ids[live], mask[live] = block, filled
+      yield chosen, input_ids, mask, live
 
-  def _run(self, fn, texts: Sequence[str], part: int, parts: int, bar
+  def _run(self, fn, flat: np.ndarray, offsets: np.ndarray, part: int, parts: int, bar
            ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(rows, outputs of `fn`) per step; the next step is dispatched before the last one's
     result is fetched, so host work overlaps device work."""
     params, pending = self._device_params(), None
-    for rows, input_ids, mask, live in self._steps(self._tokenize(texts), part, parts):
+    for rows, input_ids, mask, live in self._steps(flat, offsets, part, parts):
       out = fn(params, input_ids, mask)
       if pending is not None:
         yield _fetch(*pending, bar)
@@ -180,52 +201,83 @@ class TextEncoder:
     if pending is not None:
       yield _fetch(*pending, bar)
 
-  def _stream_uncached(self, texts: Sequence[str], part: int, parts: int, bar
-                       ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    for start in range(0, len(texts), self.corpus_chunk):
-      pieces = list(self._run(self._pooled, texts[start:start + self.corpus_chunk], part, parts,
-                              bar))
-      if pieces:
-        yield (start + np.concatenate([r for r, _ in pieces]),
-               np.concatenate([v[0] for _, v in pieces]))
+  def _source(self, texts) -> TextTokens | CorpusTokens:
+    return texts if isinstance(texts, CorpusTokens) else TextTokens(texts, self._tokenize)
 
-  def cache_for(self, texts: Sequence[str], part: int, parts: int) -> EmbeddingCache | None:
-    """This process's cache entry for `texts`, or None without `cache_dir`."""
+  def _stream_uncached(self, texts, part: int, parts: int, bar
+                       ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    # The next chunk is tokenised (or read) while this one is encoded.
+    chunks = self._source(texts).chunks(self.corpus_chunk)
+    try:
+      for start, flat, offsets in chunks:
+        pieces = list(self._run(self._pooled, flat, offsets, part, parts, bar))
+        if pieces:
+          yield (start + np.concatenate([r for r, _ in pieces]),
+                 np.concatenate([v[0] for _, v in pieces]))
+    finally:  # stopped early (an error, a consumer gone): the tokenizer thread stops now
+      getattr(chunks, "close", lambda: None)()
+
+  def corpus(self, path: str | Path, *, prompt: str = "") -> CorpusTokens:
+    """Corpus file `path`'s passages (each prefixed by `prompt`) as token ids to `stream`:
+    scanned once (docids, every record checked) and tokenised once per content, tokenizer,
+    `max_length` and prompt, both cached under `corpus_cache_dir` when it is set."""
+    cache = self.corpus_cache_dir
+    return CorpusTokens(scan_corpus(path, cache), self._tokenize,
+                        tokenizer_key=self.tokenizer_key(), vocab_size=len(self.encoder.tokenizer),
+                        max_length=self.max_length, prompt=prompt, cache_dir=cache)
+
+  def cache_for(self, texts, part: int, parts: int) -> EmbeddingCache | None:
+    """This process's cache entry for `texts` (strings, or a corpus's `CorpusTokens`), or
+    None without `cache_dir`. The key holds everything that changes a vector: parameters,
+    the texts or token ids (a corpus's key has its content, tokenizer, length and prompt),
+    the tokenizer, architecture, pooling, the batch plan's settings, both compute dtypes, the
+    attention implementation and the backend."""
     if self.cache_dir is None:
       return None
     if self._fingerprint is None or self._fingerprint[0] is not self.params:
       self._fingerprint = (self.params, params_fingerprint(self.params))
-    settings = [self._fingerprint[1], texts_fingerprint(texts), self.encoder.config.to_hf_dict(),
-                self.max_length, self.encoder.pooling, self.encoder.normalize, self.batch_size,
-                self.bucket_width, self.corpus_chunk, self.dtype,
-                getattr(self.token_fn, "__qualname__", None)]
+    module = getattr(self.encoder, "module", None)
+    module_dtype = getattr(module, "dtype", None)
+    settings = [self._fingerprint[1],
+                texts.key if isinstance(texts, CorpusTokens) else texts_fingerprint(texts),
+                self.tokenizer_key(), self.encoder.config.to_hf_dict(), self.max_length,
+                self.encoder.pooling, self.encoder.normalize, self.batch_size, self.bucket_width,
+                self.corpus_chunk, self.dtype, getattr(self.token_fn, "__qualname__", None),
+                None if module_dtype is None else jnp.dtype(module_dtype).name,
+                getattr(module, "attention", None), jax.default_backend()]
     key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
     return EmbeddingCache(Path(self.cache_dir).expanduser(), f"{key[:32]}-{part}of{parts}")
 
   # -- public ----------------------------------------------------------------------------------
 
-  def stream(self, texts: Sequence[str], *, part: int = 0, parts: int = 1,
+  def stream(self, texts: Sequence[str] | CorpusTokens, *, part: int = 0, parts: int = 1,
              desc: str = "encoding", progress: bool = True
              ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Pooled embeddings of process `part`'s share of `texts` (of `parts`), as (rows `[m]`,
-    vectors `[m, dim]` float32) a chunk of `corpus_chunk` texts at a time: never the whole
-    matrix in memory. From the cache when it has them, into it otherwise."""
+    """Pooled embeddings of process `part`'s share of `texts` (strings, or a corpus file's
+    token ids from `corpus`; of `parts`), as (rows `[m]`, vectors `[m, dim]` float32) a chunk
+    of `corpus_chunk` texts at a time: never the whole matrix in memory. From the cache when
+    it has them, into it otherwise."""
     size = share_size(len(texts), self.corpus_chunk, self.batch_size, part, parts)
     bar = tqdm(total=size, desc=desc, unit="passage", unit_scale=True, leave=False,
                disable=not progress)
     try:
       cache = self.cache_for(texts, part, parts)
-      if cache is not None and cache.exists():
+      if cache is not None and cache.usable(size, len(texts)):
         for rows, vectors in cache.read(self.corpus_chunk):
           bar.update(len(rows))
           yield rows, vectors
         return
-      pieces = self._stream_uncached(texts, part, parts, bar)
+      uncached = self._stream_uncached(texts, part, parts, bar)
+      pieces = uncached
       # A shard is its process's own file; texts every process encodes whole (queries) are
       # written by process 0 alone.
       if cache is not None and (parts > 1 or jax.process_index() == 0):
         pieces = cache.write(size, pieces)
-      yield from pieces
+      try:
+        yield from pieces
+      finally:  # at once, not when the garbage is collected: temporaries, the thread
+        pieces.close()
+        uncached.close()
     finally:
       bar.close()
 
@@ -246,7 +298,8 @@ class TextEncoder:
     out: list[np.ndarray | None] = [None] * len(texts)
     bar = tqdm(total=len(texts), desc=desc, unit="text", leave=False, disable=not progress)
     with bar:
-      for rows, (hidden, lengths) in self._run(self._tokens, texts, 0, 1, bar):
+      flat, offsets = flatten(self._tokenize(texts))
+      for rows, (hidden, lengths) in self._run(self._tokens, flat, offsets, 0, 1, bar):
         for i, h, n in zip(rows, hidden, lengths):
           out[i] = h[:n]
     return out
@@ -264,19 +317,25 @@ def _fetch(rows: np.ndarray, out: jax.Array, live: np.ndarray, mask: np.ndarray,
 # Retrieval.
 
 
-def retrieve(queries: Mapping[str, str], corpus: Mapping[str, str], *, query_encoder: TextEncoder,
-             doc_encoder: TextEncoder, k: int = 100, progress: bool = True,
-             similarity: str = "dot") -> dict[str, dict[str, float]]:
-  """Encodes the queries (every process) and the corpus (each process its share, a chunk at a
-  time), keeps each process's exact top-`k` per query, and merges them across processes: the
-  same run on any number of processes and devices."""
-  query_ids, doc_ids = list(queries), list(corpus)
+def retrieve(queries: Mapping[str, str], corpus: Mapping[str, str] | CorpusTokens, *,
+             query_encoder: TextEncoder, doc_encoder: TextEncoder, k: int = 100,
+             progress: bool = True, similarity: str = "dot") -> dict[str, dict[str, float]]:
+  """Encodes the queries (every process) and the corpus (`{docid: text}`, or a corpus file's
+  token ids from `doc_encoder.corpus`; each process its share, a chunk at a time), keeps each
+  process's exact top-`k` per query, and merges them across processes: the same run on any
+  number of processes and devices."""
+  query_ids = list(queries)
   query_vectors = query_encoder.encode([queries[q] for q in query_ids], desc="queries",
                                        progress=False)
-  ranks, best = docid_ranks(doc_ids), empty_top_k(len(query_ids))
+  if isinstance(corpus, CorpusTokens):
+    doc_ids, ranks, texts = corpus.docids, corpus.scan.ranks(), corpus
+  else:
+    doc_ids = list(corpus)
+    ranks, texts = docid_ranks(doc_ids), [corpus[d] for d in doc_ids]
+  best = empty_top_k(len(query_ids))
   part, parts = jax.process_index(), jax.process_count()
-  for rows, vectors in doc_encoder.stream([corpus[d] for d in doc_ids], part=part, parts=parts,
-                                          desc="passages", progress=progress and part == 0):
+  for rows, vectors in doc_encoder.stream(texts, part=part, parts=parts, desc="passages",
+                                          progress=progress and part == 0):
     index = np.broadcast_to(rows, (len(query_ids), len(rows)))
     best = merge_top_k(best, score_chunk(query_vectors, vectors, similarity), index, ranks, k)
   return as_run(gather_top_k(best, ranks, min(k, len(doc_ids))), query_ids, doc_ids)

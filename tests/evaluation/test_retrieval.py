@@ -168,7 +168,7 @@ def jax_tree_scaled(params, factor):
 _RUN_SCRIPT = textwrap.dedent("""\
     import json, sys
     import jax
-    from optical_jax.evaluation import TextEncoder, retrieve, write_run
+    from optical_jax.evaluation import TextEncoder, retrieve, write_run, write_tsv
     from optical_jax.models.hf_checkpoint import load_encoder
     encoder = load_encoder(sys.argv[1])
     queries, corpus = json.loads(open(sys.argv[2]).read())
@@ -176,6 +176,16 @@ _RUN_SCRIPT = textwrap.dedent("""\
                    doc_encoder=TextEncoder(encoder, batch_size=3, corpus_chunk=50), k=20,
                    progress=False)
     write_run(run, sys.argv[3])
+    # The corpus as a file: tokenised in the background into the token cache, then from it.
+    write_tsv(corpus, sys.argv[3] + ".tsv")
+    for i in range(2):
+      doc_encoder = TextEncoder(encoder, batch_size=3, corpus_chunk=50,
+                                corpus_cache_dir=sys.argv[3] + ".cache")
+      source = doc_encoder.corpus(sys.argv[3] + ".tsv")
+      run = retrieve(queries, source, query_encoder=TextEncoder(encoder, batch_size=3),
+                     doc_encoder=doc_encoder, k=20, progress=False)
+      write_run(run, sys.argv[3] + f".tokens{i}")
+      print("tokenized", source.tokenized)
     print(jax.local_device_count(), "devices")
     """)
 
@@ -194,7 +204,10 @@ def test_two_devices_write_the_one_device_run_file(tiny_bert_dir, tmp_path):
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"{devices} devices" in out.stdout
+    assert "tokenized 120\ntokenized 0\n" in out.stdout  # the second from the token cache
     files[devices] = (tmp_path / f"run{devices}").read_bytes()
+    for i in range(2):
+      assert (tmp_path / f"run{devices}.tokens{i}").read_bytes() == files[devices]
   assert files[1] == files[2] and files[1].count(b"\n") == 5 * 20
 
 

@@ -1,0 +1,132 @@
+"""Collections checked before training: topics and qrels parsed in full, the corpus scanned once
+and its scan cached by content, malformed files named by file and line, judged documents
+absent from the corpus warned about with their count."""
+
+import json
+import logging
+import re
+import shutil
+from pathlib import Path
+
+import ml_collections
+import pytest
+
+from optical_jax.evaluation import DataFormatError, TextEncoder, read_corpus
+from optical_jax.evaluation import check, corpus_files
+from optical_jax.evaluation.check import check_collections
+from optical_jax.evaluation.collections import evaluate_collection
+from optical_jax.evaluation.corpus_files import corpus_records, forget_scans, scan_corpus
+from optical_jax.models.hf_checkpoint import load_encoder
+from tests.helpers import ROOT
+
+CIRAL = ROOT / "tests" / "fixtures" / "ciral" / "hub"
+CORPUS = CIRAL / "ciral-corpus" / "passages-v1.0" / "somali_passages.jsonl"
+SOMALI = CIRAL / "ciral" / "ciral-somali"
+
+
+def spec(name: str, corpus=CORPUS, topics=None, qrels=None) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(
+      name=name, corpus=str(corpus),
+      topics=str(topics or SOMALI / "topics" / f"topics.ciral-v1.0-so-{name}.tsv"),
+      qrels=str(qrels or SOMALI / "qrels" / f"qrels.ciral-v1.0-so-{name}.tsv"),
+      query_encoder="teacher", doc_encoder="teacher"))
+
+
+@pytest.fixture(autouse=True)
+def fresh_process():
+  forget_scans()  # each test reads its files as a new process would
+  yield
+  forget_scans()
+
+
+def test_check_collections_counts_and_scans_a_shared_corpus_once(tmp_path, caplog,
+                                                                monkeypatch):
+  with caplog.at_level(logging.INFO, logger="optical_jax"):
+    summaries = check_collections([spec("dev"), spec("test-a"), spec("test-b")], tmp_path)
+  dev = summaries[0]
+  assert (dev.name, dev.topics, dev.judged_queries, dev.passages, dev.absent_docids) == (
+      "dev", 3, 3, 36, 0)
+  assert dev.judgments == 12 and 0 < dev.relevant < dev.judgments
+  assert [s.corpus_cached for s in summaries] == [False, True, True]  # scanned once
+  assert "collection dev: 3 topics (3 judged), 12 judgments" in caplog.text
+  assert "corpus 36 passages (scanned in" in caplog.text
+  assert "all judged documents in the corpus" in caplog.text
+  assert (tmp_path / "corpus" / "scans").is_dir()
+  # A rerun (another process): the scan comes from the cache, the corpus is not read.
+  forget_scans()
+  monkeypatch.setattr(corpus_files, "corpus_records", lambda path: pytest.fail("read again"))
+  again = check_collections([spec("dev")], tmp_path)
+  assert again[0].corpus_cached and again[0].passages == 36
+
+
+def test_corpus_records_read_as_read_corpus(tmp_path):
+  tsv = tmp_path / "corpus.tsv"
+  tsv.write_bytes("\ufeffd1\ttitle one\t text one \n\nd2\ttwo\r\n".encode())
+  for path in (CORPUS, tsv):
+    assert {d: t for _, d, t in corpus_records(path)} == read_corpus(path)
+  assert [n for n, _, _ in corpus_records(tsv)] == [1, 3]
+
+
+@pytest.mark.parametrize("which, content, error", [
+    ("qrels", "14 0 CAASIMADA#1000#0 1\n16 CAASIMADA#1000#1 1\n",
+     ":2: expected 4 columns 'qid 0 docid relevance', got 3"),
+    ("corpus", '{"docid": "a", "text": "x"}\n{"docid": "b", "title": "no text"}\n',
+     ":2: no text field"),
+    ("corpus", '{"docid": "a", "text": "x"}\n\n{"docid": "a", "text": "y"}\n',
+     ":3: duplicate document id 'a'"),
+    ("topics", "14\tschools\n16\n", ":2: expected 'qid<TAB>text'"),
+])
+def test_a_malformed_collection_file_is_named_with_its_line(tmp_path, which, content, error):
+  path = tmp_path / ("bad.jsonl" if which == "corpus" else f"bad-{which}.tsv")
+  path.write_text(content)
+  with pytest.raises(DataFormatError, match="^" + re.escape(f"{path}{error}")):
+    check_collections([spec("dev", **{which: path})], tmp_path / "cache")
+
+
+def test_judged_documents_absent_from_the_corpus_warn_with_their_count(tmp_path, caplog,
+                                                                     tiny_bert_dir):
+  qrels = tmp_path / "qrels.tsv"
+  lines = (SOMALI / "qrels" / "qrels.ciral-v1.0-so-dev.tsv").read_text().splitlines()
+  # Two judged passages in another id format (another corpus version).
+  lines[0] = lines[0].replace("#", "-", 2)
+  lines[1] = lines[1].replace("#", "-", 2)
+  qrels.write_text("\n".join(lines) + "\n")
+  with caplog.at_level(logging.WARNING, logger="optical_jax"):
+    (summary,) = check_collections([spec("dev", qrels=qrels)], tmp_path)
+  assert summary.absent_docids == 2 and summary.judged_docids == 7  # distinct documents
+  assert f"{qrels}: 2 of 7 judged documents" in caplog.text and str(CORPUS) in caplog.text
+  # The evaluation says so too (in a process that did not check first).
+  forget_scans()
+  check._warned.clear()
+  caplog.clear()
+  encoder = TextEncoder(load_encoder(tiny_bert_dir), batch_size=4)
+  with caplog.at_level(logging.WARNING, logger="optical_jax"):
+    evaluate_collection(spec("dev", qrels=qrels), {"teacher": encoder}, progress=False)
+  assert f"{qrels}: 2 of 7 judged documents" in caplog.text
+
+
+def test_the_scan_cache_follows_the_content_and_a_broken_entry_is_scanned_again(tmp_path,
+                                                                               caplog):
+  corpus = tmp_path / "a" / "passages.jsonl"
+  corpus.parent.mkdir()
+  shutil.copy(CORPUS, corpus)
+  first = scan_corpus(corpus, tmp_path / "cache")
+  assert not first.cached and first.docids == list(read_corpus(CORPUS))
+  forget_scans()
+  copy = tmp_path / "b.jsonl"
+  shutil.copy(CORPUS, copy)
+  assert scan_corpus(copy, tmp_path / "cache").cached  # the same content elsewhere
+  forget_scans()
+  with open(corpus, "a") as f:
+    f.write(json.dumps({"docid": "new", "text": "x"}) + "\n")
+  edited = scan_corpus(corpus, tmp_path / "cache")
+  assert not edited.cached and edited.docids[-1] == "new"
+  forget_scans()
+  (entry,) = [p for p in (tmp_path / "cache" / "scans").iterdir()
+              if p.name.startswith(str(CORPUS.stat().st_size))]
+  entry.write_text(entry.read_text()[:50])  # cut short
+  with caplog.at_level(logging.WARNING, logger="optical_jax"):
+    again = scan_corpus(copy, tmp_path / "cache")
+  assert not again.cached and again.docids == first.docids
+  assert f"{entry}: broken corpus scan cache entry (unreadable" in caplog.text
+  assert json.loads(entry.read_text())["docids"] == first.docids  # written whole again
