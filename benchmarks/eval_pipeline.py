@@ -1,0 +1,171 @@
+"""The evaluation's host pipeline, passages/s: does it keep up with the tokenizer?
+
+  python benchmarks/eval_pipeline.py                     # 20,000 passages of ~60 words
+  python benchmarks/eval_pipeline.py --passages 100000 --chunk 8192
+
+A synthetic JSONL corpus (`--passages` passages of `--words` words drawn from the tokenizer's
+whole-word pieces, ~360 characters each, like CIRAL's Somali passages) and 100 queries are
+retrieved with a 1-layer, 32-wide BERT with random weights (made here with torch, MiniLM's
+tokenizer), so that the model costs next to nothing and the host's work shows:
+
+- tokenizer alone: the tokenizer's own call as evaluation makes it, chunk by chunk;
+- corpus scan: docids read and every record checked (`scan_corpus`, done once before
+  training by `check_collections`, then cached);
+- first evaluation: `retrieve` of the corpus file, tokenised in a background thread a chunk
+  (`--chunk` passages, `eval.corpus_chunk`) ahead of encoding, the ids written to the token
+  cache, scores and top-100 merged; its ratio to the tokenizer alone is the point (>= 80%);
+- second evaluation: the same from the cached token ids (nothing tokenised);
+- first evaluation with a model that computes nothing (zeros): the host's own pipeline
+  (reading, tokenising, padding, dispatch, search), as it runs beside an accelerator. On a
+  CPU-only machine the tiny model's compute takes cores the tokenizer would use, so the rows
+  above also show how many cores there are to share.
+
+Every pass is timed after an untimed one of the same shapes (compilation). The embedding
+cache is off throughout: each evaluation encodes. `TOKENIZERS_PARALLELISM` is left as it is
+(unset: the Rust tokenizer uses every core, as in a training run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from common import cpu_description
+
+
+def arguments() -> argparse.Namespace:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--passages", type=int, default=20_000)
+  parser.add_argument("--words", type=int, default=60, help="words per passage")
+  parser.add_argument("--chunk", type=int, default=2048,
+                      help="eval.corpus_chunk: passages tokenised, encoded and searched at a time")
+  parser.add_argument("--batch", type=int, default=64, help="eval.batch_size")
+  parser.add_argument("--length", type=int, default=128, help="eval.max_length")
+  parser.add_argument("--queries", type=int, default=100)
+  parser.add_argument("--heads", type=int, default=4, help="attention heads of the tiny BERT "
+                      "(4 as tests/helpers.save_tiny_bert; XLA on CPU runs 8-wide heads slowly)")
+  parser.add_argument("--workdir", default=None, help="where the corpus and caches go "
+                      "(default: a temporary directory)")
+  return parser.parse_args()
+
+
+def tiny_bert(directory: Path, heads: int) -> Path:
+  """A 1-layer, 32-wide random BERT of `heads` attention heads, MiniLM's tokenizer files."""
+  import shutil
+  import torch
+  from transformers import BertConfig, BertModel
+  from optical_jax.assets import minilm_checkpoint_dir
+  torch.manual_seed(0)
+  config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1,
+                      num_attention_heads=heads, intermediate_size=128, max_position_embeddings=512)
+  BertModel(config).eval().save_pretrained(directory)
+  for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+    if (minilm_checkpoint_dir() / name).exists():
+      shutil.copy(minilm_checkpoint_dir() / name, directory / name)
+  return directory
+
+
+def synthetic_corpus(path: Path, tokenizer, passages: int, words: int, seed: int = 0) -> None:
+  import numpy as np
+  vocab = sorted(w for w in tokenizer.get_vocab() if w.isalpha() and w.isascii()
+                 and 3 <= len(w) <= 7)
+  rng = np.random.default_rng(seed)
+  with open(path, "w", encoding="utf-8") as f:
+    for i in range(passages):
+      text = " ".join(rng.choice(vocab, words))
+      f.write(json.dumps({"docid": f"doc-{i:07d}", "title": "", "text": text}) + "\n")
+
+
+def main() -> None:
+  args = arguments()
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from optical_jax.evaluation.corpus_files import corpus_records, forget_scans, scan_corpus
+  from optical_jax.evaluation.retrieval import TextEncoder, retrieve
+  from optical_jax.models.hf_checkpoint import load_encoder
+
+  root = Path(args.workdir or tempfile.mkdtemp(prefix="eval_pipeline-"))
+  root.mkdir(parents=True, exist_ok=True)
+  model = root / f"tiny_bert-{args.heads}heads"
+  if not (model / "config.json").exists():
+    tiny_bert(model, args.heads)
+  encoder = load_encoder(model)
+  corpus = root / f"corpus-{args.passages}x{args.words}.jsonl"
+  if not corpus.exists():
+    synthetic_corpus(corpus, encoder.tokenizer, args.passages, args.words)
+  queries = {f"q{i}": text for i, (_, _, text) in zip(range(args.queries),
+                                                       corpus_records(corpus))}
+  texts = [text for _, _, text in corpus_records(corpus)]
+  characters = sum(map(len, texts)) / len(texts)
+
+  def tokenizer_alone() -> None:
+    for start in range(0, len(texts), args.chunk):
+      encoder.tokenizer(texts[start:start + args.chunk], truncation=True,
+                        max_length=args.length, padding=False)["input_ids"]
+
+  def scan() -> None:
+    forget_scans()
+    scan_corpus(corpus)
+
+  def nothing(params, input_ids, attention_mask):  # a model that costs nothing
+    return jnp.zeros(input_ids.shape + (32,), jnp.float32)
+
+  def evaluation(cache: Path | None, token_fn=None):
+    text_encoder = TextEncoder(encoder, batch_size=args.batch, max_length=args.length,
+                               corpus_chunk=args.chunk, corpus_cache_dir=cache,
+                               token_fn=token_fn)
+    source = text_encoder.corpus(corpus)
+    run = retrieve(queries, source, query_encoder=text_encoder, doc_encoder=text_encoder,
+                   k=100, progress=False)
+    return run, source.tokenized
+
+  def timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+  scan()
+  timed(tokenizer_alone)  # warm-up
+  evaluation(None)  # compiles every shape, caches nothing
+  evaluation(None, nothing)
+  tokenizer_s, _ = timed(tokenizer_alone)
+  scan_s, _ = timed(scan)
+  cache = Path(tempfile.mkdtemp(prefix="corpus-", dir=root))
+  first_s, (first_run, first_tokenized) = timed(lambda: evaluation(cache))
+  second_s, (second_run, second_tokenized) = timed(lambda: evaluation(cache))
+  assert first_tokenized == len(texts) and second_tokenized == 0, (first_tokenized,
+                                                                   second_tokenized)
+  assert first_run == second_run
+  host_s, (_, host_tokenized) = timed(lambda: evaluation(None, nothing))
+  assert host_tokenized == len(texts)
+
+  n = len(texts)
+  rate = lambda seconds: n / seconds
+  print(f"CPU: {cpu_description()}")
+  print(f"JAX {jax.__version__} on {jax.default_backend()} ({jax.local_device_count()} device(s)); "
+        f"TOKENIZERS_PARALLELISM={os.environ.get('TOKENIZERS_PARALLELISM', 'unset')}")
+  print(f"{n:,} passages of {args.words} words ({characters:.0f} characters), "
+        f"{args.queries} queries, eval.corpus_chunk={args.chunk}, eval.batch_size={args.batch}, "
+        f"eval.max_length={args.length}; model: BERT 1 layer x 32 (random weights)\n")
+  rows = [("tokenizer alone", tokenizer_s, "1.00"),
+          ("corpus scan (docids, every record checked)", scan_s, ""),
+          ("first evaluation (tokenise in the background + encode + search)", first_s,
+           f"{tokenizer_s / first_s:.2f}"),
+          ("second evaluation (cached token ids + encode + search)", second_s,
+           f"{tokenizer_s / second_s:.2f}"),
+          ("first evaluation, a model that computes nothing (the host's own work)", host_s,
+           f"{tokenizer_s / host_s:.2f}")]
+  print("| stage | seconds | passages/s | vs tokenizer alone |")
+  print("|---|---:|---:|---:|")
+  for name, seconds, ratio in rows:
+    print(f"| {name} | {seconds:.2f} | {rate(seconds):,.0f} | {ratio} |")
+  np.testing.assert_equal(len(first_run), args.queries)
+
+
+if __name__ == "__main__":
+  main()
