@@ -140,24 +140,25 @@ class CorpusScan:
   characters: int  # of the texts (title and text joined), for the summary
   seconds: float  # the scan's own time (0 when cached)
   cached: bool = False
-  _ranks: np.ndarray | None = dataclasses.field(default=None, repr=False)
-  _docid_set: frozenset | None = dataclasses.field(default=None, repr=False)
+  # What is derived from the docids (tie ranks, a set), shared by the copies of one scan.
+  _derived: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
   @property
   def passages(self) -> int:
     return len(self.docids)
 
   def ranks(self) -> np.ndarray:
-    """Each document's place in trec_eval's tie order (`search.docid_ranks`), once."""
-    if self._ranks is None:
+    """Each document's place in trec_eval's tie order (`search.docid_ranks`), computed once
+    per process (every dev evaluation of a run uses it)."""
+    if "ranks" not in self._derived:
       from optical_jax.evaluation.search import docid_ranks
-      self._ranks = docid_ranks(self.docids)
-    return self._ranks
+      self._derived["ranks"] = docid_ranks(self.docids)
+    return self._derived["ranks"]
 
   def docid_set(self) -> frozenset:
-    if self._docid_set is None:
-      self._docid_set = frozenset(self.docids)
-    return self._docid_set
+    if "set" not in self._derived:
+      self._derived["set"] = frozenset(self.docids)
+    return self._derived["set"]
 
 
 def scan_corpus(path: PathLike, cache_dir: PathLike | None = None) -> CorpusScan:
