@@ -27,7 +27,8 @@ import numpy as np
 from optical_jax import load_encoder
 from optical_jax.assets import resolve
 from optical_jax.config import base_config
-from optical_jax.data.batching import BucketedBatches, tokenize_cached
+from optical_jax.data.batching import BucketedBatches
+from optical_jax.data.token_arrays import TokenColumn
 from optical_jax.data.bitext import read_pairs
 from optical_jax.models.encoder import encoder_flops_per_token
 from optical_jax.shapes import pad_sequences
@@ -54,8 +55,8 @@ def epoch(checkpoint: str, batch: int, length: int, *, iterations: int, repeats:
   rows = read_pairs(resolve("bible:train.tsv", base_config().runtime.cache_dir),
                     ("student", "teacher"))
   encoder = load_encoder(checkpoint)
-  tokenize = lambda texts: tokenize_cached(encoder.tokenizer, texts, max_length=length,
-                                          cache_dir=None, tag="")
+  tokenize = lambda texts: TokenColumn.from_sequences(encoder.tokenizer(
+      texts, truncation=True, max_length=length, padding=False)["input_ids"])
   columns = {"student": tokenize([r[0] for r in rows]), "teacher": tokenize([r[1] for r in rows])}
   pad = encoder.config.pad_token_id
   bucketed = {}  # bucket set name -> (steps per epoch, {width: batches}, a batch of each width)

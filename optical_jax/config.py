@@ -84,8 +84,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.length_buckets = LENGTH_BUCKETS
   c.data.how_to_get = ""  # printed when the training file is missing
   # Encode each pair's English side with the frozen teacher once and keep its token embeddings
-  # in runtime.cache_dir/teacher_tokens; False: run the teacher inside every train step.
-  c.data.teacher_cache = True
+  # (in the compute dtype) in runtime.cache_dir/teacher_tokens: True; False: run the teacher
+  # inside every train step; "auto": the cache on the CPU backend only (on accelerators the
+  # teacher's forward is cheaper than reading and shipping its vectors).
+  # (A field of any type: "auto", True or False, from a config file or the command line.)
+  c.data.teacher_cache = ml_collections.FieldReference("auto", field_type=object)
+  # A cache larger than this (tokens x hidden x bytes; GB = 1e9 bytes) is refused before
+  # training, as is one larger than the free disk.
+  c.data.teacher_cache_max_gb = 20.0
+  # Batches built this many steps ahead in a background thread (0: in the loop, serially).
+  c.data.prefetch = 2
   # Share of training sentences whose student-side words are replaced by their English
   # translation from a lexicon induced from OT plans (optical_jax/adaptation; 0: off).
   c.data.code_switch_rate = 0.0
@@ -249,6 +257,11 @@ def validate(config, *, devices: int = 1, backend: str = "cpu") -> None:
     _positive_int(t[field], f"train.{field}")
   _positive_int(t.halt_after_steps, "train.halt_after_steps", zero_ok=True)
   _positive_int(config.data.limit, "data.limit", zero_ok=True)
+  if config.data.teacher_cache not in ("auto", True, False):
+    raise ConfigError("config.data.teacher_cache must be 'auto', True or False, got "
+                      f"{config.data.teacher_cache!r}")
+  _positive_number(config.data.teacher_cache_max_gb, "data.teacher_cache_max_gb")
+  _positive_int(config.data.prefetch, "data.prefetch", zero_ok=True)
   _positive_int(config.data.max_length, "data.max_length")
   _positive_int(config.eval.max_length, "eval.max_length")
   _positive_int(config.eval.batch_size, "eval.batch_size")

@@ -20,6 +20,7 @@ from typing import Any, Sequence
 
 from optical_jax.adaptation import codeswitch, lexicon as lexicon_lib, vocabulary
 from optical_jax.adaptation.alignment import compute_alignment, sample_pairs
+from optical_jax.fingerprint import checkpoint_digest
 
 log = logging.getLogger("optical_jax")
 _VERSION = 1  # bump when a cached result would change
@@ -35,14 +36,6 @@ def bitext_rows(config) -> list[tuple[str, str]]:
     config = ml_collections.ConfigDict(config.to_dict())
     config.data.train_file = resolve(config.data.train_file, config.runtime.cache_dir)
   return [(r[0], r[1]) for r in bitext.configured_rows(config)]
-
-
-def _checkpoint_fingerprint(directory: str | Path) -> str:
-  """Path, and size and mtime of the weights: a changed checkpoint changes the key."""
-  directory = Path(directory)
-  stats = [(p.name, p.stat().st_size, int(p.stat().st_mtime))
-           for p in sorted(directory.glob("*.safetensors"))]
-  return json.dumps([str(directory.resolve()), stats])
 
 
 def _key(*parts: Any) -> str:
@@ -68,8 +61,8 @@ def adapted_student_dir(config, student: Any, teacher: Any) -> Path:
   `model.vocab_init` (`vocabulary.adapt_student`), as a checkpoint directory, built on first
   use from the bitext (`bitext_rows`)."""
   m, rows = config.model, bitext_rows(config)
-  key = _key("vocabulary", _checkpoint_fingerprint(student.path),
-             _checkpoint_fingerprint(teacher.path), _rows_digest(rows), m.vocab_extension,
+  key = _key("vocabulary", checkpoint_digest(student.path),
+             checkpoint_digest(teacher.path), _rows_digest(rows), m.vocab_extension,
              m.vocab_init, config.data.alignment_pairs, config.seed, config.data.max_length,
              float(config.ot.epsilon), bool(config.ot.center))
   directory = _cache_dir(config) / f"student-{key}"
@@ -123,7 +116,7 @@ def lexicon_for(config, rows: Sequence[Sequence[str]]) -> tuple[lexicon_lib.Lexi
   r = lambda ref: resolve_checkpoint_dir(resolve(ref, config.runtime.cache_dir))
   teacher_dir = r(config.model.teacher)
   student_dir = r(config.model.student) if config.model.student else teacher_dir
-  key = _key("lexicon", _checkpoint_fingerprint(student_dir), _checkpoint_fingerprint(teacher_dir),
+  key = _key("lexicon", checkpoint_digest(student_dir), checkpoint_digest(teacher_dir),
              _rows_digest(rows), config.data.alignment_pairs, config.seed,
              config.data.max_length, float(config.ot.epsilon), bool(config.ot.center))
   path = _cache_dir(config) / f"lexicon-{key}.json"

@@ -1,5 +1,5 @@
-"""Training batches: token ids cached on disk, and length-bucketed global batches of a fixed
-shape over sharded examples.
+"""Training batches: length-bucketed global batches of a fixed shape over sharded examples,
+cut from flat token arrays (`token_arrays.TokenColumn`).
 
 Example i belongs to shard `i % num_shards`, and every shard supplies the same
 `batch_size // num_shards` rows of each global batch, from its own examples. A process that
@@ -19,36 +19,12 @@ would have. With one shard, the schedule is the plain bucketed one.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
-from optical_jax.shapes import LENGTH_BUCKETS, check_buckets, pad_sequences
-
-
-def tokenize_cached(tokenizer: Any, texts: Sequence[str], *, max_length: int,
-                    cache_dir: str | Path | None, tag: str) -> list[np.ndarray]:
-  """Token ids of each text (truncated, unpadded), cached on disk by content hash."""
-  key = hashlib.sha256(json.dumps([tag, max_length, list(texts)]).encode()).hexdigest()[:20]
-  path = Path(cache_dir) / f"tokens-{key}.npz" if cache_dir else None
-  if path is not None and path.is_file():
-    with np.load(path) as stored:
-      flat, offsets = stored["flat"], stored["offsets"]
-    return [flat[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
-  ids = tokenizer(list(texts), truncation=True, max_length=max_length, padding=False)["input_ids"]
-  arrays = [np.asarray(x, np.int32) for x in ids]
-  if path is not None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    offsets = np.concatenate([[0], np.cumsum([len(a) for a in arrays])]).astype(np.int64)
-    flat = np.concatenate(arrays) if arrays else np.zeros(0, np.int32)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")  # processes sharing the cache
-    np.savez(tmp, flat=flat, offsets=offsets)
-    tmp.replace(path)
-  return arrays
+from optical_jax.data.token_arrays import TokenColumn
+from optical_jax.shapes import LENGTH_BUCKETS, check_buckets
 
 
 def shard_rows(num_examples: int, shard: int, num_shards: int) -> np.ndarray:
@@ -57,9 +33,14 @@ def shard_rows(num_examples: int, shard: int, num_shards: int) -> np.ndarray:
   return np.arange(shard, num_examples, num_shards)
 
 
-def longest(columns: Mapping[str, Sequence[np.ndarray]]) -> np.ndarray:
+def as_column(column: TokenColumn | Sequence[Sequence[int]]) -> TokenColumn:
+  """`column` as a `TokenColumn` (in-memory sequences are packed into one)."""
+  return column if isinstance(column, TokenColumn) else TokenColumn.from_sequences(column)
+
+
+def longest(columns: Mapping[str, TokenColumn | Sequence[np.ndarray]]) -> np.ndarray:
   """int32 `[rows]`: each row's longest column in tokens (what decides its bucket)."""
-  return np.max([[len(x) for x in column] for column in columns.values()], axis=0).astype(
+  return np.max([as_column(c).lengths for c in columns.values()], axis=0).astype(
       np.int32).reshape(-1)
 
 
@@ -119,9 +100,9 @@ class BucketedBatches:
   shards (see the module docstring and `epoch_schedule`).
 
   Args:
-    columns: name -> token ids (unpadded int arrays) of this process's rows: the rows of
-      `shards`, shard after shard, each shard's in row order (`shard_rows`). An example is one
-      row across the columns (e.g. student text and teacher text).
+    columns: name -> token ids (`TokenColumn`, or unpadded int sequences) of this process's
+      rows: the rows of `shards`, shard after shard, each shard's in row order (`shard_rows`).
+      An example is one row across the columns (e.g. student text and teacher text).
     pad_ids: name -> the pad token id of that column.
     batch_size: the global batch size, split evenly over the `num_shards` shards.
     max_length: the widest bucket; the widths are `length_buckets` capped at it: finer ones
@@ -137,11 +118,13 @@ class BucketedBatches:
   f"{name}_mask"}` for each column, int32 `[len(shards) * batch_size // num_shards, width]`.
   """
 
-  def __init__(self, columns: dict[str, list[np.ndarray]], pad_ids: dict[str, int], *,
+  def __init__(self, columns: Mapping[str, TokenColumn | Sequence[np.ndarray]],
+               pad_ids: dict[str, int], *,
                batch_size: int, max_length: int, seed: int,
                length_buckets: Sequence[int] = LENGTH_BUCKETS,
                lengths: np.ndarray | None = None, num_shards: int = 1,
                shards: Sequence[int] = (0,)):
+    columns = {name: as_column(c) for name, c in columns.items()}
     sizes = {len(c) for c in columns.values()}
     if len(sizes) != 1:
       raise ValueError(f"columns have different lengths: { {k: len(v) for k, v in columns.items()} }")
@@ -220,8 +203,7 @@ class BucketedBatches:
     `[len(positions), width]`."""
     out = {}
     for name, column in self.columns.items():
-      out[f"{name}_ids"], out[f"{name}_mask"] = pad_sequences(
-          [column[i] for i in positions], width, self.pad_ids[name])
+      out[f"{name}_ids"], out[f"{name}_mask"] = column.pad(positions, width, self.pad_ids[name])
     return out
 
   def batch(self, step: int) -> dict[str, np.ndarray]:

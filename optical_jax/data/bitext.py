@@ -10,6 +10,7 @@ about configs.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -18,6 +19,8 @@ import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
+
+import numpy as np
 
 from optical_jax.textfiles import DataFormatError, is_jsonl, json_record, text_lines
 
@@ -77,17 +80,17 @@ def _parquet_rows(path, fields: Sequence[str], batch_size: int = 8192
       yield number, tuple(values)
 
 
-def read_pairs(path: str | Path, fields: Sequence[str]) -> list[tuple[str, ...]]:
-  """Rows of `len(fields)` texts from TSV (columns in that order), JSONL (named fields) or
-  parquet (named columns; dotted names reach into struct columns).
+def iter_pairs(path: str | Path, fields: Sequence[str]) -> Iterator[tuple[str, ...]]:
+  """Rows of `len(fields)` texts, streamed from TSV (columns in that order), JSONL (named
+  fields) or parquet (named columns; dotted names reach into struct columns).
 
   A TSV may have more columns than needed (the rest is ignored, e.g. a trailing id); every
-  needed text must be a non-empty string. A TSV whose first column holds ids (every value a
-  single token with a digit) is refused: ids would be trained on as text. Errors name the
-  file and line.
+  needed text must be a non-empty string. A TSV whose first column holds ids (every value of
+  its first rows a single token with a digit) is refused: ids would be trained on as text.
+  Errors name the file and line (parquet: row).
   """
+  found = False
   if is_parquet(path):
-    rows = []
     for number, values in _parquet_rows(path, fields):
       for field, value in zip(fields, values):
         if not isinstance(value, str):
@@ -96,35 +99,119 @@ def read_pairs(path: str | Path, fields: Sequence[str]) -> list[tuple[str, ...]]
                                 f"{kind}")
         if not value.strip():
           raise DataFormatError(f"{path}: row {number}: empty {field}")
-      rows.append(tuple(v.strip() for v in values))
-    if not rows:
-      raise DataFormatError(f"{path}: no rows")
-    return rows
-  rows, first_lines = [], []
-  for number, line in text_lines(path):
-    if is_jsonl(path):
-      record = json_record(path, number, line)
-      texts = tuple(_json_text(path, number, record, f) for f in fields)
-    else:
-      parts = line.split("\t")
-      if len(parts) < len(fields):
-        raise DataFormatError(f"{path}:{number}: expected {len(fields)} tab-separated columns "
-                              f"({', '.join(fields)}), got {len(parts)}")
-      texts = tuple(parts[:len(fields)])
-      if len(first_lines) < _ID_CHECK_ROWS:
-        first_lines.append(number)
-    for field, text in zip(fields, texts):
-      if not text.strip():
-        raise DataFormatError(f"{path}:{number}: empty {field}")
-    rows.append(tuple(t.strip() for t in texts))
-  if not rows:
+      found = True
+      yield tuple(v.strip() for v in values)
+  else:
+    first = []  # the first rows of a TSV, held back until they pass the id check
+    for number, line in text_lines(path):
+      if is_jsonl(path):
+        record = json_record(path, number, line)
+        texts = tuple(_json_text(path, number, record, f) for f in fields)
+      else:
+        parts = line.split("\t")
+        if len(parts) < len(fields):
+          raise DataFormatError(f"{path}:{number}: expected {len(fields)} tab-separated "
+                                f"columns ({', '.join(fields)}), got {len(parts)}")
+        texts = tuple(parts[:len(fields)])
+      for field, text in zip(fields, texts):
+        if not text.strip():
+          raise DataFormatError(f"{path}:{number}: empty {field}")
+      row = tuple(t.strip() for t in texts)
+      found = True
+      if is_jsonl(path):
+        yield row
+        continue
+      if len(first) < _ID_CHECK_ROWS:
+        first.append((number, row))
+        if len(first) < _ID_CHECK_ROWS:
+          continue
+        _check_not_ids(path, fields, first)
+        yield from (r for _, r in first)
+      else:
+        yield row
+    if 0 < len(first) < _ID_CHECK_ROWS:
+      _check_not_ids(path, fields, first)
+      yield from (r for _, r in first)
+  if not found:
     raise DataFormatError(f"{path}: no rows")
-  if first_lines and all(_ID_LIKE.match(r[0]) for r in rows[:len(first_lines)]):
+
+
+def _check_not_ids(path, fields, first: list[tuple[int, tuple[str, ...]]]) -> None:
+  if all(_ID_LIKE.match(row[0]) for _, row in first):
     raise DataFormatError(
-        f"{path}:{first_lines[0]}: the first column looks like ids ({rows[0][0]!r}, ...), not "
+        f"{path}:{first[0][0]}: the first column looks like ids ({first[0][1][0]!r}, ...), not "
         f"{fields[0]} text; the columns must be {', '.join(fields)} in this order (extra "
         "columns such as ids go last)")
-  return rows
+
+
+def read_pairs(path: str | Path, fields: Sequence[str]) -> list[tuple[str, ...]]:
+  """All rows of `iter_pairs(path, fields)`, in memory (small files; training streams)."""
+  return list(iter_pairs(path, fields))
+
+
+class FileRows:
+  """The rows of a training file (`iter_pairs`), at most `limit` (0: all), read as a stream
+  whenever they are needed: a few bytes a row stay in memory, never the text.
+
+  `longest_chars()` reads the file once (checking every row) and is remembered; `rows(keep)`
+  streams the rows whose index `keep` holds; `fingerprint` identifies the content.
+  """
+
+  def __init__(self, path: str | Path, fields: Sequence[str], *, limit: int = 0,
+               fingerprint: str = ""):
+    self.path, self.fields, self.limit = Path(path), tuple(fields), limit
+    self.fingerprint = fingerprint
+    self._chars: np.ndarray | None = None
+
+  def _iter(self) -> Iterator[tuple[str, ...]]:
+    rows = iter_pairs(self.path, self.fields)
+    return itertools.islice(rows, self.limit) if self.limit else rows
+
+  def longest_chars(self) -> np.ndarray:
+    """int32 `[rows]`: each row's longest text in characters."""
+    if self._chars is None:
+      self._chars = np.fromiter((max(map(len, row)) for row in self._iter()), np.int32)
+    return self._chars
+
+  def __len__(self) -> int:
+    return len(self.longest_chars())
+
+  def rows(self, keep: np.ndarray | None = None) -> Iterator[tuple[str, ...]]:
+    """The rows (in file order) whose index is in `keep` (sorted int array; None: all)."""
+    if keep is None:
+      yield from self._iter()
+      return
+    keep = np.asarray(keep, np.int64)
+    if not len(keep):
+      return
+    wanted, last = 0, int(keep[-1])
+    for index, row in enumerate(self._iter()):
+      if index == keep[wanted]:
+        yield row
+        wanted += 1
+        if index == last:
+          return
+
+
+class ListRows:
+  """`FileRows`' interface over rows already in memory (a hub dataset, code-switched rows)."""
+
+  def __init__(self, rows: Sequence[tuple[str, ...]], fingerprint: str = ""):
+    self._rows, self.fingerprint = rows, fingerprint
+    self.fields = tuple(f"column{i}" for i in range(len(rows[0]) if rows else 0))
+
+  def longest_chars(self) -> np.ndarray:
+    return np.fromiter((max(map(len, row)) for row in self._rows), np.int32,
+                       count=len(self._rows))
+
+  def __len__(self) -> int:
+    return len(self._rows)
+
+  def rows(self, keep: np.ndarray | None = None) -> Iterator[tuple[str, ...]]:
+    if keep is None:
+      yield from self._rows
+    else:
+      yield from (self._rows[int(i)] for i in keep)
 
 
 def read_hf_dataset(name: str, fields: Sequence[str], *, config: str | None = None,

@@ -8,18 +8,30 @@ from typing import Iterable
 
 import numpy as np
 
+from optical_jax.data.token_arrays import TokenColumn
 
-def document_frequencies(rows: Iterable[np.ndarray], vocab_size: int) -> np.ndarray:
-  """int64 `[vocab_size]`: how many of `rows` (each a 1-D array of token ids) hold each id.
+
+def document_frequencies(rows: TokenColumn | Iterable[np.ndarray], vocab_size: int, *,
+                         chunk: int = 65536) -> np.ndarray:
+  """int64 `[vocab_size]`: how many of `rows` (a `TokenColumn`, or 1-D arrays of token ids)
+  hold each id; `chunk` rows at a time, so millions of rows need a few MB.
 
   >>> document_frequencies([np.array([5, 5, 7]), np.array([5, 8])], 10)[[5, 7, 8, 9]]
   array([2, 1, 1, 0])
   """
-  rows = [np.unique(np.asarray(ids, np.int64)) for ids in rows]
-  flat = np.concatenate(rows) if rows else np.zeros(0, np.int64)
-  if flat.size and (flat.min() < 0 or flat.max() >= vocab_size):
-    raise ValueError(f"token ids must lie in [0, {vocab_size}); got {flat.min()}..{flat.max()}")
-  return np.bincount(flat, minlength=vocab_size).astype(np.int64)
+  column = rows if isinstance(rows, TokenColumn) else TokenColumn.from_sequences(
+      [np.asarray(r, np.int64) for r in rows], np.int64)
+  df = np.zeros(vocab_size, np.int64)
+  for start in range(0, len(column), chunk):
+    positions = np.arange(start, min(start + chunk, len(column)))
+    width = int(column.lengths[positions].max(initial=0))
+    index, mask = column.gather(positions, width)
+    ids = np.asarray(column.flat[index[mask]], np.int64)
+    if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
+      raise ValueError(f"token ids must lie in [0, {vocab_size}); got {ids.min()}..{ids.max()}")
+    row = np.nonzero(mask)[0]  # each id's row, so an id counts once per row
+    df += np.bincount(np.unique(row * vocab_size + ids) % vocab_size, minlength=vocab_size)
+  return df
 
 
 def idf_table(df: np.ndarray, num_rows: int) -> np.ndarray:

@@ -1,97 +1,262 @@
 """The frozen teacher's token embeddings, computed once per training pair and kept on disk.
 
-The teacher never changes during distillation, so encoding the English side of a pair again in
-every epoch, in a resumed run, or in each of the demo's runs over the same batches is wasted
-work (about a sixth of a MiniLM step on CPU). `TeacherTokenCache.lookup` returns a batch's
-teacher token embeddings; when the batch holds pairs not seen before, it encodes the batch as
-the train step would have, so a first pass costs what encoding inside the step does.
+On CPU the teacher's forward is about a sixth of a MiniLM step, and encoding the English side
+of a pair again in every epoch, in a resumed run, or in each of the demo's runs over the same
+batches is wasted work; `TeacherTokenCache.lookup` returns a batch's teacher token embeddings,
+and when the batch holds pairs not seen before it encodes the batch as the train step would
+have, so a first pass costs what encoding inside the step does. (On accelerators the forward
+is cheaper than reading and shipping the vectors: the train step runs it instead.)
 
-On disk, under `directory/teacher-tokens-<key>/` (the key hashes the checkpoint, the compute
-dtype, the attention kernel and the token ids, so a different teacher, precision, text or
-truncation never reads stale vectors):
-- `tokens.npy`: float32 `[total tokens, hidden]`, one row per real token, pairs back to back
-  (a sparse file: space is used only for the pairs encoded so far);
+On disk, under `directory/teacher-tokens-<key>/` (the key hashes the teacher's weight files'
+content, its config, compute dtype and attention kernel, and the token ids, so another
+teacher, precision, text or truncation never reads stale vectors):
+- `tokens.npy`: `[total tokens, hidden]` in the compute dtype (bfloat16 as its uint16 bits),
+  one row per real token, pairs back to back; its space is reserved when it is created, so a
+  full disk fails then, in one line, never as a bus error in the middle of training;
 - `done.npy`: bool `[pairs]`, written after the vectors it vouches for, so a run killed
   mid-write recomputes those pairs instead of reading garbage.
+
+A cache whose files do not match their expected sizes (truncated, or from another version)
+is set aside and rebuilt, with a warning; a vouched-for pair whose first or last token vector
+is all zeros (a hole in the file) is encoded again. Files are created under temporary names
+and renamed, under a lock, so no run maps a file another run truncates.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import hashlib
+import logging
+import os
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
 import jax
+import ml_dtypes
 import numpy as np
+
+from optical_jax.data.token_arrays import TokenColumn
+from optical_jax.fingerprint import checkpoint_digest
+
+log = logging.getLogger("optical_jax")
+
+
+class CacheWriteError(OSError):
+  """A cache file that cannot be written (full disk, file-size limit); names the file."""
+
+
+def storage_dtype(encoder: Any) -> np.dtype:
+  """The dtype the vectors are kept in: the teacher's compute dtype."""
+  return np.dtype(ml_dtypes.bfloat16) if np.dtype(encoder.module.dtype) == np.dtype(
+      ml_dtypes.bfloat16) else np.dtype(np.float32)
+
+
+def expected_bytes(encoder: Any, column: TokenColumn) -> int:
+  """What the cache of `column`'s pairs takes on disk: tokens x hidden x bytes."""
+  return int(column.lengths.sum()) * encoder.config.hidden_size * storage_dtype(encoder).itemsize
+
+
+@contextlib.contextmanager
+def _locked(directory: Path):
+  """An exclusive lock on `directory` (a lock file), across processes and runs."""
+  with open(directory / ".lock", "a") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _write_error(path: Path, error: OSError) -> CacheWriteError:
+  reason = {errno.ENOSPC: "no space left on the disk",
+            errno.EFBIG: "the file is larger than this file system or quota allows",
+            errno.EDQUOT: "the disk quota is exceeded"}.get(error.errno, error.strerror or str(error))
+  return CacheWriteError(error.errno, f"{path}: cannot write the teacher token cache ({reason}); "
+                         "free space, set config.runtime.cache_dir elsewhere, or pass "
+                         "--config.data.teacher_cache=False (the teacher then runs in the step)")
+
+
+def _as_column(token_ids) -> TokenColumn:
+  return token_ids if isinstance(token_ids, TokenColumn) else TokenColumn.from_sequences(
+      token_ids)
 
 
 class TeacherTokenCache:
   """Token embeddings `[length, hidden]` of each teacher-side text, computed on first use.
 
   Args:
-    encoder: the frozen teacher (`optical_jax.hf_checkpoint.LoadedEncoder`).
-    token_ids: the teacher-side token ids of every pair this process feeds (unpadded int
-      arrays; `BucketedBatches.columns`), which `lookup` indexes by position.
+    encoder: the frozen teacher (`optical_jax.models.hf_checkpoint.LoadedEncoder`).
+    token_ids: the teacher-side token ids of every pair this process feeds (a `TokenColumn`,
+      `BucketedBatches.columns["teacher"]`, or unpadded int arrays), which `lookup` indexes
+      by position.
     directory: where the cache lives (shared by all runs that use the same teacher and text).
   """
 
-  def __init__(self, encoder: Any, token_ids: Sequence[np.ndarray], directory: str | Path):
+  def __init__(self, encoder: Any, token_ids: TokenColumn | Sequence[np.ndarray],
+               directory: str | Path):
     self.encoder = encoder
-    lengths = np.array([len(x) for x in token_ids], np.int64)
-    self.offsets = np.concatenate([[0], np.cumsum(lengths)])
-    hidden = encoder.config.hidden_size
-    digest = hashlib.sha256()
-    # The compute dtype and the attention kernel change the vectors too.
-    digest.update(f"{encoder.path}|{encoder.config}|{encoder.module.dtype}|"
-                  f"{encoder.module.attention}".encode())
-    digest.update(lengths.tobytes())
-    digest.update(np.concatenate(list(token_ids)).astype(np.int32).tobytes() if len(lengths)
-                  else b"")
-    self.directory = Path(directory).expanduser() / f"teacher-tokens-{digest.hexdigest()[:20]}"
+    column = _as_column(token_ids)
+    self.offsets = np.concatenate([[0], np.cumsum(column.lengths.astype(np.int64))])
+    self.dtype = storage_dtype(encoder)
+    self.directory = self.location(encoder, column, directory)
     self.directory.mkdir(parents=True, exist_ok=True)
-    tokens_path, self._done_path = self.directory / "tokens.npy", self.directory / "done.npy"
-    shape = (int(self.offsets[-1]), hidden)
-    if tokens_path.is_file() and self._done_path.is_file():
-      self.tokens = np.lib.format.open_memmap(tokens_path, mode="r+")
+    self._tokens_path = self.directory / "tokens.npy"
+    self._done_path = self.directory / "done.npy"
+    self.shape = (int(self.offsets[-1]), encoder.config.hidden_size)
+    with _locked(self.directory):
+      problem = self._check()
+      if problem:
+        self._set_aside(problem)
+      if not self._tokens_path.is_file():
+        self._create()
+      self._storage = np.lib.format.open_memmap(self._tokens_path, mode="r+")
       self.done = np.load(self._done_path)
-      if self.tokens.shape != shape or self.done.shape != (len(lengths),):
-        raise ValueError(f"{self.directory}: cache shapes {self.tokens.shape}, "
-                         f"{self.done.shape} do not match {shape}, ({len(lengths)},); delete it")
-    else:
-      self.tokens = np.lib.format.open_memmap(tokens_path, mode="w+", dtype=np.float32,
-                                              shape=shape)
-      self.done = np.zeros(len(lengths), bool)
     self._forward = jax.jit(encoder.apply)
     self.encoded = 0  # pairs this instance had to encode (the rest were read from disk)
+    self.repaired = 0  # vouched-for pairs found zeroed on disk and encoded again
+
+  @staticmethod
+  def location(encoder: Any, token_ids: TokenColumn | Sequence[np.ndarray],
+               directory: str | Path) -> Path:
+    """The cache directory of these pairs under `directory`: `teacher-tokens-<key>`."""
+    column = _as_column(token_ids)
+    directory = Path(directory).expanduser()
+    digest = hashlib.sha256()
+    # The weights' content, the compute dtype and the attention kernel change the vectors too.
+    digest.update(f"{checkpoint_digest(encoder.path, memo_dir=directory)}|{encoder.config}|"
+                  f"{encoder.module.dtype}|{encoder.module.attention}|"
+                  f"{storage_dtype(encoder)}".encode())
+    digest.update(column.lengths.astype(np.int64).tobytes())
+    if column.fingerprint:  # the ids' own key (file, tokenizer, rows) and their order here
+      digest.update(column.fingerprint.encode())
+      digest.update(np.asarray(column.order if column.order is not None else [], np.int64)
+                    .tobytes())
+    elif len(column):
+      digest.update(np.concatenate(list(column)).astype(np.int32).tobytes())
+    return directory / f"teacher-tokens-{digest.hexdigest()[:20]}"
+
+  # -- files -----------------------------------------------------------------------------------
+
+  def _check(self) -> str | None:
+    """Why the files on disk cannot be trusted, or None (absent files are fine)."""
+    if not self._tokens_path.is_file() and not self._done_path.is_file():
+      return None
+    if not (self._tokens_path.is_file() and self._done_path.is_file()):
+      return "one of its two files is missing"
+    try:
+      with open(self._tokens_path, "rb") as f:
+        read = (np.lib.format.read_array_header_1_0 if np.lib.format.read_magic(f) == (1, 0)
+                else np.lib.format.read_array_header_2_0)
+        shape, _, dtype = read(f)
+        header = f.tell()
+      size = self._tokens_path.stat().st_size
+      done = np.load(self._done_path)
+    except (ValueError, OSError, EOFError) as e:
+      return f"unreadable ({e})"
+    expected = self.shape[0] * self.shape[1] * self.dtype.itemsize
+    if tuple(shape) != self.shape or dtype != self._disk_dtype():
+      return f"shape {tuple(shape)} {dtype}, expected {self.shape} {self._disk_dtype()}"
+    if size != header + expected:
+      return f"tokens.npy holds {size - header} of {expected} bytes (truncated?)"
+    if done.shape != (len(self.offsets) - 1,) or done.dtype != bool:
+      return f"done.npy has shape {done.shape}, expected ({len(self.offsets) - 1},)"
+    return None
+
+  def _set_aside(self, problem: str) -> None:
+    aside = self.directory.with_name(f"{self.directory.name}.broken-{int(time.time())}")
+    for path in (self._tokens_path, self._done_path):
+      if path.exists():
+        aside.mkdir(exist_ok=True)
+        os.replace(path, aside / path.name)
+    log.warning("teacher token cache %s cannot be trusted (%s); set aside in %s and rebuilt",
+                self.directory, problem, aside)
+
+  def _disk_dtype(self) -> np.dtype:
+    return np.dtype(np.uint16) if self.dtype == np.dtype(ml_dtypes.bfloat16) else self.dtype
+
+  def _create(self) -> None:
+    """Both files, their space reserved, under temporary names renamed into place."""
+    tmp = self._tokens_path.with_name(f"tokens.tmp{os.getpid()}.npy")
+    try:
+      with open(tmp, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {
+            "descr": np.lib.format.dtype_to_descr(self._disk_dtype()), "fortran_order": False,
+            "shape": self.shape})
+        header = f.tell()
+        size = header + self.shape[0] * self.shape[1] * self.dtype.itemsize
+        f.truncate(size)
+        if hasattr(os, "posix_fallocate"):  # real blocks, not a sparse file's holes
+          os.posix_fallocate(f.fileno(), header, size - header)
+      done_tmp = self._done_path.with_name(f"done.tmp{os.getpid()}.npy")
+      np.save(done_tmp, np.zeros(len(self.offsets) - 1, bool))
+    except OSError as e:
+      tmp.unlink(missing_ok=True)
+      raise _write_error(tmp, e) from None
+    os.replace(done_tmp, self._done_path)
+    os.replace(tmp, self._tokens_path)
+
+  def _save_done(self) -> None:
+    tmp = self._done_path.with_name(f"done.tmp{os.getpid()}.npy")
+    try:
+      np.save(tmp, self.done)
+    except OSError as e:
+      tmp.unlink(missing_ok=True)
+      raise _write_error(self._done_path, e) from None
+    os.replace(tmp, self._done_path)
+
+  @property
+  def tokens(self) -> np.ndarray:
+    """The vectors on disk, `[total tokens, hidden]` in the compute dtype (a memmap view)."""
+    return self._storage.view(self.dtype)
+
+  # -- lookup ----------------------------------------------------------------------------------
 
   def lookup(self, index: np.ndarray, teacher_ids: np.ndarray,
              teacher_mask: np.ndarray) -> np.ndarray:
-    """Teacher token embeddings `[len(index), width, hidden]` (zero past each text's end) of
-    the pairs `index`, whose teacher side the batch holds padded as `teacher_ids` /
-    `teacher_mask` `[len(index), width]`.
+    """Teacher token embeddings `[len(index), width, hidden]` in the compute dtype (zero past
+    each text's end) of the pairs `index`, whose teacher side the batch holds padded as
+    `teacher_ids` / `teacher_mask` `[len(index), width]`.
 
     If some pairs are not cached yet, the teacher encodes that padded batch (the forward the
     train step would have run) and its new rows are stored.
     """
-    index = np.asarray(index)
+    index = np.asarray(index, np.int64)
     width = teacher_ids.shape[1]
-    lengths = self.offsets[index + 1] - self.offsets[index]
+    starts, lengths = self.offsets[index], self.offsets[index + 1] - self.offsets[index]
     if lengths.max() > width:
       raise ValueError(f"a teacher text of {lengths.max()} tokens does not fit width {width}")
+    cols = np.arange(width)
+    valid = cols[None, :] < lengths[:, None]
+    source = (starts[:, None] + cols[None, :])[valid]
+    tokens = self.tokens
     missing = ~self.done[index]
+    out = np.zeros((len(index), width, self.shape[1]), self.dtype)
+    if not missing.all():
+      out[valid] = tokens[source]
+      # A pair vouched for but zero on disk (a hole from an older or interrupted writer).
+      ends = np.maximum(lengths - 1, 0)
+      rows = np.arange(len(index))
+      holes = ~missing & ((out[rows, 0] == 0).all(-1) | (out[rows, ends] == 0).all(-1))
+      if holes.any():
+        if not self.repaired:
+          log.warning("teacher token cache %s: %d cached pair(s) hold zero vectors; encoding "
+                      "them again", self.directory, int(holes.sum()))
+        self.repaired += int(holes.sum())
+        missing |= holes
     if missing.any():
       hidden = np.asarray(jax.device_get(
-          self._forward(self.encoder.params, teacher_ids, teacher_mask)), np.float32)
-      for row in np.flatnonzero(missing):
-        self.tokens[self.offsets[index[row]]:self.offsets[index[row] + 1]] = \
-            hidden[row, :lengths[row]]
-      self.tokens.flush()
+          self._forward(self.encoder.params, teacher_ids, teacher_mask))).astype(self.dtype)
+      new = valid & missing[:, None]
+      out[new] = hidden[new]
+      try:
+        tokens[(starts[:, None] + cols[None, :])[new]] = hidden[new]
+        self._storage.flush()
+      except OSError as e:
+        raise _write_error(self._tokens_path, e) from None
       self.done[index[missing]] = True
-      tmp = self._done_path.with_suffix(".tmp.npy")
-      np.save(tmp, self.done)
-      tmp.replace(self._done_path)
+      self._save_done()
       self.encoded += int(missing.sum())
-    out = np.zeros((len(index), width, self.tokens.shape[1]), np.float32)
-    for row, i in enumerate(index):
-      out[row, :lengths[row]] = self.tokens[self.offsets[i]:self.offsets[i + 1]]
     return out

@@ -9,6 +9,7 @@ process 0 only. A latest checkpoint that cannot be read is reported and the prev
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -62,11 +63,14 @@ def check_writable(directory: Path) -> None:
                           "permissions or free disk space, or use another --workdir") from None
 
 
-def save(manager, step: int, tree, metrics=None) -> None:
-  """Starts saving host copies of `tree` as `step`; Orbax finishes in the background."""
+def save(manager, step: int, tree, metrics=None, *, wait: bool = False) -> None:
+  """Starts saving host copies of `tree` as `step`; Orbax finishes in the background, or
+  before this returns with `wait` (what must be on disk before it counts, like a new best)."""
   import orbax.checkpoint as ocp
   try:
     manager.save(step, args=ocp.args.StandardSave(to_host(tree)), metrics=metrics, force=True)
+    if wait:
+      manager.wait_until_finished()
   except Exception as e:  # an earlier save's background error surfaces here too
     if isinstance(e, OSError) or isinstance(e.__cause__, OSError) or "No space left" in str(e):
       try:  # the last good checkpoint must be on disk, not in flight
@@ -86,6 +90,18 @@ def finish(*managers) -> None:
       if isinstance(e, OSError) or isinstance(e.__cause__, OSError) or "No space left" in str(e):
         raise _fault(manager, None, e) from None
       raise
+
+
+def best_value(manager, metric: str) -> float:
+  """The best `metric` among the checkpoints `manager` holds on disk (-inf when none): what a
+  resumed run must beat, whatever the metrics log recorded for saves that failed."""
+  values = []
+  for step in manager.all_steps():
+    try:
+      values.append(float((manager.metrics(step) or {})[metric]))
+    except (KeyError, TypeError, ValueError, OSError):
+      continue  # a checkpoint without the metric cannot be the best
+  return max(values, default=-math.inf)
 
 
 def _abstract(template):

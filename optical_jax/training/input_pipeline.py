@@ -5,23 +5,66 @@ length-bucketed global batches (`optical_jax.data.batching`), whatever the devic
 
 from __future__ import annotations
 
+import hashlib
+import itertools
+import json
+import logging
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from optical_jax.adaptation.pipeline import code_switch_rows
 from optical_jax.config import ConfigError
 from optical_jax.data import bitext
-from optical_jax.data.batching import BucketedBatches, longest, shard_rows, tokenize_cached
+from optical_jax.data.batching import BucketedBatches, longest, shard_rows
 from optical_jax.data.idf import document_frequencies, idf_table
-from optical_jax.data.teacher_cache import TeacherTokenCache
+from optical_jax.data.teacher_cache import TeacherTokenCache, expected_bytes, storage_dtype
+from optical_jax.data.token_arrays import ColumnWriter, TokenColumn, open_column
+from optical_jax.fingerprint import TOKENIZER_FILES, checkpoint_digest, file_digest
+from optical_jax.textfiles import DataFormatError
+
+log = logging.getLogger("optical_jax")
 
 
-def load_training_rows(config) -> list[tuple[str, ...]]:
-  """The training rows (`bitext.configured_rows`), code-switched per
-  `config.data.code_switch_rate`."""
-  return code_switch_rows(config, bitext.configured_rows(config))
+def training_rows(config) -> bitext.FileRows | bitext.ListRows:
+  """The training rows of `config.data`: a file (`data.train_file`, at most `data.limit`
+  rows) read as a stream, never held as text; a hub dataset's rows or code-switched rows
+  (`data.code_switch_rate`) in memory. Every row is read and checked here, so a malformed
+  file fails before any model loads."""
+  d = config.data
+  if config.stage == "distill" and d.get("code_switch_rate", 0.0):
+    rows = code_switch_rows(config, bitext.configured_rows(config))
+    return bitext.ListRows(rows, fingerprint=_rows_digest(rows))
+  if not d.train_file:
+    rows = bitext.configured_rows(config)  # a hub dataset (or the error naming the fields)
+    return bitext.ListRows(rows, fingerprint=_rows_digest(rows))
+  path = Path(d.train_file).expanduser()
+  if not path.is_file():
+    raise ConfigError(f"config.data.train_file: {path} does not exist. "
+                      f"{d.get('how_to_get', '')}".rstrip())
+  fields = (("query", "positive", "negative") if config.stage == "teacher"
+            else (d.student_field, d.teacher_field))
+  digest = file_digest(path, memo_dir=Path(config.runtime.cache_dir).expanduser())
+  source = lambda fields: bitext.FileRows(path, fields, limit=d.limit, fingerprint=json.dumps(
+      [digest, fields, d.limit]))
+  rows = source(fields)
+  try:
+    rows.longest_chars()
+  except DataFormatError:
+    if config.stage != "teacher":
+      raise
+    rows = source(fields[:2])  # (query, positive) pairs without negatives
+    rows.longest_chars()
+  return rows
+
+
+def _rows_digest(rows) -> str:
+  digest = hashlib.sha256()
+  for row in rows:
+    digest.update("\t".join(row).encode())
+    digest.update(b"\n")
+  return digest.hexdigest()
 
 
 def process_shards(mesh, batch_size: int) -> list[int]:
@@ -35,12 +78,12 @@ def process_shards(mesh, batch_size: int) -> list[int]:
           if device.process_index == jax.process_index() for i in range(per_device)]
 
 
-def dealing_order(rows: Sequence[tuple[str, ...]]) -> np.ndarray:
-  """int `[rows]`: the rows by their longest text in characters (ties in file order), the order
-  in which they are dealt to shards (`shard_rows`): every shard then gets nearly the same mix
-  of lengths, so few rows wait for a wider bucket (`epoch_schedule`). Characters, because
-  each process knows them for every row without tokenising it."""
-  return np.argsort([max(map(len, row)) for row in rows], kind="stable")
+def dealing_order(longest_chars: np.ndarray) -> np.ndarray:
+  """int `[rows]`: the rows by their longest text in characters (`longest_chars`, ties in file
+  order), the order in which they are dealt to shards (`shard_rows`): every shard then gets
+  nearly the same mix of lengths, so few rows wait for a wider bucket (`epoch_schedule`).
+  Characters, because each process knows them for every row without tokenising it."""
+  return np.argsort(np.asarray(longest_chars), kind="stable")
 
 
 def gather_lengths(local: Mapping[int, np.ndarray], num_examples: int,
@@ -66,15 +109,62 @@ def gather_lengths(local: Mapping[int, np.ndarray], num_examples: int,
   return out
 
 
+def tokenized_columns(rows, positions: np.ndarray, tokenizers: Mapping[str, Any],
+                      prompts: Mapping[str, str], *, max_length: int, cache_dir: Path,
+                      progress: bool = True) -> dict[str, TokenColumn]:
+  """Token ids of the rows at `positions` (of `rows`, a `FileRows`/`ListRows`; column c of a
+  row goes to the c-th name of `tokenizers`), in that order, as `TokenColumn`s stored in
+  `cache_dir` in file order and memory-mapped: a later run with the same rows, tokenizer,
+  prompt and length reads them instead of tokenising. Text is streamed a chunk at a time."""
+  stored = np.unique(np.asarray(positions, np.int64))
+  order = np.searchsorted(stored, positions)
+  selection = hashlib.sha256(stored.tobytes()).hexdigest()
+  paths, keys = {}, {}
+  for name, encoder in tokenizers.items():
+    keys[name] = json.dumps([rows.fingerprint, name, checkpoint_digest(
+        encoder.path, files=TOKENIZER_FILES, memo_dir=cache_dir), prompts[name],
+                             max_length, selection])
+    paths[name] = cache_dir / f"tokens-{hashlib.sha256(keys[name].encode()).hexdigest()[:24]}"
+  columns = {name: open_column(paths[name], order=order, fingerprint=keys[name])
+             for name in tokenizers}
+  missing = [name for name, column in columns.items() if column is None]
+  if missing:
+    from tqdm.auto import tqdm
+    names = list(tokenizers)
+    writers = {name: ColumnWriter(paths[name], tokenizers[name].tokenizer, max_length=max_length,
+                                  vocab_size=tokenizers[name].config.vocab_size)
+               for name in missing}
+    with tqdm(total=len(stored), desc=f"tokenising {', '.join(missing)}", unit=" rows",
+              unit_scale=True, leave=False, disable=not progress) as bar:
+      chunk = []
+      for row in itertools.chain(rows.rows(stored), [None]):
+        if row is not None:
+          chunk.append(row)
+        if len(chunk) == ColumnWriter.CHUNK or (row is None and chunk):
+          for name in missing:
+            column, prompt = names.index(name), prompts[name]
+            writers[name].add([prompt + r[column] for r in chunk])
+          bar.update(len(chunk))
+          chunk = []
+    for name in missing:
+      writers[name].finish(expected=len(stored))
+      columns[name] = open_column(paths[name], order=order, fingerprint=keys[name])
+  return columns
+
+
 def make_batches(config, models, rows, cache_dir: Path, *, shards: Sequence[int] | None = None,
                  gather=gather_lengths) -> BucketedBatches:
-  """Length-bucketed global batches of `rows` (all rows, as `load_training_rows` gives them) in
+  """Length-bucketed global batches of `rows` (all rows, as `training_rows` gives them, or a
+  list of row tuples) in
   `config.train.batch_size` shards (`process_shards`), of which this process tokenises, by the
-  encoders of `models` (`DistillationModels`), and keeps only `shards` (default: all); its
-  tokens are cached in `cache_dir`. `gather(lengths by shard, examples, shards)` exchanges the
-  rows' lengths between processes (`gather_lengths`)."""
+  encoders of `models` (`DistillationModels`), and keeps only `shards` (default: all), as flat
+  token arrays cached in `cache_dir` (`tokenized_columns`). `gather(lengths by shard,
+  examples, shards)` exchanges the rows' lengths between processes (`gather_lengths`)."""
+  import jax
+  if not isinstance(rows, (bitext.FileRows, bitext.ListRows)):  # rows in a list
+    rows = bitext.ListRows(rows, fingerprint=_rows_digest(rows))
   if config.stage == "teacher":
-    names = ("query", "positive", "negative")[:len(rows[0])]
+    names = ("query", "positive", "negative")[:len(rows.fields)]
     tokenizers = {name: models.student for name in names}
     roles = {"query": "query", "positive": "passage", "negative": "passage"}
   else:
@@ -85,24 +175,24 @@ def make_batches(config, models, rows, cache_dir: Path, *, shards: Sequence[int]
     roles = {"student": role, "teacher": role}
   num_shards = config.train.batch_size  # one per batch row: the same batches on any devices
   shards = list(range(num_shards)) if shards is None else list(shards)
-  order = dealing_order(rows)
-  by_shard = [order[shard_rows(len(rows), s, num_shards)] for s in shards]
-  mine = np.concatenate(by_shard)
-  columns, pad_ids = {}, {}
-  for col, name in enumerate(names):
-    encoder = tokenizers[name]
-    prompt = getattr(encoder, "prompts", {}).get(roles[name], "")  # e5: "query: "
-    columns[name] = tokenize_cached(
-        encoder.tokenizer, [prompt + rows[i][col] for i in mine],
-        max_length=config.data.max_length, cache_dir=cache_dir, tag=f"{encoder.path}:{name}")
-    pad_ids[name] = encoder.config.pad_token_id
+  num_examples = len(rows)
+  order = dealing_order(rows.longest_chars())
+  by_shard = [order[shard_rows(num_examples, s, num_shards)] for s in shards]
+  # Each side's checkpoint may declare a prefix ("query: ") its texts are encoded with.
+  prompts = {name: getattr(encoder, "prompts", {}).get(roles[name], "")
+             for name, encoder in tokenizers.items()}
+  columns = tokenized_columns(
+      rows, np.concatenate(by_shard), tokenizers, prompts, max_length=config.data.max_length,
+      cache_dir=Path(cache_dir), progress=bool(config.runtime.progress_bar)
+      and jax.process_index() == 0)
+  pad_ids = {name: encoder.config.pad_token_id for name, encoder in tokenizers.items()}
   ends = np.cumsum([len(r) for r in by_shard])
   local = dict(zip(shards, np.split(longest(columns), ends[:-1])))
   try:
     return BucketedBatches(columns, pad_ids, batch_size=config.train.batch_size,
                            max_length=config.data.max_length, seed=config.seed,
                            length_buckets=config.data.length_buckets,
-                           lengths=gather(local, len(rows), num_shards),
+                           lengths=gather(local, num_examples, num_shards),
                            num_shards=num_shards, shards=shards)
   except ValueError as e:
     raise ConfigError(f"config.train.batch_size: {e}") from None
@@ -148,16 +238,62 @@ def token_weights(config, models, batches: BucketedBatches, *, sum_counts=sum_ov
   return tables
 
 
-def make_teacher_cache(config, models, batches: BucketedBatches) -> TeacherTokenCache | None:
+def _decimal_bytes(size: float) -> str:
+  """`size` bytes in kB, MB, GB or TB (powers of 1000, as config.data.teacher_cache_max_gb)."""
+  for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+    if size >= scale:
+      return f"{size / scale:.3g} {unit}"
+  return f"{int(size)} bytes"
+
+
+def uses_teacher_cache(config, backend: str) -> bool:
+  """Whether the run reads the teacher's token vectors from disk (`config.data.teacher_cache`:
+  "auto" is on for the CPU backend only; on accelerators the teacher's forward inside the
+  step is cheaper than reading and shipping its vectors)."""
+  setting = config.data.teacher_cache
+  if config.stage != "distill" or setting is False:
+    return False
+  return backend == "cpu" if setting == "auto" else True
+
+
+def make_teacher_cache(config, models, batches: BucketedBatches, *, backend: str
+                       ) -> TeacherTokenCache | None:
   """The frozen teacher's token embeddings of this process's rows (`batches.columns`, its
-  shards only), cached on disk (distill stage with `config.data.teacher_cache`) and looked up
-  by position there (`local_batch`): one cache per process."""
-  if config.stage != "distill" or not config.data.teacher_cache:
+  shards only), cached on disk in the compute dtype and looked up by position there
+  (`local_batch`): one cache per process, when `uses_teacher_cache`. Its size is logged
+  first; a cache larger than `config.data.teacher_cache_max_gb` or than the free disk is a
+  `ConfigError`, before any training."""
+  if not uses_teacher_cache(config, backend):
     return None
+  import shutil
   import jax
-  directory = Path(config.runtime.cache_dir) / "teacher_tokens"
+  directory = Path(config.runtime.cache_dir).expanduser() / "teacher_tokens"
   # The cache's key hashes the rows' tokens, but two processes whose shards hold the same text
   # must still not write one cache at once.
   if jax.process_count() > 1:
     directory = directory / f"process-{jax.process_index()}-of-{jax.process_count()}"
-  return TeacherTokenCache(models.teacher, batches.columns["teacher"], directory)
+  column = batches.columns["teacher"]
+  size = expected_bytes(models.teacher, column)
+  tokens = int(column.lengths.sum())
+  described = (f"{_decimal_bytes(size)} ({tokens:,} tokens x {models.teacher.config.hidden_size} x "
+               f"{storage_dtype(models.teacher).itemsize} bytes, {storage_dtype(models.teacher)})")
+  limit = float(config.data.teacher_cache_max_gb) * 1e9
+  fix = ("raise config.data.teacher_cache_max_gb or set config.data.teacher_cache=False (the "
+         "teacher then runs inside the train step)")
+  if size > limit:
+    raise ConfigError(f"the teacher token cache would take {described}, more than "
+                      f"config.data.teacher_cache_max_gb={config.data.teacher_cache_max_gb}; "
+                      f"{fix}")
+  cache = TeacherTokenCache.location(models.teacher, column, directory)
+  if not (cache / "tokens.npy").is_file():
+    existing = next(p for p in (directory, *directory.parents) if p.exists())
+    free = shutil.disk_usage(existing).free
+    if size > free:
+      raise ConfigError(f"the teacher token cache would take {described}, more than the "
+                        f"{_decimal_bytes(free)} free on {existing} "
+                        f"(config.data.teacher_cache={config.data.teacher_cache!r}, "
+                        f"config.data.teacher_cache_max_gb="
+                        f"{config.data.teacher_cache_max_gb}); free space, set "
+                        f"config.runtime.cache_dir elsewhere, or {fix.split(' or ')[1]}")
+  log.info("teacher token cache: %s in %s", described, cache)
+  return TeacherTokenCache(models.teacher, column, directory)

@@ -1,27 +1,34 @@
 """`train_and_evaluate`: trains per a config in a workdir, resuming from its latest
-checkpoint, with dev MAP during training and every collection evaluated at the end."""
+checkpoint, with dev MAP during training and every collection evaluated at the end.
+
+The loop never waits for the devices between log, evaluation and checkpoint steps: batches
+are built ahead in a thread (`prefetch`), metrics stay on the devices, and a non-finite loss
+is noted there (the first such step) and checked at those steps, before anything is saved."""
 
 from __future__ import annotations
 
 import logging
 import math
-import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from tqdm.auto import tqdm
 
 from optical_jax import host_memory, runtime
 from optical_jax.config import ConfigError, validate
 from optical_jax.evaluation.collections import (collection_specs, evaluate_all,
                                                 evaluate_collection, side_encoders)
+from optical_jax.fileio import write_text_atomic
 from optical_jax.models.student import build_models
 from optical_jax.training import checkpoints, step as step_lib
-from optical_jax.training.input_pipeline import (load_training_rows, local_batch,
-                                                 make_batches, make_teacher_cache,
-                                                 process_shards, token_weights)
+from optical_jax.training.input_pipeline import (local_batch, make_batches, make_teacher_cache,
+                                                 process_shards, token_weights, training_rows)
 from optical_jax.training.logging import MetricsLog, plot_curves
+from optical_jax.training.prefetch import Prefetcher
+from optical_jax.training.throughput import Meter, peak_flops
 from optical_jax.training.state import initial_state, make_optimizer
 from optical_jax.training.workdir import StopSignals, check_workdir_config, workdir_lock
 
@@ -65,38 +72,63 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     return _train(config, workdir, primary)
 
 
+def _watch(first_bad: jax.Array, loss: jax.Array, step: jax.Array) -> jax.Array:
+  """The first step whose loss was not finite (0: none yet), kept on the device."""
+  return jnp.where((first_bad == 0) & ~jnp.isfinite(loss), step, first_bad).astype(jnp.int32)
+
+
+_watch_jit = jax.jit(_watch, donate_argnums=(0,))
+
+
+def _fetch(tree):
+  """A replicated tree read to the host (numpy), through `jax.device_get`: the loop's one way
+  of reading the devices, at log, evaluation and checkpoint steps only."""
+  return jax.tree_util.tree_map(lambda x: np.asarray(jax.device_get(x.addressable_data(0))),
+                                tree)
+
+
+def _batch_counts(batch) -> tuple[int, int]:
+  """(real tokens of every text column, examples) of this process's batch, times the
+  processes: what the whole step encodes (host masks, no device read)."""
+  masks = [v for k, v in batch.items() if k.endswith("_mask")]
+  processes = jax.process_count()
+  return (int(sum(int(m.sum()) for m in masks)) * processes,
+          int(masks[0].shape[0]) * processes)
+
+
 def _train(config, workdir: Path, primary: bool) -> dict:
   check_workdir_config(workdir, config)  # before any slow work
+  if primary:
+    checkpoints.check_writable(workdir / "checkpoints")
   specs = collection_specs(config)
   dev_spec = next((s for s in specs if s.name == config.eval.dev_collection), None)
-  rows = load_training_rows(config)
+  rows = training_rows(config)
   models = build_models(config)
   _check_lengths(config, models)
   mesh = step_lib.data_mesh()
-  batches = make_batches(config, models, rows, workdir / "cache",
-                         shards=process_shards(mesh, config.train.batch_size))
-  del rows  # the text of other processes' rows is not needed again
+  batches = make_batches(config, models, rows, Path(config.runtime.cache_dir).expanduser() /
+                         "tokens", shards=process_shards(mesh, config.train.batch_size))
+  del rows
   log.info("%d training examples, %d steps per epoch, %d device(s) in %d process(es), batch "
            "shapes %s", batches.num_examples, batches.steps_per_epoch, jax.device_count(),
            jax.process_count(), batches.shapes)
-  teacher_cache = make_teacher_cache(config, models, batches)
+  teacher_cache = make_teacher_cache(config, models, batches, backend=jax.default_backend())
   weights = token_weights(config, models, batches)
   optimizer = make_optimizer(config)
   state = initial_state(models, optimizer, trainable=config.train.trainable, seed=config.seed)
-  if primary:
-    checkpoints.check_writable(workdir / "checkpoints")
   latest, best = checkpoints.managers(workdir, config.train.keep_checkpoints)
   state, start = checkpoints.restore_latest(latest, state, primary=primary)
   state, start = step_lib.replicate(state, mesh), start or 0
   if start and primary:
     print(f"resumed from step {start} ({workdir / 'checkpoints'})", flush=True)
   if primary:
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+    write_text_atomic(workdir / "config.json", config.to_json_best_effort(indent=2) + "\n")
   metrics_log = MetricsLog(workdir, start, enabled=primary)
   teacher_params = step_lib.replicate(models.teacher.params, mesh)
   step_fn = step_lib.compiled_per_shape(step_lib.make_train_step(config, models, optimizer, mesh),
                                         step_lib.step_compiler_options(config))
   rng = step_lib.replicate(jax.random.PRNGKey(config.seed), mesh)
+  first_bad = step_lib.replicate(np.zeros((), np.int32), mesh)
   on_device0 = lambda params: jax.tree_util.tree_map(lambda x: x.addressable_data(0), params)
   encoders = side_encoders(models, on_device0(state.params), config)
   # The student's embeddings are cached at the final step only (eval.py of that checkpoint
@@ -104,6 +136,8 @@ def _train(config, workdir: Path, primary: bool) -> dict:
   student_cache, encoders["student"].cache_dir = encoders["student"].cache_dir, None
   num_steps, t = config.train.num_train_steps, config.train
   final_dev = {}  # the last step's dev evaluation, reused by the final evaluation
+  device = jax.devices()[0]
+  meter = Meter(peak=peak_flops(device.device_kind, config.model.dtype))
 
   def dev_eval(step: int) -> float | None:
     if dev_spec is None:
@@ -117,44 +151,67 @@ def _train(config, workdir: Path, primary: bool) -> dict:
       final_dev[dev_spec.name] = (values, by_query, run)
     return values["MAP"]
 
+  def build(step: int):  # in the prefetch thread: host batch, teacher vectors, to the devices
+    batch = local_batch(batches, teacher_cache, step, weights)
+    return step_lib.global_batch(batch, mesh), _batch_counts(batch)
+
   if start == 0 and config.eval.eval_at_start:
     dev_eval(0)
-  best_map = max((r["dev_MAP"] for r in metrics_log.records() if "dev_MAP" in r
-                  and r["step"] > 0), default=-math.inf)
+  best_map = checkpoints.best_value(best, "dev_MAP")
+  checked = start  # every step up to here had a finite loss
   bar = tqdm(range(start, num_steps), initial=start, total=num_steps,
              desc=f"{config.stage}:{config.loss}",
              disable=not (config.runtime.progress_bar and primary))
-  window_start, window_steps = time.perf_counter(), 0
-  with StopSignals() as stop:
+  prefetcher = Prefetcher(build, start, num_steps, depth=config.data.prefetch)
+  meter.reset()
+  with StopSignals() as stop, prefetcher:
     for step in bar:
-      batch = local_batch(batches, teacher_cache, step, weights)
-      state, metrics = step_fn(state, teacher_params, step_lib.global_batch(batch, mesh), rng)
-      done, window_steps = step + 1, window_steps + 1
-      loss = float(runtime.to_host(metrics["loss"]))
-      if not math.isfinite(loss):
-        checkpoints.finish(latest)  # the last good checkpoint must be on disk, not in flight
-        raise TrainingError(f"non-finite loss ({loss}) at step {done}; the last good "
-                            f"checkpoint (step {latest.latest_step()}) is kept in "
-                            f"{workdir / 'checkpoints'}. Lower config.train.learning_rate or "
-                            "raise config.ot.epsilon.")
-      if done % t.log_every_steps == 0 or done == num_steps:
-        record = {k: float(v) for k, v in runtime.to_host(metrics).items()}
-        record["steps_per_sec"] = window_steps / (time.perf_counter() - window_start)
+      done = step + 1
+      log_now = done % t.log_every_steps == 0 or done == num_steps
+      eval_now = done % t.eval_every_steps == 0 or done == num_steps
+      save_now = done % t.checkpoint_every_steps == 0 or done == num_steps
+      halt_now = bool(t.halt_after_steps) and done - start >= t.halt_after_steps
+      batch, (tokens, examples) = prefetcher.get(step)
+      # Between log, evaluation and checkpoint steps nothing is read back from the devices:
+      # the host dispatches step after step while the prefetch thread builds the next batch.
+      with jax.transfer_guard_device_to_host("disallow"):
+        state, metrics = step_fn(state, teacher_params, batch, rng)
+        first_bad = _watch_jit(first_bad, metrics["loss"], state.step)
+      meter.add(tokens=tokens, examples=examples,
+                flops=step_fn.flops_for(state, teacher_params, batch, rng))
+      if not (log_now or eval_now or save_now or halt_now or stop.requested):
+        continue
+      bad = int(_fetch(first_bad))
+      if bad:
+        checkpoints.finish(latest, best)  # the last finite checkpoint on disk, not in flight
+        raise TrainingError(
+            f"non-finite loss at step {bad} (steps {checked + 1}-{done} ran since the last "
+            f"check); the last finite checkpoint (step {latest.latest_step()}) is kept in "
+            f"{workdir / 'checkpoints'}. Lower config.train.learning_rate or raise "
+            "config.ot.epsilon.")
+      checked = done
+      if log_now:
+        record = {k: float(v) for k, v in _fetch(metrics).items()}
+        record.update(meter.rates())
         record["compilations"] = len(step_fn.executables)
         metrics_log.write(done, record)
-        bar.set_postfix(loss=f"{loss:.4f}", sps=f"{record['steps_per_sec']:.2f}")
-        window_start, window_steps = time.perf_counter(), 0
+        postfix = dict(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_sec']:.0f}")
+        if "mfu" in record:
+          postfix["mfu"] = f"{record['mfu']:.1%}"
+        bar.set_postfix(**postfix)
       dev_map = None
-      if done % t.eval_every_steps == 0 or done == num_steps:
+      if eval_now:
         dev_map = dev_eval(done)
         if dev_map is not None and primary:
           bar.write(f"step {done}: dev MAP {dev_map:.4f}")
-      if done % t.checkpoint_every_steps == 0 or done == num_steps or stop.requested:
+      if save_now or stop.requested:  # halting keeps the regular ones, as a killed run would
         checkpoints.save(latest, done, state)
       if dev_map is not None and dev_map > best_map:  # parameters only: best/ is for evaluation
+        # The best counts once its checkpoint is on disk: a failed save records nothing.
+        checkpoints.save(best, done, {"params": state.params}, metrics={"dev_MAP": dev_map},
+                         wait=True)
         best_map = dev_map
-        checkpoints.save(best, done, {"params": state.params}, metrics={"dev_MAP": dev_map})
-      if stop.requested or (t.halt_after_steps and done - start >= t.halt_after_steps):
+      if stop.requested or halt_now:
         bar.close()
         checkpoints.finish(latest, best)
         if stop.requested:
@@ -163,12 +220,15 @@ def _train(config, workdir: Path, primary: bool) -> dict:
         if primary:
           print(f"halted after step {done} (halt_after_steps); rerun to resume", flush=True)
         return {}
+      meter.reset()  # evaluation and saving are not training time
   bar.close()
   checkpoints.finish(latest, best)
   log.info("compiled the train step for %d shape(s)", len(step_fn.executables))
   if teacher_cache is not None:
     log.info("teacher token cache %s: encoded %d pairs, the rest were cached",
              teacher_cache.directory, teacher_cache.encoded)
+  # The training data is not needed by evaluation (the closure holds it too).
+  del batches, teacher_cache, prefetcher, build, weights
   if primary:
     plot_curves(metrics_log.records(), workdir / "curves.png",
                 title=f"{config.stage} / {config.loss}")

@@ -25,6 +25,7 @@ from optical_jax.models.student import DistillationModels
 from optical_jax.pooling import pool
 from optical_jax.training.objectives import AXIS, distillation_loss, teacher_stage_loss
 from optical_jax.training.state import TrainState, merge_trainable, trainable_subtree
+from optical_jax.training.throughput import executable_flops
 
 log = logging.getLogger("optical_jax")
 
@@ -144,8 +145,9 @@ def compiled_per_shape(step_fn, compiler_options: Mapping[str, str]):
   once per batch shape with XLA `compiler_options`. An XLA that does not know an option gets
   a warning and compiles without the options. The result's `.executable_for(...)` (same
   arguments) gives the executable a call would use; `.executables` maps batch shapes to them
-  (for `memory_analysis()`)."""
-  executables = {}
+  (for `memory_analysis()`); `.flops_for(...)` (same arguments) the FLOPs one device runs
+  per call, from XLA's cost analysis (None where it gives none)."""
+  executables, flops = {}, {}
 
   def executable_for(state, teacher_params, batch, rng):
     nonlocal compiler_options
@@ -166,7 +168,14 @@ def compiled_per_shape(step_fn, compiler_options: Mapping[str, str]):
   def call(state, teacher_params, batch, rng):
     return executable_for(state, teacher_params, batch, rng)(state, teacher_params, batch, rng)
 
+  def flops_for(state, teacher_params, batch, rng):
+    executable = executable_for(state, teacher_params, batch, rng)
+    if id(executable) not in flops:
+      flops[id(executable)] = executable_flops(executable)
+    return flops[id(executable)]
+
   call.executable_for = executable_for
   call.executables = executables
+  call.flops_for = flops_for
   return call
 

@@ -16,7 +16,8 @@ from optical_jax.config import ConfigError, base_config
 log = logging.getLogger("optical_jax")
 
 # Fields a resumed run may change freely: they do not change what is trained.
-RESUMABLE_CHANGES = ("runtime.", "eval.", "demo.", "train.halt_after_steps",
+RESUMABLE_CHANGES = ("runtime.", "eval.", "demo.", "data.teacher_cache", "data.prefetch",
+                     "train.halt_after_steps",
                      "train.log_every_steps", "train.eval_every_steps",
                      "train.checkpoint_every_steps", "train.keep_checkpoints",
                      "train.resume_with_changes")

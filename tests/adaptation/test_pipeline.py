@@ -38,8 +38,8 @@ def test_code_switching_uses_a_cached_lexicon_and_is_deterministic(config, tmp_p
   assert 0 < changed <= len(rows) // 2
   assert [b for _, b in switched] == [b for _, b in rows]
   # The training loop's rows are the code-switched ones.
-  from optical_jax.training.input_pipeline import load_training_rows
-  assert load_training_rows(config) == switched
+  from optical_jax.training.input_pipeline import training_rows
+  assert list(training_rows(config).rows()) == switched
   lexicon, counts = pipeline.lexicon_for(config, rows)
   assert lexicon and all(counts[w] >= 5 for w in lexicon)
   path = pipeline.write_lexicon_sample(config, tmp_path / "sample.md", rows=5)

@@ -93,3 +93,112 @@ def test_another_compute_dtype_gets_its_own_cache(teacher, tiny_bert_dir, token_
   assert bfloat16.directory != first.directory
   assert TeacherTokenCache(load_encoder(tiny_bert_dir), token_ids, tmp_path).directory == (
       first.directory)
+
+
+def test_a_truncated_cache_is_set_aside_and_rebuilt(teacher, token_ids, tmp_path, caplog):
+  cache = TeacherTokenCache(teacher, token_ids, tmp_path)
+  lookup(cache, token_ids, [0, 1, 2, 3, 4, 5], 16)
+  path = cache.directory / "tokens.npy"
+  del cache
+  with open(path, "r+b") as f:  # `truncate -s 3000`: done.npy still vouches for every pair
+    f.truncate(3000)
+  with caplog.at_level("WARNING", logger="optical_jax"):
+    reopened = TeacherTokenCache(teacher, token_ids, tmp_path)
+  assert "cannot be trusted (tokens.npy holds" in caplog.text and "set aside in" in caplog.text
+  got = lookup(reopened, token_ids, [3, 0], 16)
+  np.testing.assert_allclose(got, reference(teacher, token_ids, [3, 0], 16), atol=1e-5)
+  assert reopened.encoded == 2  # recomputed, not read as zeros
+  assert list(tmp_path.glob("teacher-tokens-*.broken-*/tokens.npy"))
+
+
+def test_a_truncated_done_file_is_set_aside_and_rebuilt(teacher, token_ids, tmp_path, caplog):
+  cache = TeacherTokenCache(teacher, token_ids, tmp_path)
+  lookup(cache, token_ids, [0, 1], 16)
+  done = cache.directory / "done.npy"
+  done.write_bytes(done.read_bytes()[:20])
+  with caplog.at_level("WARNING", logger="optical_jax"):
+    reopened = TeacherTokenCache(teacher, token_ids, tmp_path)
+  assert "cannot be trusted (unreadable" in caplog.text
+  lookup(reopened, token_ids, [0, 1], 16)
+  assert reopened.encoded == 2
+
+
+def test_zero_vectors_vouched_for_are_encoded_again(teacher, token_ids, tmp_path, caplog):
+  cache = TeacherTokenCache(teacher, token_ids, tmp_path)
+  lookup(cache, token_ids, [1, 2], 16)
+  start, end = cache.offsets[2], cache.offsets[3]
+  cache.tokens[start:end] = 0  # a hole an older writer left (the file's size is right)
+  cache.tokens.flush()
+  reopened = TeacherTokenCache(teacher, token_ids, tmp_path)
+  with caplog.at_level("WARNING", logger="optical_jax"):
+    got = lookup(reopened, token_ids, [1, 2], 16)
+  np.testing.assert_allclose(got, reference(teacher, token_ids, [1, 2], 16), atol=1e-5)
+  assert reopened.encoded == 1 and reopened.repaired == 1
+  assert "1 cached pair(s) hold zero vectors" in caplog.text
+
+
+def test_other_weights_at_the_same_path_get_their_own_cache(tmp_path, token_ids):
+  from tests.helpers import save_tiny_bert
+  directory = save_tiny_bert(tmp_path / "teacher", seed=0)
+  first = TeacherTokenCache(load_encoder(directory), token_ids, tmp_path / "cache")
+  save_tiny_bert(directory, seed=1)  # re-exported in place: same path, other weights
+  second = TeacherTokenCache(load_encoder(directory), token_ids, tmp_path / "cache")
+  assert second.directory != first.directory
+  copy = tmp_path / "copy"
+  import shutil
+  shutil.copytree(directory, copy)  # the same weights elsewhere: the same cache
+  assert TeacherTokenCache(load_encoder(copy), token_ids, tmp_path / "cache").directory == (
+      second.directory)
+
+
+def test_a_second_run_never_truncates_the_file_the_first_has_mapped(teacher, token_ids,
+                                                                    tmp_path):
+  first = TeacherTokenCache(teacher, token_ids, tmp_path)
+  lookup(first, token_ids, [0, 1, 2], 16)
+  size = (first.directory / "tokens.npy").stat().st_size
+  second = TeacherTokenCache(teacher, token_ids, tmp_path)  # another run, same key
+  assert (first.directory / "tokens.npy").stat().st_size == size
+  assert second.encoded == 0
+  np.testing.assert_array_equal(lookup(second, token_ids, [0, 1, 2], 16),
+                                lookup(first, token_ids, [0, 1, 2], 16))
+  assert first.encoded == 3  # the first's vectors are still there for it
+  assert not list(first.directory.glob("*.tmp*"))
+
+
+def test_the_space_is_reserved_and_a_full_disk_is_one_line_naming_the_file(
+    teacher, token_ids, tmp_path, monkeypatch):
+  import errno
+  import os
+  from optical_jax.data.teacher_cache import CacheWriteError
+  cache = TeacherTokenCache(teacher, token_ids, tmp_path / "ok")
+  path = cache.directory / "tokens.npy"
+  assert os.stat(path).st_blocks * 512 >= cache.shape[0] * cache.shape[1] * 4  # not sparse
+
+  def full(fd, offset, length):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+  monkeypatch.setattr(os, "posix_fallocate", full)
+  with pytest.raises(CacheWriteError, match=r"tokens\.tmp\d+\.npy: cannot write the teacher "
+                     r"token cache \(no space left on the disk\); free space"):
+    TeacherTokenCache(teacher, token_ids, tmp_path / "full")
+  assert not list((tmp_path / "full").rglob("tokens*.npy"))
+
+
+def test_bfloat16_vectors_are_stored_in_bfloat16(tiny_bert_dir, token_ids, tmp_path):
+  import jax.numpy as jnp
+  import ml_dtypes
+  encoder = load_encoder(tiny_bert_dir, dtype=jnp.bfloat16)
+  cache = TeacherTokenCache(encoder, token_ids, tmp_path)
+  got = lookup(cache, token_ids, [0, 3], 16)
+  assert got.dtype == ml_dtypes.bfloat16
+  ids, mask = padded(token_ids, [0, 3], 16)
+  import jax
+  forward = jax.jit(encoder.apply)  # as the cache (and the train step) run it
+  expected = np.asarray(forward(encoder.params, ids, mask)).astype(ml_dtypes.bfloat16)
+  expected = expected * mask[..., None].astype(ml_dtypes.bfloat16)
+  np.testing.assert_array_equal(got.astype(np.float32), expected.astype(np.float32))
+  assert (cache.directory / "tokens.npy").stat().st_size <= 256 + cache.shape[0] * cache.shape[1] * 2
+  again = TeacherTokenCache(encoder, token_ids, tmp_path)
+  np.testing.assert_array_equal(lookup(again, token_ids, [0, 3], 16).astype(np.float32),
+                                got.astype(np.float32))
+  assert again.encoded == 0

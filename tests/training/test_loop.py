@@ -109,12 +109,12 @@ def test_non_finite_loss_stops_naming_the_step(setup, tmp_path, monkeypatch):
       if calls["n"] == 3:
         metrics = dict(metrics, loss=metrics["loss"] * jnp.nan)
       return new_state, metrics
-    wrapped.executables = step.executables
+    wrapped.executables, wrapped.flops_for = step.executables, step.flops_for
     return wrapped
 
   monkeypatch.setattr(step_lib, "compiled_per_shape", make_step)
-  with pytest.raises(loop.TrainingError, match=r"non-finite loss \(nan\) at step 3; the "
-                     r"last good checkpoint \(step 2\) is kept"):
+  with pytest.raises(loop.TrainingError, match=r"non-finite loss at step 3 \(steps 3-3 ran "
+                     r"since the last check\); the last finite checkpoint \(step 2\) is kept"):
     loop.train_and_evaluate(config, tmp_path / "w")
   assert final_params_at(tmp_path / "w", 2)
 

@@ -1,0 +1,238 @@
+"""The loop as an accelerator sees it: no device reads between log and checkpoint steps,
+batches built ahead without changing a bit, a non-finite loss caught on the device, the
+teacher cache's policy and size guard, throughput and MFU in the metrics."""
+
+import json
+import re
+import time
+
+import numpy as np
+import pytest
+
+from tests.helpers import load_config
+from tests.training.runs import final_params, final_params_at, keyed, run_train, write_config
+
+
+def _config(root, name, checkpoint, bitext, **overrides):
+  return load_config(write_config(root / f"{name}.py", checkpoint, bitext, **overrides))
+
+
+def test_prefetch_overlaps_building_with_the_step():
+  from optical_jax.training.prefetch import Prefetcher
+  step_time, build_time, steps = 0.05, 0.03, 10
+
+  def build(step):
+    time.sleep(build_time)  # the host's batch work (sleep releases the GIL, as numpy does)
+    return step
+
+  def run(depth):
+    start = time.perf_counter()
+    with Prefetcher(build, 0, steps, depth=depth) as prefetcher:
+      for step in range(steps):
+        assert prefetcher.get(step) == step  # in order
+        time.sleep(step_time)  # a device step the host waits for
+    return time.perf_counter() - start
+
+  serial, ahead = run(0), run(2)
+  assert serial >= steps * (step_time + build_time)
+  # About steps x step_time (+ the first build): the builds hide behind the steps.
+  assert ahead < steps * (step_time + build_time) * 0.8, (serial, ahead)
+
+
+def test_an_error_in_the_prefetch_thread_surfaces_at_its_step():
+  from optical_jax.training.prefetch import Prefetcher
+  from optical_jax.textfiles import DataFormatError
+
+  def build(step):
+    if step == 3:
+      raise DataFormatError("train.tsv:7: empty student")
+    return step
+
+  with Prefetcher(build, 0, 6, depth=2) as prefetcher:
+    assert [prefetcher.get(s) for s in range(3)] == [0, 1, 2]
+    with pytest.raises(DataFormatError, match="train.tsv:7: empty student") as error:
+      prefetcher.get(3)
+  assert "building the batch of step 4" in "".join(error.value.__notes__)
+
+
+def test_prefetch_and_log_interval_change_no_bit_of_the_result(setup, tmp_path):
+  from optical_jax.training.loop import train_and_evaluate
+  root, checkpoint, bitext, _ = setup
+  params = {}
+  for prefetch, log_every in ((0, 1), (2, 1), (2, 4)):
+    config = _config(tmp_path, f"p{prefetch}l{log_every}", checkpoint, bitext,
+                     loss="ot+contrastive", num_train_steps=4, checkpoint_every_steps=4,
+                     cache_dir=str(tmp_path / "cache"), **{"data.prefetch": prefetch,
+                                                           "train.log_every_steps": log_every})
+    workdir = tmp_path / f"run_{prefetch}_{log_every}"
+    train_and_evaluate(config, workdir)
+    params[prefetch, log_every] = final_params(workdir)
+  reference = params[0, 1]  # built in the loop, metrics read every step: the synchronous loop
+  for key, other in params.items():
+    assert reference.keys() == other.keys()
+    for name in reference:
+      np.testing.assert_array_equal(reference[name], other[name], err_msg=f"{key} {name}")
+
+
+def test_no_device_reads_between_log_and_checkpoint_steps(setup, tmp_path, monkeypatch):
+  """The loop reads the devices through `jax.device_get` (and `float`, `int`...), which go
+  through `ArrayImpl._value`: count those reads by the step the loop had dispatched last. (On
+  CPU `np.asarray` reads a buffer without it; on accelerators the loop's transfer guard
+  refuses implicit reads between those steps.)"""
+  from jax._src import array as jax_array
+  from optical_jax import runtime
+  from optical_jax.training import loop, step as step_lib
+  root, checkpoint, bitext, _ = setup
+  config = _config(tmp_path, "reads", checkpoint, bitext, num_train_steps=10,
+                   checkpoint_every_steps=5, **{"train.log_every_steps": 5,
+                                                "data.teacher_cache": False})
+  dispatched, reads = {"step": 0}, []
+  original_step = step_lib.compiled_per_shape
+
+  def counting_step(*args, **kwargs):
+    step = original_step(*args, **kwargs)
+
+    def wrapped(*a):
+      out = step(*a)
+      dispatched["step"] += 1
+      return out
+    wrapped.executables, wrapped.flops_for = step.executables, step.flops_for
+    return wrapped
+
+  value = jax_array.ArrayImpl._value
+
+  def read(self):
+    reads.append(dispatched["step"])
+    return value.fget(self)
+
+  to_host = runtime.to_host
+  monkeypatch.setattr(step_lib, "compiled_per_shape", counting_step)
+  monkeypatch.setattr(jax_array.ArrayImpl, "_value", property(read))
+  monkeypatch.setattr(runtime, "to_host", lambda tree: reads.append(dispatched["step"]) or
+                      to_host(tree))
+  loop.train_and_evaluate(config, tmp_path / "w")
+  assert dispatched["step"] == 10
+  steps_read = set(reads)
+  assert 5 in steps_read and 10 in steps_read, steps_read  # the log and checkpoint steps read
+  assert steps_read <= {0, 5, 10}, sorted(steps_read)
+
+
+def test_a_non_finite_loss_is_named_with_the_window_it_fell_in(setup, tmp_path, monkeypatch):
+  import jax.numpy as jnp
+  from optical_jax.training import loop, step as step_lib
+  root, checkpoint, bitext, _ = setup
+  config = _config(tmp_path, "nan", checkpoint, bitext, num_train_steps=8,
+                   checkpoint_every_steps=2, **{"train.log_every_steps": 8})
+  original_step, calls = step_lib.compiled_per_shape, {"n": 0}
+
+  def make_step(*args, **kwargs):
+    step = original_step(*args, **kwargs)
+
+    def wrapped(*a):
+      calls["n"] += 1
+      state, metrics = step(*a)
+      if calls["n"] == 3:
+        metrics = dict(metrics, loss=metrics["loss"] * jnp.inf)
+      return state, metrics
+    wrapped.executables, wrapped.flops_for = step.executables, step.flops_for
+    return wrapped
+
+  monkeypatch.setattr(step_lib, "compiled_per_shape", make_step)
+  with pytest.raises(loop.TrainingError, match=re.escape(
+      "non-finite loss at step 3 (steps 3-4 ran since the last check); the last finite "
+      "checkpoint (step 2) is kept")):
+    loop.train_and_evaluate(config, tmp_path / "w")
+  saved = sorted(int(p.name) for p in (tmp_path / "w" / "checkpoints").iterdir()
+                 if p.name.isdigit())
+  assert saved == [2]  # step 4 came after the non-finite step: never checkpointed
+  assert calls["n"] == 4
+  assert final_params_at(tmp_path / "w", 2)
+
+
+@pytest.mark.parametrize("setting, backend, expected", [
+    ("auto", "cpu", True), ("auto", "gpu", False), ("auto", "tpu", False),
+    (True, "gpu", True), (False, "cpu", False)])
+def test_the_teacher_cache_is_on_for_cpu_only_by_default(setting, backend, expected):
+  from optical_jax.config import base_config, validate
+  from optical_jax.training.input_pipeline import uses_teacher_cache
+  config = base_config()
+  assert config.data.teacher_cache == "auto"
+  config.data.teacher_cache = setting
+  validate(config)
+  assert uses_teacher_cache(config, backend) is expected
+  config.stage = "teacher"
+  assert not uses_teacher_cache(config, backend)
+
+
+def test_a_cache_over_its_limit_is_refused_before_the_first_step(setup, tmp_path):
+  root, checkpoint, bitext, _ = setup
+  config = write_config(tmp_path / "big.py", checkpoint, bitext)
+  result = run_train(config, tmp_path / "w", check=False,
+                     extra=["--config.data.teacher_cache=True",
+                            "--config.data.teacher_cache_max_gb=0.00001"])
+  assert result.returncode == 1
+  error = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+  assert len(error) == 1, result.stderr
+  # 64 pairs' teacher tokens x 32 wide x 4 bytes (float32, the compute dtype).
+  assert re.search(r"the teacher token cache would take [\d.]+ kB \([\d,]+ tokens x 32 x 4 "
+                   r"bytes, float32\), more than config\.data\.teacher_cache_max_gb=1e-05; raise "
+                   r"config\.data\.teacher_cache_max_gb or set config\.data\.teacher_cache=False",
+                   error[0]), error[0]
+  assert not (tmp_path / "w" / "checkpoints").exists() or not any(
+      p.name.isdigit() for p in (tmp_path / "w" / "checkpoints").iterdir())
+  assert "Traceback" not in result.stderr
+
+
+def test_a_cache_larger_than_the_free_disk_is_refused(setup, tmp_path, monkeypatch):
+  import collections
+  import shutil
+  from optical_jax.config import ConfigError
+  from optical_jax.training.loop import train_and_evaluate
+  root, checkpoint, bitext, _ = setup
+  config = _config(tmp_path, "disk", checkpoint, bitext, cache_dir=str(tmp_path / "cache"),
+                   **{"data.teacher_cache": True})
+  usage = collections.namedtuple("usage", "total used free")
+  monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9, 1000))
+  with pytest.raises(ConfigError, match=r"more than the 1 kB free on .*\(config\.data\."
+                     r"teacher_cache=True, config\.data\.teacher_cache_max_gb=20\.0\)"):
+    train_and_evaluate(config, tmp_path / "w")
+
+
+def test_every_log_step_records_throughput_and_mfu_where_the_peak_is_known(setup, tmp_path,
+                                                                           monkeypatch):
+  from optical_jax.training import loop
+  root, checkpoint, bitext, _ = setup
+  config = _config(tmp_path, "rates", checkpoint, bitext, num_train_steps=4,
+                   checkpoint_every_steps=4, **{"train.log_every_steps": 2})
+  monkeypatch.setattr(loop, "peak_flops", lambda kind, dtype: 1e12)  # a made-up device
+  loop.train_and_evaluate(config, tmp_path / "w")
+  records = [json.loads(line) for line in (tmp_path / "w" / "metrics.jsonl").read_text()
+             .splitlines()]
+  logged = [r for r in records if "loss" in r]
+  assert [r["step"] for r in logged] == [2, 4]
+  for r in logged:
+    assert r["tokens_per_sec"] > 0 and r["examples_per_sec"] > 0
+    assert r["examples_per_sec"] == pytest.approx(8 * r["steps_per_sec"], rel=1e-6)  # batch 8
+    assert r["step_tflops_per_device"] > 0
+    assert r["mfu"] == pytest.approx(r["step_tflops_per_device"] * r["steps_per_sec"], rel=1e-6)
+
+
+def test_the_peak_table_knows_the_usual_devices():
+  from optical_jax.training.throughput import peak_flops
+  assert peak_flops("NVIDIA A100-SXM4-40GB", "bfloat16") == 312e12
+  assert peak_flops("NVIDIA A100-SXM4-40GB", "float32") == 156e12
+  assert peak_flops("NVIDIA H100 80GB HBM3", "bfloat16") == 989e12
+  assert peak_flops("NVIDIA H100 PCIe", "bfloat16") == 756e12
+  assert peak_flops("NVIDIA H200", "bfloat16") == 989e12
+  assert peak_flops("NVIDIA L4", "bfloat16") == 121e12
+  assert peak_flops("NVIDIA L40S", "bfloat16") is None  # not an L4
+  assert peak_flops("Tesla T4", "float32") == 8.1e12
+  assert peak_flops("TPU v2", "bfloat16") == 22.5e12
+  assert peak_flops("TPU v3", "bfloat16") == 61.5e12
+  assert peak_flops("TPU v4", "bfloat16") == 275e12
+  assert peak_flops("TPU v5 lite", "bfloat16") == 197e12
+  assert peak_flops("TPU v5e", "bfloat16") == 197e12
+  assert peak_flops("TPU v5p", "bfloat16") == 459e12
+  assert peak_flops("TPU v5", "bfloat16") == 459e12
+  assert peak_flops("TPU v6 lite", "bfloat16") == 918e12
+  assert peak_flops("cpu", "float32") is None
