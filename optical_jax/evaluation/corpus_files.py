@@ -49,6 +49,8 @@ def file_fingerprint(path: PathLike, memo_dir: PathLike | None = None) -> str:
   version = file_version(path)
   if version not in _DIGESTS:
     memo = Path(memo_dir).expanduser() / "fingerprints.json" if memo_dir is not None else None
+    if memo is not None:
+      sweep_temporaries(memo.parent)
     stored = _read_json(memo) if memo is not None else {}
     if isinstance(stored.get(version), str):
       _DIGESTS[version] = stored[version]
