@@ -45,6 +45,17 @@ ARCHITECTURES = {
                       num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
                       max_position_embeddings=514, type_vocab_size=1, pad_token_id=1,
                       layer_norm_eps=1e-5),
+    # configs/so.py's teacher (BAAI/bge-small-en-v1.5) and student (multilingual-e5-small).
+    "bge-small": dict(model_type="bert", vocab_size=30522, hidden_size=384,
+                      num_hidden_layers=12, num_attention_heads=12, intermediate_size=1536,
+                      max_position_embeddings=512, type_vocab_size=2, pad_token_id=0),
+    "e5-small": dict(model_type="bert", vocab_size=250037, hidden_size=384,
+                     num_hidden_layers=12, num_attention_heads=12, intermediate_size=1536,
+                     max_position_embeddings=512, type_vocab_size=2, pad_token_id=0),
+    # A tiny pair for smoke tests of the scripts.
+    "tiny": dict(model_type="bert", vocab_size=1000, hidden_size=32, num_hidden_layers=2,
+                 num_attention_heads=4, intermediate_size=64, max_position_embeddings=512,
+                 type_vocab_size=2, pad_token_id=0),
 }
 
 # Options that more than one step benchmark takes; `argument_parser` adds those a script names.

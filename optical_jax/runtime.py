@@ -180,6 +180,10 @@ def quiet_libraries(log_file: str | Path | None = None) -> None:
   warnings = logging.StreamHandler(sys.stderr)
   warnings.setLevel(logging.WARNING)
   warnings.setFormatter(logging.Formatter("%(name)s: %(levelname)s: %(message)s"))
+  # Orbax's errors (absl's logger) are failed checkpoint writes, which the run reports itself
+  # in one line (`training.checkpoints.CheckpointFault`): their tracebacks go to the log file.
+  warnings.addFilter(lambda record: not (record.name in ("absl", "orbax") and (
+      record.levelno >= logging.ERROR or record.exc_info)))
   handlers = [warnings]
   if log_file is not None:
     Path(log_file).parent.mkdir(parents=True, exist_ok=True)
@@ -190,6 +194,23 @@ def quiet_libraries(log_file: str | Path | None = None) -> None:
     logger = logging.getLogger(name)
     logger.handlers, logger.propagate = list(handlers), False
     logger.setLevel(logging.INFO if log_file is not None else logging.WARNING)
+  if not getattr(sys.unraisablehook, "_quiet_closed_loops", False):
+    sys.unraisablehook = _quiet_closed_loops(sys.unraisablehook)
+
+
+def _quiet_closed_loops(hook):
+  """`hook` (`sys.unraisablehook`), except for "Event loop is closed": after a failed
+  checkpoint write, TensorStore's callbacks into Orbax's finished event loops raise it dozens
+  of times; it says nothing the run's one-line error does not, so it goes to the libraries'
+  log."""
+  def unraisablehook(unraisable):
+    if unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == (
+        "Event loop is closed"):
+      logging.getLogger("absl").debug("after a failed write: %s", unraisable.exc_value)
+      return
+    hook(unraisable)
+  unraisablehook._quiet_closed_loops = True
+  return unraisablehook
 
 
 def is_primary() -> bool:

@@ -145,3 +145,25 @@ def test_encoding_table_compares_our_text_encoder_with_sentence_transformers(tin
     assert re.search(rf"^\| {re.escape(row)} \| {NUMBER} \| {NUMBER} \| {NUMBER} \|$", out,
                      re.M), out
   assert re.search(rf"ours is {NUMBER}x the speed of sentence-transformers", out), out
+
+
+def test_accelerator_table_gives_flops_the_compute_bound_and_the_device_wait():
+  env = dict(benchmark_env(), XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  result = subprocess.run(
+      [sys.executable, str(ROOT / "benchmarks" / "accelerator.py"), "--architecture", "tiny",
+       "--batch", "8", "--length", "16", "--repeats", "2", "--steps", "3", "--pairs", "64",
+       "--encode-batch", "4", "--measure"], capture_output=True, text=True, timeout=600,
+      env=env)
+  assert result.returncode == 0, result.stderr[-3000:]
+  out = result.stdout
+  assert re.search(r"^CPU: .+, \d+ cores", out, re.M), out
+  for row in ("without the teacher token cache", "with a warm teacher token cache"):
+    assert re.search(rf"\| {row}[^|]* \| {NUMBER} \| {NUMBER} \| {NUMBER} \|", out), out
+  flops = re.search(rf"cost analysis of the compiled step: ({NUMBER}(?:e-\d+)?) TFLOP per step",
+                    out)
+  assert flops and float(flops.group(1)) > 0, out
+  assert re.search(rf"\| H100 SXM \| 989 \| {NUMBER} \| {NUMBER} \| {NUMBER} \|", out), out
+  for devices in (1, 2):  # the measured rows, per device count
+    assert re.search(rf"^\| {devices} \| {NUMBER} \| {NUMBER} \| \d+% \| [\d,]+ \| n/a \|$", out,
+                     re.M), out
+  assert re.search(r"[\d,]+ passages/s", out), out

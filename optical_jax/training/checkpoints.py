@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -41,14 +43,43 @@ def managers(workdir: Path, keep: int):
   return latest, best
 
 
+# The step each manager last started saving: a background write that fails is reported later
+# (at the next save, check or finish) and must be named by its own step.
+_saving: dict[int, int] = {}
+
+
+def _reason(error: BaseException) -> str:
+  """Why a write failed, in a few words: the OS error's own when TensorStore names its code."""
+  if getattr(error, "strerror", None):
+    return error.strerror
+  text = str(error)
+  code = re.search(r"os_error_code='?(\d+)", text)
+  if code:
+    return os.strerror(int(code.group(1)))
+  if "No space left" in text:
+    return "No space left on device"
+  return (text.strip().splitlines() or [type(error).__name__])[-1][:300]
+
+
 def _fault(manager, step: int | None, error: BaseException) -> CheckpointFault:
-  reason = getattr(error, "strerror", None) or str(error).strip().splitlines()[-1][:300]
+  reason = _reason(error)
   kept = manager.latest_step()
+  if kept == step:  # Orbax lists a step whose write failed until it drops it
+    kept = max((s for s in manager.all_steps() if s != step), default=None)
   return CheckpointFault(
       f"{manager.directory}: cannot write checkpoint {step if step is not None else ''} "
       f"({reason}); " + (f"the last good checkpoint (step {kept}) is kept" if kept is not None
                          else "no checkpoint was written") +
       ". Free disk space or fix the directory's permissions, then rerun to resume.")
+
+
+def _finished(manager) -> None:
+  """Waits for `manager`'s background save; its failure as a `CheckpointFault` naming the
+  step that was being saved."""
+  try:
+    manager.wait_until_finished()
+  except Exception as e:  # Orbax and TensorStore raise many types for a failed write
+    raise _fault(manager, _saving.get(id(manager)), e) from None
 
 
 def check_writable(directory: Path) -> None:
@@ -65,31 +96,36 @@ def check_writable(directory: Path) -> None:
 
 def save(manager, step: int, tree, metrics=None, *, wait: bool = False) -> None:
   """Starts saving host copies of `tree` as `step`; Orbax finishes in the background, or
-  before this returns with `wait` (what must be on disk before it counts, like a new best)."""
+  before this returns with `wait` (what must be on disk before it counts, like a new best).
+  The previous save's failure is raised first, naming its own step."""
   import orbax.checkpoint as ocp
+  _finished(manager)
   try:
     manager.save(step, args=ocp.args.StandardSave(to_host(tree)), metrics=metrics, force=True)
-    if wait:
+  except Exception as e:
+    try:  # the last good checkpoint must be on disk, not in flight
       manager.wait_until_finished()
-  except Exception as e:  # an earlier save's background error surfaces here too
-    if isinstance(e, OSError) or isinstance(e.__cause__, OSError) or "No space left" in str(e):
-      try:  # the last good checkpoint must be on disk, not in flight
-        manager.wait_until_finished()
-      except Exception:
-        pass
-      raise _fault(manager, step, e) from None
-    raise
+    except Exception:
+      pass
+    raise _fault(manager, step, e) from None
+  _saving[id(manager)] = step
+  if wait:
+    _finished(manager)
+
+
+def check(*managers) -> None:
+  """Raises a failed background save of any of `managers` without waiting for one in
+  progress: the loop calls it at every log, evaluation and checkpoint step, so a run stops
+  soon after its first failed save."""
+  for manager in managers:
+    if not manager.is_saving_in_progress():
+      _finished(manager)
 
 
 def finish(*managers) -> None:
   """Waits for background saves, turning a write error into one clear `CheckpointFault`."""
   for manager in managers:
-    try:
-      manager.wait_until_finished()
-    except Exception as e:
-      if isinstance(e, OSError) or isinstance(e.__cause__, OSError) or "No space left" in str(e):
-        raise _fault(manager, None, e) from None
-      raise
+    _finished(manager)
 
 
 def best_value(manager, metric: str) -> float:

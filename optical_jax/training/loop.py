@@ -181,6 +181,7 @@ def _train(config, workdir: Path, primary: bool) -> dict:
                 flops=step_fn.flops_for(state, teacher_params, batch, rng))
       if not (log_now or eval_now or save_now or halt_now or stop.requested):
         continue
+      checkpoints.check(latest, best)  # a failed background save stops the run here
       bad = int(_fetch(first_bad))
       if bad:
         checkpoints.finish(latest, best)  # the last finite checkpoint on disk, not in flight

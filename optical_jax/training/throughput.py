@@ -16,20 +16,20 @@ import re
 import time
 from typing import Mapping, Sequence
 
-# (device kind pattern, bfloat16 peak, float32 peak), first match wins.
-PEAK_TFLOPS: Sequence[tuple[str, float, float]] = (
-    (r"tpu v6( lite|e)", 918.0, 918.0),
-    (r"tpu v5( lite|e)", 197.0, 197.0),
-    (r"tpu v5p?\b", 459.0, 459.0),
-    (r"tpu v4", 275.0, 275.0),
-    (r"tpu v3", 61.5, 61.5),
-    (r"tpu v2", 22.5, 22.5),
-    (r"h200", 989.0, 494.0),
-    (r"h100.*pcie", 756.0, 378.0),
-    (r"h100", 989.0, 494.0),
-    (r"a100", 312.0, 156.0),
-    (r"\bl4\b", 121.0, 60.0),
-    (r"\bt4\b", 65.0, 8.1),
+# (name, device kind pattern, bfloat16 peak, float32 peak), the first match wins.
+PEAK_TFLOPS: Sequence[tuple[str, str, float, float]] = (
+    ("TPU v6e", r"tpu v6( lite|e)", 918.0, 918.0),
+    ("TPU v5e", r"tpu v5( lite|e)", 197.0, 197.0),
+    ("TPU v5p", r"tpu v5p?\b", 459.0, 459.0),
+    ("TPU v4", r"tpu v4", 275.0, 275.0),
+    ("TPU v3 (a core)", r"tpu v3", 61.5, 61.5),
+    ("TPU v2 (a core)", r"tpu v2", 22.5, 22.5),
+    ("H200", r"h200", 989.0, 494.0),
+    ("H100 PCIe", r"h100.*pcie", 756.0, 378.0),
+    ("H100 SXM", r"h100", 989.0, 494.0),
+    ("A100", r"a100", 312.0, 156.0),
+    ("L4", r"\bl4\b", 121.0, 60.0),
+    ("T4", r"\bt4\b", 65.0, 8.1),
 )
 
 
@@ -37,7 +37,7 @@ def peak_flops(device_kind: str, dtype: str) -> float | None:
   """Nominal peak FLOP/s of one device of `device_kind` (`jax.Device.device_kind`) computing
   in `dtype` ("bfloat16" or "float32"), or None for a device not in `PEAK_TFLOPS`."""
   kind = device_kind.lower()
-  for pattern, bf16, fp32 in PEAK_TFLOPS:
+  for _, pattern, bf16, fp32 in PEAK_TFLOPS:
     if re.search(pattern, kind):
       return (bf16 if dtype == "bfloat16" else fp32) * 1e12
   return None

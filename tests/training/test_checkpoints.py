@@ -47,3 +47,28 @@ def test_a_step_that_is_not_there_is_named(tmp_path, which, message):
 def test_an_empty_workdir_has_nothing_to_evaluate(tmp_path):
   with pytest.raises(checkpoints.CheckpointFault, match="no checkpoint to evaluate"):
     checkpoints.restore_params(tmp_path, "best")
+
+
+def test_a_best_counts_only_once_its_checkpoint_is_on_disk(tmp_path, monkeypatch):
+  """A resumed run must beat what best/ holds, not a dev MAP whose save failed."""
+  import errno
+  import orbax.checkpoint as ocp
+  _, best = checkpoints.managers(tmp_path, keep=3)
+  assert checkpoints.best_value(best, "dev_MAP") == float("-inf")
+  checkpoints.save(best, 2, {"params": {"w": np.zeros(2, np.float32)}},
+                   metrics={"dev_MAP": 0.5}, wait=True)
+  original = ocp.CheckpointManager.save
+
+  def full_disk(self, step, *args, **kwargs):
+    if step == 4:
+      raise OSError(errno.ENOSPC, "No space left on device")
+    return original(self, step, *args, **kwargs)
+
+  monkeypatch.setattr(ocp.CheckpointManager, "save", full_disk)
+  with pytest.raises(checkpoints.CheckpointFault, match=r"cannot write checkpoint 4 \(No space "
+                     r"left on device\); the last good checkpoint \(step 2\) is kept"):
+    checkpoints.save(best, 4, {"params": {"w": np.ones(2, np.float32)}},
+                     metrics={"dev_MAP": 0.7}, wait=True)
+  _, reopened = checkpoints.managers(tmp_path, keep=3)  # the resumed run
+  assert checkpoints.best_value(reopened, "dev_MAP") == 0.5
+  assert checkpoints.restore_params(tmp_path, "best")[1:] == (2, "best")

@@ -1,0 +1,243 @@
+"""configs/so.py's train step as an accelerator sees it: FLOPs, the physical limit, and how
+long the device waits for the host.
+
+  python benchmarks/accelerator.py                 # so.py's shapes: batch 256, length 64
+  python benchmarks/accelerator.py --measure       # time the step on a CPU too (slow)
+  python benchmarks/accelerator.py --architecture tiny --measure --steps 4   # smoke test
+
+Teacher bge-small (BERT, 30,522 pieces) and student multilingual-e5-small (250,037 pieces),
+12 layers, 384 wide, with random weights (nothing to download), computing in bfloat16, loss
+ot: so.py's models and step. Printed, in this order:
+
+1. the host's work per step, measured here: building the step's batch (padding, and with the
+   teacher token cache its lookup) and putting it on the devices, in ms, and what it ships;
+2. FLOPs per step from XLA's cost analysis of the compiled step (teacher forward in the step,
+   so.py's setting on accelerators), and the compute-bound step time per device kind at the
+   nominal peak and at 40% MFU (estimates: arithmetic, not measurements);
+3. on an accelerator (or with --measure): per device count, the bare compiled step on
+   pre-staged batches, the train loop's path (prefetch thread, host batches, no reads), MFU,
+   and the share of loop time the device waits for the host; then corpus encoding
+   passages/s at length 256.
+"""
+
+from __future__ import annotations
+
+from common import ARCHITECTURES, argument_parser, cpu_description, parse_args, random_checkpoint
+
+if __name__ == "__main__":
+  parser = argument_parser(__doc__.splitlines()[0])
+  parser.set_defaults(batch=256, length=64)
+  parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+  parser.add_argument("--student", default="e5-small", choices=sorted(ARCHITECTURES))
+  parser.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
+  parser.add_argument("--measure", action="store_true",
+                      help="time steps and encoding even on a CPU (otherwise estimates only)")
+  parser.add_argument("--encode-batch", type=int, default=128,
+                      help="passages per device per encoding batch")
+  parser.add_argument("--pairs", type=int, default=0,
+                      help="pairs in the synthetic bitext (default: 8 batches)")
+  ARGS = parse_args(parser)
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from optical_jax.config import base_config
+from optical_jax.data.batching import BucketedBatches
+from optical_jax.data.teacher_cache import TeacherTokenCache
+from optical_jax.data.token_arrays import TokenColumn
+from optical_jax.models.student import build_models
+from optical_jax.pooling import pool
+from optical_jax.training.loop import _watch_jit
+from optical_jax.training.prefetch import Prefetcher
+from optical_jax.training.state import initial_state, make_optimizer
+from optical_jax.training.step import (compiled_per_shape, data_mesh, global_batch,
+                                       make_train_step, replicate)
+from optical_jax.training.throughput import PEAK_TFLOPS, executable_flops, peak_flops
+from optical_jax.training.input_pipeline import local_batch
+
+MFU_ASSUMED = 0.4  # a well-fed transformer step's share of the peak, for the estimates
+
+
+def so_config(teacher: str, student: str, args):
+  """configs/so.py's training settings on the random checkpoints."""
+  c = base_config()
+  c.model.teacher, c.model.student, c.model.dtype = teacher, student, args.dtype
+  c.model.student_side, c.loss = "document", "ot"
+  c.data.max_length, c.train.batch_size = args.length, args.batch
+  return c
+
+
+def synthetic_columns(pairs: int, length: int, vocab: dict[str, int], seed: int = 0):
+  """Token columns of `pairs` pairs, ~37 teacher tokens a pair as in real bitext."""
+  rng = np.random.default_rng(seed)
+  columns = {}
+  for name, mean in (("student", 40), ("teacher", 37)):
+    lengths = np.clip(rng.poisson(mean, pairs), 4, length)
+    columns[name] = TokenColumn.from_sequences(
+        [rng.integers(5, vocab[name], n) for n in lengths])
+  return columns
+
+
+def median_ms(fn, repeats: int) -> float:
+  fn()
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return statistics.median(times) * 1e3
+
+
+def host_table(models, config, mesh, args) -> tuple[BucketedBatches, dict]:
+  """The host's per-step work, with and without a warm teacher token cache."""
+  pairs = args.pairs or 8 * args.batch
+  columns = synthetic_columns(pairs, args.length, {
+      "student": models.student.config.vocab_size, "teacher": models.teacher.config.vocab_size})
+  batches = BucketedBatches(columns, {"student": 0, "teacher": 0}, batch_size=args.batch,
+                            max_length=args.length, seed=0, length_buckets=(args.length,))
+  with tempfile.TemporaryDirectory() as directory:
+    cache = TeacherTokenCache(models.teacher, columns["teacher"], directory)
+    # Warm it without running the teacher on this host: the lookup's cost is the same.
+    cache.tokens[:] = np.random.default_rng(1).normal(size=cache.shape).astype(cache.dtype)
+    cache.done[:] = True
+    rows = {}
+    for name, teacher_cache in (("without the teacher token cache (so.py on accelerators)", None),
+                                ("with a warm teacher token cache (CPU default)", cache)):
+      batch = local_batch(batches, teacher_cache, 0)
+      shipped = sum(v.nbytes for v in batch.values())
+      build = median_ms(lambda: local_batch(batches, teacher_cache, 3), args.repeats * 4)
+      put = median_ms(lambda: jax.block_until_ready(global_batch(
+          local_batch(batches, teacher_cache, 3), mesh)), args.repeats * 4) - build
+      rows[name] = (build, max(put, 0.0), shipped)
+  print(f"\n### The host's work per step (measured here; {pairs:,} synthetic pairs, batch "
+        f"{args.batch}, width {args.length})\n")
+  print("| batch | build (ms) | to the devices (ms) | shipped (MiB) |")
+  print("|---|---|---|---|")
+  for name, (build, put, shipped) in rows.items():
+    print(f"| {name} | {build:.2f} | {put:.2f} | {shipped / 2**20:.1f} |")
+  return batches, rows
+
+
+def flops_table(step_fn, state, teacher_params, batch, rng, devices: int, args) -> float:
+  """FLOPs per step from XLA's cost analysis, and each device kind's compute-bound time."""
+  executable = step_fn.executable_for(state, teacher_params, batch, rng)
+  per_device = executable_flops(executable)
+  if per_device is None:
+    print("\nXLA gives no cost analysis on this backend")
+    return 0.0
+  total = per_device * devices
+  print(f"\n### FLOPs and the compute bound (estimates: cost analysis / nominal peak)\n")
+  print(f"XLA's cost analysis of the compiled step: {total / 1e12:.3g} TFLOP per step "
+        f"({per_device / 1e12:.3g} per device x {devices}), batch {args.batch}, length "
+        f"{args.length}, {args.dtype}, teacher forward inside the step\n")
+  print(f"| device kind | peak {args.dtype} (TFLOP/s per device) | step at the peak, 1 device "
+        f"(ms) | step at {MFU_ASSUMED:.0%} MFU, 1 device (ms) | at {MFU_ASSUMED:.0%} MFU, 8 "
+        "devices (ms) |")
+  print("|---|---|---|---|---|")
+  for name, _, bf16, fp32 in PEAK_TFLOPS:
+    peak = (bf16 if args.dtype == "bfloat16" else fp32) * 1e12
+    print(f"| {name} | {peak / 1e12:g} | {total / peak * 1e3:.2f} | "
+          f"{total / peak / MFU_ASSUMED * 1e3:.2f} | {total / 8 / peak / MFU_ASSUMED * 1e3:.2f} |")
+  return total
+
+
+def measured_table(config, models, batches, args) -> None:
+  """Per device count: bare step, the loop's path, MFU, device-wait share."""
+  print(f"\n### Measured on {jax.devices()[0].device_kind} ({jax.default_backend()})\n")
+  print("| devices | bare step (ms) | loop step (ms) | device waits for the host | "
+        "tokens/s | MFU |")
+  print("|---|---|---|---|---|---|")
+  counts = [n for n in (1, 2, 4, 8, 16, 32) if n <= jax.device_count()
+            and args.batch % n == 0]
+  peak = peak_flops(jax.devices()[0].device_kind, args.dtype)
+  for n in counts:
+    mesh = data_mesh(jax.devices()[:n])
+    optimizer = make_optimizer(config)
+    state = replicate(initial_state(models, optimizer), mesh)
+    teacher_params = replicate(models.teacher.params, mesh)
+    rng = replicate(jax.random.PRNGKey(0), mesh)
+    step_fn = compiled_per_shape(make_train_step(config, models, optimizer, mesh), {})
+    staged = [global_batch(local_batch(batches, None, s), mesh) for s in range(4)]
+    state, metrics = step_fn(state, teacher_params, staged[0], rng)  # compiles
+    jax.block_until_ready(metrics)
+    start = time.perf_counter()
+    for s in range(args.steps):
+      state, metrics = step_fn(state, teacher_params, staged[s % len(staged)], rng)
+    jax.block_until_ready(metrics)
+    bare = (time.perf_counter() - start) / args.steps
+    first_bad = replicate(np.zeros((), np.int32), mesh)
+    tokens = 0
+    build = lambda s: (global_batch(batch := local_batch(batches, None, s), mesh),
+                       int(batch["student_mask"].sum() + batch["teacher_mask"].sum()))
+    start = time.perf_counter()
+    with Prefetcher(build, 0, args.steps, depth=2) as prefetcher:
+      for s in range(args.steps):  # the train loop's path between log steps
+        batch, count = prefetcher.get(s)
+        state, metrics = step_fn(state, teacher_params, batch, rng)
+        first_bad = _watch_jit(first_bad, metrics["loss"], state.step)
+        tokens += count
+      jax.block_until_ready((metrics, first_bad))
+    loop = (time.perf_counter() - start) / args.steps
+    flops = executable_flops(step_fn.executable_for(state, teacher_params, staged[0], rng))
+    mfu = f"{flops / bare / peak:.1%}" if flops and peak else "n/a"
+    print(f"| {n} | {bare * 1e3:.1f} | {loop * 1e3:.1f} | {max(0.0, 1 - bare / loop):.0%} | "
+          f"{tokens / (loop * args.steps):,.0f} | {mfu} |")
+
+
+def encoding_table(models, args) -> None:
+  """Corpus encoding at length 256: pooled student embeddings of pre-staged batches."""
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  mesh = data_mesh()
+  student = models.student
+  dtype = jnp.dtype(args.dtype)
+  params = jax.tree_util.tree_map(
+      lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, student.params)
+  params = jax.device_put(params, NamedSharding(mesh, P()))
+  rows = args.encode_batch * jax.device_count()
+  ids = np.random.default_rng(0).integers(5, student.config.vocab_size, (rows, 256))
+  sharding = NamedSharding(mesh, P("data"))
+  ids = jax.device_put(ids.astype(np.int32), sharding)
+  mask = jax.device_put(np.ones((rows, 256), np.int32), sharding)
+  encode = jax.jit(lambda p, i, m: pool(student.apply(p, i, m).astype(jnp.float32), m,
+                                        method=student.pooling, normalize=True))
+  seconds = median_ms(lambda: jax.block_until_ready(encode(params, ids, mask)),
+                      args.repeats) / 1e3
+  print(f"\n### Corpus encoding, length 256, {args.dtype}\n")
+  print(f"{rows / seconds:,.0f} passages/s ({rows} passages a batch over {jax.device_count()} "
+        f"device(s)); CIRAL's 827,552 Somali passages: {827_552 / (rows / seconds) / 60:.1f} "
+        "min")
+
+
+def main(args) -> None:
+  print(f"CPU: {cpu_description()}")
+  print(f"devices: {jax.device_count()} x {jax.devices()[0].device_kind} "
+        f"({jax.default_backend()})")
+  teacher = random_checkpoint("tiny" if args.architecture == "tiny" else "bge-small")
+  student = random_checkpoint("tiny" if args.architecture == "tiny" else args.student)
+  config = so_config(teacher, student, args)
+  models = build_models(config)
+  mesh = data_mesh()
+  batches, _ = host_table(models, config, mesh, args)
+  optimizer = make_optimizer(config)
+  state = replicate(initial_state(models, optimizer), mesh)
+  teacher_params = replicate(models.teacher.params, mesh)
+  rng = replicate(jax.random.PRNGKey(0), mesh)
+  step_fn = compiled_per_shape(make_train_step(config, models, optimizer, mesh), {})
+  batch = global_batch(local_batch(batches, None, 0), mesh)
+  flops_table(step_fn, state, teacher_params, batch, rng, jax.device_count(), args)
+  if jax.default_backend() != "cpu" or args.measure:
+    measured_table(config, models, batches, args)
+    encoding_table(models, args)
+  else:
+    print("\n(no accelerator here: the step was compiled, not timed; --measure times it on "
+          "this CPU)")
+
+
+if __name__ == "__main__":
+  main(ARGS)
