@@ -8,7 +8,8 @@ whole-word pieces, ~360 characters each, like CIRAL's Somali passages) and 100 q
 retrieved with a 1-layer, 32-wide BERT with random weights (made here with torch, MiniLM's
 tokenizer), so that the model costs little and the host's work shows:
 
-- tokenizer alone: the tokenizer's own call as evaluation makes it, chunk by chunk;
+- tokenizer alone: the tokenizer's own calls as evaluation makes them (a chunk at a time, in
+  batches of `token_cache.TOKENIZE_BATCH` texts);
 - corpus scan: docids read and every record checked (`scan_corpus`, done once before
   training by `check_collections`, then cached);
 - first evaluation: `retrieve` of the corpus file, tokenised in a background thread a chunk
@@ -92,6 +93,7 @@ def main() -> None:
   import numpy as np
   from optical_jax.evaluation.corpus_files import corpus_records, forget_scans, scan_corpus
   from optical_jax.evaluation.retrieval import TextEncoder, retrieve
+  from optical_jax.evaluation.token_cache import TOKENIZE_BATCH
   from optical_jax.models.hf_checkpoint import load_encoder
 
   root = Path(args.workdir or tempfile.mkdtemp(prefix="eval_pipeline-"))
@@ -108,10 +110,12 @@ def main() -> None:
   texts = [text for _, _, text in corpus_records(corpus)]
   characters = sum(map(len, texts)) / len(texts)
 
-  def tokenizer_alone() -> None:
+  def tokenizer_alone() -> None:  # in the calls evaluation makes: a chunk, in batches
     for start in range(0, len(texts), args.chunk):
-      encoder.tokenizer(texts[start:start + args.chunk], truncation=True,
-                        max_length=args.length, padding=False)["input_ids"]
+      chunk = texts[start:start + args.chunk]
+      for s in range(0, len(chunk), TOKENIZE_BATCH):
+        encoder.tokenizer(chunk[s:s + TOKENIZE_BATCH], truncation=True, max_length=args.length,
+                          padding=False)["input_ids"]
 
   def scan() -> None:
     forget_scans()
@@ -120,10 +124,13 @@ def main() -> None:
   def nothing(params, input_ids, attention_mask):  # a model that costs nothing
     return jnp.zeros(input_ids.shape + (32,), jnp.float32)
 
+  # One encoder per model for all evaluations, as a training run keeps them: compiled once.
+  encoders = {fn: TextEncoder(encoder, batch_size=args.batch, max_length=args.length,
+                              corpus_chunk=args.chunk, token_fn=fn) for fn in (None, nothing)}
+
   def evaluation(cache: Path | None, token_fn=None):
-    text_encoder = TextEncoder(encoder, batch_size=args.batch, max_length=args.length,
-                               corpus_chunk=args.chunk, corpus_cache_dir=cache,
-                               token_fn=token_fn)
+    text_encoder = encoders[token_fn]
+    text_encoder.corpus_cache_dir = cache
     source = text_encoder.corpus(corpus)
     run = retrieve(queries, source, query_encoder=text_encoder, doc_encoder=text_encoder,
                    k=100, progress=False)

@@ -35,7 +35,7 @@ from optical_jax.evaluation.embedding_cache import (EmbeddingCache, params_finge
                                                     texts_fingerprint)
 from optical_jax.evaluation.search import (as_run, docid_ranks, empty_top_k, gather_top_k,
                                           merge_top_k, score_chunk)
-from optical_jax.evaluation.token_cache import (CorpusTokens, TextTokens, flatten,
+from optical_jax.evaluation.token_cache import (CorpusTokens, TextTokens, tokenize_flat,
                                                 tokenizer_fingerprint)
 from optical_jax.pooling import pool
 
@@ -298,7 +298,7 @@ class TextEncoder:
     out: list[np.ndarray | None] = [None] * len(texts)
     bar = tqdm(total=len(texts), desc=desc, unit="text", leave=False, disable=not progress)
     with bar:
-      flat, offsets = flatten(self._tokenize(texts))
+      flat, offsets = tokenize_flat(self._tokenize, texts)
       for rows, (hidden, lengths) in self._run(self._tokens, flat, offsets, 0, 1, bar):
         for i, h, n in zip(rows, hidden, lengths):
           out[i] = h[:n]

@@ -32,6 +32,7 @@ from optical_jax.evaluation.corpus_files import CorpusScan, corpus_records, file
 from optical_jax.textfiles import DataFormatError
 
 TOKENS_FORMAT = 1  # bump when the stored ids change meaning: older entries are not read
+TOKENIZE_BATCH = 4096  # texts per tokenizer call (bounds its Python objects' memory)
 Chunk = tuple[int, np.ndarray, np.ndarray]  # (first row, flat ids, offsets `[rows + 1]` from 0)
 Tokenize = Callable[[Sequence[str]], list[list[int]]]
 T = TypeVar("T")
@@ -48,6 +49,20 @@ def flatten(ids: list[list[int]], dtype=np.int32) -> tuple[np.ndarray, np.ndarra
   np.cumsum(np.fromiter(map(len, ids), np.int64, count=len(ids)), out=offsets[1:])
   flat = np.fromiter(itertools.chain.from_iterable(ids), dtype, count=int(offsets[-1]))
   return flat, offsets
+
+
+def tokenize_flat(tokenize: Tokenize, texts: Sequence[str], dtype=np.int32, *,
+                  batch: int = TOKENIZE_BATCH) -> tuple[np.ndarray, np.ndarray]:
+  """`flatten(tokenize(texts))`, `batch` texts per tokenizer call: the tokenizer's Python
+  objects (lists, `Encoding`s with their token strings; ~10 KB a passage) live for one batch,
+  not for a whole chunk."""
+  if len(texts) <= batch:
+    return flatten(tokenize(texts), dtype)
+  pieces = [flatten(tokenize(texts[s:s + batch]), dtype) for s in range(0, len(texts), batch)]
+  offsets = [pieces[0][1]]
+  for _, more in pieces[1:]:
+    offsets.append(more[1:] + offsets[-1][-1])
+  return np.concatenate([flat for flat, _ in pieces]), np.concatenate(offsets)
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -130,7 +145,7 @@ class TextTokens:
 
   def _chunks(self, size: int) -> Iterator[Chunk]:
     for start in range(0, len(self.texts), size):
-      flat, offsets = flatten(self.tokenize(self.texts[start:start + size]))
+      flat, offsets = tokenize_flat(self.tokenize, self.texts[start:start + size])
       yield start, flat, offsets
 
   def chunks(self, size: int) -> Iterator[Chunk]:
@@ -264,7 +279,7 @@ class CorpusTokens:
           texts.append(self.prompt + text)
         if len(texts) != min(size, len(docids) - start):
           raise changed
-        flat, offsets = flatten(self.tokenize(texts), self.dtype)
+        flat, offsets = tokenize_flat(self.tokenize, texts, self.dtype)
         self.tokenized += len(texts)
         if out is not None:
           with writing(named, "corpus token cache", cleanup=[tmp]):

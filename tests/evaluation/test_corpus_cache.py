@@ -21,7 +21,7 @@ from optical_jax.evaluation import TextEncoder, read_corpus, retrieve, write_run
 from optical_jax.evaluation.cache_files import CacheWriteError, host_tag
 from optical_jax.evaluation.corpus_files import forget_scans
 from optical_jax.evaluation.embedding_cache import EmbeddingCache
-from optical_jax.evaluation.token_cache import id_dtype
+from optical_jax.evaluation.token_cache import flatten, id_dtype, tokenize_flat
 from optical_jax.models.hf_checkpoint import load_encoder
 from tests.evaluation.test_retrieval import WORDS
 
@@ -117,6 +117,18 @@ def test_a_second_evaluation_tokenises_no_passage_and_writes_the_same_run(encode
   assert run_bytes(again, tmp_path / "second.trec") == reference
   assert encoder.tokenizer.texts == 3 and corpus.tokenized == 0
   assert second.encoded_rows == 93  # the encoder did run: only the tokenizer was skipped
+
+
+def test_tokenising_in_batches_gives_the_ids_of_one_call(encoder):
+  texts = [" ".join(WORDS[:n]) for n in range(1, 12)]
+  tokenize = lambda batch: encoder.tokenizer(list(batch), truncation=True, max_length=8)[
+      "input_ids"]
+  whole = flatten(tokenize(texts), np.uint16)
+  for batch in (1, 3, 11, 100):
+    flat, offsets = tokenize_flat(tokenize, texts, np.uint16, batch=batch)
+    assert flat.dtype == np.uint16 and np.array_equal(flat, whole[0])
+    assert np.array_equal(offsets, whole[1]) and offsets[0] == 0
+  assert encoder.tokenizer.texts == 11 * 5
 
 
 def test_the_token_cache_follows_content_tokenizer_length_and_prompt(encoder, tmp_path):
