@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from optical_jax import host_memory, runtime
 from optical_jax.config import ConfigError, validate
+from optical_jax.evaluation.check import check_collections
 from optical_jax.evaluation.collections import (collection_specs, evaluate_all,
                                                 evaluate_collection, side_encoders)
 from optical_jax.fileio import write_text_atomic
@@ -101,6 +102,9 @@ def _train(config, workdir: Path, primary: bool) -> dict:
   if primary:
     checkpoints.check_writable(workdir / "checkpoints")
   specs = collection_specs(config)
+  # Every collection's files checked (a malformed line, judged documents missing from the
+  # corpus) before the training data, models and steps, not at the final evaluation.
+  check_collections(specs, config.runtime.cache_dir)
   dev_spec = next((s for s in specs if s.name == config.eval.dev_collection), None)
   rows = training_rows(config)
   models = build_models(config)

@@ -236,3 +236,44 @@ def test_the_peak_table_knows_the_usual_devices():
   assert peak_flops("TPU v5", "bfloat16") == 459e12
   assert peak_flops("TPU v6 lite", "bfloat16") == 918e12
   assert peak_flops("cpu", "float32") is None
+
+
+@pytest.mark.parametrize("broken, message", [
+    ("qrels", r"qrels\.txt:2: "),
+    ("corpus", r"corpus\.tsv:3: "),
+])
+def test_a_malformed_collection_fails_before_the_first_step(setup, tmp_path, broken, message):
+  from optical_jax.textfiles import DataFormatError
+  from optical_jax.training import loop
+  from tests.training.runs import toy_collection
+  root, checkpoint, bitext, _ = setup
+  collection = toy_collection(tmp_path)
+  path = tmp_path / ("qrels.txt" if broken == "qrels" else "corpus.tsv")
+  lines = path.read_text().splitlines()
+  lines[1 if broken == "qrels" else 2] = "q1 0 d1" if broken == "qrels" else "d0\tduplicate"
+  path.write_text("\n".join(lines) + "\n")
+  config = _config(tmp_path, "bad", checkpoint, bitext, **{
+      "eval.collections": [collection], "eval.dev_collection": "toy"})
+  built = []
+  original = loop.make_batches
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(loop, "make_batches", lambda *a, **k: built.append(1) or original(*a, **k))
+    with pytest.raises(DataFormatError, match=message):
+      loop.train_and_evaluate(config, tmp_path / "w")
+  assert not built  # before the training data was even tokenised
+
+
+def test_judged_documents_absent_from_the_corpus_are_warned_before_training(setup, tmp_path,
+                                                                           caplog):
+  from optical_jax.training import loop
+  from tests.training.runs import toy_collection
+  root, checkpoint, bitext, _ = setup
+  collection = toy_collection(tmp_path)
+  (tmp_path / "qrels.txt").write_text("q0 0 D-0 1\nq1 0 D-1 1\nq2 0 d2 1\n")
+  config = _config(tmp_path, "absent", checkpoint, bitext, num_train_steps=1, **{
+      "eval.collections": [collection], "eval.dev_collection": "toy"})
+  with caplog.at_level("INFO", logger="optical_jax"):
+    loop.train_and_evaluate(config, tmp_path / "w")
+  text = caplog.text
+  assert "2 of 3 judged documents" in text and "absent from the corpus" in text
+  assert text.index("absent from the corpus") < text.index("training examples")
