@@ -69,13 +69,13 @@ def main(argv):
   if FLAGS.overwrite and not FLAGS.export_hf:
     raise app.UsageError("--overwrite goes with --export_hf")
   config = cli.start(argv, FLAGS.config, None)
-  from optical_jax import interrupts, runtime
+  from optical_jax import host, interrupts, runtime
   workdir = Path(FLAGS.checkpoint).expanduser().resolve()
   if workdir.name in ("checkpoints", "best"):
     workdir = workdir.parent
   cli.on_interrupt(f"nothing was written; {workdir} is as it was")
   config = runtime.resolve_assets(config, training=False)
-  config = as_trained(config, workdir, speak=runtime.is_primary())
+  config = as_trained(config, workdir, speak=host.is_primary())
   if FLAGS.export_hf:
     protected = protected_directories(config, workdir)
     target = checked_export_target(FLAGS.export_hf, protected)
@@ -89,7 +89,7 @@ def main(argv):
   print(f"{workdir}: step {step} ({which})", flush=True)
   interrupts.check()
   if FLAGS.export_hf:
-    if not runtime.is_primary():
+    if not host.is_primary():
       return  # process 0 writes the one export
     from optical_jax.models.export import ExportError, export_student
     try:
@@ -100,7 +100,7 @@ def main(argv):
     return
   from optical_jax.evaluation.collections import collection_specs, evaluate_all, side_encoders
   evaluate_all(config, side_encoders(models, params, config), collection_specs(config), workdir,
-               measures=measures, write=runtime.is_primary())
+               measures=measures, write=host.is_primary())
 
 
 def _same(a, b) -> bool:

@@ -49,20 +49,21 @@ def start(argv, config, workdir: str | None):
   turns on the compilation cache. Returns `config`."""
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from optical_jax import runtime
-  runtime.configure_host_memory(config.runtime.host_memory)
+  # Modules without JAX at import: host memory is set before anything starts threads.
+  from optical_jax import compilation_cache, console, distributed, host, host_memory
+  host_memory.configure(config.runtime.host_memory)
   log_file = Path(workdir).expanduser() / "logs" / "libraries.log" if workdir else None
   if log_file is not None and log_file.parent.parent.exists() and \
       not log_file.parent.parent.is_dir():
     log_file = None  # --workdir is a file: the loop says so
-  runtime.quiet_libraries(log_file)
+  console.quiet_libraries(log_file)
   if workdir:
     on_interrupt(f"{Path(workdir).expanduser()} keeps every checkpoint saved so far; rerun the "
                  "same command to resume (a finished run evaluates again)")
-  runtime.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
-                                 FLAGS.process_id, join_timeout=FLAGS.join_timeout)
-  runtime.enable_compilation_cache(config)
-  if not runtime.is_primary():  # process 0 speaks for the run
+  distributed.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
+                                     FLAGS.process_id, join_timeout=FLAGS.join_timeout)
+  compilation_cache.enable_compilation_cache(config)
+  if not host.is_primary():  # process 0 speaks for the run
     import logging
     logging.getLogger("optical_jax").setLevel(logging.WARNING)
   return config

@@ -18,7 +18,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from optical_jax.runtime import to_host
+from optical_jax.host import to_host
 
 log = logging.getLogger("optical_jax")
 

@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from optical_jax import host_memory, runtime
+from optical_jax import host, host_memory, runtime
 from optical_jax.config import ConfigError, validate
 from optical_jax.evaluation.check import check_collections
 from optical_jax.evaluation.collections import (collection_specs, evaluate_all,
@@ -68,7 +68,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   if workdir.exists() and not workdir.is_dir():
     raise ConfigError(f"--workdir {workdir} is a file; give a directory")
   workdir.mkdir(parents=True, exist_ok=True)
-  primary = runtime.is_primary()
+  primary = host.is_primary()
   with workdir_lock(workdir, enabled=primary):
     return _train(config, workdir, primary)
 

@@ -80,7 +80,7 @@ def test_no_device_reads_between_log_and_checkpoint_steps(setup, tmp_path, monke
   CPU `np.asarray` reads a buffer without it; on accelerators the loop's transfer guard
   refuses implicit reads between those steps.)"""
   from jax._src import array as jax_array
-  from optical_jax import runtime
+  from optical_jax import host
   from optical_jax.training import loop, step as step_lib
   root, checkpoint, bitext, _ = setup
   config = _config(tmp_path, "reads", checkpoint, bitext, num_train_steps=10,
@@ -105,10 +105,10 @@ def test_no_device_reads_between_log_and_checkpoint_steps(setup, tmp_path, monke
     reads.append(dispatched["step"])
     return value.fget(self)
 
-  to_host = runtime.to_host
+  to_host = host.to_host
   monkeypatch.setattr(step_lib, "compiled_per_shape", counting_step)
   monkeypatch.setattr(jax_array.ArrayImpl, "_value", property(read))
-  monkeypatch.setattr(runtime, "to_host", lambda tree: reads.append(dispatched["step"]) or
+  monkeypatch.setattr(host, "to_host", lambda tree: reads.append(dispatched["step"]) or
                       to_host(tree))
   loop.train_and_evaluate(config, tmp_path / "w")
   assert dispatched["step"] == 10

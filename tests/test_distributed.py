@@ -1,10 +1,10 @@
-"""Process set-up: when a run joins a cluster, flags that cannot work, host copies."""
+"""Joining a multi-process run: when a run joins a cluster, flags that cannot work, who did
+not join."""
 
 import jax
-import numpy as np
 import pytest
 
-from optical_jax import runtime
+from optical_jax import distributed
 
 
 def test_a_slurm_job_is_detected_as_a_cluster(monkeypatch):
@@ -12,10 +12,10 @@ def test_a_slurm_job_is_detected_as_a_cluster(monkeypatch):
            "SLURM_PROCID": "0", "SLURM_LOCALID": "0"}
   for name in (*slurm, "TPU_WORKER_HOSTNAMES", "OMPI_MCA_orte_hnp_uri"):
     monkeypatch.delenv(name, raising=False)
-  assert not runtime._cluster_detected()
+  assert not distributed._cluster_detected()
   for name, value in slurm.items():  # what srun sets for each task
     monkeypatch.setenv(name, value)
-  assert runtime._cluster_detected()
+  assert distributed._cluster_detected()
 
 
 @pytest.mark.parametrize("arguments, message", [
@@ -25,34 +25,27 @@ def test_a_slurm_job_is_detected_as_a_cluster(monkeypatch):
 ])
 def test_process_flags_that_cannot_work_are_named(arguments, message):
   with pytest.raises(ValueError, match=message):
-    runtime.initialize_distributed(*arguments)
+    distributed.initialize_distributed(*arguments)
 
 
 def test_a_single_process_is_left_alone(monkeypatch):
   calls = []
   monkeypatch.setattr(jax.distributed, "initialize", lambda *a, **k: calls.append((a, k)))
-  monkeypatch.setattr(runtime, "_cluster_detected", lambda: False)
-  runtime.initialize_distributed(None, None, None)
+  monkeypatch.setattr(distributed, "_cluster_detected", lambda: False)
+  distributed.initialize_distributed(None, None, None)
   assert not calls
-  monkeypatch.setattr(runtime, "_cluster_detected", lambda: True)
-  runtime.initialize_distributed(None, None, None)
+  monkeypatch.setattr(distributed, "_cluster_detected", lambda: True)
+  distributed.initialize_distributed(None, None, None)
   assert calls == [((), {})]
 
 
-def test_to_host_gives_numpy_copies():
-  tree = {"a": jax.numpy.arange(3.0), "b": np.ones(2)}
-  host = runtime.to_host(tree)
-  assert all(isinstance(v, np.ndarray) for v in host.values())
-  np.testing.assert_array_equal(host["a"], [0.0, 1.0, 2.0])
-
-
 def test_the_processes_that_did_not_join_are_named(monkeypatch):
-  monkeypatch.setattr(runtime, "_listening", lambda address: True)
-  assert runtime.missing_processes("h:1", 2, 0) == "process 1"
-  assert runtime.missing_processes("h:1", 2, 1) == "process 0"
-  assert runtime.missing_processes("h:1", 4, 2) == "one or more of processes 0, 1, 3"
-  monkeypatch.setattr(runtime, "_listening", lambda address: False)
-  assert runtime.missing_processes("h:1", 3, 1) == "process 0 (nothing listens at h:1)"
+  monkeypatch.setattr(distributed, "_listening", lambda address: True)
+  assert distributed.missing_processes("h:1", 2, 0) == "process 1"
+  assert distributed.missing_processes("h:1", 2, 1) == "process 0"
+  assert distributed.missing_processes("h:1", 4, 2) == "one or more of processes 0, 1, 3"
+  monkeypatch.setattr(distributed, "_listening", lambda address: False)
+  assert distributed.missing_processes("h:1", 3, 1) == "process 0 (nothing listens at h:1)"
 
 
 def test_a_process_whose_partner_never_starts_says_so_and_gives_up_in_one_line(tmp_path):

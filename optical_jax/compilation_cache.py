@@ -1,0 +1,17 @@
+"""JAX's persistent compilation cache, on when `config.runtime.compilation_cache` says so."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import ml_collections
+
+
+def enable_compilation_cache(config: ml_collections.ConfigDict) -> None:
+  """Keeps compiled XLA programs in `cache_dir/xla`, so a rerun, a resumed run or another run
+  with the same shapes (the demo's evaluations) loads them instead of compiling again."""
+  import jax
+  if config.runtime.compilation_cache:
+    jax.config.update("jax_compilation_cache_dir",
+                      str(Path(config.runtime.cache_dir).expanduser() / "xla"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
