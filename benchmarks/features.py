@@ -16,7 +16,7 @@ if __name__ == "__main__":
 
 import jax
 
-from optical_jax.training.step import CPU_SCHEDULES
+from optical_jax.config import CPU_SCHEDULES
 
 
 def features(checkpoint: str, batch: int, *, lengths: tuple[int, ...], iterations: int,

@@ -8,14 +8,25 @@ import math
 
 import ml_collections
 
+from optical_jax import host_memory
 from optical_jax.shapes import LENGTH_BUCKETS, check_buckets
 
+# The choices of the fields below, declared here once: the modules that act on them (models,
+# adaptation, training) import them from here, since everything may import this module.
 STAGES = ("distill", "teacher")
 LOSSES = ("ot", "mse", "contrastive", "ot+contrastive")
 DTYPES = ("float32", "bfloat16")
+# `jax.nn.dot_product_attention` implementations: "xla" runs on every backend; "cudnn" is
+# cuDNN's fused attention, NVIDIA GPUs only, float16/bfloat16 only. (jax's own default, None,
+# is XLA's for now.)
 ATTENTION = ("xla", "cudnn")
-CPU_SCHEDULES = ("memory", "default")
-HOST_MEMORY = ("retain", "release")
+# XLA compiler options of the train step on CPU, by runtime.xla_cpu_schedule.
+CPU_SCHEDULES = {
+    "memory": {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"},
+    "default": {},
+}
+# host_memory's own list: that module imports nothing (it acts before anything starts threads).
+HOST_MEMORY = host_memory.SETTINGS
 OT_COSTS = ("cosine", "sqeuclidean")
 OT_GRADIENTS = ("stop_gradient", "implicit", "unroll")
 VOCAB_INITS = ("mean_of_pieces", "ot_plan")
@@ -211,7 +222,7 @@ def validate(config, *, devices: int = 1, backend: str = "cpu") -> None:
   _one_of(config, "model.dtype", DTYPES)
   _one_of(config, "model.attention", ATTENTION)
   _one_of(config, "model.student_side", ("query", "document"))
-  _one_of(config, "runtime.xla_cpu_schedule", CPU_SCHEDULES)
+  _one_of(config, "runtime.xla_cpu_schedule", tuple(CPU_SCHEDULES))
   _one_of(config, "runtime.host_memory", HOST_MEMORY)
   _one_of(config, "ot.cost", OT_COSTS)
   _one_of(config, "ot.gradient", OT_GRADIENTS)

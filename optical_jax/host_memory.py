@@ -21,7 +21,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 
-# config.host_memory values.
+# The values of config.runtime.host_memory (config.HOST_MEMORY is this list).
 SETTINGS = ("retain", "release")
 
 # mallopt() parameters, glibc's malloc.h.
@@ -67,7 +67,8 @@ def check(setting: str) -> None:
 
 
 def configure(setting: str) -> bool:
-  """Applies a host memory setting (`config.runtime.host_memory`): "retain" calls `retain_freed_host_memory()`, "release"
-  leaves malloc as it is. Returns whether malloc's settings changed."""
+  """Applies a host memory setting (`config.runtime.host_memory`): "retain" calls
+  `retain_freed_host_memory()`, "release" leaves malloc as it is. Returns whether malloc's
+  settings changed."""
   check(setting)
   return setting == "retain" and retain_freed_host_memory()

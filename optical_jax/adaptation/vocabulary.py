@@ -43,7 +43,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-VOCAB_INITS = ("mean_of_pieces", "ot_plan")
+from optical_jax.config import VOCAB_INITS
+
 _EMBEDDINGS = ("embeddings", "word_embeddings", "embedding")
 
 

@@ -15,6 +15,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from optical_jax.config import ATTENTION
+
 _ACTIVATIONS = {
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),
     "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
@@ -27,17 +29,13 @@ _ACTIVATIONS = {
 
 SUPPORTED_MODEL_TYPES = ("bert", "xlm-roberta", "roberta", "camembert")
 
-# `jax.nn.dot_product_attention` implementations: "xla" runs on every backend; "cudnn" is
-# cuDNN's fused attention, NVIDIA GPUs only, float16/bfloat16 only. (jax's own default, None,
-# is XLA's for now.)
-ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
-
 
 def check_attention(attention: str, dtype: Any, backend: str) -> None:
-  """Raises ValueError unless `attention` is one of `ATTENTION_IMPLEMENTATIONS` and runs
-  here: "cudnn" needs a GPU and a half-precision dtype."""
-  if attention not in ATTENTION_IMPLEMENTATIONS:
-    raise ValueError(f"attention must be one of {ATTENTION_IMPLEMENTATIONS}, got {attention!r}")
+  """Raises ValueError unless `attention` is one of `optical_jax.config.ATTENTION` (the
+  `jax.nn.dot_product_attention` implementations) and runs here: "cudnn" needs a GPU and a
+  half-precision dtype."""
+  if attention not in ATTENTION:
+    raise ValueError(f"attention must be one of {ATTENTION}, got {attention!r}")
   dtype = jnp.dtype(dtype)
   if attention == "cudnn" and (backend != "gpu" or dtype not in (jnp.bfloat16, jnp.float16)):
     raise ValueError(f"attention 'cudnn' needs an NVIDIA GPU and a bfloat16 or float16 dtype; "
@@ -196,7 +194,7 @@ class Embeddings(nn.Module):
 class SelfAttention(nn.Module):
   config: EncoderConfig
   dtype: Any = jnp.float32
-  attention: str = "xla"  # see ATTENTION_IMPLEMENTATIONS
+  attention: str = "xla"  # one of config.ATTENTION
 
   @nn.compact
   def __call__(self, x, attention_mask, deterministic: bool):
@@ -264,7 +262,7 @@ class Encoder(nn.Module):
     remat: recompute each layer's activations in the backward pass (gradient
       checkpointing), trading compute for memory on long sequences.
     attention: the `jax.nn.dot_product_attention` implementation, one of
-      `ATTENTION_IMPLEMENTATIONS`: "xla" (any backend) or "cudnn" (NVIDIA GPUs, with a
+      `optical_jax.config.ATTENTION`: "xla" (any backend) or "cudnn" (NVIDIA GPUs, with a
       float16 or bfloat16 `dtype`). Attention with dropout (training with
       `attention_probs_dropout_prob > 0`) is computed explicitly either way.
   """

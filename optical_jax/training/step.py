@@ -20,7 +20,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from optical_jax.config import microbatches_per_device
+from optical_jax.config import CPU_SCHEDULES, microbatches_per_device
 from optical_jax.models.student import DistillationModels
 from optical_jax.pooling import pool
 from optical_jax.training.objectives import AXIS, distillation_loss, teacher_stage_loss
@@ -28,12 +28,6 @@ from optical_jax.training.state import TrainState, merge_trainable, trainable_su
 from optical_jax.training.throughput import executable_flops
 
 log = logging.getLogger("optical_jax")
-
-# XLA compiler options for the train step on CPU, by config.runtime.xla_cpu_schedule.
-CPU_SCHEDULES = {
-    "memory": {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"},
-    "default": {},
-}
 
 
 def data_mesh(devices=None) -> Mesh:

@@ -5,12 +5,11 @@ import jax
 import numpy as np
 import pytest
 
-from optical_jax.config import base_config
+from optical_jax.config import CPU_SCHEDULES, base_config
 from optical_jax.models.student import build_models
 from optical_jax.training.state import initial_state, make_optimizer
-from optical_jax.training.step import (CPU_SCHEDULES, compiled_per_shape, data_mesh,
-                                       global_batch, make_train_step, replicate,
-                                       step_compiler_options)
+from optical_jax.training.step import (compiled_per_shape, data_mesh, global_batch,
+                                       make_train_step, replicate, step_compiler_options)
 
 
 def _setup(tiny_bert_dir, **fields):
