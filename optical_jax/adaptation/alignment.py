@@ -188,3 +188,14 @@ def sample_pairs(rows: Sequence[Sequence[str]], *, size: int, seed: int) -> list
   """
   count = min(size, len(rows))
   return sorted(np.random.default_rng(seed).choice(len(rows), count, replace=False).tolist())
+
+
+def align_sample(student: Any, teacher: Any, rows: Sequence[Sequence[str]], *, size: int,
+                 seed: int, max_length: int = 64, epsilon: float = 0.05,
+                 center: bool = True) -> Alignment:
+  """`compute_alignment` of `size` bitext `rows` (`(student text, teacher text, ...)`) drawn
+  by `seed` (`sample_pairs`): the plans that the vocabulary's "ot_plan" rows and the lexicon
+  read."""
+  chosen = [rows[i] for i in sample_pairs(rows, size=size, seed=seed)]
+  return compute_alignment(student, teacher, [r[0] for r in chosen], [r[1] for r in chosen],
+                           max_length=max_length, epsilon=epsilon, center=center)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from optical_jax.adaptation import codeswitch, lexicon as lexicon_lib, vocabulary
-from optical_jax.adaptation.alignment import compute_alignment, sample_pairs
+from optical_jax.adaptation.alignment import align_sample
 from optical_jax.fingerprint import checkpoint_digest
 
 log = logging.getLogger("optical_jax")
@@ -93,10 +93,8 @@ def induce_lexicon_from_rows(student: Any, teacher: Any, rows: Sequence[Sequence
                              epsilon: float = 0.05, center: bool = True, top_k: int = 3,
                              min_count: int = 5) -> tuple[lexicon_lib.Lexicon, dict[str, int]]:
   """The OT lexicon of a seeded sample of `pairs` rows, and the student words' counts in it."""
-  chosen = [rows[i] for i in sample_pairs(rows, size=pairs, seed=seed)]
-  alignment = compute_alignment(student, teacher, [r[0] for r in chosen],
-                                [r[1] for r in chosen], max_length=max_length, epsilon=epsilon,
-                                center=center)
+  alignment = align_sample(student, teacher, rows, size=pairs, seed=seed,
+                           max_length=max_length, epsilon=epsilon, center=center)
   s_words = lexicon_lib.pretokenized_words(student.tokenizer, alignment.student_texts)
   t_words = lexicon_lib.pretokenized_words(teacher.tokenizer, alignment.teacher_texts)
   mass = lexicon_lib.word_alignment_mass(alignment.plans, alignment.student_word_ids,
