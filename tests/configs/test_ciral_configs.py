@@ -2,6 +2,7 @@
 the asset references, and configs/so.py's whole path (hub layout through
 config.ciral.local_dir, parquet bitext, tiny local models) to the final table."""
 
+import ast
 import copy
 import json
 import re
@@ -18,24 +19,75 @@ HUB = ROOT / "tests" / "fixtures" / "ciral" / "hub"
 CONFIGS = {"so": "somali", "sw": "swahili", "ha": "hausa", "yo": "yoruba"}
 
 
+# What differs between the languages, written out here rather than read from the builder:
+# the bitext's source, its files there, and its student and teacher columns.
+BITEXTS = {
+    "so": ("quickmt/quickmt-train.so-en", "data/train-*.parquet", "so", "en"),
+    "sw": ("sentence-transformers/parallel-sentences-ccmatrix", "en-sw/train-*.parquet",
+           "non_english", "english"),
+    "ha": ("sentence-transformers/parallel-sentences-ccmatrix", "en-ha/train-*.parquet",
+           "non_english", "english"),
+    "yo": ("Helsinki-NLP/opus-100", "en-yo/*train*.parquet", "translation.yo",
+           "translation.en"),
+}
+
+
+def _builder():
+  """`ciral_config`, imported from where configs/so.py imports it."""
+  import importlib
+  tree = ast.parse((ROOT / "configs" / "so.py").read_text())
+  module = next(node.module for node in tree.body if isinstance(node, ast.ImportFrom)
+                and any(alias.name == "ciral_config" for alias in node.names))
+  return importlib.import_module(module).ciral_config
+
+
+def _returned_call(path) -> str:
+  """`get_config`'s body in `path`, one statement, as source ("return f(...)")."""
+  tree = ast.parse(path.read_text())
+  get_config = next(node for node in tree.body
+                    if isinstance(node, ast.FunctionDef) and node.name == "get_config")
+  assert [a.arg for a in get_config.args.args] == ["splits"]
+  assert len(get_config.body) == 1, ast.unparse(get_config)
+  return ast.unparse(get_config.body[0])
+
+
+def _leaves(value) -> list:
+  """The values of a config's fields, its collections' included."""
+  if hasattr(value, "items"):  # a dict or ConfigDict
+    return [leaf for v in value.values() for leaf in _leaves(v)]
+  if isinstance(value, (list, tuple)):
+    return [leaf for v in value for leaf in _leaves(v)]
+  return [value]
+
+
 @pytest.mark.parametrize("code, language", CONFIGS.items())
-def test_each_language_config_comes_from_the_one_builder(code, language):
-  c = load_config(ROOT / "configs" / f"{code}.py")
+def test_each_language_config_is_the_builder_called_with_its_own_language(code, language):
+  path = ROOT / "configs" / f"{code}.py"
+  assert _returned_call(path) == f"return ciral_config({language!r}, splits)"
+  c = load_config(path)
   validate(c)
-  assert c.to_dict() == ciral.ciral_config(language).to_dict()
+  builder = _builder()
+  assert c.to_dict() == builder(language).to_dict()
+  for other in set(CONFIGS.values()) - {language}:  # the comparison tells languages apart
+    assert c.to_dict() != builder(other).to_dict()
+
+
+@pytest.mark.parametrize("code, language", CONFIGS.items())
+def test_each_language_config_names_its_collections_and_bitext(code, language):
+  c = load_config(ROOT / "configs" / f"{code}.py")
   assert (c.model.teacher, c.model.student) == ("BAAI/bge-small-en-v1.5",
                                                  "intfloat/multilingual-e5-small")
   names = [spec.name for spec in c.eval.collections]
   assert names == [f"bitext-{code}-en", f"ciral-{code}-dev", f"ciral-{code}-test-a",
                    f"ciral-{code}-test-b"]
   assert c.eval.dev_collection == f"bitext-{code}-en"
-  ciral_spec = c.eval.collections[2]
-  assert (ciral_spec.query_encoder, ciral_spec.doc_encoder) == ("teacher", "student")
-  assert ciral_spec.topics.startswith(f"ciral:{language}/test-a/topics?")
-  assert ciral_spec.corpus == f"ciral:{language}/corpus?local_dir="
-  text = ciral.BITEXTS[language]
-  assert c.data.train_file.endswith(f"&source={text['source']}")
-  assert (c.data.student_field, c.data.teacher_field) == (text["student"], text["teacher"])
+  for spec in c.eval.collections[1:]:
+    assert (spec.query_encoder, spec.doc_encoder) == ("teacher", "student")
+  source, files, student_field, teacher_field = BITEXTS[code]
+  leaves = _leaves(c.to_dict())
+  assert source in leaves and files in leaves
+  assert not {BITEXTS[other][1] for other in CONFIGS if other != code} & set(leaves)
+  assert (c.data.student_field, c.data.teacher_field) == (student_field, teacher_field)
 
 
 def test_overrides_after_loading_reach_every_reference(tmp_path):
