@@ -20,10 +20,10 @@ from typing import Iterator
 import numpy as np
 
 from optical_jax.evaluation.cache_files import set_aside, sweep_temporaries, temporary, writing
-from optical_jax.evaluation.io import _field
+from optical_jax.evaluation.io import _field, _is_header
 from optical_jax.textfiles import DataFormatError, PathLike, is_jsonl, json_record, text_lines
 
-SCAN_FORMAT = 1  # bump when the scan's content changes: older entries are then not read
+SCAN_FORMAT = 2  # bump when the scan's content changes: older entries are then not read
 _DIGESTS: dict[str, str] = {}  # this process's content digests by file version
 _SCANS: dict[str, "CorpusScan"] = {}  # this process's scans by fingerprint (a few)
 
@@ -95,12 +95,13 @@ def _write_json(path: Path, value, what: str) -> None:
 
 
 def corpus_records(path: PathLike) -> Iterator[tuple[int, str, str]]:
-  """(line number, docid, text) of each document in file order, checked as
-  `io.read_corpus` checks them (ids present and unique, a non-empty text; errors name
-  `path:line`), but streamed: memory holds the docids seen, never the texts."""
+  """(line number, docid, text) of each document in file order, read and checked as
+  `io.read_corpus` reads them (a TSV's header line skipped; ids present and unique, a
+  non-empty text; errors name `path:line`), but streamed: memory holds the docids seen, never
+  the texts."""
   seen: set[str] = set()
   jsonl = is_jsonl(path)
-  for number, line in text_lines(path):
+  for index, (number, line) in enumerate(text_lines(path)):
     if jsonl:
       record = json_record(path, number, line)
       docid = _field(path, number, record, ("docid", "doc_id", "_id", "id"), "document id",
@@ -116,6 +117,8 @@ def corpus_records(path: PathLike) -> Iterator[tuple[int, str, str]]:
       parts = line.split("\t")
       if len(parts) < 2:
         raise DataFormatError(f"{path}:{number}: expected 'docid<TAB>text', got {line[:60]!r}")
+      if index == 0 and _is_header(parts):
+        continue  # `docid<TAB>text`: names the columns, not a document
       docid, text = parts[0].strip(), " ".join(p.strip() for p in parts[1:] if p.strip())
     if not docid:
       raise DataFormatError(f"{path}:{number}: empty document id")

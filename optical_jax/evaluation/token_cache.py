@@ -31,7 +31,7 @@ from optical_jax.evaluation.cache_files import (BrokenCache, npy_header, remove,
 from optical_jax.evaluation.corpus_files import CorpusScan, corpus_records, file_version
 from optical_jax.textfiles import DataFormatError
 
-TOKENS_FORMAT = 1  # bump when the stored ids change meaning: older entries are not read
+TOKENS_FORMAT = 2  # bump when the stored ids change meaning: older entries are not read
 TOKENIZE_BATCH = 4096  # texts per tokenizer call (bounds its Python objects' memory)
 Chunk = tuple[int, np.ndarray, np.ndarray]  # (first row, flat ids, offsets `[rows + 1]` from 0)
 Tokenize = Callable[[Sequence[str]], list[list[int]]]

@@ -62,9 +62,12 @@ def test_check_collections_counts_and_scans_a_shared_corpus_once(tmp_path, caplo
 def test_corpus_records_read_as_read_corpus(tmp_path):
   tsv = tmp_path / "corpus.tsv"
   tsv.write_bytes("\ufeffd1\ttitle one\t text one \n\nd2\ttwo\r\n".encode())
-  for path in (CORPUS, tsv):
+  header = tmp_path / "header.tsv"
+  header.write_text("DocID\tTitle\tText\nd1\tone\tx\nd2\ttwo\n")
+  for path in (CORPUS, tsv, header):
     assert {d: t for _, d, t in corpus_records(path)} == read_corpus(path)
   assert [n for n, _, _ in corpus_records(tsv)] == [1, 3]
+  assert [n for n, _, _ in corpus_records(header)] == [2, 3]  # the header is no document
 
 
 @pytest.mark.parametrize("which, content, error", [
