@@ -25,6 +25,7 @@ from ml_collections import config_flags
 
 from optical_jax import cli
 from optical_jax.evaluation.metrics import DEFAULT_MEASURES, MeasureError, check_measures
+from optical_jax.training.student_init import COMPLETE, STUDENT_INIT
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training configuration file.", lock_config=False)
@@ -43,7 +44,8 @@ cli.define_process_flags()
 # Model settings that change how the model computes, not what it is: the given config's hold.
 COMPUTE_ONLY = ("model.dtype", "model.attention", "model.remat", "model.dropout")
 # What the vocabulary-adapted student is built from (the key of
-# adaptation.pipeline.adapted_student_dir), taken from the run when it extended the vocabulary.
+# adaptation.pipeline.adapted_student_dir), taken from a run that extended the vocabulary
+# before workdirs held their initial student (WORKDIR/student_init).
 ADAPTATION_FIELDS = ("data.train_file", "data.student_field", "data.teacher_field",
                      "data.hf_dataset", "data.hf_config", "data.hf_split", "data.limit",
                      "data.max_length", "data.alignment_pairs", "seed", "ot.epsilon", "ot.center")
@@ -76,6 +78,8 @@ def main(argv):
   cli.on_interrupt(f"nothing was written; {workdir} is as it was")
   config = runtime.resolve_assets(config, training=False)
   config = as_trained(config, workdir, speak=host.is_primary())
+  from optical_jax.training.student_init import prepare_student
+  config = prepare_student(config, None)  # only a run trained before workdirs held it
   if FLAGS.export_hf:
     protected = protected_directories(config, workdir)
     target = checked_export_target(FLAGS.export_hf, protected)
@@ -138,9 +142,13 @@ def as_trained(config, workdir: Path, *, speak: bool = True):
     return tree
 
   fields = ["stage", "loss", *(f"model.{k}" for k in config.model.keys()
-                               if f"model.{k}" not in COMPUTE_ONLY)]
+                               if f"model.{k}" not in (*COMPUTE_ONLY, "model.student_init"))]
+  # The student the run started from, in the workdir (wherever it was copied to); a run
+  # trained before workdirs held it is rebuilt from what built it (its bitext and settings).
+  student_init = workdir / STUDENT_INIT
+  prepared = (student_init / COMPLETE).is_file()
   trained_vocab = lookup(saved, "model.vocab_extension")
-  if trained_vocab not in (KeyError, 0, None):
+  if trained_vocab not in (KeyError, 0, None) and not prepared:
     fields += ADAPTATION_FIELDS
   taken, kept = [], []
   for field in fields:
@@ -169,6 +177,8 @@ def as_trained(config, workdir: Path, *, speak: bool = True):
                           f"config's {current!r}") from None
       holder[key] = type(current)(value)  # JSON's list for a tuple field
     taken.append(f"config.{field}={value!r} (the config has {current!r})")
+  if prepared:
+    config.model.student_init = str(student_init)
   if (taken or kept) and speak:
     said = f"the model as trained, with {', '.join(taken)}" if taken else "the config's model"
     said += f"; kept {', '.join(kept)}" if kept else ""

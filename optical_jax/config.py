@@ -62,6 +62,10 @@ def base_config() -> ml_collections.ConfigDict:
   # split into) or "ot_plan" (plan-weighted mean of the input embeddings of the English tokens
   # its occurrences are transported to; data.alignment_pairs pairs).
   c.model.vocab_init = "mean_of_pieces"
+  # Set by training, not by hand: the directory holding the student's initial weights and
+  # tokenizer when training prepared them (WORKDIR/student_init, the vocabulary-extended
+  # student); build_models loads the student from it.
+  c.model.student_init = ""
 
   c.ot = ml_collections.ConfigDict()
   c.ot.cost = "cosine"  # cosine (1 - cos) | sqeuclidean

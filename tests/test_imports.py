@@ -100,3 +100,46 @@ def test_evaluating_a_checkpoint_does_not_import_the_train_loop():
                          "optical_jax.evaluation.collections, optical_jax.models.export")
   assert "optical_jax.training.loop" not in loaded
   assert "optical_jax.training.step" not in loaded
+
+
+# The package's layers, lowest first: a module may import from its own layer and those below,
+# never from above (docs/architecture.md).
+LAYERS = (
+    ("core", ("textfiles", "shapes", "host_memory", "fileio", "interrupts", "fingerprint",
+              "pooling", "scoring", "losses", "config", "host", "console", "distributed",
+              "compilation_cache")),
+    ("models", ("models",)),
+    ("evaluation", ("evaluation",)),
+    ("data", ("data", "assets", "runtime")),
+    ("adaptation", ("adaptation",)),
+    ("training", ("training",)),
+    ("experiments", ("experiments",)),
+    ("entry points", ("cli",)),
+)
+
+
+def layer_of(module: str) -> int:
+  part = module.split(".")[1] if "." in module else ""
+  for index, (_, members) in enumerate(LAYERS):
+    if part in members:
+      return index
+  raise AssertionError(f"{module} belongs to no layer of tests/test_imports.LAYERS")
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+  return sorted(f"{a} ({LAYERS[layer_of(a)][0]}) imports {b} ({LAYERS[layer_of(b)][0]})"
+                for a, edges in graph.items() for b in edges
+                if a != "optical_jax" and b != "optical_jax" and layer_of(b) > layer_of(a))
+
+
+def test_no_module_imports_from_a_higher_layer():
+  graph = import_graph()
+  assert "optical_jax.adaptation.pipeline" in graph["optical_jax.training.student_init"]
+  assert upward_imports(graph) == []
+
+
+def test_the_layer_check_finds_an_upward_import():
+  graph = {"optical_jax.models.student": {"optical_jax.adaptation.pipeline"},
+           "optical_jax.adaptation.pipeline": set()}
+  assert upward_imports(graph) == [
+      "optical_jax.models.student (models) imports optical_jax.adaptation.pipeline (adaptation)"]

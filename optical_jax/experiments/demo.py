@@ -32,6 +32,7 @@ from optical_jax.models.hf_checkpoint import load_encoder
 from optical_jax.models.student import build_models
 from optical_jax.training.checkpoints import restore_params
 from optical_jax.training.loop import train_and_evaluate
+from optical_jax.training.student_init import prepare_student
 
 TABLE_MEASURES = ("MAP", "nDCG@10", "R@1", "R@10")
 MAXSIM = "MAP, MaxSim top-100"
@@ -89,7 +90,7 @@ class _TestSet:
     return rows
 
   def student_row(self, name: str, run_config, run_dir: Path, results: dict) -> Row:
-    models = build_models(runtime.resolve_assets(run_config))
+    models = build_models(prepare_student(runtime.resolve_assets(run_config), run_dir))
     params, _, _ = restore_params(run_dir, "latest")  # the step the table's results are from
     student = side_encoders(models, params, run_config)["student"]
     run = read_run(run_dir / "runs" / "test-ny-en.trec")

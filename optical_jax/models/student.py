@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from optical_jax.config import ConfigError
 from optical_jax.models.hf_checkpoint import LoadedEncoder, load_encoder
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -62,23 +63,21 @@ def projection_for(student_width: int, teacher_width: int) -> nn.Dense | None:
 
 
 def build_models(config: ml_collections.ConfigDict) -> DistillationModels:
-  """Loads the teacher and the student (the teacher's checkpoint when `model.student` is
-  empty). In the teacher stage, the model being fine-tuned plays both parts.
-
-  With `model.vocab_extension` > 0 (distill stage) the student is the one
-  `optical_jax.adaptation` builds for the bitext's language: its tokenizer has the new
-  WordPiece pieces and its word embeddings their rows (`model.vocab_init`), read from a
-  checkpoint directory cached under `runtime.cache_dir/adaptation` (built on first use, so
-  training, resuming and eval.py all see one vocabulary).
+  """Loads the teacher and the student: `model.student_init` (the initial student training
+  prepared in its workdir, e.g. with an extended vocabulary), else `model.student`, else the
+  teacher's checkpoint. In the teacher stage, the model being fine-tuned plays both parts.
+  Only loads paths: what builds a student lives above (`optical_jax.training.student_init`).
   """
   m = config.model
   dtype = DTYPES[m.dtype]
+  if (config.stage == "distill" and m.get("vocab_extension", 0)
+      and not m.get("student_init", "")):
+    raise ConfigError("config.model.vocab_extension: the extended student is prepared by "
+                      "training into WORKDIR/student_init (optical_jax.training.student_init."
+                      "prepare_student; train.py does it); evaluate a run with eval.py "
+                      "--checkpoint WORKDIR")
   teacher = load_encoder(m.teacher, dtype=dtype, attention=m.attention)
-  student_source = m.student or m.teacher
-  if config.stage == "distill" and m.get("vocab_extension", 0):
-    from optical_jax.adaptation.pipeline import adapted_student_dir
-    initial = teacher if not m.student else load_encoder(m.student)
-    student_source = adapted_student_dir(config, initial, teacher)
+  student_source = m.get("student_init", "") or m.student or m.teacher
   student = load_encoder(student_source, dtype=dtype, remat=m.remat,
                          dropout=m.dropout, attention=m.attention)
   if config.stage == "teacher":

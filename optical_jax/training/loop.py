@@ -31,6 +31,7 @@ from optical_jax.training.logging import MetricsLog, plot_curves
 from optical_jax.training.prefetch import Prefetcher
 from optical_jax.training.throughput import Meter, peak_flops
 from optical_jax.training.state import initial_state, make_optimizer
+from optical_jax.training.student_init import prepare_student
 from optical_jax.training.workdir import StopSignals, check_workdir_config, workdir_lock
 
 log = logging.getLogger("optical_jax")
@@ -105,6 +106,7 @@ def _train(config, workdir: Path, primary: bool) -> dict:
   # Every collection's files checked (a malformed line, judged documents missing from the
   # corpus) before the training data, models and steps, not at the final evaluation.
   check_collections(specs, config.runtime.cache_dir)
+  config = prepare_student(config, workdir, primary=primary)
   dev_spec = next((s for s in specs if s.name == config.eval.dev_collection), None)
   rows = training_rows(config)
   models = build_models(config)

@@ -17,6 +17,7 @@ log = logging.getLogger("optical_jax")
 
 # Fields a resumed run may change freely: they do not change what is trained.
 RESUMABLE_CHANGES = ("runtime.", "eval.", "demo.", "data.teacher_cache", "data.prefetch",
+                     "model.student_init",
                      "train.halt_after_steps",
                      "train.log_every_steps", "train.eval_every_steps",
                      "train.checkpoint_every_steps", "train.keep_checkpoints",

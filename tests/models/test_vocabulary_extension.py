@@ -1,15 +1,16 @@
-"""A student with an extended vocabulary: build_models builds it from the config's bitext
-(cached), and the exported student carries its tokenizer and grown embeddings into
-transformers and back into load_encoder."""
+"""A student with an extended vocabulary: training prepares it from the config's bitext into
+the workdir (prepare_student), build_models loads it from there, and the exported student
+carries its tokenizer and grown embeddings into transformers and back into load_encoder."""
 
 import jax
 import numpy as np
 import pytest
 
-from optical_jax.config import base_config
+from optical_jax.config import ConfigError, base_config
 from optical_jax.models.export import export_student
 from optical_jax.models.hf_checkpoint import load_encoder
 from optical_jax.models.student import build_models
+from optical_jax.training.student_init import prepare_student
 from tests.adaptation.bitext import PAIRS
 from tests.helpers import torch_last_hidden
 
@@ -29,7 +30,11 @@ def extended_models(tiny_bert_dir, tmp_path_factory):
   config.data.alignment_pairs = 16
   config.data.max_length = 32
   config.runtime.cache_dir = str(root / "cache")
-  return config, build_models(config)
+  with pytest.raises(ConfigError, match="prepared by training into WORKDIR/student_init"):
+    build_models(config)  # loads paths only: it never builds a student
+  prepared = prepare_student(config, root / "work")
+  assert prepared.model.student_init == str(root / "work" / "student_init")
+  return prepared, build_models(prepared)
 
 
 def test_build_models_gives_the_student_the_new_pieces(extended_models, tiny_bert_dir):
@@ -41,8 +46,8 @@ def test_build_models_gives_the_student_the_new_pieces(extended_models, tiny_ber
   text = [PAIRS[0][0]]
   assert (models.student.tokenize(text)["attention_mask"].sum()
           < base.tokenize(text)["attention_mask"].sum())
-  assert models.student.path != base.path  # tokenised-text caches are keyed by the path
-  again = build_models(config)  # the cached directory, not a new vocabulary
+  assert models.student.path != base.path
+  again = build_models(config)  # the prepared directory, not a new vocabulary
   assert again.student.path == models.student.path
 
 

@@ -1,0 +1,56 @@
+"""The student a run starts from, when it is built rather than loaded: prepared once into the
+run's workdir (`WORKDIR/student_init`: tokenizer and initial weights), so that resuming,
+`eval.py --checkpoint WORKDIR` and a copy of the workdir on another machine need neither the
+training bitext nor the cache it was built in."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import ml_collections
+
+log = logging.getLogger("optical_jax")
+
+STUDENT_INIT = "student_init"
+# The adaptation writes this file last; a directory holding it is complete.
+COMPLETE = "vocabulary_adaptation.json"
+
+
+def needs_preparing(config) -> bool:
+  """Whether `config`'s student is built (a vocabulary extension), not a checkpoint's."""
+  return (config.stage == "distill" and bool(config.model.get("vocab_extension", 0))
+          and not config.model.get("student_init", ""))
+
+
+def prepare_student(config: ml_collections.ConfigDict, workdir: str | Path | None, *,
+                    primary: bool = True) -> ml_collections.ConfigDict:
+  """`config` with `model.student_init` naming the directory of the student the run starts
+  from when `needs_preparing(config)`: `workdir/student_init`, copied there on first use from
+  the adaptation's cache (built from the bitext: `adaptation.pipeline.adapted_student_dir`)
+  and reused as it is afterwards. `workdir` None (evaluating a run trained before workdirs
+  held their student): the cache's directory. Only `primary` (process 0) writes; the others
+  load the cache's identical directory. Any other config comes back unchanged."""
+  if not needs_preparing(config):
+    return config
+  target = Path(workdir) / STUDENT_INIT if workdir is not None else None
+  if target is None or not (target / COMPLETE).is_file():
+    from optical_jax.adaptation.pipeline import adapted_student_dir
+    from optical_jax.models.hf_checkpoint import load_encoder
+    teacher = load_encoder(config.model.teacher)
+    initial = load_encoder(config.model.student) if config.model.student else teacher
+    source = adapted_student_dir(config, initial, teacher)
+    if target is None or not primary:
+      target = source
+    else:
+      tmp = target.with_name(f"{STUDENT_INIT}.tmp{os.getpid()}")
+      shutil.rmtree(tmp, ignore_errors=True)
+      shutil.copytree(source, tmp)
+      shutil.rmtree(target, ignore_errors=True)  # an incomplete copy of a killed run
+      os.replace(tmp, target)
+      log.info("the student this run starts from: %s", target)
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.model.student_init = str(target)
+  return config
