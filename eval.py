@@ -83,8 +83,12 @@ def main(argv):
   if FLAGS.export_hf:
     protected = protected_directories(config, workdir)
     target = checked_export_target(FLAGS.export_hf, protected)
+  from optical_jax.evaluation.check import check_collections
+  from optical_jax.evaluation.collections import collection_specs
   from optical_jax.models.student import build_models
   from optical_jax.training.checkpoints import restore_params
+  if not FLAGS.export_hf:  # a malformed collection file fails before the models load
+    check_collections(collection_specs(config), config.runtime.cache_dir)
   models = build_models(config)
   params, step, which = restore_params(workdir, FLAGS.step)
   cli.on_interrupt(f"{target} is as it was" if FLAGS.export_hf else
@@ -102,7 +106,7 @@ def main(argv):
     except ExportError as e:
       raise ExportError(f"--export_hf {e}") from None
     return
-  from optical_jax.evaluation.collections import collection_specs, evaluate_all, side_encoders
+  from optical_jax.evaluation.collections import evaluate_all, side_encoders
   evaluate_all(config, side_encoders(models, params, config), collection_specs(config), workdir,
                measures=measures, write=host.is_primary())
 

@@ -9,7 +9,7 @@ retrieved with a 1-layer, 32-wide BERT with random weights (made here with torch
 tokenizer), so that the model costs little and the host's work shows:
 
 - tokenizer alone: the tokenizer's own calls as evaluation makes them (a chunk at a time, in
-  batches of `token_cache.TOKENIZE_BATCH` texts);
+  batches of `token_arrays.TOKENIZE_BATCH` texts);
 - corpus scan: docids read and every record checked (`scan_corpus`, done once before
   training by `check_collections`, then cached);
 - first evaluation: `retrieve` of the corpus file, tokenised in a background thread a chunk
@@ -91,9 +91,10 @@ def main() -> None:
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from optical_jax.evaluation.corpus_files import corpus_records, forget_scans, scan_corpus
+  from optical_jax.evaluation.corpus_files import forget_scans, scan_corpus
+  from optical_jax.evaluation.io import iter_corpus
   from optical_jax.evaluation.retrieval import TextEncoder, retrieve
-  from optical_jax.evaluation.token_cache import TOKENIZE_BATCH
+  from optical_jax.token_arrays import TOKENIZE_BATCH
   from optical_jax.models.hf_checkpoint import load_encoder
 
   root = Path(args.workdir or tempfile.mkdtemp(prefix="eval_pipeline-"))
@@ -106,8 +107,8 @@ def main() -> None:
   if not corpus.exists():
     synthetic_corpus(corpus, encoder.tokenizer, args.passages, args.words)
   queries = {f"q{i}": text for i, (_, _, text) in zip(range(args.queries),
-                                                       corpus_records(corpus))}
-  texts = [text for _, _, text in corpus_records(corpus)]
+                                                       iter_corpus(corpus))}
+  texts = [text for _, _, text in iter_corpus(corpus)]
   characters = sum(map(len, texts)) / len(texts)
 
   def tokenizer_alone() -> None:  # in the calls evaluation makes: a chunk, in batches

@@ -18,7 +18,7 @@ FLAGS = flags.FLAGS
 # turn a one-line error into two tracebacks.
 _OUR_ERRORS = frozenset({
     ("optical_jax.config", "ConfigError"),
-    ("optical_jax.data.teacher_cache", "CacheWriteError"),
+    ("optical_jax.cache_files", "CacheWriteError"),
     ("optical_jax.evaluation.collections", "CollectionError"),
     ("optical_jax.evaluation.metrics", "MeasureError"),
     ("optical_jax.models.export", "ExportError"),

@@ -157,6 +157,10 @@ def base_config() -> ml_collections.ConfigDict:
   # Pooled embeddings kept in runtime.cache_dir/embeddings, keyed by parameters, texts and
   # settings: the teacher's, and the student's at the final step (reused by eval.py).
   c.eval.embedding_cache = True
+  # Corpus scans and passage token ids kept in runtime.cache_dir/corpus: a corpus read and
+  # tokenised once per content, tokenizer, max_length and prompt (every dev evaluation, the
+  # final one and eval.py reuse them).
+  c.eval.token_cache = True
 
   c.runtime = ml_collections.ConfigDict()
   # XLA:CPU's instruction schedule for the train step: "memory" (about 40% less memory than

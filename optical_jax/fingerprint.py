@@ -9,6 +9,9 @@ import json
 import os
 from pathlib import Path
 
+from optical_jax.cache_files import sweep_temporaries, temporary, writing
+from optical_jax.textfiles import DataFormatError
+
 # Files of a checkpoint directory that decide its vectors: weights, config, tokenizer.
 CHECKPOINT_FILES = ("*.safetensors", "*.bin", "*.msgpack", "config.json", "tokenizer.json",
                     "tokenizer_config.json", "vocab.txt", "sentencepiece.bpe.model",
@@ -19,43 +22,67 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt",
 _MEMO: dict[str, str] = {}  # this process's digests by file version
 
 
-def _version(path: Path) -> str:
+def file_version(path: str | os.PathLike) -> str:
+  """What changes whenever the file may have: resolved path, size, mtime (ns), inode."""
+  path = Path(path)
   stat = path.stat()
   return f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ino}"
 
 
 def file_digest(path: str | os.PathLike, *, memo_dir: str | os.PathLike | None = None) -> str:
-  """The blake2b digest of `path`'s bytes (hex, 32 characters). With `memo_dir`, digests are
-  also remembered on disk there (`fingerprints.json`), so other runs do not hash again."""
+  """The blake2b digest of `path`'s bytes (hex, 32 characters), hashed once per file version.
+  With `memo_dir`, digests are also remembered on disk there (`fingerprints.json`), so other
+  runs do not hash again. A file written to while it is read raises `DataFormatError`."""
   path = Path(path)
-  version = _version(path)
+  if not path.is_file():
+    raise DataFormatError(f"{path}: no such file")
+  version = file_version(path)
   if version in _MEMO:
     return _MEMO[version]
-  memo_path = Path(memo_dir).expanduser() / "fingerprints.json" if memo_dir else None
-  stored = {}
-  if memo_path is not None and memo_path.is_file():
-    try:
-      stored = json.loads(memo_path.read_text())
-    except (OSError, ValueError):
-      stored = {}  # a broken memo only costs a hash
-    if isinstance(stored.get(version), str):
-      _MEMO[version] = stored[version]
-      return stored[version]
+  memo = Path(memo_dir).expanduser() / "fingerprints.json" if memo_dir is not None else None
+  stored = _read_memo(memo) if memo is not None else {}
+  if isinstance(stored.get(version), str):
+    _MEMO[version] = stored[version]
+    return stored[version]
   digest = hashlib.blake2b(digest_size=16)
   with open(path, "rb") as f:
     while block := f.read(1 << 22):
       digest.update(block)
+  if file_version(path) != version:  # written to while it was read: nothing is trusted
+    raise DataFormatError(f"{path}: changed while it was being read; run again once it is "
+                          "complete")
   _MEMO[version] = value = digest.hexdigest()
-  if memo_path is not None and _version(path) == version:  # unchanged while it was read
+  if memo is not None:
     stored[version] = value
-    try:
-      memo_path.parent.mkdir(parents=True, exist_ok=True)
-      tmp = memo_path.with_name(f"{memo_path.name}.tmp{os.getpid()}")
-      tmp.write_text(json.dumps(stored))
-      os.replace(tmp, memo_path)
+    try:  # a read-only cache only costs a hash next time
+      memo.parent.mkdir(parents=True, exist_ok=True)
+      sweep_temporaries(memo.parent)
+      tmp = temporary(memo)
+      with writing(memo, "fingerprint memo", cleanup=[tmp]):
+        tmp.write_text(json.dumps(stored))
+      os.replace(tmp, memo)
     except OSError:
-      pass  # a read-only cache: the digest is still right, only not remembered
+      pass
   return value
+
+
+def file_fingerprint(path: str | os.PathLike, memo_dir: str | os.PathLike | None = None) -> str:
+  """`SIZE-DIGEST` of the file's bytes (`file_digest`): the same for the same content wherever
+  it lies, another for an edit in place."""
+  return f"{Path(path).stat().st_size}-{file_digest(path, memo_dir=memo_dir)}"
+
+
+def forget() -> None:
+  """Drops this process's remembered digests (tests that rewrite files within a second)."""
+  _MEMO.clear()
+
+
+def _read_memo(path: Path) -> dict:
+  try:
+    value = json.loads(path.read_text(encoding="utf-8"))
+  except (OSError, ValueError):
+    return {}  # a broken memo only costs a hash
+  return value if isinstance(value, dict) else {}
 
 
 def checkpoint_digest(directory: str | os.PathLike, *, files=CHECKPOINT_FILES,

@@ -105,9 +105,9 @@ def test_evaluating_a_checkpoint_does_not_import_the_train_loop():
 # The package's layers, lowest first: a module may import from its own layer and those below,
 # never from above (docs/architecture.md).
 LAYERS = (
-    ("core", ("textfiles", "shapes", "host_memory", "fileio", "interrupts", "fingerprint",
-              "pooling", "scoring", "losses", "config", "host", "console", "distributed",
-              "compilation_cache")),
+    ("core", ("textfiles", "shapes", "host_memory", "fileio", "interrupts", "cache_files",
+              "fingerprint", "token_arrays", "pooling", "scoring", "losses", "config", "host",
+              "console", "distributed", "compilation_cache")),
     ("models", ("models",)),
     ("evaluation", ("evaluation",)),
     ("data", ("data", "assets", "runtime")),

@@ -20,6 +20,7 @@ from typing import Any, Sequence
 
 from optical_jax.adaptation import codeswitch, lexicon as lexicon_lib, vocabulary
 from optical_jax.adaptation.alignment import align_sample
+from optical_jax.cache_files import sweep_temporaries, temporary
 from optical_jax.fingerprint import checkpoint_digest
 
 log = logging.getLogger("optical_jax")
@@ -70,7 +71,9 @@ def adapted_student_dir(config, student: Any, teacher: Any) -> Path:
     return directory
   log.info("vocabulary adaptation: learning %d pieces (%s) into %s", m.vocab_extension,
            m.vocab_init, directory)
-  tmp = directory.with_name(f"{directory.name}.{os.getpid()}.tmp")
+  directory.parent.mkdir(parents=True, exist_ok=True)
+  sweep_temporaries(directory.parent)  # builds killed before they finished
+  tmp = temporary(directory)
   shutil.rmtree(tmp, ignore_errors=True)
   result = vocabulary.adapt_student(
       student, teacher, rows, count=m.vocab_extension, init=m.vocab_init, directory=tmp,
@@ -129,7 +132,7 @@ def lexicon_for(config, rows: Sequence[Sequence[str]]) -> tuple[lexicon_lib.Lexi
       max_length=config.data.max_length, epsilon=float(config.ot.epsilon),
       center=bool(config.ot.center))
   path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_suffix(f".{os.getpid()}.tmp")
+  tmp = temporary(path)
   tmp.write_text(json.dumps({"lexicon": lexicon, "counts": {w: counts[w] for w in lexicon}},
                             ensure_ascii=False) + "\n", encoding="utf-8")
   os.replace(tmp, path)

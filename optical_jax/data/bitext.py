@@ -22,6 +22,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from optical_jax.cache_files import sweep_temporaries, temporary
 from optical_jax.textfiles import DataFormatError, is_jsonl, json_record, text_lines
 
 log = logging.getLogger("optical_jax")
@@ -372,7 +373,9 @@ def build_heldout(directory: str | Path, open_pairs, *, limit: int = 0, heldout:
   from tqdm.auto import tqdm
   from optical_jax.evaluation.io import write_qrels, write_tsv
   shutil.rmtree(directory, ignore_errors=True)  # an older version's build, or a broken one
-  tmp = directory.with_name(f"{directory.name}.tmp{os.getpid()}")
+  directory.parent.mkdir(parents=True, exist_ok=True)
+  sweep_temporaries(directory.parent)  # builds killed before they finished (gigabytes each)
+  tmp = temporary(directory)
   shutil.rmtree(tmp, ignore_errors=True)
   tmp.mkdir(parents=True)
   dropped, read = Counter(), Counter()

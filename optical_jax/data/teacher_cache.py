@@ -17,20 +17,19 @@ teacher, precision, text or truncation never reads stale vectors):
   mid-write recomputes those pairs instead of reading garbage.
 
 A cache whose files do not match their expected sizes (truncated, or from another version)
-is set aside and rebuilt, with a warning; a vouched-for pair whose first or last token vector
-is all zeros (a hole in the file) is encoded again. Files are created under temporary names
-and renamed, under a lock, so no run maps a file another run truncates.
+is removed and rebuilt, with a warning; a vouched-for pair whose first or last token vector is
+all zeros (a hole in the file) is encoded again. Files are created under temporary names and
+renamed, under a lock, so no run maps a file another run truncates; a full disk or file-size
+limit is one line naming the file (`cache_files.CacheWriteError`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import hashlib
 import logging
 import os
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -38,14 +37,12 @@ import jax
 import ml_dtypes
 import numpy as np
 
-from optical_jax.data.token_arrays import TokenColumn
+from optical_jax.cache_files import (BrokenCache, npy_header, reserve, set_aside,
+                                     sweep_temporaries, temporary, writing)
 from optical_jax.fingerprint import checkpoint_digest
+from optical_jax.token_arrays import TokenColumn
 
 log = logging.getLogger("optical_jax")
-
-
-class CacheWriteError(OSError):
-  """A cache file that cannot be written (full disk, file-size limit); names the file."""
 
 
 def storage_dtype(encoder: Any) -> np.dtype:
@@ -70,13 +67,8 @@ def _locked(directory: Path):
       fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _write_error(path: Path, error: OSError) -> CacheWriteError:
-  reason = {errno.ENOSPC: "no space left on the disk",
-            errno.EFBIG: "the file is larger than this file system or quota allows",
-            errno.EDQUOT: "the disk quota is exceeded"}.get(error.errno, error.strerror or str(error))
-  return CacheWriteError(error.errno, f"{path}: cannot write the teacher token cache ({reason}); "
-                         "free space, set config.runtime.cache_dir elsewhere, or pass "
-                         "--config.data.teacher_cache=False (the teacher then runs in the step)")
+# How to go on without the cache, for a write that fails.
+_HINT = "pass --config.data.teacher_cache=False (the teacher then runs in the train step)"
 
 
 def _as_column(token_ids) -> TokenColumn:
@@ -107,9 +99,10 @@ class TeacherTokenCache:
     self._done_path = self.directory / "done.npy"
     self.shape = (int(self.offsets[-1]), encoder.config.hidden_size)
     with _locked(self.directory):
+      sweep_temporaries(self.directory)
       problem = self._check()
       if problem:
-        self._set_aside(problem)
+        set_aside([self._tokens_path, self._done_path], problem, "teacher token cache")
       if not self._tokens_path.is_file():
         self._create()
       self._storage = np.lib.format.open_memmap(self._tokens_path, mode="r+")
@@ -147,40 +140,25 @@ class TeacherTokenCache:
     if not (self._tokens_path.is_file() and self._done_path.is_file()):
       return "one of its two files is missing"
     try:
-      with open(self._tokens_path, "rb") as f:
-        read = (np.lib.format.read_array_header_1_0 if np.lib.format.read_magic(f) == (1, 0)
-                else np.lib.format.read_array_header_2_0)
-        shape, _, dtype = read(f)
-        header = f.tell()
-      size = self._tokens_path.stat().st_size
+      shape, dtype, _ = npy_header(self._tokens_path)  # size against header: not truncated
       done = np.load(self._done_path)
+    except BrokenCache as e:
+      return f"tokens.npy: {e}"
     except (ValueError, OSError, EOFError) as e:
-      return f"unreadable ({e})"
-    expected = self.shape[0] * self.shape[1] * self.dtype.itemsize
-    if tuple(shape) != self.shape or dtype != self._disk_dtype():
-      return f"shape {tuple(shape)} {dtype}, expected {self.shape} {self._disk_dtype()}"
-    if size != header + expected:
-      return f"tokens.npy holds {size - header} of {expected} bytes (truncated?)"
+      return f"done.npy: unreadable ({e})"
+    if shape != self.shape or dtype != self._disk_dtype():
+      return f"shape {shape} {dtype}, expected {self.shape} {self._disk_dtype()}"
     if done.shape != (len(self.offsets) - 1,) or done.dtype != bool:
       return f"done.npy has shape {done.shape}, expected ({len(self.offsets) - 1},)"
     return None
-
-  def _set_aside(self, problem: str) -> None:
-    aside = self.directory.with_name(f"{self.directory.name}.broken-{int(time.time())}")
-    for path in (self._tokens_path, self._done_path):
-      if path.exists():
-        aside.mkdir(exist_ok=True)
-        os.replace(path, aside / path.name)
-    log.warning("teacher token cache %s cannot be trusted (%s); set aside in %s and rebuilt",
-                self.directory, problem, aside)
 
   def _disk_dtype(self) -> np.dtype:
     return np.dtype(np.uint16) if self.dtype == np.dtype(ml_dtypes.bfloat16) else self.dtype
 
   def _create(self) -> None:
     """Both files, their space reserved, under temporary names renamed into place."""
-    tmp = self._tokens_path.with_name(f"tokens.tmp{os.getpid()}.npy")
-    try:
+    tmp, done_tmp = temporary(self._tokens_path), temporary(self._done_path)
+    with writing(self._tokens_path, "teacher token cache", hint=_HINT, cleanup=[tmp, done_tmp]):
       with open(tmp, "wb") as f:
         np.lib.format.write_array_header_1_0(f, {
             "descr": np.lib.format.dtype_to_descr(self._disk_dtype()), "fortran_order": False,
@@ -188,23 +166,15 @@ class TeacherTokenCache:
         header = f.tell()
         size = header + self.shape[0] * self.shape[1] * self.dtype.itemsize
         f.truncate(size)
-        if hasattr(os, "posix_fallocate"):  # real blocks, not a sparse file's holes
-          os.posix_fallocate(f.fileno(), header, size - header)
-      done_tmp = self._done_path.with_name(f"done.tmp{os.getpid()}.npy")
+        reserve(f, size)  # real blocks, not a sparse file's holes: no SIGBUS on a full disk
       np.save(done_tmp, np.zeros(len(self.offsets) - 1, bool))
-    except OSError as e:
-      tmp.unlink(missing_ok=True)
-      raise _write_error(tmp, e) from None
     os.replace(done_tmp, self._done_path)
     os.replace(tmp, self._tokens_path)
 
   def _save_done(self) -> None:
-    tmp = self._done_path.with_name(f"done.tmp{os.getpid()}.npy")
-    try:
+    tmp = temporary(self._done_path)
+    with writing(self._done_path, "teacher token cache", hint=_HINT, cleanup=[tmp]):
       np.save(tmp, self.done)
-    except OSError as e:
-      tmp.unlink(missing_ok=True)
-      raise _write_error(self._done_path, e) from None
     os.replace(tmp, self._done_path)
 
   @property
@@ -251,11 +221,9 @@ class TeacherTokenCache:
           self._forward(self.encoder.params, teacher_ids, teacher_mask))).astype(self.dtype)
       new = valid & missing[:, None]
       out[new] = hidden[new]
-      try:
+      with writing(self._tokens_path, "teacher token cache", hint=_HINT):
         tokens[(starts[:, None] + cols[None, :])[new]] = hidden[new]
         self._storage.flush()
-      except OSError as e:
-        raise _write_error(self._tokens_path, e) from None
       self.done[index[missing]] = True
       self._save_done()
       self.encoded += int(missing.sum())

@@ -15,8 +15,9 @@ import time
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from optical_jax.evaluation.corpus_files import CorpusScan, file_version, scan_corpus
+from optical_jax.evaluation.corpus_files import CorpusScan, scan_corpus
 from optical_jax.evaluation.io import read_qrels, read_topics
+from optical_jax.fingerprint import file_version
 
 log = logging.getLogger("optical_jax")
 _warned: set[tuple[str, str]] = set()  # (qrels version, corpus fingerprint) warned about

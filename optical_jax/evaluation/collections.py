@@ -14,6 +14,7 @@ from optical_jax.evaluation.io import read_qrels, read_topics, write_run
 from optical_jax.evaluation.metrics import DEFAULT_MEASURES, evaluate, evaluate_per_query
 from optical_jax.evaluation.report import format_table
 from optical_jax.evaluation.retrieval import TextEncoder, retrieve
+from optical_jax.fileio import write_text_atomic
 
 
 class CollectionError(FileNotFoundError):
@@ -116,8 +117,8 @@ def evaluate_all(config, encoders: Mapping[str, TextEncoder], specs, workdir: Pa
     if write:
       write_run(run, workdir / "runs" / f"{spec.name}.trec", tag=f"optical_jax-{config.loss}")
   if results and write:
-    (workdir / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
-    (workdir / "eval_per_query.json").write_text(json.dumps(per_query) + "\n")
+    write_text_atomic(workdir / "eval.json", json.dumps(results, indent=2) + "\n")
+    write_text_atomic(workdir / "eval_per_query.json", json.dumps(per_query) + "\n")
     rows = [{"collection": name, **values} for name, values in results.items()]
     print(format_table(rows, ["collection", *measures]), flush=True)
   return results

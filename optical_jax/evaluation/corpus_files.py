@@ -1,75 +1,26 @@
-"""A corpus file read once: its content fingerprint, its records streamed (never the whole
-text in memory), and its scan (every record checked, the docids in order), cached by the
-fingerprint so that later runs and evaluations do not read it again.
-
-A fingerprint is the file's size and a hash of its bytes, so it follows the content, not the
-path: a copy elsewhere is the same corpus, an edit in place another. The hash is computed
-once per file version (path, size, mtime in nanoseconds, inode) and remembered on disk.
-"""
+"""A corpus file read once: its records streamed (never the whole text in memory), and its
+scan (every record checked, the docids in order), cached by the file's content fingerprint
+(`optical_jax.fingerprint.file_fingerprint`) so that later runs and evaluations do not read it
+again."""
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import time
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
-from optical_jax.evaluation.cache_files import set_aside, sweep_temporaries, temporary, writing
-from optical_jax.evaluation.io import _field, _is_header
-from optical_jax.textfiles import DataFormatError, PathLike, is_jsonl, json_record, text_lines
+from optical_jax import fingerprint
+from optical_jax.cache_files import set_aside, sweep_temporaries, temporary, writing
+from optical_jax.evaluation.io import iter_corpus
+from optical_jax.fingerprint import file_fingerprint
+from optical_jax.textfiles import DataFormatError, PathLike
 
 SCAN_FORMAT = 2  # bump when the scan's content changes: older entries are then not read
-_DIGESTS: dict[str, str] = {}  # this process's content digests by file version
 _SCANS: dict[str, "CorpusScan"] = {}  # this process's scans by fingerprint (a few)
-
-
-# ---------------------------------------------------------------------------------------------
-# Fingerprints.
-
-
-def file_version(path: PathLike) -> str:
-  """What changes whenever the file may have: resolved path, size, mtime (ns), inode."""
-  path = Path(path)
-  stat = path.stat()
-  return f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ino}"
-
-
-def file_fingerprint(path: PathLike, memo_dir: PathLike | None = None) -> str:
-  """`SIZE-DIGEST` of the file's bytes (blake2b): the same for the same content wherever it
-  lies. Hashed once per file version; with `memo_dir` the digest is remembered there
-  (`fingerprints.json`) for other runs too."""
-  path = Path(path)
-  if not path.is_file():
-    raise DataFormatError(f"{path}: no such file")
-  version = file_version(path)
-  if version not in _DIGESTS:
-    memo = Path(memo_dir).expanduser() / "fingerprints.json" if memo_dir is not None else None
-    if memo is not None:
-      sweep_temporaries(memo.parent)
-    stored = _read_json(memo) if memo is not None else {}
-    if isinstance(stored.get(version), str):
-      _DIGESTS[version] = stored[version]
-    else:
-      digest = hashlib.blake2b(digest_size=16)
-      with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-          digest.update(block)
-      if file_version(path) != version:  # written to while it was read: nothing is trusted
-        raise DataFormatError(f"{path}: changed while it was being read; run again once it is "
-                              "complete")
-      _DIGESTS[version] = digest.hexdigest()
-      if memo is not None:
-        stored[version] = _DIGESTS[version]
-        try:  # a read-only cache only costs a hash next time
-          _write_json(memo, stored, "fingerprint memo")
-        except OSError:
-          pass
-  return f"{path.stat().st_size}-{_DIGESTS[version]}"
 
 
 def _read_json(path: Path) -> dict:
@@ -92,42 +43,6 @@ def _write_json(path: Path, value, what: str) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # Records.
-
-
-def corpus_records(path: PathLike) -> Iterator[tuple[int, str, str]]:
-  """(line number, docid, text) of each document in file order, read and checked as
-  `io.read_corpus` reads them (a TSV's header line skipped; ids present and unique, a
-  non-empty text; errors name `path:line`), but streamed: memory holds the docids seen, never
-  the texts."""
-  seen: set[str] = set()
-  jsonl = is_jsonl(path)
-  for index, (number, line) in enumerate(text_lines(path)):
-    if jsonl:
-      record = json_record(path, number, line)
-      docid = _field(path, number, record, ("docid", "doc_id", "_id", "id"), "document id",
-                     is_id=True)
-      body = _field(path, number, record, ("text", "contents", "body"), "text")
-      title = record.get("title")  # optional: absent, null or a string
-      if title is not None and not isinstance(title, str):
-        raise DataFormatError(f"{path}:{number}: title field 'title' must be a string, got "
-                              f"{json.dumps(title)[:60]}")
-      title = (title or "").strip()
-      text = f"{title} {body}".strip() if title else body.strip()
-    else:
-      parts = line.split("\t")
-      if len(parts) < 2:
-        raise DataFormatError(f"{path}:{number}: expected 'docid<TAB>text', got {line[:60]!r}")
-      if index == 0 and _is_header(parts):
-        continue  # `docid<TAB>text`: names the columns, not a document
-      docid, text = parts[0].strip(), " ".join(p.strip() for p in parts[1:] if p.strip())
-    if not docid:
-      raise DataFormatError(f"{path}:{number}: empty document id")
-    if not text:
-      raise DataFormatError(f"{path}:{number}: document {docid!r} has an empty text")
-    if docid in seen:
-      raise DataFormatError(f"{path}:{number}: duplicate document id {docid!r}")
-    seen.add(docid)
-    yield number, docid, text
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,7 +94,7 @@ def scan_corpus(path: PathLike, cache_dir: PathLike | None = None) -> CorpusScan
   scan = _read_scan(entry, path, fingerprint) if entry is not None else None
   if scan is None:
     start, docids, characters = time.perf_counter(), [], 0
-    for _, docid, text in corpus_records(path):
+    for _, docid, text in iter_corpus(path):
       docids.append(docid)
       characters += len(text)
     if file_fingerprint(path, cache) != fingerprint:
@@ -220,5 +135,5 @@ def _read_scan(entry: Path, path: Path, fingerprint: str) -> CorpusScan | None:
 def forget_scans() -> None:
   """Drops this process's memory of scans and digests (tests)."""
   _SCANS.clear()
-  _DIGESTS.clear()
+  fingerprint.forget()
 

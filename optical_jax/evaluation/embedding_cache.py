@@ -13,7 +13,7 @@ from typing import Any, Iterator, Sequence
 import jax
 import numpy as np
 
-from optical_jax.evaluation.cache_files import (BrokenCache, npy_header, remove, reserve,
+from optical_jax.cache_files import (BrokenCache, npy_header, remove, reserve,
                                                 set_aside, sweep_temporaries, temporary,
                                                 writing)
 

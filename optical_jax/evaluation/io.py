@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Mapping
+from typing import Iterator, Mapping
 
 from optical_jax.fileio import atomic_writer
 from optical_jax.textfiles import (DataFormatError, PathLike, is_jsonl, json_record,
@@ -75,13 +75,16 @@ def read_topics(path: PathLike) -> dict[str, str]:
   return topics
 
 
-def read_corpus(path: PathLike) -> dict[str, str]:
-  """Documents as `{docid: text}` from TSV (`docid<TAB>text` or `docid<TAB>title<TAB>text`)
-  or JSONL (`docid`/`_id`, optional `title`, `text`); title and text are joined. A TSV's first
-  line that names its columns (`docid<TAB>text`, `id<TAB>title<TAB>text`) is a header."""
-  corpus: dict[str, str] = {}
+def iter_corpus(path: PathLike) -> Iterator[tuple[int, str, str]]:
+  """(line number, docid, text) of each document in file order, streamed (memory holds the
+  docids seen, never the texts), from TSV (`docid<TAB>text` or `docid<TAB>title<TAB>text`) or
+  JSONL (`docid`/`_id`, optional `title`, `text`); title and text are joined. A TSV's first
+  line that names its columns (`docid<TAB>text`, `id<TAB>title<TAB>text`) is a header. Ids
+  must be present and unique and texts non-empty; errors name `path:line`."""
+  seen: set[str] = set()
+  jsonl = is_jsonl(path)
   for index, (number, line) in enumerate(text_lines(path)):
-    if is_jsonl(path):
+    if jsonl:
       record = json_record(path, number, line)
       docid = _field(path, number, record, ("docid", "doc_id", "_id", "id"),
                      "document id", is_id=True)
@@ -103,10 +106,15 @@ def read_corpus(path: PathLike) -> dict[str, str]:
       raise DataFormatError(f"{path}:{number}: empty document id")
     if not text:
       raise DataFormatError(f"{path}:{number}: document {docid!r} has an empty text")
-    if docid in corpus:
+    if docid in seen:
       raise DataFormatError(f"{path}:{number}: duplicate document id {docid!r}")
-    corpus[docid] = text
-  return corpus
+    seen.add(docid)
+    yield number, docid, text
+
+
+def read_corpus(path: PathLike) -> dict[str, str]:
+  """Documents as `{docid: text}` (`iter_corpus`), all in memory: small collections."""
+  return {docid: text for _, docid, text in iter_corpus(path)}
 
 
 def read_qrels(path: PathLike, *, topics: Mapping[str, str] | None = None

@@ -35,9 +35,9 @@ from optical_jax.evaluation.embedding_cache import (EmbeddingCache, params_finge
                                                     texts_fingerprint)
 from optical_jax.evaluation.search import (as_run, docid_ranks, empty_top_k, gather_top_k,
                                           merge_top_k, score_chunk)
-from optical_jax.evaluation.token_cache import (CorpusTokens, TextTokens, tokenize_flat,
-                                                tokenizer_fingerprint)
+from optical_jax.evaluation.token_cache import CorpusTokens, TextTokens, tokenizer_fingerprint
 from optical_jax.pooling import pool
+from optical_jax.token_arrays import tokenize_flat
 
 TokenFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
 AXIS = "batch"  # the local devices' mesh axis: one batch per device

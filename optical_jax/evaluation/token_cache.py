@@ -26,43 +26,18 @@ from typing import Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
-from optical_jax.evaluation.cache_files import (BrokenCache, npy_header, remove, set_aside,
+from optical_jax.cache_files import (BrokenCache, npy_header, remove, set_aside,
                                                 sweep_temporaries, temporary, writing)
-from optical_jax.evaluation.corpus_files import CorpusScan, corpus_records, file_version
+from optical_jax.evaluation.corpus_files import CorpusScan
+from optical_jax.evaluation.io import iter_corpus
+from optical_jax.fingerprint import file_version
 from optical_jax.textfiles import DataFormatError
+from optical_jax.token_arrays import id_dtype, tokenize_flat
 
 TOKENS_FORMAT = 2  # bump when the stored ids change meaning: older entries are not read
-TOKENIZE_BATCH = 4096  # texts per tokenizer call (bounds its Python objects' memory)
 Chunk = tuple[int, np.ndarray, np.ndarray]  # (first row, flat ids, offsets `[rows + 1]` from 0)
 Tokenize = Callable[[Sequence[str]], list[list[int]]]
 T = TypeVar("T")
-
-
-def id_dtype(vocab_size: int) -> np.dtype:
-  """uint16 where every id of a `vocab_size` vocabulary fits, else int32."""
-  return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.int32)
-
-
-def flatten(ids: list[list[int]], dtype=np.int32) -> tuple[np.ndarray, np.ndarray]:
-  """(flat `[tokens]`, offsets `[len(ids) + 1]` int64) of token id lists."""
-  offsets = np.zeros(len(ids) + 1, np.int64)
-  np.cumsum(np.fromiter(map(len, ids), np.int64, count=len(ids)), out=offsets[1:])
-  flat = np.fromiter(itertools.chain.from_iterable(ids), dtype, count=int(offsets[-1]))
-  return flat, offsets
-
-
-def tokenize_flat(tokenize: Tokenize, texts: Sequence[str], dtype=np.int32, *,
-                  batch: int = TOKENIZE_BATCH) -> tuple[np.ndarray, np.ndarray]:
-  """`flatten(tokenize(texts))`, `batch` texts per tokenizer call: the tokenizer's Python
-  objects (lists, `Encoding`s with their token strings; ~10 KB a passage) live for one batch,
-  not for a whole chunk."""
-  if len(texts) <= batch:
-    return flatten(tokenize(texts), dtype)
-  pieces = [flatten(tokenize(texts[s:s + batch]), dtype) for s in range(0, len(texts), batch)]
-  offsets = [pieces[0][1]]
-  for _, more in pieces[1:]:
-    offsets.append(more[1:] + offsets[-1][-1])
-  return np.concatenate([flat for flat, _ in pieces]), np.concatenate(offsets)
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -269,7 +244,7 @@ class CorpusTokens:
         with writing(named, "corpus token cache", cleanup=[tmp]):
           tmp.mkdir(parents=True, exist_ok=True)
           out = open(ids_tmp, "wb")
-      records = corpus_records(path)
+      records = iter_corpus(path)
       start = 0
       while start < len(docids):
         texts = []

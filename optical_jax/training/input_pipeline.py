@@ -19,8 +19,9 @@ from optical_jax.config import ConfigError
 from optical_jax.data import bitext
 from optical_jax.data.batching import BucketedBatches, longest, shard_rows
 from optical_jax.data.idf import document_frequencies, idf_table
+from optical_jax.cache_files import sweep_temporaries
 from optical_jax.data.teacher_cache import TeacherTokenCache, expected_bytes, storage_dtype
-from optical_jax.data.token_arrays import ColumnWriter, TokenColumn, open_column
+from optical_jax.token_arrays import ColumnWriter, TokenColumn, open_column
 from optical_jax.fingerprint import TOKENIZER_FILES, checkpoint_digest, file_digest
 from optical_jax.textfiles import DataFormatError
 
@@ -129,6 +130,7 @@ def tokenized_columns(rows, positions: np.ndarray, tokenizers: Mapping[str, Any]
              for name in tokenizers}
   missing = [name for name, column in columns.items() if column is None]
   if missing:
+    sweep_temporaries(cache_dir)  # columns a killed run did not finish
     from tqdm.auto import tqdm
     names = list(tokenizers)
     writers = {name: ColumnWriter(paths[name], tokenizers[name].tokenizer, max_length=max_length,

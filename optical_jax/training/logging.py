@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Mapping
 
+from optical_jax.fileio import write_text_atomic
+
 
 class MetricsLog:
   """`workdir/metrics.jsonl` and `workdir/tensorboard`; on resume, records after the resumed
@@ -20,7 +22,7 @@ class MetricsLog:
     if self.path.is_file():
       kept = [line for line in self.path.read_text().splitlines()
               if line.strip() and json.loads(line)["step"] <= resume_step]
-    self.path.write_text("".join(line + "\n" for line in kept))
+    write_text_atomic(self.path, "".join(line + "\n" for line in kept))
     from tensorboardX import SummaryWriter
     self.writer = SummaryWriter(str(workdir / "tensorboard"), purge_step=resume_step + 1)
 

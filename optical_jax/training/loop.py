@@ -8,7 +8,6 @@ is noted there (the first such step) and checked at those steps, before anything
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 
 import jax
@@ -100,17 +99,17 @@ def _batch_counts(batch) -> tuple[int, int]:
 
 def _train(config, workdir: Path, primary: bool) -> dict:
   check_workdir_config(workdir, config)  # before any slow work
-  if primary:
-    checkpoints.check_writable(workdir / "checkpoints")
   specs = collection_specs(config)
+  rows = training_rows(config)  # read and checked: a bad training file fails first
   # Every collection's files checked (a malformed line, judged documents missing from the
-  # corpus) before the training data, models and steps, not at the final evaluation.
+  # corpus) before the models load and the training data is tokenised, not at the end.
   check_collections(specs, config.runtime.cache_dir)
   config = prepare_student(config, workdir, primary=primary)
   dev_spec = next((s for s in specs if s.name == config.eval.dev_collection), None)
-  rows = training_rows(config)
   models = build_models(config)
   _check_lengths(config, models)
+  if primary:  # before the training data is tokenised and the teacher cache made
+    checkpoints.check_writable(workdir / "checkpoints")
   mesh = step_lib.data_mesh()
   batches = make_batches(config, models, rows, Path(config.runtime.cache_dir).expanduser() /
                          "tokens", shards=process_shards(mesh, config.train.batch_size))
@@ -234,8 +233,8 @@ def _train(config, workdir: Path, primary: bool) -> dict:
   if teacher_cache is not None:
     log.info("teacher token cache %s: encoded %d pairs, the rest were cached",
              teacher_cache.directory, teacher_cache.encoded)
-  # The training data is not needed by evaluation (the closure holds it too).
-  del batches, teacher_cache, prefetcher, build, weights
+  # The training data is not needed by evaluation (`build`'s closure holds it too).
+  batches = teacher_cache = weights = prefetcher = None
   if primary:
     plot_curves(metrics_log.records(), workdir / "curves.png",
                 title=f"{config.stage} / {config.loss}")

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import ml_collections
 
+from optical_jax.cache_files import sweep_temporaries, temporary
+
 log = logging.getLogger("optical_jax")
 
 STUDENT_INIT = "student_init"
@@ -45,7 +47,8 @@ def prepare_student(config: ml_collections.ConfigDict, workdir: str | Path | Non
     if target is None or not primary:
       target = source
     else:
-      tmp = target.with_name(f"{STUDENT_INIT}.tmp{os.getpid()}")
+      sweep_temporaries(target.parent)  # a copy a killed run did not finish
+      tmp = temporary(target)
       shutil.rmtree(tmp, ignore_errors=True)
       shutil.copytree(source, tmp)
       shutil.rmtree(target, ignore_errors=True)  # an incomplete copy of a killed run

@@ -5,6 +5,7 @@ parquet bitext, and the prompts a checkpoint declares."""
 
 import fnmatch
 import json
+import os
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -248,3 +249,17 @@ def test_prompts_are_read_from_the_checkpoints_sentence_transformers_config(tmp_
         {"__version__": {"sentence_transformers": "3.0.1"}, "prompts": prompts,
          "default_prompt_name": None, "similarity_fn_name": "cosine"}))
   assert sentence_transformers_prompts(tmp_path) == expected
+
+
+def test_a_killed_builds_temporary_directory_is_swept(tmp_path):
+  import subprocess
+  child = subprocess.Popen(["true"])  # a process that has surely ended
+  child.wait()
+  stale = tmp_path / "bitext" / f"other-source.tmp{child.pid}"  # a build killed half way
+  (stale / "dev").mkdir(parents=True)
+  (stale / "train.unfiltered.tsv").write_text("x\ty\n" * 1000)
+  live = tmp_path / "bitext" / f"busy-source.tmp{os.getpid()}"  # a build still running
+  live.mkdir()
+  bitext.build_heldout(tmp_path / "bitext" / "built", lambda: iter(_pairs(400)), heldout=8,
+                       rate=10, progress=False)
+  assert not stale.exists() and live.exists()

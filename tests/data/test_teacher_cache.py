@@ -95,7 +95,7 @@ def test_another_compute_dtype_gets_its_own_cache(teacher, tiny_bert_dir, token_
       first.directory)
 
 
-def test_a_truncated_cache_is_set_aside_and_rebuilt(teacher, token_ids, tmp_path, caplog):
+def test_a_truncated_cache_is_rebuilt_with_a_warning(teacher, token_ids, tmp_path, caplog):
   cache = TeacherTokenCache(teacher, token_ids, tmp_path)
   lookup(cache, token_ids, [0, 1, 2, 3, 4, 5], 16)
   path = cache.directory / "tokens.npy"
@@ -104,21 +104,21 @@ def test_a_truncated_cache_is_set_aside_and_rebuilt(teacher, token_ids, tmp_path
     f.truncate(3000)
   with caplog.at_level("WARNING", logger="optical_jax"):
     reopened = TeacherTokenCache(teacher, token_ids, tmp_path)
-  assert "cannot be trusted (tokens.npy holds" in caplog.text and "set aside in" in caplog.text
+  assert "broken teacher token cache (tokens.npy: 3000 bytes where its header" in caplog.text
+  assert "removed, computing it again" in caplog.text
   got = lookup(reopened, token_ids, [3, 0], 16)
   np.testing.assert_allclose(got, reference(teacher, token_ids, [3, 0], 16), atol=1e-5)
   assert reopened.encoded == 2  # recomputed, not read as zeros
-  assert list(tmp_path.glob("teacher-tokens-*.broken-*/tokens.npy"))
 
 
-def test_a_truncated_done_file_is_set_aside_and_rebuilt(teacher, token_ids, tmp_path, caplog):
+def test_a_truncated_done_file_is_rebuilt_with_a_warning(teacher, token_ids, tmp_path, caplog):
   cache = TeacherTokenCache(teacher, token_ids, tmp_path)
   lookup(cache, token_ids, [0, 1], 16)
   done = cache.directory / "done.npy"
   done.write_bytes(done.read_bytes()[:20])
   with caplog.at_level("WARNING", logger="optical_jax"):
     reopened = TeacherTokenCache(teacher, token_ids, tmp_path)
-  assert "cannot be trusted (unreadable" in caplog.text
+  assert "broken teacher token cache (done.npy: unreadable" in caplog.text
   lookup(reopened, token_ids, [0, 1], 16)
   assert reopened.encoded == 2
 
@@ -169,7 +169,7 @@ def test_the_space_is_reserved_and_a_full_disk_is_one_line_naming_the_file(
     teacher, token_ids, tmp_path, monkeypatch):
   import errno
   import os
-  from optical_jax.data.teacher_cache import CacheWriteError
+  from optical_jax.cache_files import CacheWriteError
   cache = TeacherTokenCache(teacher, token_ids, tmp_path / "ok")
   path = cache.directory / "tokens.npy"
   assert os.stat(path).st_blocks * 512 >= cache.shape[0] * cache.shape[1] * 4  # not sparse
@@ -178,10 +178,12 @@ def test_the_space_is_reserved_and_a_full_disk_is_one_line_naming_the_file(
     raise OSError(errno.ENOSPC, "No space left on device")
 
   monkeypatch.setattr(os, "posix_fallocate", full)
-  with pytest.raises(CacheWriteError, match=r"tokens\.tmp\d+\.npy: cannot write the teacher "
-                     r"token cache \(no space left on the disk\); free space"):
+  with pytest.raises(CacheWriteError, match=r"/tokens\.npy: cannot write the teacher token "
+                     r"cache \(No space left on device\); free space there, or point "
+                     r"runtime\.cache_dir elsewhere, or pass --config\.data\.teacher_cache="
+                     r"False"):
     TeacherTokenCache(teacher, token_ids, tmp_path / "full")
-  assert not list((tmp_path / "full").rglob("tokens*.npy"))
+  assert not list((tmp_path / "full").rglob("tokens*.npy"))  # the partial file removed
 
 
 def test_bfloat16_vectors_are_stored_in_bfloat16(tiny_bert_dir, token_ids, tmp_path):

@@ -6,7 +6,6 @@ import json
 import logging
 import re
 import shutil
-from pathlib import Path
 
 import ml_collections
 import pytest
@@ -15,7 +14,8 @@ from optical_jax.evaluation import DataFormatError, TextEncoder, read_corpus
 from optical_jax.evaluation import check, corpus_files
 from optical_jax.evaluation.check import check_collections
 from optical_jax.evaluation.collections import evaluate_collection
-from optical_jax.evaluation.corpus_files import corpus_records, forget_scans, scan_corpus
+from optical_jax.evaluation.corpus_files import forget_scans, scan_corpus
+from optical_jax.evaluation.io import iter_corpus
 from optical_jax.models.hf_checkpoint import load_encoder
 from tests.helpers import ROOT
 
@@ -54,20 +54,20 @@ def test_check_collections_counts_and_scans_a_shared_corpus_once(tmp_path, caplo
   assert (tmp_path / "corpus" / "scans").is_dir()
   # A rerun (another process): the scan comes from the cache, the corpus is not read.
   forget_scans()
-  monkeypatch.setattr(corpus_files, "corpus_records", lambda path: pytest.fail("read again"))
+  monkeypatch.setattr(corpus_files, "iter_corpus", lambda path: pytest.fail("read again"))
   again = check_collections([spec("dev")], tmp_path)
   assert again[0].corpus_cached and again[0].passages == 36
 
 
-def test_corpus_records_read_as_read_corpus(tmp_path):
+def test_iter_corpus_streams_what_read_corpus_reads(tmp_path):
   tsv = tmp_path / "corpus.tsv"
   tsv.write_bytes("\ufeffd1\ttitle one\t text one \n\nd2\ttwo\r\n".encode())
   header = tmp_path / "header.tsv"
   header.write_text("DocID\tTitle\tText\nd1\tone\tx\nd2\ttwo\n")
   for path in (CORPUS, tsv, header):
-    assert {d: t for _, d, t in corpus_records(path)} == read_corpus(path)
-  assert [n for n, _, _ in corpus_records(tsv)] == [1, 3]
-  assert [n for n, _, _ in corpus_records(header)] == [2, 3]  # the header is no document
+    assert {d: t for _, d, t in iter_corpus(path)} == read_corpus(path)
+  assert [n for n, _, _ in iter_corpus(tsv)] == [1, 3]
+  assert [n for n, _, _ in iter_corpus(header)] == [2, 3]  # the header is no document
 
 
 @pytest.mark.parametrize("which, content, error", [

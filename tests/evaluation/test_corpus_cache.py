@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 
 from optical_jax.evaluation import TextEncoder, read_corpus, retrieve, write_run
-from optical_jax.evaluation.cache_files import CacheWriteError, host_tag
+from optical_jax.cache_files import CacheWriteError, host_tag
 from optical_jax.evaluation.corpus_files import forget_scans
 from optical_jax.evaluation.embedding_cache import EmbeddingCache
-from optical_jax.evaluation.token_cache import flatten, id_dtype, tokenize_flat
+from optical_jax.token_arrays import flatten, id_dtype, tokenize_flat
 from optical_jax.models.hf_checkpoint import load_encoder
 from tests.evaluation.test_retrieval import WORDS
 

@@ -1,8 +1,9 @@
 """Token ids of many texts as one flat array with offsets: a few bytes a token on the host
 (memory-mapped from disk when cached), never a Python object per sentence.
 
-`TokenColumn` is what training batches are cut from (`batching.BucketedBatches`);
-`ColumnWriter` fills one from a stream of texts, a chunk at a time, straight into a file.
+`TokenColumn` is what training batches are cut from (`data.batching.BucketedBatches`);
+`ColumnWriter` fills one from a stream of texts, a chunk at a time, straight into a file;
+`tokenize_flat` is the one way texts become flat ids (training columns, corpus token caches).
 """
 
 from __future__ import annotations
@@ -10,14 +11,42 @@ from __future__ import annotations
 import itertools
 import os
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from optical_jax.cache_files import temporary, writing
+
+
+TOKENIZE_BATCH = 4096  # texts per tokenizer call (bounds its Python objects' memory)
+Tokenize = Callable[[Sequence[str]], list[list[int]]]
+
 
 def id_dtype(vocab_size: int) -> np.dtype:
-  """The narrowest unsigned dtype that holds every id of a `vocab_size` vocabulary."""
-  return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
+  """uint16 where every id of a `vocab_size` vocabulary fits, else int32."""
+  return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.int32)
+
+
+def flatten(ids: list[list[int]], dtype=np.int32) -> tuple[np.ndarray, np.ndarray]:
+  """(flat `[tokens]`, offsets `[len(ids) + 1]` int64) of token id lists."""
+  offsets = np.zeros(len(ids) + 1, np.int64)
+  np.cumsum(np.fromiter(map(len, ids), np.int64, count=len(ids)), out=offsets[1:])
+  flat = np.fromiter(itertools.chain.from_iterable(ids), dtype, count=int(offsets[-1]))
+  return flat, offsets
+
+
+def tokenize_flat(tokenize: Tokenize, texts: Sequence[str], dtype=np.int32, *,
+                  batch: int = TOKENIZE_BATCH) -> tuple[np.ndarray, np.ndarray]:
+  """`flatten(tokenize(texts))`, `batch` texts per tokenizer call: the tokenizer's Python
+  objects (lists, `Encoding`s with their token strings; ~10 KB a passage) live for one batch,
+  not for a whole chunk."""
+  if len(texts) <= batch:
+    return flatten(tokenize(texts), dtype)
+  pieces = [flatten(tokenize(texts[s:s + batch]), dtype) for s in range(0, len(texts), batch)]
+  offsets = [pieces[0][1]]
+  for _, more in pieces[1:]:
+    offsets.append(more[1:] + offsets[-1][-1])
+  return np.concatenate([flat for flat, _ in pieces]), np.concatenate(offsets)
 
 
 class TokenColumn:
@@ -84,12 +113,6 @@ class TokenColumn:
     return ids, mask.astype(np.int32)
 
 
-def _flatten(ids: list[list[int]], dtype) -> tuple[np.ndarray, np.ndarray]:
-  lengths = np.fromiter(map(len, ids), np.int64, count=len(ids))
-  flat = np.fromiter(itertools.chain.from_iterable(ids), dtype, count=int(lengths.sum()))
-  return flat, lengths
-
-
 class ColumnWriter:
   """Tokenises texts (truncated to `max_length`, special tokens added, no padding) as they
   come, `add` by `add`, into `path`.ids.npy (flat, `id_dtype(vocab_size)`) and
@@ -97,24 +120,26 @@ class ColumnWriter:
   `finish` writes both under their names, offsets last (their presence vouches for the ids).
   Host memory: one chunk's Python lists, never the column's."""
 
-  CHUNK = 8192  # texts per tokenizer call: large enough for its batch speed
+  CHUNK = TOKENIZE_BATCH  # rows a caller gathers per `add`
 
   def __init__(self, path: str | Path, tokenizer: Any, *, max_length: int, vocab_size: int):
     self.path, self.tokenizer, self.max_length = Path(path), tokenizer, max_length
     self.dtype = id_dtype(vocab_size)
     self.path.parent.mkdir(parents=True, exist_ok=True)
-    self._tmp = Path(f"{self.path}.ids.tmp{os.getpid()}")
+    self._tmp = temporary(Path(f"{self.path}.ids"))
     self._raw = open(self._tmp, "wb")
     self._lengths: list[np.ndarray] = []
 
+  def _tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+    return self.tokenizer(list(texts), truncation=True, max_length=self.max_length,
+                          padding=False, return_attention_mask=False,
+                          return_token_type_ids=False)["input_ids"]
+
   def add(self, texts: Sequence[str]) -> None:
-    for start in range(0, len(texts), self.CHUNK):
-      ids = self.tokenizer(list(texts[start:start + self.CHUNK]), truncation=True,
-                           max_length=self.max_length, padding=False,
-                           return_attention_mask=False, return_token_type_ids=False)["input_ids"]
-      flat, lengths = _flatten(ids, self.dtype)
+    flat, offsets = tokenize_flat(self._tokenize, texts, self.dtype)
+    with writing(self._tmp, "token cache", cleanup=[self._tmp]):
       self._raw.write(flat.tobytes())
-      self._lengths.append(lengths)
+    self._lengths.append(np.diff(offsets))
 
   def finish(self, *, expected: int | None = None) -> tuple[Path, Path]:
     """Writes the column's two files; returns their paths."""
@@ -126,16 +151,16 @@ class ColumnWriter:
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     ids_path, offsets_path = Path(f"{self.path}.ids.npy"), Path(f"{self.path}.offsets.npy")
     # The raw ids become an .npy file: a header, then the bytes written so far.
-    tmp_npy = Path(f"{self.path}.ids.tmp{os.getpid()}.npy")
-    with open(tmp_npy, "wb") as out, open(self._tmp, "rb") as raw:
-      np.lib.format.write_array_header_1_0(out, {
-          "descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
-          "shape": (int(offsets[-1]),)})
-      while block := raw.read(1 << 24):
-        out.write(block)
-    self._tmp.unlink()
-    tmp_offsets = Path(f"{self.path}.offsets.tmp{os.getpid()}.npy")
-    np.save(tmp_offsets, offsets)
+    tmp_npy, tmp_offsets = temporary(ids_path), temporary(offsets_path)
+    with writing(ids_path, "token cache", cleanup=[tmp_npy, tmp_offsets, self._tmp]):
+      with open(tmp_npy, "wb") as out, open(self._tmp, "rb") as raw:
+        np.lib.format.write_array_header_1_0(out, {
+            "descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
+            "shape": (int(offsets[-1]),)})
+        while block := raw.read(1 << 24):
+          out.write(block)
+      self._tmp.unlink()
+      np.save(tmp_offsets, offsets)
     os.replace(tmp_npy, ids_path)
     os.replace(tmp_offsets, offsets_path)
     return ids_path, offsets_path
