@@ -14,9 +14,13 @@ cache_dir). `--config.ciral.local_dir=DIR` reads CIRAL from DIR/ciral and DIR/ci
 TSV or JSONL bitext. Offline, a missing file fails within seconds naming what to download.
 
 The final table has the held-out bitext (bitext-so-en) and CIRAL's dev, test-a and test-b
-(MAP, nDCG@20, R@100, ...). Why these models and data: optical_jax/data/ciral.py. On a Colab
-TPU v2-8 (batch 256, L=64) 20k steps take roughly 1.5-2 hours; on one T4 GPU in bfloat16
-expect about 4x longer.
+(MAP, nDCG@20, R@100, ...). Why these models and data: optical_jax/data/ciral.py.
+
+Time, estimated (not measured on an accelerator yet): XLA counts 2.97 TFLOP per step (batch
+256, L=64, bfloat16; `python benchmarks/accelerator.py`). A Colab TPU v2-8 has 8 x 22.5
+TFLOP/s: at 40% MFU a step takes ~41 ms, 20,000 steps ~14 min. One T4 (65 TFLOP/s in float16,
+no bfloat16 units) at 40%: ~114 ms a step, at least ~38 min. Encoding the 827,552 passages
+for each CIRAL evaluation comes on top.
 """
 
 from optical_jax.data.ciral import ciral_config
