@@ -71,12 +71,13 @@ def main(argv):
   if FLAGS.overwrite and not FLAGS.export_hf:
     raise app.UsageError("--overwrite goes with --export_hf")
   config = cli.start(argv, FLAGS.config, None)
-  from optical_jax import host, interrupts, runtime
+  from optical_jax import host, interrupts
+  from optical_jax.inputs import resolve_inputs
   workdir = Path(FLAGS.checkpoint).expanduser().resolve()
   if workdir.name in ("checkpoints", "best"):
     workdir = workdir.parent
   cli.on_interrupt(f"nothing was written; {workdir} is as it was")
-  config = runtime.resolve_assets(config, training=False)
+  config = resolve_inputs(config, training=False).config
   config = as_trained(config, workdir, speak=host.is_primary())
   from optical_jax.training.student_init import prepare_student
   config = prepare_student(config, None)  # only a run trained before workdirs held it

@@ -31,14 +31,14 @@ def main(argv):
   if FLAGS.workdir is None:
     raise app.UsageError("--workdir is required")
   import jax
-  from optical_jax import runtime
   from optical_jax.config import validate
-  # Config and assets first: a bad field or a missing download is named in seconds, before the
-  # training stack loads.
+  from optical_jax.inputs import resolve_inputs
+  # Config and inputs first: a bad field or a missing download is named in seconds, before
+  # the training stack loads.
   validate(config, devices=jax.device_count(), backend=jax.default_backend())
-  config = runtime.resolve_assets(config)
+  inputs = resolve_inputs(config)
   from optical_jax.training.loop import train_and_evaluate
-  train_and_evaluate(config, FLAGS.workdir)
+  train_and_evaluate(inputs.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":

@@ -138,8 +138,8 @@ def tiny_model(directory: Path) -> Path:
 
 
 def so_config(mirror: Path, model: Path, cache: Path, pairs: int):
-  from optical_jax.data.ciral import ciral_config
-  c = ciral_config("somali")
+  from runpy import run_path
+  c = run_path(str(ROOT / "configs" / "ciral.py"))["ciral_config"]("somali")
   c.ciral.local_dir = str(mirror)
   c.ciral.bitext = str(mirror / "quickmt-train.so-en")
   c.model.teacher = c.model.student = str(model)
@@ -153,7 +153,7 @@ def so_config(mirror: Path, model: Path, cache: Path, pairs: int):
 
 def stages(args) -> None:
   """One size's stages, in this process; a JSON line per stage on stdout."""
-  from optical_jax import console, runtime
+  from optical_jax import console
   console.quiet_libraries()
   report = lambda stage, start: print(json.dumps(dict(
       stage=stage, seconds=time.perf_counter() - start, rss_mb=_rss_mb(),
@@ -166,6 +166,7 @@ def stages(args) -> None:
   report("synthetic data (made once, reused)", start)
   import jax
   from optical_jax.evaluation.check import check_collections
+  from optical_jax.inputs import resolve_inputs
   from optical_jax.evaluation.collections import collection_specs, evaluate_collection, \
       side_encoders
   from optical_jax.models.student import build_models
@@ -173,7 +174,7 @@ def stages(args) -> None:
                                                    training_rows)
   config = so_config(mirror, model, cache, args.pairs)
   start = time.perf_counter()
-  config = runtime.resolve_assets(config)
+  config = resolve_inputs(config).config
   report("bitext build", start)
   start = time.perf_counter()
   rows = training_rows(config)

@@ -14,7 +14,7 @@ cache_dir). `--config.ciral.local_dir=DIR` reads CIRAL from DIR/ciral and DIR/ci
 TSV or JSONL bitext. Offline, a missing file fails within seconds naming what to download.
 
 The final table has the held-out bitext (bitext-so-en) and CIRAL's dev, test-a and test-b
-(MAP, nDCG@20, R@100, ...). Why these models and data: optical_jax/data/ciral.py.
+(MAP, nDCG@20, R@100, ...). Why these models and data: configs/ciral.py.
 
 Time, estimated (not measured on an accelerator yet): XLA counts 2.97 TFLOP per step (batch
 256, L=64, bfloat16; `python benchmarks/accelerator.py`). A Colab TPU v2-8 has 8 x 22.5
@@ -23,7 +23,11 @@ no bfloat16 units) at 40%: ~114 ms a step, at least ~38 min. Encoding the 827,55
 for each CIRAL evaluation comes on top.
 """
 
-from optical_jax.data.ciral import ciral_config
+from pathlib import Path
+from runpy import run_path
+
+# The config the CIRAL languages share lives beside this file.
+ciral_config = run_path(str(Path(__file__).with_name("ciral.py")))["ciral_config"]
 
 
 def get_config(splits: str = ""):

@@ -4,7 +4,11 @@ sentence-transformers/parallel-sentences-ccmatrix (en-sw).
   python train.py --config configs/sw.py --workdir runs/sw
 """
 
-from optical_jax.data.ciral import ciral_config
+from pathlib import Path
+from runpy import run_path
+
+# The config the CIRAL languages share lives beside this file.
+ciral_config = run_path(str(Path(__file__).with_name("ciral.py")))["ciral_config"]
 
 
 def get_config(splits: str = ""):

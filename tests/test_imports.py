@@ -110,7 +110,7 @@ LAYERS = (
               "console", "distributed", "compilation_cache")),
     ("models", ("models",)),
     ("evaluation", ("evaluation",)),
-    ("data", ("data", "assets", "runtime")),
+    ("data", ("data", "assets", "inputs")),
     ("adaptation", ("adaptation",)),
     ("training", ("training",)),
     ("experiments", ("experiments",)),

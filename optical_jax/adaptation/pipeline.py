@@ -21,6 +21,7 @@ from typing import Any, Sequence
 from optical_jax.adaptation import codeswitch, lexicon as lexicon_lib, vocabulary
 from optical_jax.adaptation.alignment import align_sample
 from optical_jax.cache_files import sweep_temporaries, temporary
+from optical_jax.data.bitext import rows_digest
 from optical_jax.fingerprint import checkpoint_digest
 
 log = logging.getLogger("optical_jax")
@@ -28,29 +29,16 @@ _VERSION = 1  # bump when a cached result would change
 
 
 def bitext_rows(config) -> list[tuple[str, str]]:
-  """The (student, teacher) training pairs of `config.data` as written (before any
-  augmentation), at most `data.limit`; `bible:` references are resolved."""
-  import ml_collections
-  from optical_jax.assets import resolve
-  from optical_jax.data import bitext
-  if config.data.train_file:
-    config = ml_collections.ConfigDict(config.to_dict())
-    config.data.train_file = resolve(config.data.train_file, config.runtime.cache_dir)
-  return [(r[0], r[1]) for r in bitext.configured_rows(config)]
+  """The (student, teacher) training pairs of `config.data` (a resolved config: paths) as
+  written, before any augmentation, at most `data.limit`."""
+  from optical_jax.inputs import configured_rows
+  return [(r[0], r[1]) for r in configured_rows(config)]
 
 
 def _key(*parts: Any) -> str:
   digest = hashlib.sha256(json.dumps([_VERSION, *parts], ensure_ascii=False,
                                      default=str).encode())
   return digest.hexdigest()[:20]
-
-
-def _rows_digest(rows: Sequence[Sequence[str]]) -> str:
-  digest = hashlib.sha256()
-  for row in rows:
-    digest.update("\t".join(row[:2]).encode())
-    digest.update(b"\n")
-  return digest.hexdigest()
 
 
 def _cache_dir(config) -> Path:
@@ -63,7 +51,7 @@ def adapted_student_dir(config, student: Any, teacher: Any) -> Path:
   use from the bitext (`bitext_rows`)."""
   m, rows = config.model, bitext_rows(config)
   key = _key("vocabulary", checkpoint_digest(student.path),
-             checkpoint_digest(teacher.path), _rows_digest(rows), m.vocab_extension,
+             checkpoint_digest(teacher.path), rows_digest(r[:2] for r in rows), m.vocab_extension,
              m.vocab_init, config.data.alignment_pairs, config.seed, config.data.max_length,
              float(config.ot.epsilon), bool(config.ot.center))
   directory = _cache_dir(config) / f"student-{key}"
@@ -112,13 +100,12 @@ def induce_lexicon_from_rows(student: Any, teacher: Any, rows: Sequence[Sequence
 def lexicon_for(config, rows: Sequence[Sequence[str]]) -> tuple[lexicon_lib.Lexicon,
                                                                  dict[str, int]]:
   """The OT lexicon of `config`'s initial student and teacher on `rows` (cached)."""
-  from optical_jax.assets import resolve
   from optical_jax.models.hf_checkpoint import load_encoder, resolve_checkpoint_dir
-  r = lambda ref: resolve_checkpoint_dir(resolve(ref, config.runtime.cache_dir))
-  teacher_dir = r(config.model.teacher)
-  student_dir = r(config.model.student) if config.model.student else teacher_dir
+  teacher_dir = resolve_checkpoint_dir(config.model.teacher)
+  student_dir = (resolve_checkpoint_dir(config.model.student) if config.model.student
+                 else teacher_dir)
   key = _key("lexicon", checkpoint_digest(student_dir), checkpoint_digest(teacher_dir),
-             _rows_digest(rows), config.data.alignment_pairs, config.seed,
+             rows_digest(r[:2] for r in rows), config.data.alignment_pairs, config.seed,
              config.data.max_length, float(config.ot.epsilon), bool(config.ot.center))
   path = _cache_dir(config) / f"lexicon-{key}.json"
   if path.is_file():
@@ -161,7 +148,8 @@ def write_lexicon_sample(config, path: str | Path, *, rows: int = 30,
 
   Example (docs/lexicon_sample.md)::
 
-    write_lexicon_sample(load_config("configs/demo.py"), "docs/lexicon_sample.md")
+    write_lexicon_sample(resolve_inputs(load_config("configs/demo.py")).config,
+                         "docs/lexicon_sample.md")
   """
   lexicon, counts = lexicon_for(config, bitext_rows(config))
   header = (

@@ -4,7 +4,7 @@ From TSV (columns in order), JSONL (named fields) or parquet (named columns, rea
 pyarrow), or from a Hugging Face dataset. `build_heldout` streams a large bitext once, cleans
 it, and writes a training file plus a held-out retrieval collection (each held-out sentence
 retrieves its translation). Errors name the file and line (or parquet row); nothing here knows
-about configs.
+about configs (`optical_jax.inputs` reads them).
 """
 
 from __future__ import annotations
@@ -194,11 +194,21 @@ class FileRows:
           return
 
 
+def rows_digest(rows: Iterable[Sequence[str]]) -> str:
+  """A digest of rows of texts, in order."""
+  digest = hashlib.sha256()
+  for row in rows:
+    digest.update("\t".join(row).encode())
+    digest.update(b"\n")
+  return digest.hexdigest()
+
+
 class ListRows:
-  """`FileRows`' interface over rows already in memory (a hub dataset, code-switched rows)."""
+  """`FileRows`' interface over rows already in memory (a hub dataset, code-switched rows);
+  the fingerprint defaults to their digest."""
 
   def __init__(self, rows: Sequence[tuple[str, ...]], fingerprint: str = ""):
-    self._rows, self.fingerprint = rows, fingerprint
+    self._rows, self.fingerprint = rows, fingerprint or rows_digest(rows)
     self.fields = tuple(f"column{i}" for i in range(len(rows[0]) if rows else 0))
 
   def longest_chars(self) -> np.ndarray:
@@ -244,37 +254,6 @@ def read_hf_dataset(name: str, fields: Sequence[str], *, config: str | None = No
       break
     out.append(tuple(get(row, f) for f in fields))
   return out
-
-
-def configured_rows(config) -> list[tuple[str, ...]]:
-  """The rows of `config.data` as written, before any augmentation: (student, teacher) pairs,
-  or (query, positive[, negative]) triples in the teacher stage, from its `train_file`
-  (TSV/JSONL/Parquet; a path, asset references resolved as `runtime.resolve_assets` does) or
-  `hf_dataset`; at most `data.limit` (0: all). A missing file is a ConfigError that says how to
-  get it (`data.how_to_get`)."""
-  from optical_jax.config import ConfigError
-  d = config.data
-  if config.stage == "teacher":
-    fields = ("query", "positive", "negative")
-  else:
-    fields = (d.student_field, d.teacher_field)
-  if d.train_file:
-    path = Path(d.train_file).expanduser()
-    if not path.is_file():
-      raise ConfigError(f"config.data.train_file: {path} does not exist. "
-                        f"{d.get('how_to_get', '')}".rstrip())
-    try:
-      rows = read_pairs(path, fields)
-    except DataFormatError:
-      if config.stage != "teacher":
-        raise
-      rows = read_pairs(path, fields[:2])  # (query, positive) pairs without negatives
-  elif d.hf_dataset:
-    rows = read_hf_dataset(d.hf_dataset, fields, config=d.hf_config, split=d.hf_split,
-                           limit=d.limit)
-  else:
-    raise ConfigError("config.data: set train_file (TSV/JSONL) or hf_dataset")
-  return rows[:d.limit] if d.limit else rows
 
 
 def _as_text(path, where, field: str, value) -> str:

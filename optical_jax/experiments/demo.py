@@ -22,12 +22,12 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 
-from optical_jax import runtime
 from optical_jax.assets import resolve
 from optical_jax.evaluation import (evaluate, evaluate_per_query, format_table,
                                     maxsim_reranker, paired_bootstrap_interval, read_corpus,
                                     read_qrels, read_run, read_topics, rerank_run, retrieve)
 from optical_jax.evaluation.collections import side_encoders, teacher_encoder
+from optical_jax.inputs import resolve_inputs
 from optical_jax.models.hf_checkpoint import load_encoder
 from optical_jax.models.student import build_models
 from optical_jax.training.checkpoints import restore_params
@@ -90,7 +90,7 @@ class _TestSet:
     return rows
 
   def student_row(self, name: str, run_config, run_dir: Path, results: dict) -> Row:
-    models = build_models(prepare_student(runtime.resolve_assets(run_config), run_dir))
+    models = build_models(prepare_student(run_config, run_dir))
     params, _, _ = restore_params(run_dir, "latest")  # the step the table's results are from
     student = side_encoders(models, params, run_config)["student"]
     run = read_run(run_dir / "runs" / "test-ny-en.trec")
@@ -189,6 +189,7 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
   start = time.perf_counter()
   workdir = Path(workdir).expanduser().resolve()
   workdir.mkdir(parents=True, exist_ok=True)
+  config = resolve_inputs(config).config
   measures = list(TABLE_MEASURES)
   test = _TestSet(config)
   rows = test.teacher_rows(config, measures)

@@ -15,57 +15,25 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from optical_jax.adaptation.pipeline import code_switch_rows
+from optical_jax.cache_files import sweep_temporaries
 from optical_jax.config import ConfigError
 from optical_jax.data import bitext
 from optical_jax.data.batching import BucketedBatches, longest, shard_rows
 from optical_jax.data.idf import document_frequencies, idf_table
-from optical_jax.cache_files import sweep_temporaries
 from optical_jax.data.teacher_cache import TeacherTokenCache, expected_bytes, storage_dtype
+from optical_jax.fingerprint import TOKENIZER_FILES, checkpoint_digest
+from optical_jax.inputs import configured_rows, training_source
 from optical_jax.token_arrays import ColumnWriter, TokenColumn, open_column
-from optical_jax.fingerprint import TOKENIZER_FILES, checkpoint_digest, file_digest
-from optical_jax.textfiles import DataFormatError
 
 log = logging.getLogger("optical_jax")
 
 
 def training_rows(config) -> bitext.FileRows | bitext.ListRows:
-  """The training rows of `config.data`: a file (`data.train_file`, at most `data.limit`
-  rows) read as a stream, never held as text; a hub dataset's rows or code-switched rows
-  (`data.code_switch_rate`) in memory. Every row is read and checked here, so a malformed
-  file fails before any model loads."""
-  d = config.data
-  if config.stage == "distill" and d.get("code_switch_rate", 0.0):
-    rows = code_switch_rows(config, bitext.configured_rows(config))
-    return bitext.ListRows(rows, fingerprint=_rows_digest(rows))
-  if not d.train_file:
-    rows = bitext.configured_rows(config)  # a hub dataset (or the error naming the fields)
-    return bitext.ListRows(rows, fingerprint=_rows_digest(rows))
-  path = Path(d.train_file).expanduser()
-  if not path.is_file():
-    raise ConfigError(f"config.data.train_file: {path} does not exist. "
-                      f"{d.get('how_to_get', '')}".rstrip())
-  fields = (("query", "positive", "negative") if config.stage == "teacher"
-            else (d.student_field, d.teacher_field))
-  digest = file_digest(path, memo_dir=Path(config.runtime.cache_dir).expanduser())
-  source = lambda fields: bitext.FileRows(path, fields, limit=d.limit, fingerprint=json.dumps(
-      [digest, fields, d.limit]))
-  rows = source(fields)
-  try:
-    rows.longest_chars()
-  except DataFormatError:
-    if config.stage != "teacher":
-      raise
-    rows = source(fields[:2])  # (query, positive) pairs without negatives
-    rows.longest_chars()
-  return rows
-
-
-def _rows_digest(rows) -> str:
-  digest = hashlib.sha256()
-  for row in rows:
-    digest.update("\t".join(row).encode())
-    digest.update(b"\n")
-  return digest.hexdigest()
+  """The training rows of a resolved config (`inputs.training_source`: a file streamed, a hub
+  dataset in memory), code-switched per `data.code_switch_rate` (in memory)."""
+  if config.stage == "distill" and config.data.get("code_switch_rate", 0.0):
+    return bitext.ListRows(code_switch_rows(config, configured_rows(config)))
+  return training_source(config)
 
 
 def process_shards(mesh, batch_size: int) -> list[int]:
@@ -164,7 +132,7 @@ def make_batches(config, models, rows, cache_dir: Path, *, shards: Sequence[int]
   examples, shards)` exchanges the rows' lengths between processes (`gather_lengths`)."""
   import jax
   if not isinstance(rows, (bitext.FileRows, bitext.ListRows)):  # rows in a list
-    rows = bitext.ListRows(rows, fingerprint=_rows_digest(rows))
+    rows = bitext.ListRows(rows)
   if config.stage == "teacher":
     names = ("query", "positive", "negative")[:len(rows.fields)]
     tokenizers = {name: models.student for name in names}

@@ -16,12 +16,13 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from optical_jax import host, host_memory, runtime
+from optical_jax import host, host_memory
 from optical_jax.config import ConfigError, validate
 from optical_jax.evaluation.check import check_collections
 from optical_jax.evaluation.collections import (collection_specs, evaluate_all,
                                                 evaluate_collection, side_encoders)
 from optical_jax.fileio import write_text_atomic
+from optical_jax.inputs import unresolved
 from optical_jax.models.student import build_models
 from optical_jax.training import checkpoints, step as step_lib
 from optical_jax.training.input_pipeline import (local_batch, make_batches, make_teacher_cache,
@@ -63,7 +64,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     log.warning("config.runtime.host_memory 'retain' is not in effect: it must be applied "
                 "before JAX's first computation, as train.py does; in a notebook, call "
                 "optical_jax.host_memory.configure('retain') first thing")
-  config = runtime.resolve_assets(config)
+  missing = unresolved(config)
+  if missing:
+    raise ConfigError(f"train_and_evaluate takes a config whose inputs are paths; "
+                      f"{', '.join(f'config.{f}' for f in missing)} still name references: "
+                      "resolve them first (optical_jax.inputs.resolve_inputs, as train.py does)")
   workdir = Path(workdir).expanduser().resolve()  # Orbax needs absolute paths
   if workdir.exists() and not workdir.is_dir():
     raise ConfigError(f"--workdir {workdir} is a file; give a directory")

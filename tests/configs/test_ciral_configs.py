@@ -1,17 +1,17 @@
-"""The CIRAL language configs: one builder for four languages, command-line overrides reaching
-the asset references, and configs/so.py's whole path (hub layout through
-config.ciral.local_dir, parquet bitext, tiny local models) to the final table."""
+"""The CIRAL language configs: one builder for four languages (configs/ciral.py), command-line
+overrides reaching every input (typed specs derived when the config resolves), and
+configs/so.py's whole path (hub layout through config.ciral.local_dir, parquet bitext, tiny
+local models) to the final table."""
 
 import ast
-import copy
 import json
-import re
+from pathlib import Path
+from runpy import run_path
 
 import pytest
 
-from optical_jax import runtime
 from optical_jax.config import ConfigError, validate
-from optical_jax.data import ciral
+from optical_jax.inputs import bitext_collection_name, ciral_inputs, resolve_inputs
 from tests.helpers import ROOT, load_config, save_tiny_bert
 from tests.training.runs import run_train
 
@@ -33,12 +33,10 @@ BITEXTS = {
 
 
 def _builder():
-  """`ciral_config`, imported from where configs/so.py imports it."""
-  import importlib
-  tree = ast.parse((ROOT / "configs" / "so.py").read_text())
-  module = next(node.module for node in tree.body if isinstance(node, ast.ImportFrom)
-                and any(alias.name == "ciral_config" for alias in node.names))
-  return importlib.import_module(module).ciral_config
+  """`ciral_config`, from the file beside the configs that they run."""
+  source = (ROOT / "configs" / "so.py").read_text()
+  assert 'run_path(str(Path(__file__).with_name("ciral.py")))["ciral_config"]' in source
+  return run_path(str(ROOT / "configs" / "ciral.py"))["ciral_config"]
 
 
 def _returned_call(path) -> str:
@@ -77,59 +75,55 @@ def test_each_language_config_names_its_collections_and_bitext(code, language):
   c = load_config(ROOT / "configs" / f"{code}.py")
   assert (c.model.teacher, c.model.student) == ("BAAI/bge-small-en-v1.5",
                                                  "intfloat/multilingual-e5-small")
-  names = [spec.name for spec in c.eval.collections]
+  bitext, splits = ciral_inputs(c)
+  names = [bitext_collection_name(c), *(s.name for s in splits)]
   assert names == [f"bitext-{code}-en", f"ciral-{code}-dev", f"ciral-{code}-test-a",
                    f"ciral-{code}-test-b"]
   assert c.eval.dev_collection == f"bitext-{code}-en"
-  for spec in c.eval.collections[1:]:
-    assert (spec.query_encoder, spec.doc_encoder) == ("teacher", "student")
-  source, files, student_field, teacher_field = BITEXTS[code]
+  assert (bitext.source, bitext.files, bitext.student_field, bitext.teacher_field) == \
+      BITEXTS[code]
+  assert {s.language for s in splits} == {language}
   leaves = _leaves(c.to_dict())
-  assert source in leaves and files in leaves
   assert not {BITEXTS[other][1] for other in CONFIGS if other != code} & set(leaves)
-  assert (c.data.student_field, c.data.teacher_field) == (student_field, teacher_field)
 
 
-def test_overrides_after_loading_reach_every_reference(tmp_path):
+def test_overrides_after_loading_reach_every_input(tmp_path):
   c = load_config(ROOT / "configs" / "so.py")
   c.ciral.local_dir = str(HUB)  # as --config.ciral.local_dir=... sets it
   c.ciral.bitext = str(tmp_path / "my pairs.parquet")
   c.data.limit = 123
-  assert c.eval.collections[1].qrels.endswith(f"&local_dir={HUB}")
-  assert c.eval.collections[3].corpus == f"ciral:somali/corpus?local_dir={HUB}"
-  for reference in (c.data.train_file, c.eval.collections[0].topics):
-    assert "&limit=123&" in reference and reference.endswith(f"&source={tmp_path}/my pairs.parquet")
-  c.data.train_file = "/elsewhere/train.tsv"  # a plain path replaces the reference
-  assert c.data.train_file == "/elsewhere/train.tsv"
-  assert json.loads(c.to_json_best_effort())["eval"]["collections"][1]["qrels"].endswith(str(HUB))
+  c.ciral.split = "test-b"  # the splits too: derived when the config resolves
+  bitext, splits = ciral_inputs(c)
+  assert (bitext.source, bitext.limit) == (str(tmp_path / "my pairs.parquet"), 123)
+  assert [(s.split, s.local_dir) for s in splits] == [("test-b", str(HUB))]
+  c.ciral.split = "dev,test-c"
+  with pytest.raises(ConfigError, match="config.ciral.split: CIRAL has no split 'test-c'"):
+    ciral_inputs(c)
 
 
-def test_splits_are_chosen_when_the_config_loads():
+def test_splits_chosen_when_the_config_loads_or_later_resolve_to_their_files(tmp_path):
   import importlib.util  # config_flags passes the SPLITS of --config=FILE:SPLITS to get_config
   spec = importlib.util.spec_from_file_location("so", ROOT / "configs" / "so.py")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   c = module.get_config("test-a-pools,test-b")
-  assert [s.name for s in c.eval.collections][1:] == ["ciral-so-test-a-pools", "ciral-so-test-b"]
-  c.ciral.local_dir = str(HUB)
-  resolved = runtime.resolve_assets(_without_bitext(c))  # the pools judge test-a's topics
-  assert resolved.eval.collections[0].topics.endswith("topics.ciral-v1.0-so-test-a.tsv")
-  assert resolved.eval.collections[0].qrels.endswith("qrels.ciral-v1.0-so-test-a-pools.tsv")
-  c.ciral.split = "dev"  # too late to change the collections: refused, saying how
-  with pytest.raises(ConfigError, match=re.escape("--config=configs/so.py:dev")):
-    runtime.resolve_assets(_without_bitext(c))
+  c.ciral.local_dir, c.ciral.bitext = str(HUB), str(HUB / "quickmt-train.so-en")
+  c.ciral.heldout, c.ciral.heldout_rate = 6, 4
+  c.runtime.cache_dir, c.runtime.progress_bar = str(tmp_path / "cache"), False
+  inputs = resolve_inputs(c)
+  collections = {s.name: s for s in inputs.config.eval.collections}
+  assert list(collections) == ["bitext-so-en", "ciral-so-test-a-pools", "ciral-so-test-b"]
+  pools = collections["ciral-so-test-a-pools"]  # the pools judge test-a's topics
+  assert pools.topics.endswith("topics.ciral-v1.0-so-test-a.tsv")
+  assert pools.qrels.endswith("qrels.ciral-v1.0-so-test-a-pools.tsv")
+  assert Path(inputs.config.data.train_file) == inputs.bitext / "train.tsv"
+  assert collections["bitext-so-en"].topics == str(inputs.bitext / "dev" / "topics.tsv")
+  c.ciral.split = "dev"  # changed after loading: the collections follow
+  assert [s.name for s in resolve_inputs(c).config.eval.collections] == [
+      "bitext-so-en", "ciral-so-dev"]
+  assert not c.eval.collections and not c.data.train_file  # the config stores nothing derived
   with pytest.raises(ValueError, match="CIRAL has no split 'test-c'"):
     module.get_config("test-a,test-c")
-
-
-def _without_bitext(c):
-  """A copy of `c` with only its CIRAL collections (no bitext to build). Deep: ConfigDict's
-  own copies share the collections list's elements, which resolve_assets assigns to."""
-  c = copy.deepcopy(c)
-  c.data.train_file = ""
-  c.eval.collections = [s for s in c.eval.collections if s.name.startswith("ciral-")]
-  c.eval.dev_collection = ""
-  return c
 
 
 def test_so_config_runs_on_a_local_copy_to_the_final_table(tmp_path):

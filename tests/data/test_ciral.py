@@ -3,6 +3,7 @@ huggingface_hub for the right repositories and files (its download calls replace
 from the fixture), offline failures say what to download, bitext cleaning and held-out pairs,
 parquet bitext, and the prompts a checkpoint declares."""
 
+import dataclasses
 import fnmatch
 import json
 import os
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from optical_jax.assets import resolve
+from optical_jax.inputs import Bitext, CiralCollection
 from optical_jax.models.hf_checkpoint import sentence_transformers_prompts
 from optical_jax.data import bitext, ciral
 from optical_jax.evaluation.io import read_corpus, read_qrels, read_topics
@@ -90,13 +91,15 @@ def fake_hub(tmp_path, monkeypatch):
 
 
 def test_ciral_files_come_from_the_hub_repositories(fake_hub):
-  topics = resolve("ciral:somali/test-a/topics?built=test-a&splits=test-a&local_dir=")
-  assert Path(topics).name == "topics.ciral-v1.0-so-test-a.tsv"
-  assert read_topics(topics) == read_topics(ciral.collection_path("somali", "test-a", "topics",
-                                                                  str(HUB)))
-  corpus = resolve("ciral:somali/corpus?local_dir=")
-  assert read_corpus(corpus) == read_corpus(ciral.corpus_path("somali", str(HUB)))
+  files = CiralCollection("somali", "test-a").files()
+  assert Path(files["topics"]).name == "topics.ciral-v1.0-so-test-a.tsv"
+  assert read_topics(files["topics"]) == read_topics(ciral.collection_path(
+      "somali", "test-a", "topics", str(HUB)))
+  assert read_corpus(files["corpus"]) == read_corpus(ciral.corpus_path("somali", str(HUB)))
   assert fake_hub == [
+      ("snapshot_download", "CIRAL/ciral", dict(
+          repo_type="dataset", local_files_only=False,
+          allow_patterns=["ciral-somali/topics/*", "ciral-somali/qrels/*"])),
       ("snapshot_download", "CIRAL/ciral", dict(
           repo_type="dataset", local_files_only=False,
           allow_patterns=["ciral-somali/topics/*", "ciral-somali/qrels/*"])),
@@ -105,28 +108,31 @@ def test_ciral_files_come_from_the_hub_repositories(fake_hub):
           filename="passages-v1.0/somali_passages.jsonl"))]
 
 
+HUB_BITEXT = Bitext(source="quickmt/quickmt-train.so-en", files="data/train-*.parquet",
+                    student_field="so", teacher_field="en", limit=20, heldout=3, rate=3,
+                    max_chars=300)
+
+
 def test_hub_bitext_is_downloaded_once_then_read_from_the_build(fake_hub, tmp_path,
                                                                  monkeypatch):
-  reference = ("bitext:{}?student=so&teacher=en&files=data/train-*.parquet&limit=20&heldout=3"
-               "&rate=3&max_chars=300&source=quickmt/quickmt-train.so-en")
-  train = Path(resolve(reference.format("train.tsv"), tmp_path / "cache"))
+  built = HUB_BITEXT.build(tmp_path / "cache", progress=False)
   assert fake_hub == [("snapshot_download", "quickmt/quickmt-train.so-en", dict(
       repo_type="dataset", local_files_only=False, allow_patterns=["data/train-*.parquet"]))]
-  assert len(bitext.read_pairs(train, ("so", "en"))) == 20
-  manifest = json.loads((train.parent / "manifest.json").read_text())
+  assert len(bitext.read_pairs(built / "train.tsv", ("so", "en"))) == 20
+  manifest = json.loads((built / "manifest.json").read_text())
   assert manifest["source"] == {"name": "quickmt/quickmt-train.so-en",
                                 "files": "data/train-*.parquet", "revision": "0123abcd"}
   monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # built: offline is fine, and no hub call
-  topics = resolve(reference.format("dev/topics.tsv"), tmp_path / "cache")
-  assert len(read_topics(topics)) == 3 and len(fake_hub) == 1
+  assert HUB_BITEXT.build(tmp_path / "cache") == built
+  assert len(read_topics(built / "dev" / "topics.tsv")) == 3 and len(fake_hub) == 1
 
 
-@pytest.mark.parametrize("reference, repo", [
-    ("ciral:somali/dev/qrels?built=dev&splits=dev&local_dir=", "CIRAL/ciral"),
-    ("ciral:somali/corpus?local_dir=", "CIRAL/ciral-corpus"),
-    ("bitext:train.tsv?student=so&teacher=en&files=data/*&limit=5&heldout=1&rate=2"
-     "&max_chars=0&source=quickmt/quickmt-train.so-en", "quickmt/quickmt-train.so-en")])
-def test_offline_and_not_cached_says_what_to_download_and_where(reference, repo, tmp_path,
+@pytest.mark.parametrize("fetch, repo", [
+    (lambda tmp: CiralCollection("somali", "dev").files(), "CIRAL/ciral"),
+    (lambda tmp: ciral.corpus_path("somali"), "CIRAL/ciral-corpus"),
+    (lambda tmp: dataclasses.replace(HUB_BITEXT, files="data/*").build(tmp),
+     "quickmt/quickmt-train.so-en")])
+def test_offline_and_not_cached_says_what_to_download_and_where(fetch, repo, tmp_path,
                                                                 monkeypatch):
   import huggingface_hub
   monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -139,20 +145,13 @@ def test_offline_and_not_cached_says_what_to_download_and_where(reference, repo,
   monkeypatch.setattr(huggingface_hub, "snapshot_download", not_cached)
   monkeypatch.setattr(huggingface_hub, "hf_hub_download", not_cached)
   with pytest.raises(FileNotFoundError) as error:
-    resolve(reference, tmp_path)
+    fetch(tmp_path)
   message = str(error.value)
   assert asked == [True]  # the cache only: no network attempt
   assert "\n" not in message
   assert f"HF_HUB_OFFLINE=1 and it is not in the cache; where there is internet run `hf " \
          f"download {repo} --repo-type dataset --include" in message
   assert huggingface_hub.constants.HF_HUB_CACHE in message
-
-
-def test_a_changed_split_list_is_refused_naming_how_to_choose_splits():
-  from optical_jax.config import ConfigError
-  with pytest.raises(ConfigError, match=r"config\.ciral\.split 'test-b' differs from the splits "
-                     r"the config file built \('dev,test-a'\).*--config=configs/so\.py:test-b"):
-    resolve("ciral:somali/dev/topics?built=dev,test-a&splits=test-b&local_dir=" + str(HUB))
 
 
 def test_cleaning_drops_empty_long_identical_and_repeated_pairs():

@@ -1,0 +1,73 @@
+"""English to a CIRAL language: the config the four language files (so.py, sw.py, ha.py,
+yo.py) share. Also a config itself: `--config=configs/ciral.py:LANGUAGE[:SPLITS]`.
+
+Teacher: a strong small English retrieval model of the BERT family (BGE v1.5, CLS pooling,
+384 wide like the student, so no projection is needed; ahead of e5-small-v2 on MTEB
+retrieval); query and passage prefixes and pooling come from its own sentence-transformers
+files. Student: multilingual e5-small, already a retriever in ~100 languages, so distillation
+starts from a retriever rather than a language model; its XLM-R vocabulary and pretraining
+include Hausa, Somali and Swahili (not Yoruba, whose Latin script it still tokenizes). It
+encodes the passages, which are in the language.
+
+The `ciral` section names the inputs; `optical_jax.inputs.resolve_inputs` derives from it, when
+a run starts, the bitext build (training pairs and ~1,000 held-out pairs for dev MAP) and one
+collection per split, so command-line overrides of any field reach them.
+"""
+
+import ml_collections
+
+from optical_jax.config import base_config
+from optical_jax.data.ciral import BITEXTS, DEFAULT_SPLITS, LANGUAGES, SPLITS
+
+
+def ciral_config(language: str, splits: str = ""):
+  """The config of English-to-`language` CIRAL retrieval; the final table has the held-out
+  bitext and CIRAL's `splits` (comma-separated, default dev, test-a and test-b)."""
+  if language not in LANGUAGES:
+    raise ValueError(f"CIRAL has no {language!r}; languages: {', '.join(LANGUAGES)}")
+  splits = splits or DEFAULT_SPLITS
+  for split in splits.split(","):
+    if split not in SPLITS:
+      raise ValueError(f"CIRAL has no split {split!r}; splits: {', '.join(SPLITS)}")
+  code, text = LANGUAGES[language], BITEXTS[language]
+  c = base_config()
+  c.model.teacher = "BAAI/bge-small-en-v1.5"
+  c.model.student = "intfloat/multilingual-e5-small"
+  c.model.student_side = "document"
+  c.model.dtype = "bfloat16"
+  c.loss = "ot"
+
+  c.ciral = ml_collections.ConfigDict()
+  c.ciral.language = language
+  c.ciral.split = splits  # the splits of the final table (also --config=FILE:SPLITS)
+  # A directory holding the two repositories in their hub layout (LOCAL/ciral/...,
+  # LOCAL/ciral-corpus/...) instead of the download: mirrors and offline clusters.
+  c.ciral.local_dir = ""
+  # The bitext: a hub dataset id (parquet shards matching bitext_files) or a local parquet,
+  # TSV or JSONL file or directory; its columns are data.student_field and data.teacher_field.
+  c.ciral.bitext = text["source"]
+  c.ciral.bitext_files = text["files"]
+  c.ciral.heldout = 1000  # bitext pairs held out of training for dev MAP (at most this many)
+  c.ciral.heldout_rate = text["rate"]  # one pair in this many is held out (by a text hash)
+  c.ciral.max_chars = 300  # pairs with a longer side are dropped (about data.max_length tokens)
+
+  c.data.student_field, c.data.teacher_field = text["student"], text["teacher"]
+  c.data.limit = 2_000_000
+  c.data.max_length = 64
+  c.train.batch_size = 256
+  c.train.num_train_steps = 20_000
+  c.train.learning_rate = 5e-5
+  c.train.warmup_steps = 1000
+  c.train.eval_every_steps = 1000
+  c.train.checkpoint_every_steps = 1000
+  # The collections (bitext-CODE-en, then ciral-CODE-SPLIT per split) are derived from the
+  # ciral section when the run starts; dev MAP on the held-out bitext.
+  c.eval.dev_collection = f"bitext-{code}-en"
+  c.eval.max_length = 256  # CIRAL passages are news paragraphs
+  c.eval.k = 100  # CIRAL's measures: nDCG@20 and R@100 on the top 100
+  return c
+
+
+def get_config(arg: str = "somali"):
+  language, _, splits = arg.partition(":")
+  return ciral_config(language, splits)
