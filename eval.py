@@ -107,9 +107,9 @@ def main(argv):
     except ExportError as e:
       raise ExportError(f"--export_hf {e}") from None
     return
-  from optical_jax.evaluation.collections import evaluate_all, side_encoders
-  evaluate_all(config, side_encoders(models, params, config), collection_specs(config), workdir,
-               measures=measures, write=host.is_primary())
+  from optical_jax.evaluation.collections import Evaluator
+  Evaluator(models, config, measures=measures).evaluate_all(
+      collection_specs(config), params, workdir, write=host.is_primary())
 
 
 def _same(a, b) -> bool:

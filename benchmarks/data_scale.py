@@ -166,9 +166,8 @@ def stages(args) -> None:
   report("synthetic data (made once, reused)", start)
   import jax
   from optical_jax.evaluation.check import check_collections
+  from optical_jax.evaluation.collections import Evaluator, collection_specs
   from optical_jax.inputs import resolve_inputs
-  from optical_jax.evaluation.collections import collection_specs, evaluate_collection, \
-      side_encoders
   from optical_jax.models.student import build_models
   from optical_jax.training.input_pipeline import (make_batches, make_teacher_cache,
                                                    training_rows)
@@ -193,10 +192,11 @@ def stages(args) -> None:
   report("collection check", start)
   config.eval.embedding_cache = False  # the second evaluation encodes again
   spec = next(s for s in specs if s.name.endswith("-dev"))
-  encoders = side_encoders(models, models.init_params(jax.random.PRNGKey(0)), config)
+  evaluator = Evaluator(models, config)
+  params = models.init_params(jax.random.PRNGKey(0))
   for stage in ("first evaluation", "second evaluation"):
     start = time.perf_counter()
-    evaluate_collection(spec, encoders, k=config.eval.k, progress=False)
+    evaluator.evaluate(spec, params)
     report(f"{stage} ({args.passages:,} passages)", start)
   shutil.rmtree(cache, ignore_errors=True)
 

@@ -37,9 +37,11 @@ def get_config():
   c.train.log_every_steps = 10
   c.train.eval_every_steps = 40
   c.train.checkpoint_every_steps = 80
+  # The test collection also reranks each query's dense top 100 by MaxSim (the student's
+  # query tokens against the teacher's passage tokens).
   c.eval.collections = [
       bible_collection("dev-ny-en", "dev", "ny-en", c.model.student_side),
-      bible_collection("test-ny-en", "test", "ny-en", c.model.student_side),
+      bible_collection("test-ny-en", "test", "ny-en", c.model.student_side, maxsim_depth=100),
   ]
   c.eval.dev_collection = "dev-ny-en"
   c.eval.max_length = 256
@@ -51,4 +53,14 @@ def get_config():
   # Training seeds: each loss is trained once per seed; with several, a seed table follows.
   # The seed study: --config.demo.seeds="(0, 1, 2)" (three times the time).
   c.demo.seeds = (0,)
+  c.demo.test_collection = "test-ny-en"  # the table's collection
+  # The teacher's own rows, above the students': English queries (the upper bound) and the
+  # Chichewa queries it was never taught (zero-shot).
+  c.demo.reference_collections = [
+      bible_collection("test-en-en", "test", "en-en", c.model.student_side, maxsim_depth=100,
+                       label="en→en upper bound (teacher, English queries)"),
+      bible_collection("test-ny-en-teacher", "test", "ny-en", c.model.student_side,
+                       query_encoder="teacher", maxsim_depth=100,
+                       label="zero-shot (teacher, Chichewa queries)"),
+  ]
   return c

@@ -181,13 +181,14 @@ def bible_collection(name: str, split: str, direction: str, student_side: str,
   """A collection of the offline Bible build: `direction` is ny-en, en-ny or en-en."""
   query_lang, doc_lang = direction.split("-")
   student_encodes = {"query": query_lang == "ny", "document": doc_lang == "ny"}
-  return ml_collections.ConfigDict(dict(
+  spec = dict(
       name=name, topics=f"bible:{split}/queries.{query_lang}.tsv",
       corpus=f"bible:{split}/passages.{doc_lang}.tsv", qrels=f"bible:{split}/qrels.txt",
       query_encoder="student" if student_encodes["query"] and student_side == "query"
       else "teacher",
       doc_encoder="student" if student_encodes["document"] and student_side == "document"
-      else "teacher", **extra))
+      else "teacher")
+  return ml_collections.ConfigDict({**spec, **extra})  # extra fields may override them
 
 
 def _one_of(config, field: str, choices) -> None:

@@ -135,7 +135,11 @@ def resolve_inputs(config: ml_collections.ConfigDict, *, training: bool = True) 
     config.data.train_file = r(config.data.train_file)
   config.eval.collections = [ml_collections.ConfigDict(dict(spec))
                              for spec in config.eval.collections]
-  for spec in config.eval.collections:
+  references = config.get("demo", {}).get("reference_collections", [])
+  if references:  # the demo's own rows (the teacher's), resolved alike
+    config.demo.reference_collections = references = [ml_collections.ConfigDict(dict(spec))
+                                                      for spec in references]
+  for spec in [*config.eval.collections, *references]:
     for field in ("topics", "corpus", "qrels"):
       spec[field] = r(spec.get(field, ""))
   names = [spec.get("name", "") for spec in config.eval.collections]

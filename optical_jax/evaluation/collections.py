@@ -1,8 +1,10 @@
 """A config's test collections: their specs, the encoders of both sides (teacher, student),
-and evaluating them all into tables, metrics JSON and TREC run files."""
+and evaluating them (`Evaluator`, built once per run) into results, tables, metrics JSON and
+TREC run files."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Mapping
@@ -10,21 +12,23 @@ from typing import Mapping
 import ml_collections
 
 from optical_jax.evaluation.check import absent_judged
-from optical_jax.evaluation.io import read_qrels, read_topics, write_run
+from optical_jax.evaluation.io import read_corpus, read_qrels, read_topics, write_run
 from optical_jax.evaluation.metrics import DEFAULT_MEASURES, evaluate, evaluate_per_query
 from optical_jax.evaluation.report import format_table
 from optical_jax.evaluation.retrieval import TextEncoder, retrieve
+from optical_jax.evaluation.search import maxsim_reranker, rerank_run
 from optical_jax.fileio import write_text_atomic
+from optical_jax.fingerprint import checkpoint_digest
 
 
 class CollectionError(FileNotFoundError):
   """A collection file that is missing; the message names the config field."""
 
 
-def collection_specs(config) -> list[ml_collections.ConfigDict]:
-  """`config.eval.collections`, each checked to have its three files."""
+def collection_specs(config, specs=None) -> list[ml_collections.ConfigDict]:
+  """`specs` (default `config.eval.collections`), each checked to have its three files."""
   specs = [ml_collections.ConfigDict(dict(s)) if isinstance(s, Mapping) else s
-           for s in config.eval.collections]
+           for s in (config.eval.collections if specs is None else specs)]
   for spec in specs:
     for field in ("topics", "corpus", "qrels"):
       path = Path(spec[field]).expanduser()
@@ -54,10 +58,8 @@ def teacher_encoder(encoder, config) -> TextEncoder:
 
 
 def side_encoders(models, params, config) -> dict[str, TextEncoder]:
-  """The encoders of both sides of `models` (`DistillationModels`); build once and update
-  `["student"].params` as training goes, so evaluation compiles once. Both cache their
-  embeddings keyed by their parameters (the training loop turns the student's cache off
-  except at its final step: intermediate steps are never evaluated again)."""
+  """The encoders of both sides of `models` (`DistillationModels`): the frozen teacher's and
+  the student's with `params` (what `Evaluator` holds; eval.py and benchmarks use it too)."""
   return {
       "teacher": teacher_encoder(models.teacher, config),
       "student": TextEncoder(models.student, params=params,
@@ -66,59 +68,128 @@ def side_encoders(models, params, config) -> dict[str, TextEncoder]:
   }
 
 
+@dataclasses.dataclass
+class CollectionResult:
+  """One collection evaluated: aggregate `values` and `per_query` values by measure, and the
+  `run`; `maxsim`, the same for the run's top `maxsim_depth` reranked by MaxSim when the
+  collection asks for it."""
+
+  values: dict[str, float]
+  per_query: dict[str, dict[str, float]]
+  run: dict[str, dict[str, float]]
+  maxsim: "CollectionResult | None" = None
+
+
+# The frozen teacher's passage tokens for MaxSim, by checkpoint, settings, corpus and prompt:
+# computed once per process (the demo's rows share them).
+_TEACHER_DOC_TOKENS: dict = {}
+
+
 def _prompt(encoder: TextEncoder, side: str) -> str:
   return getattr(encoder.encoder, "prompts", {}).get(side, "")
 
 
 def evaluate_collection(spec, encoders: Mapping[str, TextEncoder], *,
-                        measures=DEFAULT_MEASURES, k: int = 100,
-                        progress: bool = True) -> tuple[dict, dict, dict]:
-  """(aggregate metrics, per-query metrics, run) of one collection.
+                        measures=DEFAULT_MEASURES, k: int = 100, progress: bool = True,
+                        doc_tokens: Mapping | None = None) -> CollectionResult:
+  """One collection evaluated with `encoders` ({"teacher", "student"}: `TextEncoder`s).
 
   The corpus is never held as text: its scan (docids) and token ids come from the doc
   encoder's corpus cache when an evaluation made them before (`TextEncoder.corpus`), and are
   streamed from the file otherwise. Judged documents absent from the corpus are warned
-  about (once per process)."""
+  about (once per process). With `spec.maxsim_depth`, the run's top that many are reranked
+  by MaxSim (ColBERT late interaction: the query encoder's query tokens against the doc
+  encoder's passage tokens; small corpora: every passage's tokens are held), its passage
+  tokens kept in `doc_tokens` (a dict) for the next call."""
   topics = read_topics(spec.topics)
   qrels = read_qrels(spec.qrels, topics=topics)
   if spec.get("max_queries"):
     topics = {q: topics[q] for q in list(topics)[:spec.max_queries]}
     qrels = {q: qrels[q] for q in topics if q in qrels}
   # Each side's checkpoint may declare a prefix ("query: ", "passage: ") it was trained with.
-  query_prompt = _prompt(encoders[spec.query_encoder], "query")
-  passage_prompt = _prompt(encoders[spec.doc_encoder], "passage")
-  if query_prompt:
-    topics = {q: query_prompt + text for q, text in topics.items()}
-  corpus = encoders[spec.doc_encoder].corpus(Path(spec.corpus).expanduser(),
-                                             prompt=passage_prompt)
+  query_encoder, doc_encoder = encoders[spec.query_encoder], encoders[spec.doc_encoder]
+  query_prompt, passage_prompt = _prompt(query_encoder, "query"), _prompt(doc_encoder, "passage")
+  queries = {q: query_prompt + text for q, text in topics.items()}
+  corpus = doc_encoder.corpus(Path(spec.corpus).expanduser(), prompt=passage_prompt)
   absent_judged(qrels, corpus.scan, qrels_path=spec.qrels)
-  run = retrieve(topics, corpus, query_encoder=encoders[spec.query_encoder],
-                 doc_encoder=encoders[spec.doc_encoder], k=k, progress=progress)
-  return evaluate(run, qrels, measures), evaluate_per_query(run, qrels, measures), run
+  run = retrieve(queries, corpus, query_encoder=query_encoder, doc_encoder=doc_encoder, k=k,
+                 progress=progress)
+  result = CollectionResult(evaluate(run, qrels, measures),
+                            evaluate_per_query(run, qrels, measures), run)
+  depth = spec.get("maxsim_depth", 0)
+  if depth:
+    doc_tokens = {} if doc_tokens is None else doc_tokens
+    key = (id(doc_encoder), str(spec.corpus), passage_prompt)
+    if spec.doc_encoder == "teacher":  # frozen: its passage tokens serve every run
+      doc_tokens = _TEACHER_DOC_TOKENS
+      key = (checkpoint_digest(doc_encoder.encoder.path), str(doc_encoder.encoder.module.dtype),
+             doc_encoder.max_length, doc_encoder.dtype, str(spec.corpus), passage_prompt)
+    if key not in doc_tokens:
+      texts = read_corpus(spec.corpus)
+      ids = list(texts)
+      doc_tokens[key] = dict(zip(ids, doc_encoder.encode_tokens(
+          [passage_prompt + texts[d] for d in ids], desc="passage tokens", progress=False)))
+    ids = list(queries)
+    tokens = query_encoder.encode_tokens([queries[q] for q in ids], desc="query tokens",
+                                         progress=False)
+    reranked = rerank_run(run, maxsim_reranker(dict(zip(ids, tokens)), doc_tokens[key]),
+                          depth=depth)
+    result.maxsim = CollectionResult(evaluate(reranked, qrels, measures),
+                                     evaluate_per_query(reranked, qrels, measures), reranked)
+  return result
 
 
-def evaluate_all(config, encoders: Mapping[str, TextEncoder], specs, workdir: Path, *,
-                 measures=DEFAULT_MEASURES, progress: bool = True,
-                 evaluated: Mapping[str, tuple] | None = None, write: bool = True) -> dict:
-  """Evaluates every collection, writing `eval.json`, per-query values and TREC run files
-  into `workdir` and printing the table (only where `write`: process 0).
+class Evaluator:
+  """What evaluates a run's collections, built once (its encoders compile once): the frozen
+  teacher's text encoder, the student's, and the MaxSim collections' passage tokens.
+  `evaluate(spec, params, cache=...)` evaluates one collection with the student's `params`;
+  with `cache` its embeddings are kept in the embedding cache (the final step, which eval.py
+  of that checkpoint reuses), without it not (a dev step, never evaluated again)."""
 
-  `evaluated` maps collection names to `evaluate_collection` results already computed with
-  the same encoders and `measures` (the dev evaluation of the last training step).
-  """
-  results, per_query = {}, {}
-  for spec in specs:
-    if evaluated and spec.name in evaluated:
-      values, by_query, run = evaluated[spec.name]
-    else:
-      values, by_query, run = evaluate_collection(spec, encoders, measures=measures,
-                                                  k=config.eval.k, progress=progress)
-    results[spec.name], per_query[spec.name] = values, by_query
+  def __init__(self, models, config, *, measures=DEFAULT_MEASURES):
+    self.config, self.measures = config, tuple(measures)
+    self.encoders = side_encoders(models, models.student.params, config)
+    self._student_cache = self.encoders["student"].cache_dir
+    self._doc_tokens: dict = {}
+
+  def evaluate(self, spec, params, *, cache: bool = True,
+               progress: bool = False) -> CollectionResult:
+    student = self.encoders["student"]
+    student.params = params
+    student.cache_dir = self._student_cache if cache else None
+    return evaluate_collection(spec, self.encoders, measures=self.measures,
+                               k=self.config.eval.k, progress=progress,
+                               doc_tokens=self._doc_tokens)
+
+  def evaluate_all(self, specs, params, workdir: Path, *,
+                   evaluated: Mapping[str, CollectionResult] | None = None,
+                   write: bool = True, progress: bool = True) -> dict[str, CollectionResult]:
+    """Every collection of `specs` (those in `evaluated` already are: the dev evaluation of
+    the last training step), writing `eval.json`, per-query values and TREC run files into
+    `workdir` and printing the table where `write` (process 0)."""
+    results = {}
+    for spec in specs:
+      results[spec.name] = (evaluated or {}).get(spec.name) or self.evaluate(
+          spec, params, progress=progress)
     if write:
-      write_run(run, workdir / "runs" / f"{spec.name}.trec", tag=f"optical_jax-{config.loss}")
-  if results and write:
-    write_text_atomic(workdir / "eval.json", json.dumps(results, indent=2) + "\n")
+      write_results(results, workdir, measures=self.measures,
+                    tag=f"optical_jax-{self.config.loss}")
+    return results
+
+
+def write_results(results: Mapping[str, CollectionResult], workdir: Path, *,
+                  measures=DEFAULT_MEASURES, tag: str = "optical_jax") -> None:
+  """`workdir/runs/NAME.trec` per collection, `eval.json` and `eval_per_query.json` (with
+  `NAME, MaxSim` entries for reranked collections), and the table on stdout."""
+  values, per_query = {}, {}
+  for name, result in results.items():
+    write_run(result.run, workdir / "runs" / f"{name}.trec", tag=tag)
+    values[name], per_query[name] = result.values, result.per_query
+    if result.maxsim is not None:
+      values[f"{name}, MaxSim"] = result.maxsim.values
+      per_query[f"{name}, MaxSim"] = result.maxsim.per_query
+  if values:
+    write_text_atomic(workdir / "eval.json", json.dumps(values, indent=2) + "\n")
     write_text_atomic(workdir / "eval_per_query.json", json.dumps(per_query) + "\n")
-    rows = [{"collection": name, **values} for name, values in results.items()]
+    rows = [{"collection": name, **v} for name, v in values.items()]
     print(format_table(rows, ["collection", *measures]), flush=True)
-  return results

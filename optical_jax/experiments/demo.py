@@ -15,29 +15,22 @@ first seed.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 
 import ml_collections
 import numpy as np
 
-from optical_jax.assets import resolve
-from optical_jax.evaluation import (evaluate, evaluate_per_query, format_table,
-                                    maxsim_reranker, paired_bootstrap_interval, read_corpus,
-                                    read_qrels, read_run, read_topics, rerank_run, retrieve)
-from optical_jax.evaluation.collections import side_encoders, teacher_encoder
+from optical_jax.evaluation import format_table, paired_bootstrap_interval
+from optical_jax.evaluation.collections import CollectionResult, Evaluator, collection_specs
 from optical_jax.inputs import resolve_inputs
 from optical_jax.models.hf_checkpoint import load_encoder
-from optical_jax.models.student import build_models
-from optical_jax.training.checkpoints import restore_params
+from optical_jax.models.student import DistillationModels
 from optical_jax.training.loop import train_and_evaluate
-from optical_jax.training.student_init import prepare_student
 
 TABLE_MEASURES = ("MAP", "nDCG@10", "R@1", "R@10")
 MAXSIM = "MAP, MaxSim top-100"
 GAIN = "MAP gain over zero-shot [95% CI]"
-RERANK_DEPTH = 100
 
 
 @dataclasses.dataclass
@@ -48,55 +41,26 @@ class Row:
   dense: dict  # query id -> MAP
   maxsim: dict
 
+  @classmethod
+  def of(cls, system: str, result: CollectionResult) -> "Row":
+    return cls(system, dict(result.values), result.per_query["MAP"],
+               result.maxsim.per_query["MAP"])
 
-class _TestSet:
-  """The held-out books: Chichewa and English verse queries, English passages, qrels, and the
-  teacher's passage token embeddings (computed once, shared by every MaxSim rerank)."""
 
-  def __init__(self, config):
-    r = lambda ref: resolve(ref, config.runtime.cache_dir)
-    self.teacher = teacher_encoder(load_encoder(r(config.model.teacher)), config)
-    self.corpus = read_corpus(r("bible:test/passages.en.tsv"))
-    self.qrels = read_qrels(r("bible:test/qrels.txt"))
-    self.topics = {lang: read_topics(r(f"bible:test/queries.{lang}.tsv")) for lang in ("en", "ny")}
-    self._doc_tokens = None
+@dataclasses.dataclass
+class DemoReport:
+  """The demo's results: the teacher's rows (`reference`), each seed's row per loss
+  (`by_seed`, the first seed's in the main table), the first seed's dev MAP curves, and the
+  wall time."""
+  reference: list[Row]
+  by_seed: dict[int, dict[str, Row]]
+  curves: dict[str, list[tuple[int, float]]]
+  minutes: float = 0.0
 
-  def doc_tokens(self) -> dict:
-    if self._doc_tokens is None:
-      ids = list(self.corpus)
-      tokens = self.teacher.encode_tokens([self.corpus[d] for d in ids], desc="passage tokens")
-      self._doc_tokens = dict(zip(ids, tokens))
-    return self._doc_tokens
-
-  def maxsim_map(self, run, query_encoder, lang: str = "ny") -> dict:
-    """Per-query MAP of `run` after MaxSim reranks its top `RERANK_DEPTH`."""
-    topics = self.topics[lang]
-    ids = list(topics)
-    tokens = query_encoder.encode_tokens([topics[q] for q in ids], desc="query tokens",
-                                         progress=False)
-    reranked = rerank_run(run, maxsim_reranker(dict(zip(ids, tokens)), self.doc_tokens()),
-                          depth=RERANK_DEPTH)
-    return evaluate_per_query(reranked, self.qrels, ["MAP"])["MAP"]
-
-  def teacher_rows(self, config, measures) -> list[Row]:
-    rows = []
-    for name, lang in (("en→en upper bound (teacher, English queries)", "en"),
-                       ("zero-shot (teacher, Chichewa queries)", "ny")):
-      run = retrieve(self.topics[lang], self.corpus, query_encoder=self.teacher,
-                     doc_encoder=self.teacher, k=config.eval.k)
-      rows.append(Row(name, evaluate(run, self.qrels, measures),
-                      evaluate_per_query(run, self.qrels, ["MAP"])["MAP"],
-                      self.maxsim_map(run, self.teacher, lang)))
-    return rows
-
-  def student_row(self, name: str, run_config, run_dir: Path, results: dict) -> Row:
-    models = build_models(prepare_student(run_config, run_dir))
-    params, _, _ = restore_params(run_dir, "latest")  # the step the table's results are from
-    student = side_encoders(models, params, run_config)["student"]
-    run = read_run(run_dir / "runs" / "test-ny-en.trec")
-    per_query = json.loads((run_dir / "eval_per_query.json").read_text())["test-ny-en"]
-    return Row(name, dict(results["test-ny-en"]), per_query["MAP"],
-               self.maxsim_map(run, student))
+  @property
+  def rows(self) -> list[Row]:
+    """The main table's rows: the teacher's, then the first seed's per loss."""
+    return self.reference + list(next(iter(self.by_seed.values())).values())
 
 
 def _mean(per_query: dict) -> float:
@@ -108,9 +72,10 @@ def _interval(system: dict, baseline: dict) -> str:
   return f"{gain:+.4f} [{low:+.4f}, {high:+.4f}]"
 
 
-def plot_results(curves: dict[str, list[tuple[int, float]]], rows: list[Row], path: Path) -> Path:
+def plot_report(report: DemoReport, path: Path) -> Path:
   """Left: dev MAP against steps per loss. Right: test MAP per row, dense and MaxSim, with
   95% bootstrap intervals over queries."""
+  curves, rows = report.curves, report.rows
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -131,7 +96,7 @@ def plot_results(curves: dict[str, list[tuple[int, float]]], rows: list[Row], pa
     means = np.array([s[0] for s in stats])
     errors = np.array([[s[0] - s[1], s[2] - s[0]] for s in stats]).T
     right.barh(y + offset, means, height=0.36, xerr=errors, color=colour, capsize=3,
-               label="dense" if kind == "dense" else f"MaxSim rerank of the dense top {RERANK_DEPTH}")
+               label="dense" if kind == "dense" else "MaxSim rerank of the dense top 100")
   right.set_yticks(y, labels)
   right.invert_yaxis()
   right.set(xlabel="test MAP (95% CI over queries)", title="Held-out books")
@@ -180,62 +145,81 @@ def seed_report(by_seed: dict[int, dict[str, Row]]) -> str:
   return "\n".join(lines).rstrip("\n")
 
 
-def _run_dir(workdir: Path, loss: str, seed: int, first_seed: int) -> Path:
-  name = loss.replace("+", "_")
-  return workdir / (name if seed == first_seed else f"{name}-seed{seed}")
-
-
-def run_demo(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
-  start = time.perf_counter()
-  workdir = Path(workdir).expanduser().resolve()
-  workdir.mkdir(parents=True, exist_ok=True)
-  config = resolve_inputs(config).config
-  measures = list(TABLE_MEASURES)
-  test = _TestSet(config)
-  rows = test.teacher_rows(config, measures)
-  seeds = list(config.demo.get("seeds") or [config.seed])
-  steps = config.train.num_train_steps
-  by_seed: dict[int, dict[str, Row]] = {}
-  curves = {}
-  for seed in seeds:
-    by_seed[seed] = {}
-    for i, loss in enumerate(config.demo.losses):
-      run_config = ml_collections.ConfigDict(config.to_dict())
-      run_config.loss, run_config.seed = loss, seed
-      # Every student starts as the teacher, so step 0's dev MAP is the first run's.
-      run_config.eval.eval_at_start = config.eval.eval_at_start and i == 0 and seed == seeds[0]
-      run_dir = _run_dir(workdir, loss, seed, seeds[0])
-      results = train_and_evaluate(run_config, run_dir)
-      if not results:  # halted early: resume later
-        return {}
-      by_seed[seed][loss] = test.student_row(f"{loss} distillation ({steps} steps)", run_config,
-                                             run_dir, results)
-      if seed == seeds[0]:
-        records = [json.loads(line)
-                   for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-        curves[loss] = [(r["step"], r["dev_MAP"]) for r in records if "dev_MAP" in r]
-        first = next(iter(curves.values()))
-        if first and first[0][0] == 0 and curves[loss][:1] != first[:1]:
-          curves[loss].insert(0, first[0])
-  rows += list(by_seed[seeds[0]].values())
-  zero_shot = rows[1]
+def format_report(report: DemoReport, measures=TABLE_MEASURES) -> str:
+  """The main table (measures, MaxSim MAP, gain over zero-shot with its interval), OT's
+  comparisons dense and under MaxSim, and with several seeds the seed tables."""
+  rows, zero_shot = report.rows, report.reference[-1]
   table = [{"system": row.system, **{m: row.values[m] for m in measures},
             MAXSIM: _mean(row.maxsim),
-            GAIN: _interval(row.dense, zero_shot.dense) if i >= 2 else ""}
+            GAIN: _interval(row.dense, zero_shot.dense) if i >= len(report.reference) else ""}
            for i, row in enumerate(rows)]
-  first = by_seed[seeds[0]]
+  first = next(iter(report.by_seed.values()))
   lines = (comparisons({loss: row.dense for loss, row in first.items()})
            + comparisons({loss: row.maxsim for loss, row in first.items()}, ", MaxSim"))
-  plot = plot_results(curves, rows, workdir / "dev_map.png")
-  minutes = (time.perf_counter() - start) / 60
-  text = ("Held-out books (Ruth, Jonah, Mark, Acts, James, 1 John): 500 Chichewa verse queries, "
+  seeds = list(report.by_seed)
+  return ("Held-out books (Ruth, Jonah, Mark, Acts, James, 1 John): 500 Chichewa verse queries, "
           "431 English 5-verse passages. Intervals: paired bootstrap over queries (95%), "
           "query sampling only.\n\n"
           + format_table(table, ["system", *measures, MAXSIM, GAIN])
           + "\n\n" + "".join(f"{line}\n" for line in lines)
           + (f"\nTraining seeds {', '.join(map(str, seeds))}:\n\n"
-             + seed_report(by_seed) + "\n" if len(seeds) > 1 else "")
-          + f"\nfigure: {plot}\ntotal time: {minutes:.1f} min\n")
+             + seed_report(report.by_seed) + "\n" if len(seeds) > 1 else ""))
+
+
+def report_values(report: DemoReport, measures=TABLE_MEASURES) -> dict:
+  """`{system: {measure: value}}` of the main table, MaxSim MAP included."""
+  return {row.system: {**{m: row.values[m] for m in measures}, MAXSIM: _mean(row.maxsim)}
+          for row in report.rows}
+
+
+def _run_dir(workdir: Path, loss: str, seed: int, first_seed: int) -> Path:
+  name = loss.replace("+", "_")
+  return workdir / (name if seed == first_seed else f"{name}-seed{seed}")
+
+
+def reference_rows(config) -> list[Row]:
+  """The teacher's own rows (`config.demo.reference_collections`: the en→en upper bound and
+  the zero-shot Chichewa queries), each collection's `label` naming its row."""
+  teacher = load_encoder(config.model.teacher)
+  evaluator = Evaluator(DistillationModels(teacher=teacher, student=teacher), config)
+  return [Row.of(spec.label, evaluator.evaluate(spec, {"encoder": teacher.params}))
+          for spec in collection_specs(config, config.demo.reference_collections)]
+
+
+def run_demo(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
+  """Trains one student per loss and seed, evaluates them and the teacher's reference rows,
+  writes `results.md` and `dev_map.png` into `workdir`, prints the report and returns the main
+  table's values (`report_values`; empty when a run halted early)."""
+  start = time.perf_counter()
+  workdir = Path(workdir).expanduser().resolve()
+  workdir.mkdir(parents=True, exist_ok=True)
+  config = resolve_inputs(config).config
+  test = config.demo.test_collection
+  report = DemoReport(reference=reference_rows(config), by_seed={}, curves={})
+  seeds = list(config.demo.get("seeds") or [config.seed])
+  steps = config.train.num_train_steps
+  for seed in seeds:
+    report.by_seed[seed] = {}
+    for i, loss in enumerate(config.demo.losses):
+      run_config = ml_collections.ConfigDict(config.to_dict())
+      run_config.loss, run_config.seed = loss, seed
+      # Every student starts as the teacher, so step 0's dev MAP is the first run's.
+      run_config.eval.eval_at_start = config.eval.eval_at_start and i == 0 and seed == seeds[0]
+      result = train_and_evaluate(run_config, _run_dir(workdir, loss, seed, seeds[0]))
+      if result is None:  # halted early: resume later
+        return {}
+      report.by_seed[seed][loss] = Row.of(f"{loss} distillation ({steps} steps)",
+                                          result.collections[test])
+      if seed == seeds[0]:
+        curve = [(r["step"], r["dev_MAP"]) for r in result.history if "dev_MAP" in r]
+        first = next(iter(report.curves.values()), curve)
+        if first and first[0][0] == 0 and curve[:1] != first[:1]:
+          curve.insert(0, first[0])
+        report.curves[loss] = curve
+  plot = plot_report(report, workdir / "dev_map.png")
+  report.minutes = (time.perf_counter() - start) / 60
+  text = (format_report(report)
+          + f"\nfigure: {plot}\ntotal time: {report.minutes:.1f} min\n")
   (workdir / "results.md").write_text(text)
   print("\n" + text, flush=True)
-  return {row["system"]: {m: row[m] for m in [*measures, MAXSIM]} for row in table}
+  return report_values(report)

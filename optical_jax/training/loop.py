@@ -7,8 +7,10 @@ is noted there (the first such step) and checked at those steps, before anything
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -19,8 +21,7 @@ from tqdm.auto import tqdm
 from optical_jax import host, host_memory
 from optical_jax.config import ConfigError, validate
 from optical_jax.evaluation.check import check_collections
-from optical_jax.evaluation.collections import (collection_specs, evaluate_all,
-                                                evaluate_collection, side_encoders)
+from optical_jax.evaluation.collections import CollectionResult, Evaluator, collection_specs
 from optical_jax.fileio import write_text_atomic
 from optical_jax.inputs import unresolved
 from optical_jax.models.student import build_models
@@ -41,6 +42,20 @@ class TrainingError(RuntimeError):
   """A run that cannot go on; the message says why and what was kept."""
 
 
+@dataclasses.dataclass
+class RunResult:
+  """What a finished run returns: its final `params` (the student's, on the first device) at
+  `step`, the `models` they belong to, every collection's final evaluation (`collections`,
+  by name: values, per-query values, run, and MaxSim's where a collection asks for it), and
+  the `history` of logged metrics (loss, throughput, dev MAP, ...) by step."""
+
+  step: int
+  params: Any
+  models: Any  # models.student.DistillationModels
+  collections: dict[str, CollectionResult]
+  history: list[dict]
+
+
 class Stopped(SystemExit):
   """Ctrl-C or SIGTERM stopped the run after saving; its code is 128 + the signal."""
 
@@ -55,9 +70,11 @@ def _check_lengths(config, models) -> None:
                           "has position embeddings for")
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
-  """Trains per `config` in `workdir`; returns the final evaluation `{collection: {measure:
-  value}}` (empty when no collections are configured or the run halted early)."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path
+                       ) -> RunResult | None:
+  """Trains per `config` (its inputs resolved: `optical_jax.inputs.resolve_inputs`) in
+  `workdir`, resuming from its latest checkpoint, and evaluates every collection at the end;
+  returns the `RunResult` (None when the run halted early, `train.halt_after_steps`)."""
   validate(config, devices=jax.device_count(), backend=jax.default_backend())
   if (config.runtime.host_memory == "retain" and host_memory.missing_retain()
       and jax.default_backend() == "cpu"):
@@ -102,7 +119,7 @@ def _batch_counts(batch) -> tuple[int, int]:
           int(masks[0].shape[0]) * processes)
 
 
-def _train(config, workdir: Path, primary: bool) -> dict:
+def _train(config, workdir: Path, primary: bool) -> RunResult | None:
   check_workdir_config(workdir, config)  # before any slow work
   specs = collection_specs(config)
   rows = training_rows(config)  # read and checked: a bad training file fails first
@@ -140,10 +157,7 @@ def _train(config, workdir: Path, primary: bool) -> dict:
   rng = step_lib.replicate(jax.random.PRNGKey(config.seed), mesh)
   first_bad = step_lib.replicate(np.zeros((), np.int32), mesh)
   on_device0 = lambda params: jax.tree_util.tree_map(lambda x: x.addressable_data(0), params)
-  encoders = side_encoders(models, on_device0(state.params), config)
-  # The student's embeddings are cached at the final step only (eval.py of that checkpoint
-  # reuses them); earlier steps' would never be read again.
-  student_cache, encoders["student"].cache_dir = encoders["student"].cache_dir, None
+  evaluator = Evaluator(models, config)
   num_steps, t = config.train.num_train_steps, config.train
   final_dev = {}  # the last step's dev evaluation, reused by the final evaluation
   device = jax.devices()[0]
@@ -152,14 +166,13 @@ def _train(config, workdir: Path, primary: bool) -> dict:
   def dev_eval(step: int) -> float | None:
     if dev_spec is None:
       return None
-    encoders["student"].params = on_device0(state.params)
-    encoders["student"].cache_dir = student_cache if step == num_steps else None
-    values, by_query, run = evaluate_collection(dev_spec, encoders, k=config.eval.k,
-                                                progress=False)
-    metrics_log.write(step, {f"dev_{k}": v for k, v in values.items()})
+    # The student's embeddings are cached at the final step only (eval.py of that checkpoint
+    # reuses them); earlier steps' would never be read again.
+    result = evaluator.evaluate(dev_spec, on_device0(state.params), cache=step == num_steps)
+    metrics_log.write(step, {f"dev_{k}": v for k, v in result.values.items()})
     if step == num_steps:
-      final_dev[dev_spec.name] = (values, by_query, run)
-    return values["MAP"]
+      final_dev[dev_spec.name] = result
+    return result.values["MAP"]
 
   def build(step: int):  # in the prefetch thread: host batch, teacher vectors, to the devices
     batch = local_batch(batches, teacher_cache, step, weights)
@@ -230,7 +243,7 @@ def _train(config, workdir: Path, primary: bool) -> dict:
           raise Stopped(stop.exit_code)
         if primary:
           print(f"halted after step {done} (halt_after_steps); rerun to resume", flush=True)
-        return {}
+        return None
       meter.reset()  # evaluation and saving are not training time
   bar.close()
   checkpoints.finish(latest, best)
@@ -244,6 +257,8 @@ def _train(config, workdir: Path, primary: bool) -> dict:
     plot_curves(metrics_log.records(), workdir / "curves.png",
                 title=f"{config.stage} / {config.loss}")
   metrics_log.close()
-  encoders["student"].params = on_device0(state.params)
-  encoders["student"].cache_dir = student_cache
-  return evaluate_all(config, encoders, specs, workdir, evaluated=final_dev, write=primary)
+  params = on_device0(state.params)
+  collections = evaluator.evaluate_all(specs, params, workdir, evaluated=final_dev,
+                                       write=primary)
+  return RunResult(step=num_steps, params=params, models=models, collections=collections,
+                   history=metrics_log.records())

@@ -122,3 +122,15 @@ def test_demo_seed_study_reports_each_seed_and_the_pooled_share(demo_run, capsys
   losses = [[json.loads(l)["loss"] for l in (workdir / d / "metrics.jsonl").read_text().splitlines()
              if "loss" in json.loads(l)] for d in ("contrastive", "contrastive-seed1")]
   assert losses[0] != losses[1]
+
+
+def test_the_demo_reads_none_of_its_own_output_files():
+  """It composes what training returns (RunResult), not run files, metrics or JSON it wrote."""
+  import ast
+  tree = ast.parse((ROOT / "optical_jax" / "experiments" / "demo.py").read_text())
+  called = {node.func.attr if isinstance(node.func, ast.Attribute) else node.func.id
+            for node in ast.walk(tree) if isinstance(node, ast.Call)
+            and isinstance(node.func, (ast.Attribute, ast.Name))}
+  readers = {"open", "read_text", "read_bytes", "read_run", "read_topics", "read_qrels",
+             "read_corpus", "load", "loads", "restore_params", "build_models"}
+  assert "train_and_evaluate" in called and not called & readers, called & readers

@@ -151,17 +151,19 @@ def test_final_evaluation_reuses_the_last_steps_dev_evaluation(setup, monkeypatc
                                     **{"eval.collections": [toy_collection(root)],
                                        "eval.dev_collection": "toy"}))
   calls = []
-  evaluate_collection = loop.evaluate_collection
-  monkeypatch.setattr(loop, "evaluate_collection",
-                      lambda spec, *a, **k: calls.append(spec.name) or
-                      evaluate_collection(spec, *a, **k))
-  results = loop.train_and_evaluate(config, root / "reuse")
-  assert calls == ["toy", "toy"]  # step 0 and step 2; the final table takes step 2's
-  records = (root / "reuse" / "metrics.jsonl").read_text().splitlines()
-  dev = [r for r in map(json.loads, records) if "dev_MAP" in r]
+  evaluate = loop.Evaluator.evaluate
+  monkeypatch.setattr(loop.Evaluator, "evaluate",
+                      lambda self, spec, *a, **k: calls.append((spec.name, k.get("cache"))) or
+                      evaluate(self, spec, *a, **k))
+  result = loop.train_and_evaluate(config, root / "reuse")
+  # Step 0 and step 2; the final table takes step 2's, whose embeddings alone are cached.
+  assert calls == [("toy", False), ("toy", True)]
+  dev = [r for r in result.history if "dev_MAP" in r]
   assert [r["step"] for r in dev] == [0, 2]
-  assert results["toy"]["MAP"] == dev[-1]["dev_MAP"]
+  assert result.collections["toy"].values["MAP"] == dev[-1]["dev_MAP"]
+  assert set(result.collections["toy"].per_query["MAP"]) == set(result.collections["toy"].run)
   assert (root / "reuse" / "runs" / "toy.trec").is_file()
+  assert result.step == 2 and set(result.params) == {"encoder"}
 
 
 @pytest.fixture(scope="module")
