@@ -66,3 +66,18 @@ def test_a_collection_with_an_unknown_encoder_is_named():
       "config.eval.collections['toy'].query_encoder must be 'student' or 'teacher', got "
       "'students'")):
     validate(config)
+
+
+def test_the_configuration_reference_is_the_configs_own():
+  """docs/configuration.md is generated from base_config(): a field added, removed, changed
+  or left without a comment shows here (regenerate: python -m optical_jax.config_reference)."""
+  from optical_jax.config_reference import field_comments, reference
+  from tests.helpers import ROOT
+  assert (ROOT / "docs" / "configuration.md").read_text() == reference(), (
+      "docs/configuration.md is stale: python -m optical_jax.config_reference > "
+      "docs/configuration.md")
+  comments = field_comments()
+  assert comments["ot.epsilon"] == "entropic regularisation, in cost units"
+  missing = [line.split("`")[1] for line in reference().splitlines()
+             if line.startswith("| `") and line.endswith("|  |")]
+  assert not missing, f"fields without a comment in optical_jax/config.py: {missing}"

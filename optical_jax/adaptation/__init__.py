@@ -1,4 +1,4 @@
-"""A student built for its language (issue #23): vocabulary adaptation and OT-induced lexicons.
+"""A student built for its language: vocabulary adaptation and OT-induced lexicons.
 
 - `alignment`: entropic OT plans between the initial student's token embeddings of bitext
   sentences and the teacher's of their translations (the loss's own solver, batched).

@@ -4,7 +4,7 @@
 
 Parameters and optimizer state are replicated (`NamedSharding(mesh, P())`); the batch is split
 along its first axis (`P("data")`), each process supplying its own rows. Gradients are averaged
-with `lax.pmean`, as pmap's users wrote it: the design card's "pmap-parallel" step on
+with `lax.pmean`, as pmap's users wrote it: a "pmap-parallel" step on
 today's JAX.
 """
 
