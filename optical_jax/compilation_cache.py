@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import ml_collections
@@ -9,9 +10,11 @@ import ml_collections
 
 def enable_compilation_cache(config: ml_collections.ConfigDict) -> None:
   """Keeps compiled XLA programs in `cache_dir/xla`, so a rerun, a resumed run or another run
-  with the same shapes (the demo's evaluations) loads them instead of compiling again."""
+  with the same shapes (the demo's evaluations) loads them instead of compiling again. A cache
+  directory given in JAX's own `JAX_COMPILATION_CACHE_DIR` is kept (one cache for many runs:
+  a test session)."""
   import jax
-  if config.runtime.compilation_cache:
+  if config.runtime.compilation_cache and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     jax.config.update("jax_compilation_cache_dir",
                       str(Path(config.runtime.cache_dir).expanduser() / "xla"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)

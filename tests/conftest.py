@@ -4,6 +4,14 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One XLA compilation cache for the whole session, this process and the train.py / eval.py
+# runs it starts (they inherit it): the many tiny trainings compile the same steps.
+_XLA_CACHE = None
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  import tempfile
+  _XLA_CACHE = os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(
+      prefix="optical_jax_tests_xla_")
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
 
 from pathlib import Path
 
@@ -26,3 +34,9 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_xlmr_dir(tmp_path_factory) -> Path:
   return save_tiny_xlmr(tmp_path_factory.mktemp("tiny_xlmr"))
+
+
+def pytest_sessionfinish(session, exitstatus):
+  if _XLA_CACHE:
+    import shutil
+    shutil.rmtree(_XLA_CACHE, ignore_errors=True)

@@ -11,9 +11,10 @@ from optical_jax.evaluation.io import read_qrels, read_run
 from optical_jax.evaluation.metrics import DEFAULT_MEASURES, evaluate, evaluate_per_query
 
 
-def format_table(rows: Sequence[Mapping[str, object]], columns: Sequence[str]) -> str:
-  """A Markdown table; floats get 4 decimals."""
-  cell = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)
+def format_table(rows: Sequence[Mapping[str, object]], columns: Sequence[str], *,
+                 digits: int = 4) -> str:
+  """A Markdown table; floats get `digits` decimals."""
+  cell = lambda v: f"{v:.{digits}f}" if isinstance(v, float) else str(v)
   lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
   lines += ["| " + " | ".join(cell(row.get(c, "")) for c in columns) + " |" for row in rows]
   return "\n".join(lines)

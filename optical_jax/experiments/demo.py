@@ -50,11 +50,12 @@ class Row:
 @dataclasses.dataclass
 class DemoReport:
   """The demo's results: the teacher's rows (`reference`), each seed's row per loss
-  (`by_seed`, the first seed's in the main table), the first seed's dev MAP curves, and the
-  wall time."""
+  (`by_seed`, the first seed's in the main table), the first seed's dev MAP curves, where the
+  time went (`seconds`: `{part: {stage: seconds}}`) and the wall time."""
   reference: list[Row]
   by_seed: dict[int, dict[str, Row]]
   curves: dict[str, list[tuple[int, float]]]
+  seconds: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
   minutes: float = 0.0
 
   @property
@@ -166,6 +167,18 @@ def format_report(report: DemoReport, measures=TABLE_MEASURES) -> str:
              + seed_report(report.by_seed) + "\n" if len(seeds) > 1 else ""))
 
 
+STAGES = ("set-up", "steps", "dev evaluation", "final evaluation")
+
+
+def time_table(report: DemoReport) -> str:
+  """Where the time went, in seconds: the inputs and the teacher's rows, then each run's
+  set-up (vocabulary, tokenisation, models, compilation), steps, dev evaluations and final
+  evaluation (MaxSim included)."""
+  table = [{"part": part, **{stage: by_stage.get(stage, 0.0) for stage in STAGES},
+            "total": sum(by_stage.values())} for part, by_stage in report.seconds.items()]
+  return format_table(table, ["part", *STAGES, "total"], digits=1)
+
+
 def report_values(report: DemoReport, measures=TABLE_MEASURES) -> dict:
   """`{system: {measure: value}}` of the main table, MaxSim MAP included."""
   return {row.system: {**{m: row.values[m] for m in measures}, MAXSIM: _mean(row.maxsim)}
@@ -194,8 +207,11 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
   workdir = Path(workdir).expanduser().resolve()
   workdir.mkdir(parents=True, exist_ok=True)
   config = resolve_inputs(config).config
+  seconds = {"inputs and the teacher's rows": {"set-up": time.perf_counter() - start}}
   test = config.demo.test_collection
-  report = DemoReport(reference=reference_rows(config), by_seed={}, curves={})
+  started = time.perf_counter()
+  report = DemoReport(reference=reference_rows(config), by_seed={}, curves={}, seconds=seconds)
+  seconds["inputs and the teacher's rows"]["final evaluation"] = time.perf_counter() - started
   seeds = list(config.demo.get("seeds") or [config.seed])
   steps = config.train.num_train_steps
   for seed in seeds:
@@ -210,6 +226,7 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
         return {}
       report.by_seed[seed][loss] = Row.of(f"{loss} distillation ({steps} steps)",
                                           result.collections[test])
+      seconds[f"{loss}, seed {seed}"] = result.seconds
       if seed == seeds[0]:
         curve = [(r["step"], r["dev_MAP"]) for r in result.history if "dev_MAP" in r]
         first = next(iter(report.curves.values()), curve)
@@ -219,7 +236,8 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
   plot = plot_report(report, workdir / "dev_map.png")
   report.minutes = (time.perf_counter() - start) / 60
   text = (format_report(report)
-          + f"\nfigure: {plot}\ntotal time: {report.minutes:.1f} min\n")
+          + f"\nfigure: {plot}\ntotal time: {report.minutes:.1f} min\n\n"
+          + "Where the time went (s):\n\n" + time_table(report) + "\n")
   (workdir / "results.md").write_text(text)
   print("\n" + text, flush=True)
   return report_values(report)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -46,14 +47,16 @@ class TrainingError(RuntimeError):
 class RunResult:
   """What a finished run returns: its final `params` (the student's, on the first device) at
   `step`, the `models` they belong to, every collection's final evaluation (`collections`,
-  by name: values, per-query values, run, and MaxSim's where a collection asks for it), and
-  the `history` of logged metrics (loss, throughput, dev MAP, ...) by step."""
+  by name: values, per-query values, run, and MaxSim's where a collection asks for it), the
+  `history` of logged metrics (loss, throughput, dev MAP, ...) by step, and where this
+  invocation's time went (`seconds`: set-up, steps, dev evaluation, final evaluation)."""
 
   step: int
   params: Any
   models: Any  # models.student.DistillationModels
   collections: dict[str, CollectionResult]
   history: list[dict]
+  seconds: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 class Stopped(SystemExit):
@@ -120,6 +123,7 @@ def _batch_counts(batch) -> tuple[int, int]:
 
 
 def _train(config, workdir: Path, primary: bool) -> RunResult | None:
+  began, seconds = time.perf_counter(), {"dev evaluation": 0.0}
   check_workdir_config(workdir, config)  # before any slow work
   specs = collection_specs(config)
   rows = training_rows(config)  # read and checked: a bad training file fails first
@@ -164,6 +168,13 @@ def _train(config, workdir: Path, primary: bool) -> RunResult | None:
   meter = Meter(peak=peak_flops(device.device_kind, config.model.dtype))
 
   def dev_eval(step: int) -> float | None:
+    started = time.perf_counter()
+    try:
+      return _dev_eval(step)
+    finally:
+      seconds["dev evaluation"] += time.perf_counter() - started
+
+  def _dev_eval(step: int) -> float | None:
     if dev_spec is None:
       return None
     # The student's embeddings are cached at the final step only (eval.py of that checkpoint
@@ -186,6 +197,8 @@ def _train(config, workdir: Path, primary: bool) -> RunResult | None:
              desc=f"{config.stage}:{config.loss}",
              disable=not (config.runtime.progress_bar and primary))
   prefetcher = Prefetcher(build, start, num_steps, depth=config.data.prefetch)
+  seconds["set-up"] = time.perf_counter() - began - seconds["dev evaluation"]
+  loop_began, dev_before = time.perf_counter(), seconds["dev evaluation"]
   meter.reset()
   with StopSignals() as stop, prefetcher:
     for step in bar:
@@ -258,7 +271,12 @@ def _train(config, workdir: Path, primary: bool) -> RunResult | None:
                 title=f"{config.stage} / {config.loss}")
   metrics_log.close()
   params = on_device0(state.params)
+  # Saving checkpoints counts as steps: the loop waits for the last one.
+  seconds["steps"] = (time.perf_counter() - loop_began
+                      - (seconds["dev evaluation"] - dev_before))
+  final_began = time.perf_counter()
   collections = evaluator.evaluate_all(specs, params, workdir, evaluated=final_dev,
                                        write=primary)
+  seconds["final evaluation"] = time.perf_counter() - final_began
   return RunResult(step=num_steps, params=params, models=models, collections=collections,
-                   history=metrics_log.records())
+                   history=metrics_log.records(), seconds=seconds)

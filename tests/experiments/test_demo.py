@@ -134,3 +134,15 @@ def test_the_demo_reads_none_of_its_own_output_files():
   readers = {"open", "read_text", "read_bytes", "read_run", "read_topics", "read_qrels",
              "read_corpus", "load", "loads", "restore_params", "build_models"}
   assert "train_and_evaluate" in called and not called & readers, called & readers
+
+
+def test_the_demo_says_where_its_time_went(demo_run):
+  _, _, _, text = demo_run
+  table = text.split("Where the time went (s):\n\n")[1].splitlines()
+  assert table[0] == "| part | set-up | steps | dev evaluation | final evaluation | total |"
+  parts = [line.split(" | ")[0].strip("| ") for line in table[2:]]
+  assert parts == ["inputs and the teacher's rows", "ot, seed 0", "mse, seed 0",
+                   "contrastive, seed 0", "ot+contrastive, seed 0"]
+  for line in table[2:]:
+    values = [float(v) for v in line.strip("| ").split(" | ")[1:]]
+    assert all(v >= 0 for v in values) and abs(sum(values[:-1]) - values[-1]) < 0.2
