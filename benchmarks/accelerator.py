@@ -22,7 +22,8 @@ ot: so.py's models and step. Printed, in this order:
 
 from __future__ import annotations
 
-from common import ARCHITECTURES, argument_parser, cpu_description, parse_args, random_checkpoint
+from common import (ARCHITECTURES, argument_parser, cpu_description, median_seconds, parse_args,
+                    random_checkpoint)
 
 if __name__ == "__main__":
   parser = argument_parser(__doc__.splitlines()[0])
@@ -38,10 +39,8 @@ if __name__ == "__main__":
                       help="pairs in the synthetic bitext (default: 8 batches)")
   ARGS = parse_args(parser)
 
-import statistics
 import tempfile
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -85,13 +84,7 @@ def synthetic_columns(pairs: int, length: int, vocab: dict[str, int], seed: int 
 
 
 def median_ms(fn, repeats: int) -> float:
-  fn()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times) * 1e3
+  return median_seconds(fn, repeats) * 1e3
 
 
 def host_table(models, config, mesh, args) -> tuple[BucketedBatches, dict]:
@@ -132,7 +125,7 @@ def flops_table(step_fn, state, teacher_params, batch, rng, devices: int, args) 
     print("\nXLA gives no cost analysis on this backend")
     return 0.0
   total = per_device * devices
-  print(f"\n### FLOPs and the compute bound (estimates: cost analysis / nominal peak)\n")
+  print("\n### FLOPs and the compute bound (estimates: cost analysis / nominal peak)\n")
   print(f"XLA's cost analysis of the compiled step: {total / 1e12:.3g} TFLOP per step "
         f"({per_device / 1e12:.3g} per device x {devices}), batch {args.batch}, length "
         f"{args.length}, {args.dtype}, teacher forward inside the step\n")

@@ -176,6 +176,17 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def flat_fields(tree: dict, prefix: str = "") -> dict:
+  """`{"group.field": value}` of a nested dict (a config's `to_dict()` or its JSON)."""
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(flat_fields(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
 def bible_collection(name: str, split: str, direction: str, student_side: str,
                      **extra) -> ml_collections.ConfigDict:
   """A collection of the offline Bible build: `direction` is ny-en, en-ny or en-en."""

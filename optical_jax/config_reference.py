@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 from optical_jax import config as config_module
-from optical_jax.config import base_config
+from optical_jax.config import base_config, flat_fields
 
 _FIELD = re.compile(r"^\s*c\.([\w.]+)\s*=\s*(.*?)\s*(?:#\s*(.*))?$")
 
@@ -40,20 +40,10 @@ def field_comments() -> dict[str, str]:
   return comments
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      out.update(_flat(value, f"{prefix}{key}."))
-    else:
-      out[f"{prefix}{key}"] = value
-  return out
-
-
 def reference() -> str:
   """The reference as markdown."""
   comments = field_comments()
-  fields = _flat(base_config().to_dict())
+  fields = flat_fields(base_config().to_dict())
   groups: dict[str, list[str]] = {}
   for name in fields:
     groups.setdefault(name.rpartition(".")[0], []).append(name)

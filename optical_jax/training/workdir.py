@@ -11,7 +11,7 @@ import signal
 import socket
 from pathlib import Path
 
-from optical_jax.config import ConfigError, base_config
+from optical_jax.config import ConfigError, base_config, flat_fields
 
 log = logging.getLogger("optical_jax")
 
@@ -73,24 +73,14 @@ def workdir_lock(workdir: Path, *, enabled: bool = True):
     path.unlink(missing_ok=True)
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      out.update(_flat(value, f"{prefix}{key}."))
-    else:
-      out[f"{prefix}{key}"] = value
-  return out
-
-
 def check_resumed_config(saved_json: str, config) -> list[str]:
   """The fields of `config` that differ from the saved run's (`config.json`) and matter to
   training. Raises `ConfigError` naming them unless `config.train.resume_with_changes`;
   returns them so the caller can log the change."""
-  saved = _flat(json.loads(saved_json))
-  current = _flat(json.loads(config.to_json_best_effort()))
+  saved = flat_fields(json.loads(saved_json))
+  current = flat_fields(json.loads(config.to_json_best_effort()))
   # A field added since the run was saved counts at its default, which is what the run used.
-  defaults = _flat(json.loads(base_config().to_json_best_effort()))
+  defaults = flat_fields(json.loads(base_config().to_json_best_effort()))
   value = lambda flat, k: flat[k] if k in flat else defaults.get(k)
   changed = sorted(k for k in saved.keys() | current.keys()
                    if value(saved, k) != value(current, k)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import load_config
-from tests.training.runs import final_params, final_params_at, keyed, run_train, write_config
+from tests.training.runs import final_params, final_params_at, run_train, write_config
 
 
 def _config(root, name, checkpoint, bitext, **overrides):
@@ -217,25 +217,18 @@ def test_every_log_step_records_throughput_and_mfu_where_the_peak_is_known(setup
     assert r["mfu"] == pytest.approx(r["step_tflops_per_device"] * r["steps_per_sec"], rel=1e-6)
 
 
-def test_the_peak_table_knows_the_usual_devices():
+@pytest.mark.parametrize("kind, dtype, tflops", [
+    ("NVIDIA A100-SXM4-40GB", "bfloat16", 312), ("NVIDIA A100-SXM4-40GB", "float32", 156),
+    ("NVIDIA H100 80GB HBM3", "bfloat16", 989), ("NVIDIA H100 PCIe", "bfloat16", 756),
+    ("NVIDIA H200", "bfloat16", 989), ("NVIDIA L4", "bfloat16", 121),
+    ("NVIDIA L40S", "bfloat16", None),  # not an L4
+    ("Tesla T4", "float32", 8.1), ("TPU v2", "bfloat16", 22.5), ("TPU v3", "bfloat16", 61.5),
+    ("TPU v4", "bfloat16", 275), ("TPU v5 lite", "bfloat16", 197), ("TPU v5e", "bfloat16", 197),
+    ("TPU v5p", "bfloat16", 459), ("TPU v5", "bfloat16", 459), ("TPU v6 lite", "bfloat16", 918),
+    ("cpu", "float32", None)])
+def test_the_peak_table_knows_the_usual_devices(kind, dtype, tflops):
   from optical_jax.training.throughput import peak_flops
-  assert peak_flops("NVIDIA A100-SXM4-40GB", "bfloat16") == 312e12
-  assert peak_flops("NVIDIA A100-SXM4-40GB", "float32") == 156e12
-  assert peak_flops("NVIDIA H100 80GB HBM3", "bfloat16") == 989e12
-  assert peak_flops("NVIDIA H100 PCIe", "bfloat16") == 756e12
-  assert peak_flops("NVIDIA H200", "bfloat16") == 989e12
-  assert peak_flops("NVIDIA L4", "bfloat16") == 121e12
-  assert peak_flops("NVIDIA L40S", "bfloat16") is None  # not an L4
-  assert peak_flops("Tesla T4", "float32") == 8.1e12
-  assert peak_flops("TPU v2", "bfloat16") == 22.5e12
-  assert peak_flops("TPU v3", "bfloat16") == 61.5e12
-  assert peak_flops("TPU v4", "bfloat16") == 275e12
-  assert peak_flops("TPU v5 lite", "bfloat16") == 197e12
-  assert peak_flops("TPU v5e", "bfloat16") == 197e12
-  assert peak_flops("TPU v5p", "bfloat16") == 459e12
-  assert peak_flops("TPU v5", "bfloat16") == 459e12
-  assert peak_flops("TPU v6 lite", "bfloat16") == 918e12
-  assert peak_flops("cpu", "float32") is None
+  assert peak_flops(kind, dtype) == (None if tflops is None else tflops * 1e12)
 
 
 @pytest.mark.parametrize("broken, message", [
