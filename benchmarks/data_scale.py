@@ -291,9 +291,11 @@ def main() -> None:
   if len(sizes) > 1:
     (p0, _), (p1, _) = sizes[0], sizes[-1]
     peak0, peak1 = results[sizes[0]][-1]["peak_mb"], results[sizes[-1]][-1]["peak_mb"]
-    print(f"\npeak RSS grows {peak1 - peak0:,.0f} MB from {p0:,} to {p1:,} pairs "
-          f"({(peak1 - peak0) / (p1 - p0) * 1e6 / 1024:,.0f} MB per million pairs more, "
-          "corpus growth included)")
+    token0, token1 = (next(r["peak_mb"] for r in results[size] if r["stage"] == "tokenisation")
+                      for size in (sizes[0], sizes[-1]))
+    print(f"\npeak RSS grows {peak1 - peak0:,.0f} MB from {p0:,} to {p1:,} pairs, corpus "
+          f"growth included; the data path's (up to tokenisation) {token1 - token0:,.0f} MB: "
+          f"{(token1 - token0) / (p1 - p0) * 1e6:,.0f} MB per million pairs")
   if args.end_to_end:
     pairs, passages = sizes[-1]
     e2e = end_to_end(args, pairs, passages)
