@@ -173,6 +173,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.runtime.progress_bar = True  # tqdm progress bar
   c.runtime.cache_dir = "~/.cache/optical_jax"  # built offline assets (bible:) live here
   c.runtime.compilation_cache = True  # keep compiled XLA programs in cache_dir/xla
+  # Several processes: one that has not been heard from for this many seconds is lost, and the
+  # others stop in one line saying so and what is kept (before JAX's own abort).
+  c.runtime.peer_timeout = 60.0
   return c
 
 
@@ -293,6 +296,7 @@ def validate(config, *, devices: int = 1, backend: str = "cpu") -> None:
                       f"{config.data.teacher_cache!r}")
   _positive_number(config.data.teacher_cache_max_gb, "data.teacher_cache_max_gb")
   _positive_int(config.data.prefetch, "data.prefetch", zero_ok=True)
+  _positive_number(config.runtime.get("peer_timeout", 60.0), "runtime.peer_timeout")
   _positive_int(config.data.max_length, "data.max_length")
   _positive_int(config.eval.max_length, "eval.max_length")
   _positive_int(config.eval.batch_size, "eval.batch_size")

@@ -1,6 +1,7 @@
 """Joining a multi-process JAX run: with an explicit coordinator, with JAX's own cluster
 detection, or not at all (a single process), and one line naming who did not join instead of
-JAX's abort after 5 silent minutes.
+JAX's abort after 5 silent minutes; during the run, one line naming a process that was lost
+(`watch_peers`).
 
 `initialize_distributed` must come before any JAX computation (JAX's rule).
 """
@@ -12,6 +13,8 @@ import math
 import os
 import sys
 import threading
+import time
+from typing import Callable
 
 
 def initialize_distributed(coordinator_address: str | None = None,
@@ -99,6 +102,115 @@ def _join_watchdog(coordinator_address: str, num_processes: int, process_id: int
     yield
   finally:
     done.set()
+
+
+class PeerWatch:
+  """A multi-process run's watch over its peers (see `watch_peers`)."""
+
+  def __init__(self, kept: Callable[[], str], timeout: float, interval: float, *, client,
+               me: int, count: int):
+    # client: JAX's coordination-service client (key_value_set / key_value_dir_get); None for
+    # a single process.
+    self._kept, self._timeout, self._interval = kept, timeout, interval
+    self._me, self._count, self._client = me, count, client
+    self._stopping = threading.Event()
+    if client is None:
+      return
+    threading.Thread(target=self._beat, name="peer-watchdog", daemon=True).start()
+
+  def stop(self) -> None:
+    """Tells the peers this process is done: a finished process is not lost."""
+    self._stopping.set()
+    if self._client is not None:
+      try:
+        self._client.key_value_set(f"{_ALIVE}{self._me}", "done", allow_overwrite=True)
+      except Exception:
+        pass  # the coordinator is gone: nobody is left to tell
+
+  def failed(self, error: BaseException) -> None:
+    """Called with an error out of the run: when a peer is gone (its heartbeat has stopped, or
+    a collective lost its connection), ends this process in one line; otherwise returns, and
+    the caller re-raises."""
+    if self._client is None:
+      return
+    silent = self._silent_peers(wait=3 * self._interval)
+    chain, cause = [], error
+    while cause is not None and len(chain) < 8:
+      chain.append(cause)
+      cause = cause.__cause__ or cause.__context__
+    text = "\n".join(str(e) for e in chain)
+    markers = ("connection closed", "connection reset", "unavailable", "heartbeat",
+               "socket closed", "broken pipe")
+    broken = [line for line in text.splitlines() if any(m in line.lower() for m in markers)]
+    if silent:
+      self._lost(" and ".join(f"process {p}" for p in silent), "it stopped answering")
+    if broken:
+      self._lost("a peer process", f"a collective failed: {broken[0].strip()[:200]}")
+
+  def _silent_peers(self, wait: float) -> list[int]:
+    """Peers whose heartbeat does not move over `wait` seconds (finished ones excepted)."""
+    try:
+      before = self._read()
+      time.sleep(wait)
+      after = self._read()
+    except Exception:
+      return [0] if self._me else []
+    return [p for p in range(self._count) if p != self._me
+            and after.get(f"{_ALIVE}{p}") != "done"
+            and after.get(f"{_ALIVE}{p}") == before.get(f"{_ALIVE}{p}")]
+
+  def _read(self) -> dict[str, str]:
+    return dict(self._client.key_value_dir_get(_ALIVE))
+
+  def _lost(self, who: str, why: str) -> None:
+    print(f"error: process {self._me} of {self._count}: {who} is lost ({why}); {self._kept()}; "
+          "start every process again to resume", file=sys.stderr, flush=True)
+    os._exit(1)  # the main thread may be inside a collective that never returns
+
+  def _beat(self) -> None:
+    # A peer's clock starts at its first heartbeat: one that starts later is not lost.
+    heard = {p: (None, None) for p in range(self._count) if p != self._me}
+    beats = 0
+    while not self._stopping.wait(self._interval):
+      beats += 1
+      try:
+        self._client.key_value_set(f"{_ALIVE}{self._me}", str(beats), allow_overwrite=True)
+        values = self._read()
+      except Exception:  # the coordination service lives in process 0
+        if not self._stopping.is_set():
+          self._lost("process 0 (the coordinator)" if self._me else "the coordination service",
+                     "it stopped answering")
+        return
+      now = time.monotonic()
+      for peer, (value, since) in list(heard.items()):
+        current = values.get(f"{_ALIVE}{peer}")
+        if current == "done":
+          del heard[peer]
+        elif current != value:
+          heard[peer] = (current, now)
+        elif since is not None and now - since > self._timeout and not self._stopping.is_set():
+          self._lost(f"process {peer}", f"nothing from it for {self._timeout:g} s")
+
+
+_ALIVE = "optical_jax/alive/"
+
+
+def watch_peers(kept: Callable[[], str], *, timeout: float = 60.0,
+                interval: float = 2.0) -> PeerWatch:
+  """In a multi-process run, a daemon thread that publishes this process's heartbeat to JAX's
+  coordination service every `interval` seconds and, when a peer's has not moved for
+  `timeout` seconds (a process killed or its host gone, while a collective hangs), ends this
+  process (exit 1) with one line naming the peer and what is kept (`kept()`, e.g. the last
+  checkpoint) instead of JAX's C++ abort. Where a collective fails fast instead (Gloo on CPU:
+  "connection closed by peer"), `PeerWatch.failed(error)` says the same line. `stop()` tells
+  the peers this process is done. A single process gets no thread."""
+  import jax
+  client = None
+  if jax.process_count() > 1:
+    from jax._src import distributed as jax_distributed
+    client = jax_distributed.global_state.client
+  return PeerWatch(kept, timeout, interval, client=client, me=jax.process_index(),
+                   count=jax.process_count())
 
 
 def _cluster_detected() -> bool:

@@ -72,3 +72,69 @@ def test_a_process_whose_partner_never_starts_says_so_and_gives_up_in_one_line(t
                               f"localhost:{port} within 3 s (--join_timeout)")
   assert len(lines) == 2 and "Check failure" not in result.stderr
   assert time.monotonic() - started < 60  # not JAX's 5 minutes
+
+
+class _Store:
+  """JAX's coordination-service key-value store, as the peer watch uses it."""
+
+  def __init__(self):
+    self.values, self.lock = {}, __import__("threading").Lock()
+
+  def key_value_set(self, key, value, allow_overwrite=False):
+    with self.lock:
+      self.values[key] = value
+
+  def key_value_dir_get(self, prefix):
+    with self.lock:
+      return [(k, v) for k, v in self.values.items() if k.startswith(prefix)]
+
+
+class _Recorded(distributed.PeerWatch):
+  """A peer watch that records its one line instead of ending the process."""
+
+  def _lost(self, who, why):
+    self.line = f"{who} is lost ({why}); {self._kept()}"
+    self._stopping.set()  # the watchdog thread ends its loop
+    if __import__("threading").current_thread().name != "peer-watchdog":
+      raise SystemExit  # out of the caller, as os._exit would be
+
+
+def _watch(store, me, **options):
+  return _Recorded(lambda: "checkpoint 4 kept", options.pop("timeout", 0.4),
+                   options.pop("interval", 0.05), client=store, me=me, count=2)
+
+
+def test_a_peer_whose_heartbeat_stops_is_named_after_the_timeout():
+  import time
+  store = _Store()
+  survivor, peer = _watch(store, 0), _watch(store, 1)
+  time.sleep(0.3)
+  assert not hasattr(survivor, "line")  # both beating: nobody is lost
+  peer._stopping.set()  # killed: no "done", no more heartbeats
+  deadline = time.monotonic() + 5
+  while not hasattr(survivor, "line") and time.monotonic() < deadline:
+    time.sleep(0.05)
+  assert survivor.line == ("process 1 is lost (nothing from it for 0.4 s); "
+                           "checkpoint 4 kept")
+
+
+def test_a_finished_peer_is_not_lost_and_a_plain_error_is_left_to_the_caller():
+  import time
+  store = _Store()
+  survivor, peer = _watch(store, 0), _watch(store, 1)
+  time.sleep(0.2)
+  peer.stop()  # finished: says "done"
+  time.sleep(0.8)
+  assert not hasattr(survivor, "line")
+  survivor.failed(ValueError("a bad field"))  # every peer still answers: not a lost peer
+  assert not hasattr(survivor, "line")
+  with pytest.raises(SystemExit):
+    survivor.failed(RuntimeError("Gloo all-reduce failed: Connection closed by peer"))
+  assert survivor.line.startswith("a peer process is lost (a collective failed: Gloo")
+  survivor.stop()
+
+
+def test_a_single_process_is_not_watched():
+  watch = distributed.watch_peers(lambda: "kept")
+  watch.failed(RuntimeError("Connection closed by peer"))  # returns: nothing to judge
+  watch.stop()

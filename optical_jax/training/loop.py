@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from optical_jax import host, host_memory
 from optical_jax.config import ConfigError, validate
+from optical_jax.distributed import watch_peers
 from optical_jax.evaluation.check import check_collections
 from optical_jax.evaluation.collections import CollectionResult, Evaluator, collection_specs
 from optical_jax.fileio import write_text_atomic
@@ -95,7 +96,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path
   workdir.mkdir(parents=True, exist_ok=True)
   primary = host.is_primary()
   with workdir_lock(workdir, enabled=primary):
-    return _train(config, workdir, primary)
+    peers = watch_peers(lambda: _kept(workdir),
+                        timeout=float(config.runtime.get("peer_timeout", 60.0)))
+    try:
+      return _train(config, workdir, primary)
+    except Exception as error:  # a collective or a checkpoint write that a lost peer broke
+      peers.failed(error)  # a lost peer ends the process here, in one line
+      raise
+    finally:
+      peers.stop()
+
+
+def _kept(workdir: Path) -> str:
+  """What a run stopped now leaves: its last checkpoint (read from the disk, any thread)."""
+  steps = sorted(int(p.name) for p in (workdir / "checkpoints").glob("*") if p.name.isdigit())
+  return (f"the last checkpoint (step {steps[-1]}) is kept in {workdir / 'checkpoints'}"
+          if steps else "no checkpoint was written yet")
 
 
 def _watch(first_bad: jax.Array, loss: jax.Array, step: jax.Array) -> jax.Array:

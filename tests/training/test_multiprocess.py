@@ -156,3 +156,39 @@ def test_gathered_lengths_are_each_rows_length_in_row_order():
   np.testing.assert_array_equal(gather_lengths(local, 23, 4), lengths)
   with pytest.raises(RuntimeError, match=r"shards \[0, 1, 3\] are not each of the 4"):
     gather_lengths({s: local[s] for s in (0, 1, 3)}, 23, 4)
+
+
+def test_a_lost_process_is_named_in_one_line_with_the_checkpoint_kept(setup, tmp_path):
+  """A process killed mid-run: the survivor says in one line which process was lost and
+  which checkpoint is kept (`runtime.peer_timeout`), not JAX's C++ abort."""
+  import signal
+  import time
+  root, checkpoint, bitext, _ = setup
+  config = write_config(tmp_path / "lost.py", checkpoint, bitext, num_train_steps=100_000,
+                        checkpoint_every_steps=2, **{"runtime.peer_timeout": 5.0,
+                                                     "train.log_every_steps": 1})
+  workdir = tmp_path / "run"
+  address = f"localhost:{_free_port()}"
+  env = dict(os.environ, HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  started = [subprocess.Popen(
+      [sys.executable, str(ROOT / "train.py"), f"--config={config}", f"--workdir={workdir}",
+       f"--coordinator_address={address}", "--num_processes=2", f"--process_id={i}"],
+      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  try:
+    deadline = time.monotonic() + 300
+    while not (workdir / "checkpoints" / "2").is_dir():  # training is under way
+      assert time.monotonic() < deadline and started[0].poll() is None, "no checkpoint 2"
+      time.sleep(0.5)
+    started[1].send_signal(signal.SIGKILL)
+    out, err = started[0].communicate(timeout=120)
+  finally:
+    for process in started:
+      process.kill()
+  assert started[0].returncode == 1, err[:6000]
+  line = next(l for l in err.splitlines() if l.startswith("error: "))
+  assert line.startswith("error: process 0 of 2: process 1 is lost ("), line
+  assert "); the last checkpoint (step " in line, line
+  assert line.endswith(f"is kept in {workdir / 'checkpoints'}; start every process again to "
+                       "resume")
+  assert "Traceback" not in err
