@@ -4,8 +4,9 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# One XLA compilation cache for the whole session, this process and the train.py / eval.py
-# runs it starts (they inherit it): the many tiny trainings compile the same steps.
+# One XLA compilation cache for the whole session, this process and the processes it starts
+# (train.py / eval.py runs, pytest-xdist's workers: they inherit it): the many tiny trainings
+# compile the same steps.
 _XLA_CACHE = None
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   import tempfile
