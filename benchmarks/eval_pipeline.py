@@ -9,7 +9,10 @@ retrieved with a 1-layer, 32-wide BERT with random weights (made here with torch
 tokenizer), so that the model costs little and the host's work shows:
 
 - tokenizer alone: the tokenizer's own calls as evaluation makes them (a chunk at a time, in
-  batches of `token_arrays.TOKENIZE_BATCH` texts);
+  batches of `token_arrays.TOKENIZE_BATCH` texts, through `token_arrays.ids_tokenizer`: the
+  Rust backend's `encode_batch_fast`); the reference of the ratios;
+- tokenizer alone, transformers' call: the same texts through `tokenizer(texts,
+  truncation=True, max_length=...)`, the usual way to call it;
 - corpus scan: docids read and every record checked (`scan_corpus`, done once before
   training by `check_collections`, then cached);
 - first evaluation: `retrieve` of the corpus file, tokenised in a background thread a chunk
@@ -94,7 +97,7 @@ def main() -> None:
   from optical_jax.evaluation.corpus_files import forget_scans, scan_corpus
   from optical_jax.evaluation.io import iter_corpus
   from optical_jax.evaluation.retrieval import TextEncoder, retrieve
-  from optical_jax.token_arrays import TOKENIZE_BATCH
+  from optical_jax.token_arrays import TOKENIZE_BATCH, ids_tokenizer
   from optical_jax.models.hf_checkpoint import load_encoder
 
   root = Path(args.workdir or tempfile.mkdtemp(prefix="eval_pipeline-"))
@@ -111,12 +114,18 @@ def main() -> None:
   texts = [text for _, _, text in iter_corpus(corpus)]
   characters = sum(map(len, texts)) / len(texts)
 
-  def tokenizer_alone() -> None:  # in the calls evaluation makes: a chunk, in batches
+  tokenize = ids_tokenizer(encoder.tokenizer, args.length)
+
+  def tokenizer_alone(call=tokenize) -> None:  # in the calls evaluation makes: a chunk, in batches
     for start in range(0, len(texts), args.chunk):
       chunk = texts[start:start + args.chunk]
       for s in range(0, len(chunk), TOKENIZE_BATCH):
-        encoder.tokenizer(chunk[s:s + TOKENIZE_BATCH], truncation=True, max_length=args.length,
-                          padding=False)["input_ids"]
+        call(chunk[s:s + TOKENIZE_BATCH])
+
+  def transformers_call() -> None:
+    tokenizer_alone(lambda batch: encoder.tokenizer(batch, truncation=True,
+                                                    max_length=args.length,
+                                                    padding=False)["input_ids"])
 
   def scan() -> None:
     forget_scans()
@@ -144,12 +153,15 @@ def main() -> None:
 
   scan()
   timed(tokenizer_alone)  # warm-up
+  timed(transformers_call)
   evaluation(None)  # compiles every shape, caches nothing
   evaluation(None, nothing)
   # Rounds of every stage in turn, medians: a shared machine's load changes all rows alike.
-  times = {name: [] for name in ("tokenizer", "scan", "first", "second", "host")}
+  times = {name: [] for name in ("tokenizer", "scan", "first", "second", "host",
+                                  "transformers")}
   for _ in range(args.repeats):
     times["tokenizer"].append(timed(tokenizer_alone)[0])
+    times["transformers"].append(timed(transformers_call)[0])
     times["scan"].append(timed(scan)[0])
     cache = Path(tempfile.mkdtemp(prefix="corpus-", dir=root))
     first_s, (first_run, first_tokenized) = timed(lambda: evaluation(cache))
@@ -162,7 +174,8 @@ def main() -> None:
     times["first"].append(first_s)
     times["second"].append(second_s)
     times["host"].append(host_s)
-  tokenizer_s, scan_s, first_s, second_s, host_s = (statistics.median(times[k]) for k in times)
+  tokenizer_s, scan_s, first_s, second_s, host_s, transformers_s = (
+      statistics.median(times[k]) for k in times)
 
   n = len(texts)
   rate = lambda seconds: n / seconds
@@ -173,7 +186,9 @@ def main() -> None:
         f"{args.queries} queries, medians of {args.repeats} rounds, eval.corpus_chunk={args.chunk}, eval.batch_size={args.batch}, "
         f"eval.max_length={args.length}; model: BERT 1 layer x 32, {args.heads} heads "
         "(random weights)\n")
-  rows = [("tokenizer alone", tokenizer_s, "1.00"),
+  rows = [("tokenizer alone (its Rust backend, as evaluation calls it)", tokenizer_s, "1.00"),
+          ("tokenizer alone, transformers' call", transformers_s,
+           f"{tokenizer_s / transformers_s:.2f}"),
           ("corpus scan (docids, every record checked)", scan_s, ""),
           ("first evaluation (tokenise in the background + encode + search)", first_s,
            f"{tokenizer_s / first_s:.2f}"),

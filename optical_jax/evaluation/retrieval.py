@@ -37,7 +37,7 @@ from optical_jax.evaluation.search import (as_run, docid_ranks, empty_top_k, gat
                                           merge_top_k, score_chunk)
 from optical_jax.evaluation.token_cache import CorpusTokens, TextTokens, tokenizer_fingerprint
 from optical_jax.pooling import pool
-from optical_jax.token_arrays import tokenize_flat
+from optical_jax.token_arrays import ids_tokenizer, tokenize_flat
 
 TokenFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
 AXIS = "batch"  # the local devices' mesh axis: one batch per device
@@ -151,8 +151,7 @@ class TextEncoder:
     return self._placed[1]
 
   def _tokenize(self, texts: Sequence[str]) -> list[list[int]]:
-    return self.encoder.tokenizer(list(texts), truncation=True, max_length=self.max_length,
-                                  padding=False)["input_ids"]
+    return ids_tokenizer(self.encoder.tokenizer, self.max_length)(texts)
 
   def tokenizer_key(self) -> str:
     """The fingerprint of the encoder's tokenizer (`token_cache.tokenizer_fingerprint`)."""

@@ -56,6 +56,16 @@ def merge_top_k(best: tuple[np.ndarray, np.ndarray], scores: np.ndarray, index: 
   (`docid_ranks`). Returns scores and indices `[Q, min(k, k' + m)]`."""
   scores = np.concatenate([best[0], scores], axis=1)
   index = np.concatenate([best[1], index], axis=1)
+  if 0 < k and 2 * k < scores.shape[1]:
+    # Only what can make the top k is sorted: per row every score reaching its k-th best
+    # (ties included), found by partitioning; the sort below then sees `width` columns, not
+    # a whole chunk's.
+    kth = np.partition(scores, scores.shape[1] - k, axis=1)[:, -k]
+    width = int((scores >= kth[:, None]).sum(axis=1).max())
+    if width < scores.shape[1]:
+      keep = np.argpartition(-scores, width - 1, axis=1)[:, :width]
+      scores = np.take_along_axis(scores, keep, axis=1)
+      index = np.take_along_axis(index, keep, axis=1)
   tie = np.where(index >= 0, ranks[np.maximum(index, 0)], len(ranks))
   keep = np.lexsort((tie, -scores.astype(np.float64)), axis=1)[:, :k]
   return np.take_along_axis(scores, keep, axis=1), np.take_along_axis(index, keep, axis=1)

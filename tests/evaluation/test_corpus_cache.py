@@ -36,6 +36,8 @@ class CountingTokenizer:
   def __class__(self):  # the fingerprint sees the real tokenizer's class
     return type(self.inner)
 
+  is_fast = False  # token_arrays.ids_tokenizer then calls it, not its Rust backend: counted
+
   def __call__(self, texts, **kwargs):
     self.texts += len(texts)
     self.threads.add(threading.current_thread().name)

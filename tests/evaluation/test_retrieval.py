@@ -10,7 +10,7 @@ import pytest
 from optical_jax.evaluation import (TextEncoder, dense_reranker, dense_search, maxsim_reranker,
                                     rerank_run, retrieve)
 from optical_jax.evaluation.retrieval import deal_steps, padded_width, plan_batches, share_size
-from optical_jax.evaluation.search import docid_ranks, merge_top_k
+from optical_jax.evaluation.search import docid_ranks, empty_top_k, merge_top_k
 from optical_jax.models.hf_checkpoint import load_encoder
 from tests.helpers import ROOT
 
@@ -59,6 +59,25 @@ def test_merge_top_k_across_parts_equals_one_merge():
     parts = merge_top_k(parts, scores[:, cols], index[:, cols], ranks, 7)
   np.testing.assert_array_equal(parts[0], whole[0])
   np.testing.assert_array_equal(parts[1], whole[1])
+
+
+@pytest.mark.parametrize("values", [5, 1000, None])
+def test_merge_top_k_equals_sorting_every_candidate(values):
+  """The partitioned merge against a sort of all candidates: ties (values 5: most scores
+  tie at the k-th best), few ties, continuous scores; -inf and index -1 padding."""
+  rng = np.random.default_rng(values or 0)
+  num, k = 300, 10
+  ranks = docid_ranks([f"d{i:04d}" for i in rng.permutation(num)])
+  scores = (rng.random((6, num)) if values is None
+            else rng.integers(0, values, (6, num))).astype(np.float32)
+  index = np.broadcast_to(np.arange(num), (6, num)).copy()
+  scores[0, :] = -np.inf  # a query whose every candidate is padding
+  index[0, :] = -1
+  best = merge_top_k(empty_top_k(6), scores, index, ranks, k)
+  tie = np.where(index >= 0, ranks[np.maximum(index, 0)], num)
+  order = np.lexsort((tie, -scores.astype(np.float64)), axis=1)[:, :k]
+  np.testing.assert_array_equal(best[0], np.take_along_axis(scores, order, axis=1))
+  np.testing.assert_array_equal(best[1], np.take_along_axis(index, order, axis=1))
 
 
 def test_batches_hold_the_same_rows_and_width_for_any_process_and_device_count():

@@ -111,6 +111,14 @@ COUNTING_TRAIN = textwrap.dedent("""\
       texts.extend([text] if isinstance(text, str) else text)
       return call(self, text, *args, **kwargs)
     PreTrainedTokenizerBase.__call__ = counting
+    from optical_jax import token_arrays  # before train.py imports it: its users get this one
+    ids_tokenizer = token_arrays.ids_tokenizer
+    def counting_ids(tokenizer, max_length):
+      tokenize = ids_tokenizer(tokenizer, max_length)
+      if not tokenizer.is_fast:
+        return tokenize  # called through __call__, counted there
+      return lambda batch: (texts.extend(batch), tokenize(batch))[1]
+    token_arrays.ids_tokenizer = counting_ids
     process = sys.argv[-1].split("=")[1]  # --process_id=I
     atexit.register(lambda: open(os.path.join(os.environ["COUNT_DIR"], process), "w").write(
         json.dumps(texts)))
