@@ -36,6 +36,10 @@ def quiet_libraries(log_file: str | Path | None = None) -> None:
   # in one line (`training.checkpoints.CheckpointFault`): their tracebacks go to the log file.
   warnings.addFilter(lambda record: not (record.name in ("absl", "orbax") and (
       record.levelno >= logging.ERROR or record.exc_info)))
+  # Orbax times each wait for the previous asynchronous save as a warning: a measurement, not
+  # a fault (the run goes on); it goes to the log file.
+  warnings.addFilter(lambda record: not (record.name in ("absl", "orbax") and str(
+      record.msg).startswith("Waiting for previous save to complete")))
   handlers = [warnings]
   if log_file is not None:
     Path(log_file).parent.mkdir(parents=True, exist_ok=True)
