@@ -296,7 +296,7 @@ def validate(config, *, devices: int = 1, backend: str = "cpu") -> None:
                       f"{config.data.teacher_cache!r}")
   _positive_number(config.data.teacher_cache_max_gb, "data.teacher_cache_max_gb")
   _positive_int(config.data.prefetch, "data.prefetch", zero_ok=True)
-  _positive_number(config.runtime.get("peer_timeout", 60.0), "runtime.peer_timeout")
+  _positive_number(config.runtime.peer_timeout, "runtime.peer_timeout")
   _positive_int(config.data.max_length, "data.max_length")
   _positive_int(config.eval.max_length, "eval.max_length")
   _positive_int(config.eval.batch_size, "eval.batch_size")

@@ -56,15 +56,15 @@ def _own_backend(tokenizer: Any, backend: Any, max_length: int) -> Any:
     copies = _BACKENDS.setdefault(tokenizer, {})
     side = getattr(tokenizer, "truncation_side", "right")
     split = bool(getattr(tokenizer, "split_special_tokens", False))
-    # Tokens added to the tokenizer since (its length) make a new copy.
-    key = (max_length, id(backend), len(tokenizer), side, split)
-    if key not in copies:
+    # Tokens added to the tokenizer since (its length) replace the length's copy.
+    state = (id(backend), len(tokenizer), side, split)
+    if copies.get(max_length, (None,))[0] != state:
       own = type(backend).from_str(backend.to_str())
       own.no_padding()
       own.enable_truncation(max_length, stride=0, strategy="longest_first", direction=side)
       own.encode_special_tokens = split
-      copies[key] = own
-    return copies[key]
+      copies[max_length] = (state, own)
+    return copies[max_length][1]
 
 
 def id_dtype(vocab_size: int) -> np.dtype:

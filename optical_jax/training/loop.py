@@ -96,8 +96,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path
   workdir.mkdir(parents=True, exist_ok=True)
   primary = host.is_primary()
   with workdir_lock(workdir, enabled=primary):
-    peers = watch_peers(lambda: _kept(workdir),
-                        timeout=float(config.runtime.get("peer_timeout", 60.0)))
+    peers = watch_peers(lambda: _kept(workdir), timeout=float(config.runtime.peer_timeout))
     try:
       return _train(config, workdir, primary)
     except Exception as error:  # a collective or a checkpoint write that a lost peer broke
