@@ -110,7 +110,7 @@ def test_eval_warns_when_every_measure_must_be_zero(tmp_path, run_text, qrels_te
 
 def test_eval_of_the_final_checkpoint_reuses_the_training_runs_embeddings(tmp_path):
   from tests.helpers import save_tiny_bert
-  from tests.training.runs import SENTENCES, run_train, toy_collection, write_config
+  from tests.training.runs import SENTENCES, train_here, toy_collection, write_config
   checkpoint = save_tiny_bert(tmp_path / "tiny_bert", seed=1)
   bitext = tmp_path / "bitext.tsv"
   bitext.write_text("".join(f"{s}\t{t}\n" for s, t in SENTENCES * 8))
@@ -119,7 +119,7 @@ def test_eval_of_the_final_checkpoint_reuses_the_training_runs_embeddings(tmp_pa
   config = write_config(tmp_path / "config.py", checkpoint, bitext,
                         **{"eval.collections": [collection]})
   workdir = tmp_path / "run"
-  run_train(config, workdir)
+  train_here(config, workdir)
   cache = tmp_path / "cache" / "embeddings"
   written = {p.name: p.stat().st_mtime_ns for p in cache.glob("*.npy")}
   assert len(written) == 4  # queries (teacher) and corpus (student): vectors and row order
@@ -169,7 +169,7 @@ def trained_run(tmp_path_factory):
   config without `model.student`, as a user who forgot the run's override writes it."""
   from types import SimpleNamespace
   from tests.helpers import save_tiny_bert
-  from tests.training.runs import SENTENCES, run_train, toy_collection, write_config
+  from tests.training.runs import SENTENCES, train_here, toy_collection, write_config
   root = tmp_path_factory.mktemp("trained_run")
   teacher = save_tiny_bert(root / "teacher", seed=1)
   student = save_tiny_bert(root / "student", seed=2, layers=1)
@@ -181,7 +181,7 @@ def trained_run(tmp_path_factory):
   forgetful = write_config(root / "forgetful.py", teacher, bitext,
                            **{"eval.collections": [collection]})
   workdir = root / "run"
-  run_train(config, workdir)
+  train_here(config, workdir)
   return SimpleNamespace(root=root, teacher=teacher, student=student, config=config,
                          forgetful=forgetful, workdir=workdir)
 

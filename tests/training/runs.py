@@ -1,5 +1,5 @@
-"""What the training tests share: a tiny bitext, config files for it, `train.py` runs in a
-subprocess, and the parameters a run's checkpoints hold."""
+"""What the training tests share: a tiny bitext, config files for it, runs of `train.py` (in a
+subprocess, or the same run in the test's process) and the parameters a run's checkpoints hold."""
 
 import os
 import subprocess
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, load_config
 
 
 SENTENCES = [("Ndipo Mulungu anati, Kuyere; ndipo kunayera.", "And God said, Let there be light."),
@@ -56,6 +56,27 @@ def run_train(config: Path, workdir: Path, *, devices: int = 1, extra=(), check=
   return subprocess.run([sys.executable, str(ROOT / "train.py"), f"--config={config}",
                          f"--workdir={workdir}", *extra], env=env, capture_output=True,
                         text=True, check=check, timeout=600)
+
+
+def train_here(config: Path, workdir: Path, overrides: dict | None = None):
+  """What `train.py --config=config --workdir=workdir --config.K=V ...` runs, in this process
+  (one device), returning its `RunResult`: for tests of what a run computes and writes, without
+  a new interpreter importing JAX again. Exit codes, signals, several devices or processes and
+  the console stay with `run_train`. Its printed lines reach `capsys`, its log lines `caplog`
+  (at INFO for the `optical_jax` logger)."""
+  import jax
+  from optical_jax.config import validate
+  from optical_jax.inputs import resolve_inputs
+  from optical_jax.training.loop import train_and_evaluate
+  config = load_config(config)
+  for dotted, value in (overrides or {}).items():
+    *groups, field = FIELDS.get(dotted, dotted).split(".")
+    node = config
+    for group in groups:
+      node = node[group]
+    node[field] = value
+  validate(config, devices=jax.device_count(), backend=jax.default_backend())
+  return train_and_evaluate(resolve_inputs(config).config, workdir)
 
 
 def final_params(workdir: Path) -> dict[str, np.ndarray]:

@@ -1,6 +1,9 @@
 """Training: multi-device equivalence, resume, failure modes, the tiny config end to end."""
 
+import contextlib
+import io
 import json
+import logging
 import os
 import platform
 import re
@@ -14,7 +17,8 @@ import pytest
 
 from tests.helpers import ROOT, load_config
 from tests.training.runs import (SENTENCES, keyed, assert_same_params, final_params,
-                                 final_params_at, run_train, toy_collection, write_config)
+                                 final_params_at, run_train, toy_collection, train_here,
+                                 write_config)
 
 
 # ot+contrastive holds the OT term and the cross-device contrastive gather; plain ot adds nothing.
@@ -23,7 +27,7 @@ def test_two_devices_match_one_device(setup, loss):
   root, checkpoint, bitext, _ = setup
   config = write_config(root / f"pmap_{loss.replace('+', '_')}.py", checkpoint, bitext, loss=loss)
   one, two = root / f"one_{loss}", root / f"two_{loss}"
-  run_train(config, one, devices=1)
+  train_here(config, one)
   out = run_train(config, two, devices=2)
   assert "2 device(s)" in out.stderr + out.stdout
   p1, p2 = final_params(one), final_params(two)
@@ -32,18 +36,17 @@ def test_two_devices_match_one_device(setup, loss):
   assert_same_params(p1, p2, atol=1e-5)
 
 
-def test_interrupted_run_resumes_to_the_same_parameters(setup):
+def test_interrupted_run_resumes_to_the_same_parameters(setup, capsys):
   root, checkpoint, bitext, _ = setup
   config = write_config(root / "resume.py", checkpoint, bitext, num_train_steps=6,
                         checkpoint_every_steps=2, keep_checkpoints=2)
   straight, resumed = root / "straight", root / "resumed"
-  run_train(config, straight)
+  train_here(config, straight)
   # A relative --workdir, as in the README (Orbax itself only takes absolute paths).
-  halted = run_train(config, Path(os.path.relpath(resumed)),
-                     extra=["--config.train.halt_after_steps=3"])
-  assert "halted after step 3" in halted.stdout
-  again = run_train(config, resumed)
-  assert "resumed from step 2" in again.stdout
+  train_here(config, Path(os.path.relpath(resumed)), {"train.halt_after_steps": 3})
+  assert "halted after step 3" in capsys.readouterr().out
+  train_here(config, resumed)
+  assert "resumed from step 2" in capsys.readouterr().out
   assert_same_params(final_params(straight), final_params(resumed), atol=1e-6)
   steps = [json.loads(l)["step"] for l in (resumed / "metrics.jsonl").read_text().splitlines()]
   assert steps == sorted(steps) and steps.count(3) == 1, "metrics of redone steps not doubled"
@@ -57,7 +60,7 @@ def test_frozen_parameters_stay_put_and_have_no_optimizer_state(setup):
   root, checkpoint, bitext, _ = setup
   config = write_config(root / "frozen.py", checkpoint, bitext, loss="ot+contrastive",
                         trainable="embeddings|layer_1/output_dense")
-  run_train(config, root / "frozen")
+  train_here(config, root / "frozen")
   first, last = final_params_at(root / "frozen", 1), final_params(root / "frozen")
   moved = {k for k in first if np.max(np.abs(first[k] - last[k])) > 0}
   assert moved and all("embeddings" in k or "'layer_1']['output_dense'" in k for k in moved)
@@ -69,22 +72,30 @@ def test_frozen_parameters_stay_put_and_have_no_optimizer_state(setup):
                 jax.tree_util.tree_leaves_with_path(restored["opt_state"])}
   assert adam_paths and not any("attention" in p or "layer_0" in p for p in adam_paths)
 
-  bad = run_train(write_config(root / "bad_trainable.py", checkpoint, bitext,
-                               trainable="no_such_layer"), root / "bad", check=False)
-  assert bad.returncode != 0
-  assert "config.train.trainable 'no_such_layer' matches no parameter" in bad.stderr
+  from optical_jax.config import ConfigError
+  with pytest.raises(ConfigError, match="config.train.trainable 'no_such_layer' matches no "
+                     "parameter"):
+    train_here(write_config(root / "bad_trainable.py", checkpoint, bitext,
+                            trainable="no_such_layer"), root / "bad")
 
 
-def test_cached_teacher_tokens_train_as_the_teacher_in_the_step_does(setup):
+def test_cached_teacher_tokens_train_as_the_teacher_in_the_step_does(setup, caplog):
   root, checkpoint, bitext, _ = setup
+  caplog.set_level(logging.INFO, logger="optical_jax")
   config = write_config(root / "cached.py", checkpoint, bitext, loss="ot+contrastive",
                         cache_dir=str(root / "fresh_cache"))
-  inline = run_train(config, root / "inline", extra=["--config.data.teacher_cache=False"])
-  assert "teacher token cache" not in inline.stderr
-  first = run_train(config, root / "cached_first")
-  assert "encoded 24 pairs" in first.stderr  # 3 steps of 8 pairs
-  again = run_train(config, root / "cached_again")
-  assert "encoded 0 pairs" in again.stderr
+
+  def logged():
+    messages = caplog.messages
+    caplog.clear()
+    return messages
+
+  train_here(config, root / "inline", {"data.teacher_cache": False})
+  assert not any("teacher token cache" in m for m in logged())
+  train_here(config, root / "cached_first")
+  assert any("encoded 24 pairs" in m for m in logged())  # 3 steps of 8 pairs
+  train_here(config, root / "cached_again")
+  assert any("encoded 0 pairs" in m for m in logged())
   assert_same_params(final_params(root / "inline"), final_params(root / "cached_first"),
                      atol=1e-6)
   assert_same_params(final_params(root / "inline"), final_params(root / "cached_again"),
@@ -95,7 +106,7 @@ def test_teacher_stage_trains_on_triples(setup):
   root, checkpoint, _, triples = setup
   config = write_config(root / "teacher.py", checkpoint, triples, stage="teacher",
                         num_train_steps=2)
-  run_train(config, root / "teacher_run")
+  train_here(config, root / "teacher_run")
   losses = [json.loads(l)["loss"] for l in (root / "teacher_run" / "metrics.jsonl")
             .read_text().splitlines() if "loss" in l]
   assert len(losses) == 2 and all(np.isfinite(losses))
@@ -140,12 +151,15 @@ def test_final_evaluation_reuses_the_last_steps_dev_evaluation(setup, monkeypatc
 
 @pytest.fixture(scope="module")
 def evaluated_run(setup):
-  """A 2-step run with a dev collection: its config, workdir and train.py's stdout."""
+  """A 2-step run with a dev collection: its config, workdir and what the run printed."""
   root, checkpoint, bitext, _ = setup
   collection = toy_collection(root)
   config = write_config(root / "with_eval.py", checkpoint, bitext, num_train_steps=2,
                         **{"eval.collections": [collection], "eval.dev_collection": "toy"})
-  return config, root / "with_eval", run_train(config, root / "with_eval").stdout
+  printed = io.StringIO()
+  with contextlib.redirect_stdout(printed):
+    train_here(config, root / "with_eval")
+  return config, root / "with_eval", printed.getvalue()
 
 
 def test_eval_cli_evaluates_a_trained_checkpoint(evaluated_run):

@@ -3,6 +3,7 @@ and Ctrl-C, corrupt or unwritable checkpoints, and a console without library cha
 
 import errno
 import json
+import logging
 import os
 import signal
 import socket
@@ -13,10 +14,11 @@ import time
 import pytest
 
 from tests.helpers import ROOT
-from tests.training.runs import assert_same_params, final_params, run_train, write_config
+from tests.training.runs import (assert_same_params, final_params, run_train, train_here,
+                                 write_config)
 
 
-def test_a_live_runs_lock_is_refused_and_a_dead_ones_taken_over(setup, tmp_path):
+def test_a_live_runs_lock_is_refused_and_a_dead_ones_taken_over(setup, tmp_path, caplog):
   root, checkpoint, bitext, _ = setup
   config = write_config(tmp_path / "lock.py", checkpoint, bitext)
   workdir = tmp_path / "run"
@@ -30,17 +32,17 @@ def test_a_live_runs_lock_is_refused_and_a_dead_ones_taken_over(setup, tmp_path)
   dead = subprocess.Popen(["true"])
   dead.wait()
   (workdir / ".lock").write_text(json.dumps({"host": socket.gethostname(), "pid": dead.pid}))
-  taken = run_train(config, workdir)
+  train_here(config, workdir)
   assert f"its run (pid {dead.pid} on {socket.gethostname()}) is no longer running" in (
-      taken.stderr)
+      caplog.text)
   assert not (workdir / ".lock").exists()  # released at the end
 
 
-def test_resuming_under_a_changed_config_is_refused_unless_asked_for(setup, tmp_path):
+def test_resuming_under_a_changed_config_is_refused_unless_asked_for(setup, tmp_path, caplog):
   root, checkpoint, bitext, _ = setup
   config = write_config(tmp_path / "change.py", checkpoint, bitext)
   workdir = tmp_path / "run"
-  run_train(config, workdir, extra=["--config.train.halt_after_steps=1"])
+  train_here(config, workdir, {"train.halt_after_steps": 1})
   saved = (workdir / "config.json").read_text()
   refused = run_train(config, workdir, extra=["--config.loss=mse"], check=False)
   assert refused.returncode == 1
@@ -49,11 +51,9 @@ def test_resuming_under_a_changed_config_is_refused_unless_asked_for(setup, tmp_
   assert len(refused.stderr.strip().splitlines()) <= 3, refused.stderr
   assert (workdir / "config.json").read_text() == saved  # not overwritten
   # Changes that do not alter training are fine; an explicit flag allows the rest.
-  run_train(config, workdir, extra=["--config.train.halt_after_steps=1",
-                                    "--config.runtime.progress_bar=True"])
-  allowed = run_train(config, workdir, extra=["--config.loss=mse",
-                                              "--config.train.resume_with_changes=True"])
-  assert "resuming under a changed configuration: loss" in allowed.stderr
+  train_here(config, workdir, {"train.halt_after_steps": 1, "runtime.progress_bar": True})
+  train_here(config, workdir, {"loss": "mse", "train.resume_with_changes": True})
+  assert "resuming under a changed configuration: loss" in caplog.text
   assert json.loads((workdir / "config.json").read_text())["loss"] == "mse"
 
 
@@ -95,13 +95,13 @@ def uninterrupted(setup, tmp_path_factory):
   directory = tmp_path_factory.mktemp("uninterrupted")
   config = write_config(directory / "stop.py", checkpoint, bitext, num_train_steps=60,
                         checkpoint_every_steps=1000)
-  run_train(config, directory / "run")
+  train_here(config, directory / "run")
   return config, final_params(directory / "run")
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_stop_signal_saves_and_the_rerun_resumes_to_the_same_end(sig, code, uninterrupted,
-                                                                   tmp_path):
+                                                                   tmp_path, capsys):
   config, expected = uninterrupted
   stopped = tmp_path / "stopped"
   process = _start(config, stopped)
@@ -113,25 +113,27 @@ def test_a_stop_signal_saves_and_the_rerun_resumes_to_the_same_end(sig, code, un
   assert 2 <= step < 60 and "rerun the same command to resume" in out
   assert "Traceback" not in err
   assert (stopped / "checkpoints" / str(step)).is_dir()  # saved on the way out
-  again = run_train(config, stopped)
-  assert f"resumed from step {step}" in again.stdout
+  train_here(config, stopped)
+  assert f"resumed from step {step}" in capsys.readouterr().out
   assert_same_params(expected, final_params(stopped), atol=1e-6)
 
 
-def test_a_corrupt_latest_checkpoint_falls_back_to_the_one_before(setup, tmp_path):
+def test_a_corrupt_latest_checkpoint_falls_back_to_the_one_before(setup, tmp_path, capsys,
+                                                                  caplog):
   root, checkpoint, bitext, _ = setup
   config = write_config(tmp_path / "corrupt.py", checkpoint, bitext, num_train_steps=4)
   workdir = tmp_path / "run"
-  run_train(config, workdir, extra=["--config.train.halt_after_steps=3"])
+  train_here(config, workdir, {"train.halt_after_steps": 3})
   files = sorted((p for p in (workdir / "checkpoints" / "3").rglob("*") if p.is_file()),
                  key=lambda p: p.stat().st_size)
   for path in files[-3:]:  # the array data
     path.write_bytes(path.read_bytes()[:max(1, path.stat().st_size // 3)])
-  resumed = run_train(config, workdir)
-  assert f"checkpoint {workdir / 'checkpoints' / '3'} cannot be read" in resumed.stderr
-  assert "falling back to step 2" in resumed.stderr
+  capsys.readouterr()
+  train_here(config, workdir)
+  assert f"checkpoint {workdir / 'checkpoints' / '3'} cannot be read" in caplog.text
+  assert "falling back to step 2" in caplog.text
   assert (workdir / "corrupt_checkpoints" / "checkpoints-3").is_dir()
-  assert "resumed from step 2" in resumed.stdout
+  assert "resumed from step 2" in capsys.readouterr().out
   assert 4 in {json.loads(line)["step"]
                for line in (workdir / "metrics.jsonl").read_text().splitlines()}
 
