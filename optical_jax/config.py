@@ -14,7 +14,7 @@ from optical_jax.shapes import LENGTH_BUCKETS, check_buckets
 # The choices of the fields below, declared here once: the modules that act on them (models,
 # adaptation, training) import them from here, since everything may import this module.
 STAGES = ("distill", "teacher")
-LOSSES = ("ot", "mse", "contrastive", "ot+contrastive")
+LOSSES = ("ot", "mse", "contrastive", "ot+contrastive", "maxsim", "ot+maxsim")
 DTYPES = ("float32", "bfloat16")
 # `jax.nn.dot_product_attention` implementations: "xla" runs on every backend; "cudnn" is
 # cuDNN's fused attention, NVIDIA GPUs only, float16/bfloat16 only. (jax's own default, None,
@@ -39,7 +39,7 @@ class ConfigError(ValueError):
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.stage = "distill"  # "distill" (the paper: student learns from bitext) or "teacher"
-  c.loss = "ot"  # ot | mse | contrastive | ot+contrastive
+  c.loss = "ot"  # ot | mse | contrastive | ot+contrastive | maxsim | ot+maxsim
   c.seed = 0  # data order, dropout and the projection's initialisation
 
   c.model = ml_collections.ConfigDict()
@@ -78,10 +78,21 @@ def base_config() -> ml_collections.ConfigDict:
   # Token weights of the OT marginals: uniform over real tokens, or idf over the training rows
   # (per side and tokenizer), which moves the mass from "the", commas and [CLS] to words.
   c.ot.marginals = "uniform"  # uniform | idf
+  # Unbalanced OT, per side: in (0, 1]; 1 keeps that side's marginal exact, below 1 it is a KL
+  # penalty of weight epsilon * tau / (1 - tau), so tokens without a counterpart in the
+  # translation need not be transported.
+  c.ot.tau_student = 1.0  # the student's tokens (ott-jax's tau_a)
+  c.ot.tau_teacher = 1.0  # the teacher's tokens (tau_b), as ot.tau_student
 
   c.contrastive = ml_collections.ConfigDict()
   c.contrastive.temperature = 0.05  # InfoNCE temperature over cosine similarities
   c.contrastive.weight = 1.0  # weight of the contrastive term in ot+contrastive
+
+  # Late interaction (loss maxsim, ot+maxsim): in-batch InfoNCE over MaxSim scores, the mean
+  # over the student's tokens of the best cosine with any teacher token of a sentence.
+  c.maxsim = ml_collections.ConfigDict()
+  c.maxsim.temperature = 0.05  # InfoNCE temperature over the [-1, 1] MaxSim scores
+  c.maxsim.weight = 1.0  # weight of the MaxSim term in ot+maxsim
 
   c.data = ml_collections.ConfigDict()
   # Bitext: TSV (student text, teacher text, ...) or JSONL with the two fields below; or
@@ -269,12 +280,21 @@ def validate(config, *, devices: int = 1, backend: str = "cpu") -> None:
     raise ConfigError(f"config.model.dropout must be in [0, 1), got {config.model.dropout!r}")
   _positive_number(config.ot.epsilon, "ot.epsilon")
   _positive_number(config.ot.threshold, "ot.threshold")
+  for field in ("ot.tau_student", "ot.tau_teacher"):
+    tau = config.ot[field.split(".")[1]]
+    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not 0 < tau <= 1:
+      raise ConfigError(f"config.{field} must be in (0, 1] (1: balanced OT), got {tau!r}")
+  if config.ot.gradient == "implicit" and (config.ot.tau_student, config.ot.tau_teacher) != (1, 1):
+    raise ConfigError("config.ot.gradient 'implicit' is for balanced OT: set ot.tau_student "
+                      "and ot.tau_teacher to 1, or ot.gradient to 'stop_gradient'")
   _positive_int(config.ot.max_iterations, "ot.max_iterations")
   _positive_number(config.contrastive.temperature, "contrastive.temperature")
-  if not (isinstance(config.contrastive.weight, (int, float)) and
-          math.isfinite(config.contrastive.weight) and config.contrastive.weight >= 0):
-    raise ConfigError("config.contrastive.weight must be a non-negative finite number, got "
-                      f"{config.contrastive.weight!r}")
+  _positive_number(config.maxsim.temperature, "maxsim.temperature")
+  for group in ("contrastive", "maxsim"):
+    weight = config[group].weight
+    if not (isinstance(weight, (int, float)) and math.isfinite(weight) and weight >= 0):
+      raise ConfigError(f"config.{group}.weight must be a non-negative finite number, got "
+                        f"{weight!r}")
   t = config.train
   _positive_int(t.batch_size, "train.batch_size")
   _positive_int(t.num_train_steps, "train.num_train_steps")
@@ -314,9 +334,9 @@ def validate(config, *, devices: int = 1, backend: str = "cpu") -> None:
   microbatches = microbatches_per_device(config, t.batch_size // devices)
   # In-batch negatives and the batch's mean teacher token would change with the split.
   if microbatches > 1 and (config.stage == "teacher" or config.ot.center
-                           or config.loss in ("contrastive", "ot+contrastive")):
+                           or config.loss not in ("ot", "mse")):
     raise ConfigError("config.train.microbatch_size cannot split batches for the contrastive "
-                      "losses, the teacher stage and ot.center: their per-example loss "
+                      "and MaxSim losses, the teacher stage and ot.center: their per-example loss "
                       "depends on the whole batch")
   names = [spec["name"] for spec in config.eval.collections]
   for spec in config.eval.collections:

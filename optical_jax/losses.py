@@ -31,7 +31,8 @@ from optical_jax.scoring import dense_scores, maxsim_scores
 
 __all__ = [
     "OTDiagnostics", "token_cost_matrix", "ot_distillation_loss", "mse_distillation_loss",
-    "contrastive_distillation_loss", "weighted_sum", "dense_scores", "maxsim_scores",
+    "contrastive_distillation_loss", "maxsim_contrastive_loss", "weighted_sum", "dense_scores",
+    "maxsim_scores",
 ]
 
 GradientMode = Literal["stop_gradient", "implicit", "unroll"]
@@ -176,6 +177,8 @@ def ot_distillation_loss(
     threshold: float = 1e-3,
     gradient: GradientMode = "stop_gradient",
     center: bool = False,
+    tau_a: float = 1.0,
+    tau_b: float = 1.0,
     return_diagnostics: bool = False,
 ) -> jax.Array | tuple[jax.Array, OTDiagnostics]:
   r"""OPTICAL's optimal-transport token distillation loss, one value per sentence pair.
@@ -225,6 +228,10 @@ def ot_distillation_loss(
     center: subtract the batch's mean real teacher token (held constant) from both sides
       before the cost, so that moving every student token towards the teacher's shared
       direction (anisotropy) no longer lowers the cost. Couples the examples of a batch.
+    tau_a: in (0, 1]: 1 keeps the student marginal exact (balanced OT); below 1 it is
+      relaxed by a KL penalty of weight `epsilon * tau_a / (1 - tau_a)` (ott-jax's unbalanced
+      Sinkhorn), so a student token without a counterpart need not be transported.
+    tau_b: likewise for the teacher marginal. Not with `gradient="implicit"`.
     return_diagnostics: also return an `OTDiagnostics` (plans, convergence, iterations).
 
   Returns:
@@ -245,6 +252,13 @@ def ot_distillation_loss(
                      f"{gradient!r}")
   _check_positive("epsilon", epsilon, "the entropic regularisation, in the units of the cost "
                   "(e.g. 0.05 for cosine)")
+  for name, tau in (("tau_a", tau_a), ("tau_b", tau_b)):
+    if _concrete(tau) and not 0.0 < float(tau) <= 1.0:
+      raise ValueError(f"{name} must be in (0, 1] (1: that marginal is exact), got {tau}")
+  if gradient == "implicit" and not (_concrete(tau_a, tau_b) and float(tau_a) == float(tau_b)
+                                     == 1.0):
+    raise ValueError("gradient='implicit' is for balanced OT (tau_a = tau_b = 1): use "
+                     "'stop_gradient' or 'unroll' with unbalanced marginals")
   if (gradient == "implicit" and cost == "cosine" and _concrete(epsilon)
       and float(epsilon) < _IMPLICIT_MIN_EPSILON):
     raise ValueError(f"gradient='implicit' needs epsilon >= {_IMPLICIT_MIN_EPSILON} with cosine "
@@ -274,7 +288,7 @@ def ot_distillation_loss(
 
   def solve(cost_matrix, a_i, b_i):
     geom = geometry.Geometry(cost_matrix=cost_matrix, epsilon=epsilon)
-    out = solver(linear_problem.LinearProblem(geom, a=a_i, b=b_i))
+    out = solver(linear_problem.LinearProblem(geom, a=a_i, b=b_i, tau_a=tau_a, tau_b=tau_b))
     return out.matrix, out.converged, out.n_iters
 
   solve_costs = jax.lax.stop_gradient(costs) if gradient == "stop_gradient" else costs
@@ -368,6 +382,62 @@ def contrastive_distillation_loss(student_embeddings: jax.Array, teacher_embeddi
     diagonal = rows
     loss = 0.5 * (loss - jax.nn.log_softmax(logits, axis=0)[diagonal, diagonal])
   return loss
+
+
+def maxsim_contrastive_loss(student_tokens: jax.Array, teacher_tokens: jax.Array,
+                            student_mask: jax.Array | None = None,
+                            teacher_mask: jax.Array | None = None, *,
+                            temperature: float = 0.05,
+                            label_offset: int | jax.Array = 0) -> jax.Array:
+  r"""In-batch InfoNCE over late-interaction (MaxSim) scores of token embeddings.
+
+  Student sentence k scores teacher sentence l by
+  :math:`S_{kl} = \frac{1}{|k|} \sum_{i \in k} \max_{j \in l} \cos(s_i, t_j)`, the mean over
+  its real tokens of the best cosine with any real token of l (ColBERT's MaxSim, scaled to
+  [-1, 1]); the loss of pair k is :math:`-\log \mathrm{softmax}_l(S_{k\cdot} / \tau)_k`. It
+  trains every student token to find its counterpart among the translation's tokens better
+  than among the other sentences', which is what MaxSim retrieval against the teacher's
+  passage tokens asks of it.
+
+  Args:
+    student_tokens: `[batch, Ls, d]`.
+    teacher_tokens: `[num_teachers, Lt, d]`, `num_teachers >= batch` (extra rows are extra
+      negatives, e.g. the global batch's teachers gathered across devices).
+    student_mask: `[batch, Ls]` true for real tokens; all true if omitted.
+    teacher_mask: `[num_teachers, Lt]` likewise.
+    temperature: softmax temperature, finite and positive (unchecked when traced).
+    label_offset: index of student row 0's translation among the teacher rows.
+
+  Returns:
+    `[batch]` float32. A student row without real tokens scores 0 against every teacher.
+
+  >>> x = jnp.eye(4)[None].repeat(2, 0) * jnp.array([1., -1.])[:, None, None]
+  >>> bool(jnp.all(maxsim_contrastive_loss(x[:, :2], x, temperature=0.01) < 1e-3))
+  True
+  """
+  _check_positive("temperature", temperature, "the softmax temperature (e.g. 0.05)")
+  student_tokens = _as_array("student_tokens", student_tokens, 3)
+  teacher_tokens = _as_array("teacher_tokens", teacher_tokens, 3)
+  _check_float("student_tokens", student_tokens)
+  _check_float("teacher_tokens", teacher_tokens)
+  if teacher_tokens.shape[0] < student_tokens.shape[0]:
+    raise ValueError(f"teacher_tokens has {teacher_tokens.shape[0]} rows, fewer than the "
+                     f"{student_tokens.shape[0]} of student_tokens")
+  if teacher_tokens.shape[2] != student_tokens.shape[2]:
+    raise ValueError(f"teacher_tokens has dim {teacher_tokens.shape[2]}, student_tokens has "
+                     f"{student_tokens.shape[2]}: project the student first")
+  student_mask = (jnp.ones(student_tokens.shape[:2], bool) if student_mask is None
+                  else _as_array("student_mask", student_mask, 2).astype(bool))
+  teacher_mask = (jnp.ones(teacher_tokens.shape[:2], bool) if teacher_mask is None
+                  else _as_array("teacher_mask", teacher_mask, 2).astype(bool))
+  # Masked tokens become zeros first: NaN or inf there would reach the einsum's gradient.
+  student_tokens = jnp.where(student_mask[..., None], student_tokens, 0)
+  teacher_tokens = jnp.where(teacher_mask[..., None], teacher_tokens, 0)
+  scores = maxsim_scores(student_tokens, student_mask, teacher_tokens, teacher_mask)
+  real = jnp.maximum(jnp.sum(student_mask, axis=1, keepdims=True), 1)
+  logits = scores / real / temperature
+  rows = jnp.arange(logits.shape[0])
+  return -jax.nn.log_softmax(logits, axis=1)[rows, rows + label_offset]
 
 
 def weighted_sum(terms: Mapping[str, jax.Array], weights: Mapping[str, float]) -> jax.Array:

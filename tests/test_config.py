@@ -24,10 +24,13 @@ def test_the_base_config_is_valid():
     ({"train.microbatch_size": 3}, "config.train.microbatch_size must be 0 (off) or a positive "
      "integer that divides the per-device batch 32, got 3"),
     ({"train.microbatch_size": 8, "loss": "ot+contrastive"},
-     "config.train.microbatch_size cannot split batches for the contrastive losses"),
+     "config.train.microbatch_size cannot split batches for the contrastive and MaxSim losses"),
+    ({"train.microbatch_size": 8, "loss": "ot+maxsim"},
+     "config.train.microbatch_size cannot split batches for the contrastive and MaxSim losses"),
+    ({"maxsim.temperature": 0.0}, "config.maxsim.temperature must be a positive finite number"),
     ({"train.microbatch_size": 8, "ot.center": True},
-     "config.train.microbatch_size cannot split batches for the contrastive losses, the "
-     "teacher stage and ot.center"),
+     "config.train.microbatch_size cannot split batches for the contrastive and MaxSim losses, "
+     "the teacher stage and ot.center"),
     ({"model.attention": "flash"}, "config.model.attention must be one of ('xla', 'cudnn'), got "
      "'flash'"),
     ({"model.attention": "cudnn"}, "config.model.attention 'cudnn' needs an NVIDIA GPU and "
@@ -39,12 +42,15 @@ def test_the_base_config_is_valid():
     ({"runtime.host_memory": "keep"}, "config.runtime.host_memory must be one of ('retain', "
      "'release'), got 'keep'"),
     ({"loss": "kl"}, "config.loss must be one of ('ot', 'mse', 'contrastive', "
-     "'ot+contrastive'), got 'kl'"),
+     "'ot+contrastive', 'maxsim', 'ot+maxsim'), got 'kl'"),
     ({"train.learning_rate": -1e-4}, "config.train.learning_rate must be a positive finite "
      "number, got -0.0001"),
     ({"data.limit": -5}, "config.data.limit must be a non-negative integer, got -5"),
     ({"ot.epsilon": float("inf")}, "config.ot.epsilon must be a positive finite number, got inf"),
     ({"ot.epsilon": 0.0}, "config.ot.epsilon must be a positive finite number, got 0.0"),
+    ({"ot.tau_teacher": 0.0}, "config.ot.tau_teacher must be in (0, 1] (1: balanced OT), got 0.0"),
+    ({"ot.tau_student": 0.9, "ot.gradient": "implicit"}, "config.ot.gradient 'implicit' is for "
+     "balanced OT"),
     ({"contrastive.weight": -1.0}, "config.contrastive.weight must be a non-negative finite "
      "number"),
     ({"train.num_train_steps": 0}, "config.train.num_train_steps must be a positive integer, "

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from scipy.special import logsumexp
 
-from optical_jax.losses import (contrastive_distillation_loss, mse_distillation_loss,
-                                ot_distillation_loss, token_cost_matrix, weighted_sum)
+from optical_jax.losses import (contrastive_distillation_loss, maxsim_contrastive_loss,
+                                mse_distillation_loss, ot_distillation_loss, token_cost_matrix,
+                                weighted_sum)
 
 TIGHT = dict(threshold=1e-5, max_iterations=5000)
 
@@ -368,3 +369,107 @@ def test_a_row_of_zero_weights_counts_as_empty(mode):
                              np.asarray(ot_distillation_loss(s, t, sm, tm, gradient=mode,
                                                              epsilon=0.1))[[0, 2, 3]],
                              rtol=1e-5)
+
+
+def numpy_unbalanced_sinkhorn(cost, a, b, epsilon, tau_a, tau_b, iterations=20000):
+  """Entropic unbalanced OT in float64: min <P, C> - eps H(P) + lam_a KL(P 1 | a)
+  + lam_b KL(P^T 1 | b), tau = lam / (lam + eps); the plan exp((f + g - C) / eps)."""
+  f, g = np.zeros(len(a)), np.zeros(len(b))
+  for _ in range(iterations):
+    f_new = tau_a * (epsilon * np.log(a) - epsilon * logsumexp((g[None, :] - cost) / epsilon,
+                                                               axis=1))
+    g = tau_b * (epsilon * np.log(b) - epsilon * logsumexp((f_new[:, None] - cost) / epsilon,
+                                                           axis=0))
+    done = np.max(np.abs(f_new - f)) < 1e-13
+    f = f_new
+    if done:
+      break
+  return np.exp((f[:, None] + g[None, :] - cost) / epsilon)
+
+
+@pytest.mark.parametrize("tau_a, tau_b", [(0.5, 1.0), (0.8, 0.6)])
+def test_unbalanced_plan_and_loss_match_float64_numpy(tau_a, tau_b):
+  s, t, sm, tm = random_batch(seed=6)
+  loss, diag = ot_distillation_loss(s, t, sm, tm, epsilon=0.1, tau_a=tau_a, tau_b=tau_b,
+                                    return_diagnostics=True, **TIGHT)
+  for k in range(len(s)):
+    ss, tt = s[k][sm[k]].astype(np.float64), t[k][tm[k]].astype(np.float64)
+    cost = numpy_cosine_cost(ss, tt)
+    plan = numpy_unbalanced_sinkhorn(cost, np.full(len(ss), 1 / len(ss)),
+                                     np.full(len(tt), 1 / len(tt)), 0.1, tau_a, tau_b)
+    ours = np.asarray(diag.plan[k])
+    np.testing.assert_allclose(ours[: len(ss), : len(tt)], plan, atol=1e-4)
+    assert np.all(ours[len(ss):] == 0) and np.all(ours[:, len(tt):] == 0)  # padding inert
+    assert abs(float(loss[k]) - np.sum(plan * cost)) < 1e-4
+
+
+def test_unbalanced_ot_transports_less_from_a_token_without_counterpart():
+  rng = np.random.default_rng(7)
+  teacher = rng.normal(size=(1, 5, 16)).astype(np.float32)
+  # The student holds the teacher's tokens (slightly moved) and one token of its own.
+  student = np.concatenate([teacher + 0.05 * rng.normal(size=teacher.shape),
+                            -teacher.mean(1, keepdims=True)], axis=1).astype(np.float32)
+  mass = {}
+  for tau in (1.0, 0.5):
+    loss, diag = ot_distillation_loss(student, teacher, tau_a=tau, tau_b=tau,
+                                      return_diagnostics=True, **TIGHT)
+    mass[tau] = (float(diag.plan[0, -1].sum()), float(loss[0]))
+  assert abs(mass[1.0][0] - 1 / 6) < 1e-3  # balanced: the extra token sends its 1/6
+  assert mass[0.5][0] < 0.5 * mass[1.0][0] and mass[0.5][1] < mass[1.0][1]
+  np.testing.assert_array_equal(  # tau 1 is the balanced loss itself
+      ot_distillation_loss(student, teacher, tau_a=1.0, tau_b=1.0),
+      ot_distillation_loss(student, teacher))
+
+
+def test_unbalanced_gradient_is_finite_with_padding_and_bad_taus_are_named():
+  s, t, sm, tm = random_batch(seed=8)
+  grad = jax.grad(lambda x: ot_distillation_loss(x, t, sm, tm, tau_a=0.7, tau_b=0.7).sum())(s)
+  assert np.all(np.isfinite(grad)) and np.all(np.asarray(grad)[~sm] == 0)
+  for bad in (0.0, 1.5, float("nan")):
+    with pytest.raises(ValueError, match="tau_a must be in \\(0, 1\\]"):
+      ot_distillation_loss(s, t, sm, tm, tau_a=bad)
+  with pytest.raises(ValueError, match="gradient='implicit' is for balanced OT"):
+    ot_distillation_loss(s, t, sm, tm, tau_b=0.5, gradient="implicit")
+
+
+def numpy_maxsim_nce(s, t, sm, tm, temperature, offset=0):
+  s, t = s.astype(np.float64), t.astype(np.float64)
+  losses = []
+  for k in range(len(s)):
+    q = s[k][sm[k]] / np.linalg.norm(s[k][sm[k]], axis=-1, keepdims=True)
+    scores = np.array([(q @ (t[l][tm[l]] / np.linalg.norm(t[l][tm[l]], axis=-1,
+                                                          keepdims=True)).T).max(1).mean()
+                       for l in range(len(t))]) / temperature
+    losses.append(logsumexp(scores) - scores[k + offset])
+  return np.array(losses)
+
+
+def test_maxsim_contrastive_matches_numpy_with_padding_and_extra_teachers():
+  s, t, sm, tm = random_batch(seed=9, ls=(6, 3, 1, 5), lt=(9, 2, 7, 4), dim=8)
+  rng = np.random.default_rng(10)
+  s[~sm] = np.nan  # padding holds anything
+  t[~tm] = rng.normal(size=t[~tm].shape) * 100
+  np.testing.assert_allclose(maxsim_contrastive_loss(s, t, sm, tm, temperature=0.1),
+                             numpy_maxsim_nce(s, t, sm, tm, 0.1), atol=1e-5)
+  # The student rows of device 1 against every device's teachers: the slice of the whole.
+  whole = maxsim_contrastive_loss(np.nan_to_num(s), t, sm, tm, temperature=0.1)
+  np.testing.assert_allclose(
+      maxsim_contrastive_loss(np.nan_to_num(s[2:]), t, sm[2:], tm, temperature=0.1,
+                              label_offset=2), whole[2:], atol=1e-6)
+  grad = jax.grad(lambda x: maxsim_contrastive_loss(x, t, sm, tm).sum())(np.nan_to_num(s))
+  assert np.all(np.isfinite(grad)) and np.all(np.asarray(grad)[~sm] == 0)
+  assert np.any(np.asarray(grad)[sm] != 0)
+
+
+def test_maxsim_contrastive_rewards_each_token_finding_its_counterpart():
+  rng = np.random.default_rng(11)
+  teacher = rng.normal(size=(4, 6, 16)).astype(np.float32)
+  aligned = teacher[:, ::-1][:, :4] + 0.05 * rng.normal(size=(4, 4, 16))  # token order free
+  shuffled = aligned[[1, 2, 3, 0]]  # each student row holds another row's tokens
+  near = maxsim_contrastive_loss(aligned.astype(np.float32), teacher, temperature=0.05)
+  far = maxsim_contrastive_loss(shuffled.astype(np.float32), teacher, temperature=0.05)
+  assert np.all(np.asarray(near) < 0.01) and np.all(np.asarray(far) > 1.0)
+  with pytest.raises(ValueError, match="teacher_tokens has 2 rows, fewer than the 4"):
+    maxsim_contrastive_loss(aligned, teacher[:2])
+  with pytest.raises(ValueError, match="temperature must be a finite positive number"):
+    maxsim_contrastive_loss(aligned, teacher, temperature=0.0)

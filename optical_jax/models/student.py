@@ -83,7 +83,7 @@ def build_models(config: ml_collections.ConfigDict) -> DistillationModels:
   if config.stage == "teacher":
     return DistillationModels(teacher=student, student=student)
   special = {}
-  if config.loss in ("ot", "ot+contrastive") and not config.ot.include_special_tokens:
+  if config.loss.startswith("ot") and not config.ot.include_special_tokens:
     special = dict(student_special_ids=tuple(student.tokenizer.all_special_ids),
                    teacher_special_ids=tuple(teacher.tokenizer.all_special_ids))
   return DistillationModels(

@@ -11,8 +11,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from optical_jax.losses import (contrastive_distillation_loss, mse_distillation_loss,
-                                ot_distillation_loss, weighted_sum)
+from optical_jax.losses import (contrastive_distillation_loss, maxsim_contrastive_loss,
+                                mse_distillation_loss, ot_distillation_loss, weighted_sum)
 from optical_jax.models.student import DistillationModels
 from optical_jax.pooling import pool
 
@@ -47,7 +47,7 @@ def ot_term(config, models: DistillationModels, student, teacher):
       student_weights=student.get("weights"), teacher_weights=teacher.get("weights"),
       cost=o.cost, epsilon=o.epsilon,
       max_iterations=o.max_iterations, threshold=o.threshold, gradient=o.gradient,
-      center=o.center, return_diagnostics=True)
+      center=o.center, tau_a=o.tau_student, tau_b=o.tau_teacher, return_diagnostics=True)
   return loss, {"ot_iterations": jnp.mean(diag.iterations.astype(jnp.float32)),
                 "ot_converged": jnp.mean(diag.converged.astype(jnp.float32))}
 
@@ -70,12 +70,27 @@ def contrastive_term(config, models, student, teacher):
                               temperature=config.contrastive.temperature), {}
 
 
-TERMS: dict[str, Callable] = {"ot": ot_term, "mse": mse_term, "contrastive": contrastive_term}
+def maxsim_term(config, models, student, teacher):
+  """In-batch translation retrieval by MaxSim: each student sentence's tokens find its
+  translation's teacher tokens among the global batch's (late interaction, as MaxSim reranking
+  scores the teacher's passage tokens)."""
+  teachers, teacher_masks = (jax.lax.all_gather(x, AXIS, tiled=True)
+                             for x in (teacher["tokens"], teacher["mask"].astype(bool)))
+  offset = jax.lax.axis_index(AXIS) * student["tokens"].shape[0]
+  return maxsim_contrastive_loss(student["tokens"], teachers, student["mask"].astype(bool),
+                                 teacher_masks, temperature=config.maxsim.temperature,
+                                 label_offset=offset), {}
+
+
+TERMS: dict[str, Callable] = {"ot": ot_term, "mse": mse_term, "contrastive": contrastive_term,
+                              "maxsim": maxsim_term}
 # config.loss -> the terms it adds up.
 OBJECTIVES: dict[str, tuple[str, ...]] = {
     "ot": ("ot",), "mse": ("mse",), "contrastive": ("contrastive",),
-    "ot+contrastive": ("ot", "contrastive"),
+    "ot+contrastive": ("ot", "contrastive"), "maxsim": ("maxsim",), "ot+maxsim": ("ot", "maxsim"),
 }
+# Terms whose per-example value depends on the rest of the batch (in-batch negatives).
+BATCH_COUPLED = ("contrastive", "maxsim")
 
 
 def distillation_loss(config, models: DistillationModels, student: dict, teacher: dict):
@@ -89,8 +104,7 @@ def distillation_loss(config, models: DistillationModels, student: dict, teacher
     terms[name], diagnostics = TERMS[name](config, models, student, teacher)
     aux.update(diagnostics)
     aux[f"loss_{name}"] = jnp.mean(terms[name])
-  weights = {name: (config.contrastive.weight if name == "contrastive" else 1.0)
-             for name in terms}
+  weights = {name: config[name].weight if name in BATCH_COUPLED else 1.0 for name in terms}
   return weighted_sum(terms, weights), aux
 
 

@@ -21,8 +21,9 @@ from tests.training.runs import (SENTENCES, keyed, assert_same_params, final_par
                                  write_config)
 
 
-# ot+contrastive holds the OT term and the cross-device contrastive gather; plain ot adds nothing.
-@pytest.mark.parametrize("loss", ["ot+contrastive"])
+# ot+contrastive holds the OT term and the cross-device contrastive gather, ot+maxsim the
+# gather of teacher tokens for MaxSim; plain ot adds nothing.
+@pytest.mark.parametrize("loss", ["ot+contrastive", "ot+maxsim"])
 def test_two_devices_match_one_device(setup, loss):
   root, checkpoint, bitext, _ = setup
   config = write_config(root / f"pmap_{loss.replace('+', '_')}.py", checkpoint, bitext, loss=loss)
