@@ -112,11 +112,15 @@ def evaluate_collection(spec, encoders: Mapping[str, TextEncoder], *,
   queries = {q: query_prompt + text for q, text in topics.items()}
   corpus = doc_encoder.corpus(Path(spec.corpus).expanduser(), prompt=passage_prompt)
   absent_judged(qrels, corpus.scan, qrels_path=spec.qrels)
+  depth = spec.get("maxsim_depth", 0)
+  query_ids, query_vectors = list(queries), None
+  if depth:  # the query tokens MaxSim needs, and the pooled vectors of the same forward
+    query_tokens, query_vectors = query_encoder.encode_tokens(
+        [queries[q] for q in query_ids], desc="query tokens", progress=False, pooled=True)
   run = retrieve(queries, corpus, query_encoder=query_encoder, doc_encoder=doc_encoder, k=k,
-                 progress=progress)
+                 progress=progress, query_vectors=query_vectors)
   result = CollectionResult(evaluate(run, qrels, measures),
                             evaluate_per_query(run, qrels, measures), run)
-  depth = spec.get("maxsim_depth", 0)
   if depth:
     doc_tokens = {} if doc_tokens is None else doc_tokens
     key = (id(doc_encoder), str(spec.corpus), passage_prompt)
@@ -129,11 +133,8 @@ def evaluate_collection(spec, encoders: Mapping[str, TextEncoder], *,
       ids = list(texts)
       doc_tokens[key] = dict(zip(ids, doc_encoder.encode_tokens(
           [passage_prompt + texts[d] for d in ids], desc="passage tokens", progress=False)))
-    ids = list(queries)
-    tokens = query_encoder.encode_tokens([queries[q] for q in ids], desc="query tokens",
-                                         progress=False)
-    reranked = rerank_run(run, maxsim_reranker(dict(zip(ids, tokens)), doc_tokens[key]),
-                          depth=depth)
+    reranked = rerank_run(run, maxsim_reranker(dict(zip(query_ids, query_tokens)),
+                                               doc_tokens[key]), depth=depth)
     result.maxsim = CollectionResult(evaluate(reranked, qrels, measures),
                                      evaluate_per_query(reranked, qrels, measures), reranked)
   return result

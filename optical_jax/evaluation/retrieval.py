@@ -133,10 +133,16 @@ class TextEncoder:
     def tokens(params, ids, mask):
       return token_fn(cast(params), ids, mask).astype(jnp.float32)
 
+    def tokens_and_pooled(params, ids, mask):  # MaxSim's query side: one forward for both
+      hidden = token_fn(cast(params), ids, mask).astype(jnp.float32)
+      return hidden, pool(hidden, mask, method=self.encoder.pooling,
+                          normalize=self.encoder.normalize)
+
     # One batch per local device; the per-device program is the same on any device count.
-    sharded = lambda f: jax.jit(jax.shard_map(f, mesh=self.mesh, in_specs=(P(), P(AXIS), P(AXIS)),
-                                              out_specs=P(AXIS), check_vma=False))
+    sharded = lambda f, out=P(AXIS): jax.jit(jax.shard_map(
+        f, mesh=self.mesh, in_specs=(P(), P(AXIS), P(AXIS)), out_specs=out, check_vma=False))
     self._pooled, self._tokens = sharded(pooled), sharded(tokens)
+    self._tokens_and_pooled = sharded(tokens_and_pooled, (P(AXIS), P(AXIS)))
     self._placed = None  # (params object, its replicated copy on the local devices)
     self._fingerprint = None  # (params object, params_fingerprint)
     self._tokenizer_key = None  # (tokenizer object, tokenizer_fingerprint)
@@ -292,22 +298,36 @@ class TextEncoder:
     return out if out is not None else np.zeros((0, 0), np.float32)
 
   def encode_tokens(self, texts: Sequence[str], *, desc: str = "encoding tokens",
-                    progress: bool = True) -> list[np.ndarray]:
-    """Token embeddings of each text, unpadded: a list of `[length_i, dim]` arrays."""
+                    progress: bool = True, pooled: bool = False
+                    ) -> list[np.ndarray] | tuple[list[np.ndarray], np.ndarray]:
+    """Token embeddings of each text, unpadded: a list of `[length_i, dim]` arrays; with
+    `pooled`, also the pooled embeddings `[len(texts), dim]` of the same forward pass (what
+    `encode` gives, without encoding the texts twice)."""
     out: list[np.ndarray | None] = [None] * len(texts)
+    vectors = None
     bar = tqdm(total=len(texts), desc=desc, unit="text", leave=False, disable=not progress)
     with bar:
       flat, offsets = tokenize_flat(self._tokenize, texts)
-      for rows, (hidden, lengths) in self._run(self._tokens, flat, offsets, 0, 1, bar):
+      fn = self._tokens_and_pooled if pooled else self._tokens
+      for rows, (values, lengths) in self._run(fn, flat, offsets, 0, 1, bar):
+        hidden = values[0] if pooled else values
+        if pooled:
+          if vectors is None:
+            vectors = np.zeros((len(texts), values[1].shape[1]), np.float32)
+          vectors[rows] = values[1]
         for i, h, n in zip(rows, hidden, lengths):
           out[i] = h[:n]
+    if pooled:
+      return out, vectors if vectors is not None else np.zeros((0, 0), np.float32)
     return out
 
 
 def _fetch(rows: np.ndarray, out: jax.Array, live: np.ndarray, mask: np.ndarray, bar
            ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
-  """(rows, (this step's outputs of live rows, their token counts)), the bar moved on."""
-  values = np.asarray(out, np.float32)[live]
+  """(rows, (this step's outputs of live rows, their token counts)), the bar moved on;
+  `out` may be a tuple of outputs, each row-sliced."""
+  values = (tuple(np.asarray(o, np.float32)[live] for o in out) if isinstance(out, tuple)
+            else np.asarray(out, np.float32)[live])
   bar.update(len(rows))
   return rows, (values, mask[live].sum(axis=1))
 
@@ -318,14 +338,17 @@ def _fetch(rows: np.ndarray, out: jax.Array, live: np.ndarray, mask: np.ndarray,
 
 def retrieve(queries: Mapping[str, str], corpus: Mapping[str, str] | CorpusTokens, *,
              query_encoder: TextEncoder, doc_encoder: TextEncoder, k: int = 100,
-             progress: bool = True, similarity: str = "dot") -> dict[str, dict[str, float]]:
-  """Encodes the queries (every process) and the corpus (`{docid: text}`, or a corpus file's
-  token ids from `doc_encoder.corpus`; each process its share, a chunk at a time), keeps each
-  process's exact top-`k` per query, and merges them across processes: the same run on any
-  number of processes and devices."""
+             progress: bool = True, similarity: str = "dot",
+             query_vectors: np.ndarray | None = None) -> dict[str, dict[str, float]]:
+  """Encodes the queries (every process; `query_vectors` `[len(queries), dim]` where they
+  are encoded already) and the corpus (`{docid: text}`, or a corpus file's token ids from
+  `doc_encoder.corpus`; each process its share, a chunk at a time), keeps each process's
+  exact top-`k` per query, and merges them across processes: the same run on any number of
+  processes and devices."""
   query_ids = list(queries)
-  query_vectors = query_encoder.encode([queries[q] for q in query_ids], desc="queries",
-                                       progress=False)
+  if query_vectors is None:
+    query_vectors = query_encoder.encode([queries[q] for q in query_ids], desc="queries",
+                                         progress=False)
   if isinstance(corpus, CorpusTokens):
     doc_ids, ranks, texts = corpus.docids, corpus.scan.ranks(), corpus
   else:

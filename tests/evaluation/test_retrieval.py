@@ -141,6 +141,12 @@ def test_text_encoder_restores_order_and_matches_unbatched(minilm_dir):
   tokens = TextEncoder(encoder, batch_size=2).encode_tokens(texts, progress=False)
   assert [t.shape for t in tokens] == [(len(encoder.tokenize([t])["input_ids"][0]), 384)
                                        for t in texts]
+  # MaxSim's query side: tokens and pooled vectors of one forward, the same as either alone.
+  both_tokens, both_vectors = TextEncoder(encoder, batch_size=2).encode_tokens(
+      texts, progress=False, pooled=True)
+  np.testing.assert_allclose(both_vectors, vectors, atol=1e-6)
+  for alone, both in zip(tokens, both_tokens):
+    np.testing.assert_allclose(both, alone, atol=1e-6)
 
 
 def test_streamed_chunks_give_the_one_chunk_ranking(tiny_bert_dir):
