@@ -31,7 +31,12 @@ def get_config():
   c.data.max_length = 64
   c.train.batch_size = 32
   c.train.num_train_steps = 160
-  c.train.learning_rate = 3e-4
+  # Only the embeddings train (the new pieces' rows with them); the layers stay the teacher's.
+  # Steps take 60% of the time, and every row reads a higher dev MAP in each of 3 seeds than
+  # with every parameter trained at 3e-4; the embeddings alone take the larger rate
+  # (docs/experiments.md).
+  c.train.trainable = "embeddings"
+  c.train.learning_rate = 1e-3
   c.train.warmup_steps = 10
   c.train.final_lr_fraction = 1.0  # constant after warm-up: decay only slows 160 steps
   c.contrastive.temperature = 0.1  # chosen on dev MAP (docs/experiments.md)
