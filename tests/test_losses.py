@@ -226,10 +226,12 @@ def test_centered_cost_matches_numpy_and_ignores_a_shared_offset():
 def _unpadded_reference(s, t, sm, tm, **kw):
   """Each pair alone, trimmed to its real tokens: losses and gradients, padded back with 0."""
   losses, grad_s, grad_t = [], np.zeros_like(s), np.zeros_like(t)
-  fn = lambda x, y: ot_distillation_loss(x[None], y[None], **kw)[0]
+  # Compiled whole (one program per pair's shape), not run op by op: the same values, sooner.
+  fn = jax.jit(jax.value_and_grad(lambda x, y: ot_distillation_loss(x[None], y[None], **kw)[0],
+                                  argnums=(0, 1)))
   for k in range(len(s)):
     ls, lt = int(sm[k].sum()), int(tm[k].sum())
-    value, (gs, gt) = jax.value_and_grad(fn, argnums=(0, 1))(s[k, :ls], t[k, :lt])
+    value, (gs, gt) = fn(s[k, :ls], t[k, :lt])
     losses.append(float(value))
     grad_s[k, :ls], grad_t[k, :lt] = gs, gt
   return np.array(losses), grad_s, grad_t
@@ -247,8 +249,8 @@ def test_zero_padding_is_inert_in_value_and_gradient(cost, center, epsilon, mode
   tolerance = TIGHT if mode != "unroll" else dict(threshold=1e-4, max_iterations=300)
   kw = dict(cost=cost, epsilon=epsilon, gradient=mode, **tolerance)
   loss = lambda s, t: ot_distillation_loss(s, t, sm, tm, center=center, **kw)
-  values = loss(s, t)
-  grad_s, grad_t = jax.grad(lambda s, t: loss(s, t).sum(), argnums=(0, 1))(s, t)
+  values = jax.jit(loss)(s, t)
+  grad_s, grad_t = jax.jit(jax.grad(lambda s, t: loss(s, t).sum(), argnums=(0, 1)))(s, t)
   assert np.all(np.isfinite(grad_s)) and np.all(np.isfinite(grad_t))
   assert np.all(np.asarray(grad_s)[~sm] == 0) and np.all(np.asarray(grad_t)[~tm] == 0)
   if center:  # the batch's mean real teacher token, held constant, shifts both sides
