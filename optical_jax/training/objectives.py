@@ -89,8 +89,8 @@ OBJECTIVES: dict[str, tuple[str, ...]] = {
     "ot": ("ot",), "mse": ("mse",), "contrastive": ("contrastive",),
     "ot+contrastive": ("ot", "contrastive"), "maxsim": ("maxsim",), "ot+maxsim": ("ot", "maxsim"),
 }
-# Terms whose per-example value depends on the rest of the batch (in-batch negatives).
-BATCH_COUPLED = ("contrastive", "maxsim")
+# Terms added with a weight of their own (config.<term>.weight); the others weigh 1.
+WEIGHTED = ("contrastive", "maxsim")
 
 
 def distillation_loss(config, models: DistillationModels, student: dict, teacher: dict):
@@ -104,7 +104,7 @@ def distillation_loss(config, models: DistillationModels, student: dict, teacher
     terms[name], diagnostics = TERMS[name](config, models, student, teacher)
     aux.update(diagnostics)
     aux[f"loss_{name}"] = jnp.mean(terms[name])
-  weights = {name: config[name].weight if name in BATCH_COUPLED else 1.0 for name in terms}
+  weights = {name: config[name].weight if name in WEIGHTED else 1.0 for name in terms}
   return weighted_sum(terms, weights), aux
 
 
