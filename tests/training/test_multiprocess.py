@@ -4,6 +4,7 @@ exactly as one process with the same global batch and devices does."""
 import collections
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -50,18 +51,21 @@ def _losses(workdir):
           if "loss" in r]
 
 
-# ot+contrastive holds the OT term and the contrastive gather across processes.
-@pytest.mark.parametrize("loss, devices", [("ot+contrastive", 1), ("ot+contrastive", 2)])
-def test_processes_train_as_one_process_with_the_same_devices(setup, tmp_path, loss, devices):
+@pytest.fixture(scope="module")
+def one_process(setup, tmp_path_factory):
+  """The run the two-process runs must reproduce: one process with two devices, ot+contrastive
+  (the OT term and the contrastive gather), checkpoints at steps 2 and 4, the toy collection."""
   root, checkpoint, bitext, _ = setup
-  config = write_config(tmp_path / "mp.py", checkpoint, bitext, loss=loss,
+  path = tmp_path_factory.mktemp("one_process")
+  config = write_config(path / "mp.py", checkpoint, bitext, loss="ot+contrastive",
+                        num_train_steps=5, checkpoint_every_steps=2,
                         **{"eval.collections": [toy_collection(root)],
                            "eval.dev_collection": "toy"})
-  one, many = tmp_path / "one", tmp_path / "many"
-  run_train(config, one, devices=2 * devices)
-  out = run_processes("train.py", [f"--config={config}", f"--workdir={many}"], devices=devices)
-  assert f"{2 * devices} device(s) in 2 process(es)" in out[0].stderr
-  assert "training examples" not in out[1].stderr  # process 0 speaks for the run
+  run_train(config, path / "one", devices=2)
+  return config, path / "one"
+
+
+def _assert_same_run(one, many):
   assert_same_params(final_params(one), final_params(many), atol=1e-5)
   assert _losses(many) == pytest.approx(_losses(one), abs=1e-5)
   # The same ranking; scores differ in the last digit (cross-process sums add up in another
@@ -74,31 +78,37 @@ def test_processes_train_as_one_process_with_the_same_devices(setup, tmp_path, l
   assert not list(many.glob("metrics.jsonl.*")) and (many / "curves.png").is_file()
 
 
-def test_processes_resume_from_a_checkpoint_to_the_uninterrupted_end(setup, tmp_path):
-  root, checkpoint, bitext, _ = setup
-  config = write_config(tmp_path / "mp.py", checkpoint, bitext, num_train_steps=5,
-                        checkpoint_every_steps=2)
-  straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-  run_processes("train.py", [f"--config={config}", f"--workdir={straight}"])
-  arguments = [f"--config={config}", f"--workdir={resumed}"]
+def test_processes_halted_and_resumed_end_as_one_uninterrupted_process(one_process, tmp_path):
+  config, one = one_process
+  arguments = [f"--config={config}", f"--workdir={tmp_path / 'many'}"]
   first = run_processes("train.py", arguments + ["--config.train.halt_after_steps=3"])
   assert "halted after step 3" in first[0].stdout
   again = run_processes("train.py", arguments)
   assert "resumed from step 2" in again[0].stdout
-  assert_same_params(final_params(straight), final_params(resumed), atol=1e-6)
+  assert "2 device(s) in 2 process(es)" in again[0].stderr
+  assert "training examples" not in again[1].stderr  # process 0 speaks for the run
+  _assert_same_run(one, tmp_path / "many")
 
 
-def test_a_two_process_evaluation_writes_the_one_process_run_file(setup, tmp_path):
+def test_processes_with_two_devices_each_train_as_one_process_with_four(setup, tmp_path):
   root, checkpoint, bitext, _ = setup
-  config = write_config(tmp_path / "ev.py", checkpoint, bitext,
+  config = write_config(tmp_path / "mp.py", checkpoint, bitext, loss="ot+contrastive",
                         **{"eval.collections": [toy_collection(root)],
                            "eval.dev_collection": "toy"})
+  one, many = tmp_path / "one", tmp_path / "many"
+  run_train(config, one, devices=4)
+  out = run_processes("train.py", [f"--config={config}", f"--workdir={many}"], devices=2)
+  assert "4 device(s) in 2 process(es)" in out[0].stderr
+  _assert_same_run(one, many)
+
+
+def test_a_two_process_evaluation_writes_the_one_process_run_file(one_process, tmp_path):
+  config, one = one_process
   workdir = tmp_path / "run"
-  run_train(config, workdir)
-  single = (workdir / "runs" / "toy.trec").read_bytes()
+  shutil.copytree(one, workdir)
   (workdir / "runs" / "toy.trec").unlink()
   out = run_processes("eval.py", [f"--config={config}", f"--checkpoint={workdir}"])
-  assert (workdir / "runs" / "toy.trec").read_bytes() == single
+  assert (workdir / "runs" / "toy.trec").read_bytes() == (one / "runs" / "toy.trec").read_bytes()
   assert "| toy |" in out[0].stdout and "| toy |" not in out[1].stdout
 
 
