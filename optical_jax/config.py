@@ -29,7 +29,7 @@ CPU_SCHEDULES = {
 HOST_MEMORY = host_memory.SETTINGS
 OT_COSTS = ("cosine", "sqeuclidean")
 OT_GRADIENTS = ("stop_gradient", "implicit", "unroll")
-VOCAB_INITS = ("mean_of_pieces", "ot_plan")
+VOCAB_INITS = ("mean_of_pieces", "ot_plan", "ot_plan_all")
 
 
 class ConfigError(ValueError):
@@ -60,7 +60,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.vocab_extension = 0
   # The new embedding rows: "mean_of_pieces" (mean of the old pieces each new one used to be
   # split into) or "ot_plan" (plan-weighted mean of the input embeddings of the English tokens
-  # its occurrences are transported to; data.alignment_pairs pairs).
+  # its occurrences are transported to; data.alignment_pairs pairs); "ot_plan_all": "ot_plan",
+  # and the old pieces the sampled student texts still use get their plan-weighted rows too.
   c.model.vocab_init = "mean_of_pieces"
   # Set by training, not by hand: the directory holding the student's initial weights and
   # tokenizer when training prepared them (WORKDIR/student_init, the vocabulary-extended

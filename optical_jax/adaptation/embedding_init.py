@@ -15,7 +15,8 @@
   and teacher share a vocabulary (the demo, where the student starts as the teacher, so these
   are exactly the teacher's input embeddings), else the mean of the student's embeddings of
   the pieces the student's tokenizer splits the English token into. Pieces no sampled
-  occurrence covers keep the mean-of-pieces row.
+  occurrence covers keep the mean-of-pieces row. With `old_pieces` the same plans give rows
+  for the old pieces the student texts use outside any new piece ("ot_plan_all").
 
 `grow_embeddings` appends the rows to an encoder's parameters.
 """
@@ -166,8 +167,8 @@ def teacher_token_targets(student: Any, teacher: Any, embeddings: np.ndarray,
 
 
 def ot_plan_rows(student: Any, teacher: Any, alignment: Any, tokenizer: Any,
-                 embeddings: jax.Array, *, first_new_id: int,
-                 num_new: int) -> tuple[jax.Array, jax.Array]:
+                 embeddings: jax.Array, *, first_new_id: int, num_new: int,
+                 old_pieces: bool = False) -> tuple[jax.Array, jax.Array]:
   """The "ot_plan" rows of the `num_new` pieces to which `tokenizer` (the student's, extended)
   gives ids `first_new_id, ...`, from `alignment` (an `alignment.Alignment` of student texts
   under the old tokenizer and their translations).
@@ -178,10 +179,12 @@ def ot_plan_rows(student: Any, teacher: Any, alignment: Any, tokenizer: Any,
     tokenizer: the extended tokenizer.
     embeddings: `[V, d]` the student's old word-embedding matrix.
     first_new_id, num_new: the new pieces' ids.
+    old_pieces: also the rows of the old pieces the student texts still use where no new
+      piece covers them (id `t` at index `num_new + t`; special tokens excluded).
 
   Returns:
     `(rows [num_new, d], mass [num_new])` as `plan_weighted_rows`: zeros where no occurrence
-    of the piece was aligned.
+    of the piece was aligned; `[num_new + first_new_id, ...]` with `old_pieces`.
   """
   new = tokenizer(alignment.student_texts, truncation=True,
                   max_length=alignment.student_ids.shape[1], padding="max_length",
@@ -189,10 +192,15 @@ def ot_plan_rows(student: Any, teacher: Any, alignment: Any, tokenizer: Any,
   piece_of_token = occurrences(np.asarray(new["input_ids"]), np.asarray(new["offset_mapping"]),
                                alignment.student_offsets, alignment.student_mask,
                                first_new_id=first_new_id)
+  segments = num_new
+  if old_pieces:
+    alone = (piece_of_token < 0) & alignment.student_mask
+    piece_of_token = np.where(alone, num_new + alignment.student_ids, piece_of_token)
+    segments = num_new + first_new_id
   targets = teacher_token_targets(student, teacher, np.asarray(embeddings),
                                   alignment.teacher_ids)
   return plan_weighted_rows(alignment.plans, piece_of_token, alignment.teacher_ids, targets,
-                            num_new=num_new)
+                            num_new=segments)
 
 
 def grow_embeddings(params: Mapping, rows: jax.Array) -> dict:
@@ -202,11 +210,19 @@ def grow_embeddings(params: Mapping, rows: jax.Array) -> dict:
   >>> grow_embeddings(p, jnp.ones((1, 2)))["embeddings"]["word_embeddings"]["embedding"].shape
   (4, 2)
   """
-  grown = jax.tree_util.tree_map(lambda x: x, dict(params))
-  node = grown
+  node = params
+  for key in _EMBEDDINGS:
+    node = node[key]
+  return with_word_embeddings(params, jnp.concatenate(
+      [jnp.asarray(node, jnp.float32), jnp.asarray(rows, jnp.float32)]))
+
+
+def with_word_embeddings(params: Mapping, matrix: jax.Array) -> dict:
+  """`params` (an encoder tree) with its word-embedding matrix replaced by `matrix` `[V, d]`."""
+  new = jax.tree_util.tree_map(lambda x: x, dict(params))
+  node = new
   for key in _EMBEDDINGS[:-1]:
     node[key] = dict(node[key])
     node = node[key]
-  node[_EMBEDDINGS[-1]] = jnp.concatenate(
-      [jnp.asarray(node[_EMBEDDINGS[-1]], jnp.float32), jnp.asarray(rows, jnp.float32)])
-  return grown
+  node[_EMBEDDINGS[-1]] = jnp.asarray(matrix, jnp.float32)
+  return new

@@ -74,8 +74,9 @@ def adapted_student_dir(config, student: Any, teacher: Any) -> Path:
     if not (directory / "vocabulary_adaptation.json").is_file():
       raise
     shutil.rmtree(tmp, ignore_errors=True)
-  log.info("vocabulary adaptation: %d new pieces, %d initialised from OT plans",
-           len(result.pieces), result.ot_initialised)
+  log.info("vocabulary adaptation: %d new pieces, %d initialised from OT plans%s",
+           len(result.pieces), result.ot_initialised,
+           f"; {result.old_initialised} old pieces' rows too" if result.old_initialised else "")
   return directory
 
 

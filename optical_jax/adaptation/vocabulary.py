@@ -10,7 +10,9 @@ and transformers load:
 2. `embedding_init`: their embedding rows start as the mean of the old pieces each used to be
    split into ("mean_of_pieces") or, where OT plans of a sample of the bitext (`alignment`)
    cover the piece, as the plan-weighted mean of the English tokens it is transported to
-   ("ot_plan").
+   ("ot_plan"); "ot_plan_all" also gives the old pieces the student texts still use (outside
+   any new piece) their plan-weighted rows: the student reads only its own language, so
+   their English rows serve nothing but as a start.
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ from typing import Any, Sequence
 import jax.numpy as jnp
 
 from optical_jax.adaptation.alignment import align_sample
-from optical_jax.adaptation.embedding_init import (grow_embeddings, mean_of_pieces_rows,
-                                                   ot_plan_rows)
+from optical_jax.adaptation.embedding_init import (mean_of_pieces_rows, ot_plan_rows,
+                                                   with_word_embeddings)
 from optical_jax.adaptation.pieces import (extend_tokenizer, learn_pieces, piece_ids,
                                            wordpiece_spec)
 from optical_jax.config import VOCAB_INITS
@@ -36,8 +38,9 @@ class AdaptedVocabulary:
 
   pieces: list[str]
   init: str
-  ot_initialised: int  # rows the plans set (the rest: mean of pieces)
+  ot_initialised: int  # new rows the plans set (the rest: mean of pieces)
   directory: Path
+  old_initialised: int = 0  # "ot_plan_all": old rows the plans set (the rest: as they were)
 
 
 def adapt_student(student: Any, teacher: Any, pairs: Sequence[Sequence[str]], *, count: int,
@@ -51,7 +54,7 @@ def adapt_student(student: Any, teacher: Any, pairs: Sequence[Sequence[str]], *,
     student, teacher: `LoadedEncoder`s (the student as it starts).
     pairs: `(student text, teacher text, ...)` rows of the bitext.
     count: new pieces to learn at most.
-    init: "mean_of_pieces" or "ot_plan" (see `embedding_init`).
+    init: "mean_of_pieces", "ot_plan" or "ot_plan_all" (see `embedding_init`).
     directory: where to write.
     alignment_pairs: "ot_plan": plans of this many pairs, sampled by `seed`.
     max_length, epsilon, center: the alignment's tokens per sentence and OT settings.
@@ -79,15 +82,21 @@ def adapt_student(student: Any, teacher: Any, pairs: Sequence[Sequence[str]], *,
   embeddings = student.params["embeddings"]["word_embeddings"]["embedding"]
   rows = mean_of_pieces_rows(embeddings, piece_ids(
       pieces, old_vocab, prefix=spec["continuing_subword_prefix"], unk=spec["unk_token"]))
-  covered = 0
-  if init == "ot_plan":
+  covered, old_covered, old_rows = 0, 0, None
+  if init in ("ot_plan", "ot_plan_all"):
     alignment = align_sample(student, teacher, pairs, size=alignment_pairs, seed=seed,
                              max_length=max_length, epsilon=epsilon, center=center)
     ot_rows, mass = ot_plan_rows(student, teacher, alignment, tokenizer, embeddings,
-                                 first_new_id=len(old_vocab), num_new=len(pieces))
-    rows = jnp.where(mass[:, None] > 0, ot_rows, rows)
-    covered = int(jnp.sum(mass > 0))
-  params = grow_embeddings(student.params, rows)
+                                 first_new_id=len(old_vocab), num_new=len(pieces),
+                                 old_pieces=init == "ot_plan_all")
+    n = len(pieces)
+    rows = jnp.where(mass[:n, None] > 0, ot_rows[:n], rows)
+    covered = int(jnp.sum(mass[:n] > 0))
+    if init == "ot_plan_all":  # the old pieces the student texts use: translated rows too
+      old_rows = jnp.where(mass[n:, None] > 0, ot_rows[n:], embeddings)
+      old_covered = int(jnp.sum(mass[n:] > 0))
+  params = with_word_embeddings(student.params, jnp.concatenate(
+      [embeddings if old_rows is None else old_rows, rows]))
   config = dataclasses.replace(student.config, vocab_size=len(old_vocab) + len(pieces))
   hf_config = dict(student.hf_config, vocab_size=config.vocab_size)
   grown = dataclasses.replace(student, params=params, config=config, hf_config=hf_config,
@@ -95,5 +104,6 @@ def adapt_student(student: Any, teacher: Any, pairs: Sequence[Sequence[str]], *,
   grown.save(directory)
   (directory / "vocabulary_adaptation.json").write_text(json.dumps(
       {"source": str(student.path), "init": init, "pieces": pieces,
-       "ot_initialised": covered}, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-  return AdaptedVocabulary(pieces=pieces, init=init, ot_initialised=covered, directory=directory)
+       "ot_initialised": covered, "old_initialised": old_covered}, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+  return AdaptedVocabulary(pieces=pieces, init=init, ot_initialised=covered,
+                           old_initialised=old_covered, directory=directory)
