@@ -124,8 +124,8 @@ def base_config() -> ml_collections.ConfigDict:
   # Share of training sentences whose student-side words are replaced by their English
   # translation from a lexicon induced from OT plans (optical_jax/adaptation; 0: off).
   c.data.code_switch_rate = 0.0
-  # Bitext pairs (a seeded sample) whose OT plans give model.vocab_init "ot_plan" and the
-  # code-switching lexicon.
+  # Bitext pairs (a seeded sample) whose OT plans give model.vocab_init "ot_plan" /
+  # "ot_plan_all" and the code-switching lexicon.
   c.data.alignment_pairs = 2000
 
   c.train = ml_collections.ConfigDict()

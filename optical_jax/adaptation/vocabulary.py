@@ -56,7 +56,7 @@ def adapt_student(student: Any, teacher: Any, pairs: Sequence[Sequence[str]], *,
     count: new pieces to learn at most.
     init: "mean_of_pieces", "ot_plan" or "ot_plan_all" (see `embedding_init`).
     directory: where to write.
-    alignment_pairs: "ot_plan": plans of this many pairs, sampled by `seed`.
+    alignment_pairs: "ot_plan", "ot_plan_all": plans of this many pairs, sampled by `seed`.
     max_length, epsilon, center: the alignment's tokens per sentence and OT settings.
 
   Returns:
