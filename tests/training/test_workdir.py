@@ -118,6 +118,10 @@ def test_a_stop_signal_saves_and_the_rerun_resumes_to_the_same_end(sig, code, un
   assert_same_params(expected, final_params(stopped), atol=1e-6)
 
 
+# Orbax's failed read of the truncated checkpoint leaves TensorStore callbacks that may land on
+# its closed event loop once the test is over; pytest reports those in the test's process. A
+# `train.py` run of the same fallback prints nothing of it (seen in 4 of 4 runs).
+@pytest.mark.filterwarnings("ignore:Exception ignored:pytest.PytestUnraisableExceptionWarning")
 def test_a_corrupt_latest_checkpoint_falls_back_to_the_one_before(setup, tmp_path, capsys,
                                                                   caplog):
   root, checkpoint, bitext, _ = setup
