@@ -89,8 +89,13 @@ OBJECTIVES: dict[str, tuple[str, ...]] = {
     "ot": ("ot",), "mse": ("mse",), "contrastive": ("contrastive",),
     "ot+contrastive": ("ot", "contrastive"), "maxsim": ("maxsim",), "ot+maxsim": ("ot", "maxsim"),
 }
-# Terms added with a weight of their own (config.<term>.weight); the others weigh 1.
-WEIGHTED = ("contrastive", "maxsim")
+
+
+def term_weight(config, name: str):
+  """`config.<name>.weight` where the term's config group declares one (contrastive, maxsim),
+  else 1."""
+  group = config.get(name)
+  return 1.0 if group is None else group.get("weight", 1.0)
 
 
 def distillation_loss(config, models: DistillationModels, student: dict, teacher: dict):
@@ -104,7 +109,7 @@ def distillation_loss(config, models: DistillationModels, student: dict, teacher
     terms[name], diagnostics = TERMS[name](config, models, student, teacher)
     aux.update(diagnostics)
     aux[f"loss_{name}"] = jnp.mean(terms[name])
-  weights = {name: config[name].weight if name in WEIGHTED else 1.0 for name in terms}
+  weights = {name: term_weight(config, name) for name in terms}
   return weighted_sum(terms, weights), aux
 
 
