@@ -4,6 +4,7 @@ INFO lines in the workdir's log file, their warnings on stderr."""
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -24,6 +25,8 @@ def quiet_libraries(log_file: str | Path | None = None) -> None:
   ours = logging.getLogger("optical_jax")
   ours.handlers, ours.propagate = [console], False
   ours.setLevel(logging.INFO)
+  # transformers warns at import, before any setter could run: its variable is read then.
+  os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
   try:
     from transformers.utils import logging as hf_logging
     hf_logging.set_verbosity_error()

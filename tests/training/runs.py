@@ -50,9 +50,9 @@ def write_config(path: Path, checkpoint: Path, train_file: Path, **overrides) ->
   return path
 
 
-def run_train(config: Path, workdir: Path, *, devices: int = 1, extra=(), check=True):
+def run_train(config: Path, workdir: Path, *, devices: int = 1, extra=(), check=True, env=None):
   env = dict(os.environ, HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", **(env or {}))
   return subprocess.run([sys.executable, str(ROOT / "train.py"), f"--config={config}",
                          f"--workdir={workdir}", *extra], env=env, capture_output=True,
                         text=True, check=check, timeout=600)

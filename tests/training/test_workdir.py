@@ -184,7 +184,17 @@ def test_a_full_disk_is_one_clear_error_keeping_the_last_checkpoint(setup, tmp_p
 def test_the_console_shows_our_messages_and_libraries_log_to_a_file(setup, tmp_path):
   root, checkpoint, bitext, _ = setup
   workdir = tmp_path / "run"
-  out = run_train(write_config(tmp_path / "quiet.py", checkpoint, bitext), workdir)
+  # As the README's demo command installs it: transformers finds no torch, and warns at import.
+  no_torch = tmp_path / "no_torch"
+  no_torch.mkdir()
+  (no_torch / "sitecustomize.py").write_text(
+      "import importlib.util\n"
+      "find_spec = importlib.util.find_spec\n"
+      "importlib.util.find_spec = lambda name, package=None: (\n"
+      "    None if name.split('.')[0] == 'torch' else find_spec(name, package))\n")
+  out = run_train(write_config(tmp_path / "quiet.py", checkpoint, bitext), workdir,
+                  env={"PYTHONPATH": os.pathsep.join(filter(None, (
+                      str(no_torch), os.environ.get("PYTHONPATH"))))})
   console = out.stdout + out.stderr
   for chatter in ("async_io_engine", "event_tracking", "standard_logger", "PyTorch was not found",
                   "local_files_only"):
