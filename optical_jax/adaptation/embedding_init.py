@@ -57,22 +57,23 @@ def mean_of_pieces_rows(embeddings: jax.Array, splits: Sequence[Sequence[int]]) 
 
 
 def plan_weighted_rows(plans: jax.Array, piece_of_token: jax.Array, teacher_ids: jax.Array,
-                       target_embeddings: jax.Array, *, num_new: int,
+                       target_embeddings: jax.Array, *, num_rows: int,
                        chunk_size: int = 256) -> tuple[jax.Array, jax.Array]:
-  """The "ot_plan" rows: for each new piece, the plan-weighted mean of the target embeddings
-  of the teacher tokens its occurrences are transported to.
+  """The "ot_plan" rows: for each row `k` (a new piece; with `ot_plan_all` also an old one),
+  the plan-weighted mean of the target embeddings of the teacher tokens its occurrences are
+  transported to.
 
-  new_row[k] = sum_{b,i: piece(b,i)=k} sum_j P[b,i,j] T[teacher_ids[b,j]] / mass[k],
+  row[k] = sum_{b,i: piece(b,i)=k} sum_j P[b,i,j] T[teacher_ids[b,j]] / mass[k],
   mass[k] = sum_{b,i: piece(b,i)=k} sum_j P[b,i,j].
 
   Args:
     plans: `[B, Ls, Lt]` OT plans (rows: the student's old tokens).
-    piece_of_token: `[B, Ls]` int: which new piece (0..num_new-1) each old student token is
-      part of, -1 for none.
+    piece_of_token: `[B, Ls]` int: the row (0..num_rows-1) each old student token feeds, -1
+      for none.
     teacher_ids: `[B, Lt]` int teacher token ids.
     target_embeddings: `[Vt, d]` each teacher token's embedding in the student's input space
       (`teacher_token_targets`).
-    num_new: `N`, the number of new pieces.
+    num_rows: `N`, the number of rows.
     chunk_size: pairs per step (bounds memory at `chunk_size * Lt * d` floats).
 
   Returns:
@@ -81,22 +82,22 @@ def plan_weighted_rows(plans: jax.Array, piece_of_token: jax.Array, teacher_ids:
   >>> plans = jnp.array([[[0.5, 0.0], [0.0, 0.5]]])  # token 0 -> teacher 0, token 1 -> 1
   >>> targets = jnp.array([[1., 0.], [0., 1.], [9., 9.]])
   >>> rows, mass = plan_weighted_rows(plans, jnp.array([[0, -1]]), jnp.array([[1, 2]]),
-  ...                                 targets, num_new=1)
+  ...                                 targets, num_rows=1)
   >>> rows, mass
   (Array([[0., 1.]], dtype=float32), Array([0.5], dtype=float32))
   """
   plans = np.asarray(plans, np.float32)
-  segments = np.where(np.asarray(piece_of_token) >= 0, piece_of_token, num_new)  # num_new: none
+  segments = np.where(np.asarray(piece_of_token) >= 0, piece_of_token, num_rows)  # num_rows: none
   teacher_ids = np.asarray(teacher_ids)
   targets = jnp.asarray(target_embeddings, jnp.float32)
-  sums = jnp.zeros((num_new + 1, targets.shape[1]), jnp.float32)
-  mass = jnp.zeros((num_new + 1,), jnp.float32)
+  sums = jnp.zeros((num_rows + 1, targets.shape[1]), jnp.float32)
+  mass = jnp.zeros((num_rows + 1,), jnp.float32)
   for start in range(0, plans.shape[0], chunk_size):
     part = slice(start, start + chunk_size)
     chunk_sums, chunk_mass = _segment_sums(plans[part], segments[part], teacher_ids[part],
-                                           targets, num_new + 1)
+                                           targets, num_rows + 1)
     sums, mass = sums + chunk_sums, mass + chunk_mass
-  sums, mass = sums[:num_new], mass[:num_new]
+  sums, mass = sums[:num_rows], mass[:num_rows]
   return jnp.where(mass[:, None] > 0, sums / jnp.where(mass > 0, mass, 1.0)[:, None], 0.0), mass
 
 
@@ -192,15 +193,15 @@ def ot_plan_rows(student: Any, teacher: Any, alignment: Any, tokenizer: Any,
   piece_of_token = occurrences(np.asarray(new["input_ids"]), np.asarray(new["offset_mapping"]),
                                alignment.student_offsets, alignment.student_mask,
                                first_new_id=first_new_id)
-  segments = num_new
-  if old_pieces:
+  num_rows = num_new
+  if old_pieces:  # old id t feeds row num_new + t
     alone = (piece_of_token < 0) & alignment.student_mask
     piece_of_token = np.where(alone, num_new + alignment.student_ids, piece_of_token)
-    segments = num_new + first_new_id
+    num_rows = num_new + first_new_id
   targets = teacher_token_targets(student, teacher, np.asarray(embeddings),
                                   alignment.teacher_ids)
   return plan_weighted_rows(alignment.plans, piece_of_token, alignment.teacher_ids, targets,
-                            num_new=segments)
+                            num_rows=num_rows)
 
 
 def grow_embeddings(params: Mapping, rows: jax.Array) -> dict:

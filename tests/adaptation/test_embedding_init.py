@@ -26,7 +26,7 @@ def test_ot_plan_puts_a_new_word_near_its_aligned_english_word():
     teacher_ids.append([the, water, of, god])
   rows, mass = embedding_init.plan_weighted_rows(np.stack(plans), np.array(piece_of_token),
                                                  np.array(teacher_ids), embeddings,
-                                                 num_new=1)
+                                                 num_rows=1)
   mean_rows = embedding_init.mean_of_pieces_rows(embeddings, [[ma, dz, i]])
   assert np.isclose(float(mass[0]), 3 * 0.75)
   expected = (0.8 * embeddings[water] + 0.1 * embeddings[the] + 0.1 * embeddings[of])
