@@ -15,6 +15,9 @@ from optical_jax.shapes import LENGTH_BUCKETS, check_buckets
 # adaptation, training) import them from here, since everything may import this module.
 STAGES = ("distill", "teacher")
 LOSSES = ("ot", "mse", "contrastive", "ot+contrastive", "maxsim", "ot+maxsim")
+# The losses whose value for a pair depends on that pair alone (OT without `ot.center`): only
+# their batches may be split into microbatches. In-batch negatives couple the others.
+PER_EXAMPLE_LOSSES = ("ot", "mse")
 DTYPES = ("float32", "bfloat16")
 # `jax.nn.dot_product_attention` implementations: "xla" runs on every backend; "cudnn" is
 # cuDNN's fused attention, NVIDIA GPUs only, float16/bfloat16 only. (jax's own default, None,
@@ -131,7 +134,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 32  # global batch (split over all devices)
   # Examples per forward/backward pass within a step (0: the whole per-device batch); the
-  # step adds up the chunks' gradients. ot and mse losses only, without ot.center.
+  # step adds up the chunks' gradients. The ot (without ot.center) and mse losses only.
   c.train.microbatch_size = 0
   c.train.num_train_steps = 1000  # optimizer steps
   c.train.learning_rate = 5e-5  # peak AdamW learning rate
@@ -334,8 +337,8 @@ def validate(config, *, devices: int = 1, backend: str = "cpu") -> None:
                       f"{devices} devices")
   microbatches = microbatches_per_device(config, t.batch_size // devices)
   # In-batch negatives and the batch's mean teacher token would change with the split.
-  if microbatches > 1 and (config.stage == "teacher" or config.ot.center
-                           or config.loss not in ("ot", "mse")):
+  if microbatches > 1 and (config.stage == "teacher" or config.loss not in PER_EXAMPLE_LOSSES
+                           or (config.ot.center and "ot" in config.loss.split("+"))):
     raise ConfigError("config.train.microbatch_size cannot split batches for the contrastive "
                       "and MaxSim losses, the teacher stage and ot.center: their per-example loss "
                       "depends on the whole batch")
