@@ -1,5 +1,5 @@
 """The embedded offline benchmark (the README's first command). From a clean clone with pip
-included, on 2 cores: 6.6 min on an AMD EPYC Zen 5, 8–12 min on an Intel Xeon (AMX; 489 s
+included, on 2 cores: 6.6–7.1 min on an AMD EPYC Zen 5, 8–12 min on an Intel Xeon (AMX; 489 s
 quiet, 640–703 s under load); about 11.5 min on an AMD EPYC Zen 4, not measured (estimated
 from the encoder's Zen 4 / Intel ratios, docs/experiments.md).
 
