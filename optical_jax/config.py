@@ -35,6 +35,11 @@ OT_GRADIENTS = ("stop_gradient", "implicit", "unroll")
 VOCAB_INITS = ("mean_of_pieces", "ot_plan", "ot_plan_all")
 
 
+def loss_terms(loss: str) -> tuple[str, ...]:
+  """The terms a `config.loss` adds up: "ot+contrastive" -> ("ot", "contrastive")."""
+  return tuple(loss.split("+"))
+
+
 class ConfigError(ValueError):
   """A configuration that cannot run; the message names the field and what to do."""
 
@@ -338,7 +343,7 @@ def validate(config, *, devices: int = 1, backend: str = "cpu") -> None:
   microbatches = microbatches_per_device(config, t.batch_size // devices)
   # In-batch negatives and the batch's mean teacher token would change with the split.
   if microbatches > 1 and (config.stage == "teacher" or config.loss not in PER_EXAMPLE_LOSSES
-                           or (config.ot.center and "ot" in config.loss.split("+"))):
+                           or (config.ot.center and "ot" in loss_terms(config.loss))):
     raise ConfigError("config.train.microbatch_size cannot split batches for the contrastive "
                       "and MaxSim losses, the teacher stage and ot.center: their per-example loss "
                       "depends on the whole batch")

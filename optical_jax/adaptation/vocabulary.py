@@ -104,6 +104,7 @@ def adapt_student(student: Any, teacher: Any, pairs: Sequence[Sequence[str]], *,
   grown.save(directory)
   (directory / "vocabulary_adaptation.json").write_text(json.dumps(
       {"source": str(student.path), "init": init, "pieces": pieces,
-       "ot_initialised": covered, "old_initialised": old_covered}, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+       "ot_initialised": covered, "old_initialised": old_covered}, ensure_ascii=False,
+      indent=1) + "\n", encoding="utf-8")
   return AdaptedVocabulary(pieces=pieces, init=init, ot_initialised=covered,
                            old_initialised=old_covered, directory=directory)

@@ -11,6 +11,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from optical_jax.config import loss_terms
 from optical_jax.losses import (contrastive_distillation_loss, maxsim_contrastive_loss,
                                 mse_distillation_loss, ot_distillation_loss, weighted_sum)
 from optical_jax.models.student import DistillationModels
@@ -82,13 +83,9 @@ def maxsim_term(config, models, student, teacher):
                                  label_offset=offset), {}
 
 
+# The terms `config.loss` adds up (`config.loss_terms`), by name.
 TERMS: dict[str, Callable] = {"ot": ot_term, "mse": mse_term, "contrastive": contrastive_term,
                               "maxsim": maxsim_term}
-# config.loss -> the terms it adds up.
-OBJECTIVES: dict[str, tuple[str, ...]] = {
-    "ot": ("ot",), "mse": ("mse",), "contrastive": ("contrastive",),
-    "ot+contrastive": ("ot", "contrastive"), "maxsim": ("maxsim",), "ot+maxsim": ("ot", "maxsim"),
-}
 
 
 def term_weight(config, name: str):
@@ -105,7 +102,7 @@ def distillation_loss(config, models: DistillationModels, student: dict, teacher
   optionally `weights` `[batch, length]`, the OT marginals' token weights (`ot.marginals`).
   """
   terms, aux = {}, {}
-  for name in OBJECTIVES[config.loss]:
+  for name in loss_terms(config.loss):
     terms[name], diagnostics = TERMS[name](config, models, student, teacher)
     aux.update(diagnostics)
     aux[f"loss_{name}"] = jnp.mean(terms[name])

@@ -8,8 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from optical_jax.config import LOSSES, PER_EXAMPLE_LOSSES, ConfigError, base_config, validate
-from optical_jax.training.objectives import AXIS, OBJECTIVES, distillation_loss, term_weight
+from optical_jax.config import (LOSSES, PER_EXAMPLE_LOSSES, ConfigError, base_config,
+                                loss_terms, validate)
+from optical_jax.training.objectives import AXIS, TERMS, distillation_loss, term_weight
 
 
 def test_a_term_weighs_what_its_config_group_says_and_1_without_one():
@@ -19,7 +20,7 @@ def test_a_term_weighs_what_its_config_group_says_and_1_without_one():
   assert term_weight(config, "maxsim") == 2.0
   assert term_weight(config, "ot") == 1.0  # a group without a weight field
   assert term_weight(config, "mse") == 1.0  # no group at all
-  assert {name for terms in OBJECTIVES.values() for name in terms} == {
+  assert {name for loss in LOSSES for name in loss_terms(loss)} == set(TERMS) == {
       "ot", "mse", "contrastive", "maxsim"}
 
 
