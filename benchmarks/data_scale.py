@@ -17,6 +17,9 @@ shows. Each size runs in a fresh process, its stages in turn:
   collection check    topics, qrels and the corpus of every collection checked
   first evaluation    CIRAL dev: corpus tokenised, encoded, searched
   second evaluation   the same, its token ids from the cache
+  MaxSim rerank       CIRAL dev's dense top 100 per query reranked by MaxSim: only those
+                      candidates' passages are encoded to tokens (the last row also states
+                      its time as a share of the second evaluation's dense pass)
 
 Each row: the stage's wall time, the process's resident memory after it, and its peak so far
 (`ru_maxrss`). --end-to-end also runs `train.py --config configs/so.py` (20 steps, batch 64,
@@ -196,8 +199,20 @@ def stages(args) -> None:
   params = models.init_params(jax.random.PRNGKey(0))
   for stage in ("first evaluation", "second evaluation"):
     start = time.perf_counter()
-    evaluator.evaluate(spec, params)
+    result = evaluator.evaluate(spec, params)
     report(f"{stage} ({args.passages:,} passages)", start)
+    dense_seconds = time.perf_counter() - start
+  from optical_jax.evaluation.io import read_topics
+  from optical_jax.evaluation.maxsim import maxsim_rerank
+  start = time.perf_counter()
+  teacher, student = evaluator.encoders["teacher"], evaluator.encoders["student"]
+  topics = read_topics(spec.topics)
+  query_tokens = dict(zip(topics, teacher.encode_tokens(list(topics.values()), progress=False)))
+  student.params = params
+  maxsim_rerank(result.run, query_tokens, student.corpus(Path(spec.corpus)), student, depth=100)
+  seconds = time.perf_counter() - start
+  report(f"MaxSim rerank ({len(topics)} queries x 100; "
+         f"{100 * seconds / dense_seconds:.1f}% of the dense pass)", start)
   shutil.rmtree(cache, ignore_errors=True)
 
 
@@ -288,6 +303,9 @@ def main() -> None:
     cells = [f"{rs[i]['seconds']:.1f} / {rs[i]['rss_mb']:,.0f} / {rs[i]['peak_mb']:,.0f}"
              for rs in results.values()]
     print(f"| {name} | " + " | ".join(cells) + " |")
+  for (pairs, passages), rows in results.items():
+    maxsim = next(r["stage"] for r in rows if r["stage"].startswith("MaxSim rerank"))
+    print(f"\n{passages:,} passages: {maxsim}")
   if len(sizes) > 1:
     (p0, _), (p1, _) = sizes[0], sizes[-1]
     peak0, peak1 = results[sizes[0]][-1]["peak_mb"], results[sizes[-1]][-1]["peak_mb"]

@@ -127,8 +127,8 @@ def resolve_inputs(config: ml_collections.ConfigDict, *, training: bool = True) 
     derived = [dict(name=bitext_collection_name(config), topics=str(built / "dev/topics.tsv"),
                     corpus=str(built / "dev/corpus.tsv"), qrels=str(built / "dev/qrels.txt"),
                     query_encoder="student", doc_encoder="teacher")]
-    derived += [dict(name=s.name, **s.files(), query_encoder="teacher", doc_encoder="student")
-                for s in splits]
+    derived += [dict(name=s.name, **s.files(), query_encoder="teacher", doc_encoder="student",
+                     maxsim_depth=config.ciral.get("maxsim_depth", 0)) for s in splits]
     config.eval.collections = list(config.eval.collections) + [
         ml_collections.ConfigDict(spec) for spec in derived]
   elif training:

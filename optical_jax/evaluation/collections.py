@@ -12,11 +12,11 @@ from typing import Mapping
 import ml_collections
 
 from optical_jax.evaluation.check import absent_judged
-from optical_jax.evaluation.io import read_corpus, read_qrels, read_topics, write_run
+from optical_jax.evaluation.io import read_qrels, read_topics, write_run
+from optical_jax.evaluation.maxsim import maxsim_rerank
 from optical_jax.evaluation.metrics import DEFAULT_MEASURES, evaluate, evaluate_per_query
 from optical_jax.evaluation.report import format_table
 from optical_jax.evaluation.retrieval import TextEncoder, retrieve
-from optical_jax.evaluation.search import maxsim_reranker, rerank_run
 from optical_jax.fileio import write_text_atomic
 from optical_jax.fingerprint import checkpoint_digest
 
@@ -80,9 +80,11 @@ class CollectionResult:
   maxsim: "CollectionResult | None" = None
 
 
-# The frozen teacher's passage tokens for MaxSim, by checkpoint, settings, corpus and prompt:
-# computed once per process (the demo's rows share them).
+# The frozen teacher's MaxSim candidates' passage tokens, by checkpoint, settings and corpus
+# ids (content, tokenizer, length, prompt): encoded once per process on corpora of at most
+# SMALL_CORPUS passages (the demo's rows share them); larger corpora keep none.
 _TEACHER_DOC_TOKENS: dict = {}
+SMALL_CORPUS = 20_000
 
 
 def _prompt(encoder: TextEncoder, side: str) -> str:
@@ -90,8 +92,8 @@ def _prompt(encoder: TextEncoder, side: str) -> str:
 
 
 def evaluate_collection(spec, encoders: Mapping[str, TextEncoder], *,
-                        measures=DEFAULT_MEASURES, k: int = 100, progress: bool = True,
-                        doc_tokens: Mapping | None = None) -> CollectionResult:
+                        measures=DEFAULT_MEASURES, k: int = 100,
+                        progress: bool = True) -> CollectionResult:
   """One collection evaluated with `encoders` ({"teacher", "student"}: `TextEncoder`s).
 
   The corpus is never held as text: its scan (docids) and token ids come from the doc
@@ -99,8 +101,8 @@ def evaluate_collection(spec, encoders: Mapping[str, TextEncoder], *,
   streamed from the file otherwise. Judged documents absent from the corpus are warned
   about (once per process). With `spec.maxsim_depth`, the run's top that many are reranked
   by MaxSim (ColBERT late interaction: the query encoder's query tokens against the doc
-  encoder's passage tokens; small corpora: every passage's tokens are held), its passage
-  tokens kept in `doc_tokens` (a dict) for the next call."""
+  encoder's passage tokens), encoding only the candidates' passages (`maxsim.maxsim_rerank`:
+  memory bounded by a group of candidates at any corpus size)."""
   topics = read_topics(spec.topics)
   qrels = read_qrels(spec.qrels, topics=topics)
   if spec.get("max_queries"):
@@ -122,19 +124,14 @@ def evaluate_collection(spec, encoders: Mapping[str, TextEncoder], *,
   result = CollectionResult(evaluate(run, qrels, measures),
                             evaluate_per_query(run, qrels, measures), run)
   if depth:
-    doc_tokens = {} if doc_tokens is None else doc_tokens
-    key = (id(doc_encoder), str(spec.corpus), passage_prompt)
-    if spec.doc_encoder == "teacher":  # frozen: its passage tokens serve every run
-      doc_tokens = _TEACHER_DOC_TOKENS
-      key = (checkpoint_digest(doc_encoder.encoder.path), str(doc_encoder.encoder.module.dtype),
-             doc_encoder.max_length, doc_encoder.dtype, str(spec.corpus), passage_prompt)
-    if key not in doc_tokens:
-      texts = read_corpus(spec.corpus)
-      ids = list(texts)
-      doc_tokens[key] = dict(zip(ids, doc_encoder.encode_tokens(
-          [passage_prompt + texts[d] for d in ids], desc="passage tokens", progress=False)))
-    reranked = rerank_run(run, maxsim_reranker(dict(zip(query_ids, query_tokens)),
-                                               doc_tokens[key]), depth=depth)
+    memo = None
+    if spec.doc_encoder == "teacher" and len(corpus) <= SMALL_CORPUS:
+      # Frozen: a small corpus's passage tokens serve every run of this process.
+      memo = _TEACHER_DOC_TOKENS.setdefault(
+          (checkpoint_digest(doc_encoder.encoder.path), str(doc_encoder.encoder.module.dtype),
+           doc_encoder.max_length, doc_encoder.dtype, corpus.key), {})
+    reranked = maxsim_rerank(run, dict(zip(query_ids, query_tokens)), corpus, doc_encoder,
+                             depth=depth, memo=memo, progress=progress)
     result.maxsim = CollectionResult(evaluate(reranked, qrels, measures),
                                      evaluate_per_query(reranked, qrels, measures), reranked)
   return result
@@ -142,7 +139,7 @@ def evaluate_collection(spec, encoders: Mapping[str, TextEncoder], *,
 
 class Evaluator:
   """What evaluates a run's collections, built once (its encoders compile once): the frozen
-  teacher's text encoder, the student's, and the MaxSim collections' passage tokens.
+  teacher's text encoder and the student's.
   `evaluate(spec, params, cache=...)` evaluates one collection with the student's `params`;
   with `cache` its embeddings are kept in the embedding cache (the final step, which eval.py
   of that checkpoint reuses), without it not (a dev step, never evaluated again)."""
@@ -151,7 +148,6 @@ class Evaluator:
     self.config, self.measures = config, tuple(measures)
     self.encoders = side_encoders(models, models.student.params, config)
     self._student_cache = self.encoders["student"].cache_dir
-    self._doc_tokens: dict = {}
 
   def evaluate(self, spec, params, *, cache: bool = True,
                progress: bool = False) -> CollectionResult:
@@ -159,8 +155,7 @@ class Evaluator:
     student.params = params
     student.cache_dir = self._student_cache if cache else None
     return evaluate_collection(spec, self.encoders, measures=self.measures,
-                               k=self.config.eval.k, progress=progress,
-                               doc_tokens=self._doc_tokens)
+                               k=self.config.eval.k, progress=progress)
 
   def evaluate_all(self, specs, params, workdir: Path, *,
                    evaluated: Mapping[str, CollectionResult] | None = None,

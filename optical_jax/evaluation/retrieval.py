@@ -303,17 +303,25 @@ class TextEncoder:
     """Token embeddings of each text, unpadded: a list of `[length_i, dim]` arrays; with
     `pooled`, also the pooled embeddings `[len(texts), dim]` of the same forward pass (what
     `encode` gives, without encoding the texts twice)."""
-    out: list[np.ndarray | None] = [None] * len(texts)
+    flat, offsets = tokenize_flat(self._tokenize, texts)
+    return self.encode_token_ids(flat, offsets, desc=desc, progress=progress, pooled=pooled)
+
+  def encode_token_ids(self, flat: np.ndarray, offsets: np.ndarray, *,
+                       desc: str = "encoding tokens", progress: bool = False,
+                       pooled: bool = False
+                       ) -> list[np.ndarray] | tuple[list[np.ndarray], np.ndarray]:
+    """`encode_tokens` of texts already tokenised: row i's ids `flat[offsets[i]:offsets[i + 1]]`
+    (a corpus's cached ids: MaxSim's candidates)."""
+    count = len(offsets) - 1
+    out: list[np.ndarray | None] = [None] * count
     vectors = None
-    bar = tqdm(total=len(texts), desc=desc, unit="text", leave=False, disable=not progress)
-    with bar:
-      flat, offsets = tokenize_flat(self._tokenize, texts)
+    with tqdm(total=count, desc=desc, unit="text", leave=False, disable=not progress) as bar:
       fn = self._tokens_and_pooled if pooled else self._tokens
       for rows, (values, lengths) in self._run(fn, flat, offsets, 0, 1, bar):
         hidden = values[0] if pooled else values
         if pooled:
           if vectors is None:
-            vectors = np.zeros((len(texts), values[1].shape[1]), np.float32)
+            vectors = np.zeros((count, values[1].shape[1]), np.float32)
           vectors[rows] = values[1]
         for i, h, n in zip(rows, hidden, lengths):
           out[i] = h[:n]

@@ -1,15 +1,16 @@
 """The embedded offline benchmark: English–Chichewa cross-lingual retrieval, end to end.
 
 `python train.py --config configs/demo.py` (a config with a `demo` section) builds the Bible
-collections, evaluates the teacher's en→en upper bound and its zero-shot ny→en retrieval,
-distils one student per loss under the same step budget, and prints one table: dense MAP (with
-95% paired-bootstrap intervals of each gain over zero-shot) and MAP when the dense top 100 is
-reranked by MaxSim (the student's query tokens against the teacher's passage tokens), plus a
-figure: dev MAP against steps, and test MAP per row with its interval.
+collections, evaluates the teacher's rows (the en→en upper bound, its zero-shot retrieval),
+distils one student per loss under the same step budget, and prints one table per direction
+(`demo.tables`: ny→en, the student encoding queries; en→ny, the student encoding passages):
+dense MAP (with 95% paired-bootstrap intervals of each gain over zero-shot) and MAP when the
+dense top 100 is reranked by MaxSim (the query encoder's tokens against the passage
+encoder's), plus a figure: dev MAP against steps, and test MAP per row with its interval.
 
 With several `demo.seeds`, every loss is trained once per seed and a seed table (per-seed MAP,
-mean and spread, OT's own share per seed and pooled) follows the main table, which shows the
-first seed.
+mean and spread, OT's own share per seed and pooled) follows each direction's main table,
+which shows the first seed.
 """
 
 from __future__ import annotations
@@ -48,20 +49,29 @@ class Row:
 
 
 @dataclasses.dataclass
-class DemoReport:
-  """The demo's results: the teacher's rows (`reference`), each seed's row per loss
-  (`by_seed`, the first seed's in the main table), the first seed's dev MAP curves, where the
-  time went (`seconds`: `{part: {stage: seconds}}`) and the wall time."""
+class Direction:
+  """One table of the demo: its `test` collection and `title`, the teacher's rows
+  (`reference`, the zero-shot row last) and each seed's row per loss (`by_seed`, the first
+  seed's in the main table)."""
+  test: str
+  title: str
   reference: list[Row]
-  by_seed: dict[int, dict[str, Row]]
-  curves: dict[str, list[tuple[int, float]]]
-  seconds: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
-  minutes: float = 0.0
+  by_seed: dict[int, dict[str, Row]] = dataclasses.field(default_factory=dict)
 
   @property
   def rows(self) -> list[Row]:
     """The main table's rows: the teacher's, then the first seed's per loss."""
     return self.reference + list(next(iter(self.by_seed.values())).values())
+
+
+@dataclasses.dataclass
+class DemoReport:
+  """The demo's results: one `Direction` per table, the first seed's dev MAP curves, where
+  the time went (`seconds`: `{part: {stage: seconds}}`) and the wall time."""
+  directions: list[Direction]
+  curves: dict[str, list[tuple[int, float]]]
+  seconds: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+  minutes: float = 0.0
 
 
 def _mean(per_query: dict) -> float:
@@ -73,38 +83,39 @@ def _interval(system: dict, baseline: dict) -> str:
   return f"{gain:+.4f} [{low:+.4f}, {high:+.4f}]"
 
 
-def plot_report(report: DemoReport, path: Path) -> Path:
-  """Left: dev MAP against steps per loss. Right: test MAP per row, dense and MaxSim, with
-  95% bootstrap intervals over queries."""
-  curves, rows = report.curves, report.rows
+def plot_report(report: DemoReport, path: Path, dev_label: str = "dev MAP") -> Path:
+  """Left: dev MAP against steps per loss. Then, per direction: test MAP per row, dense and
+  MaxSim, with 95% bootstrap intervals over queries."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.4),
-                                    gridspec_kw={"width_ratios": [1, 1.15]})
-  for loss, points in curves.items():
+  panels = len(report.directions)
+  fig, (left, *rights) = plt.subplots(1, 1 + panels, figsize=(6 + 6.5 * panels, 4.6),
+                                      gridspec_kw={"width_ratios": [1] + [1.15] * panels})
+  for loss, points in report.curves.items():
     if points:
       left.plot(*zip(*points), marker="o", label=loss)
-  left.set(xlabel="training step", ylabel="dev MAP (Chichewa → English)",
-           title="Dev MAP during distillation")
+  left.set(xlabel="training step", ylabel=dev_label, title="Dev MAP during distillation")
   left.grid(alpha=0.3)
   left.legend()
-  labels = [row.system.split(" (")[0] for row in rows]
-  y = np.arange(len(rows))
-  zeros = {q: 0.0 for q in rows[0].dense}
-  for offset, kind, colour in ((-0.18, "dense", "tab:blue"), (0.18, "maxsim", "tab:orange")):
-    stats = [paired_bootstrap_interval(getattr(row, kind), zeros) for row in rows]
-    means = np.array([s[0] for s in stats])
-    errors = np.array([[s[0] - s[1], s[2] - s[0]] for s in stats]).T
-    right.barh(y + offset, means, height=0.36, xerr=errors, color=colour, capsize=3,
-               label="dense" if kind == "dense" else "MaxSim rerank of the dense top 100")
-  right.set_yticks(y, labels)
-  right.invert_yaxis()
-  right.set(xlabel="test MAP (95% CI over queries)", title="Held-out books")
-  right.grid(axis="x", alpha=0.3)
-  right.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=8)
+  for right, direction in zip(rights, report.directions):
+    rows = direction.rows
+    labels = [row.system.split(" (")[0] for row in rows]
+    y = np.arange(len(rows))
+    zeros = {q: 0.0 for q in rows[0].dense}
+    for offset, kind, colour in ((-0.18, "dense", "tab:blue"), (0.18, "maxsim", "tab:orange")):
+      stats = [paired_bootstrap_interval(getattr(row, kind), zeros) for row in rows]
+      means = np.array([s[0] for s in stats])
+      errors = np.array([[s[0] - s[1], s[2] - s[0]] for s in stats]).T
+      right.barh(y + offset, means, height=0.36, xerr=errors, color=colour, capsize=3,
+                 label="dense" if kind == "dense" else "MaxSim rerank of the dense top 100")
+    right.set_yticks(y, labels)
+    right.invert_yaxis()
+    right.set(xlabel="test MAP (95% CI over queries)", title=direction.title.split(":")[0])
+    right.grid(axis="x", alpha=0.3)
+    right.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  fig.savefig(path, dpi=110)
   plt.close(fig)
   return path
 
@@ -146,25 +157,31 @@ def seed_report(by_seed: dict[int, dict[str, Row]]) -> str:
   return "\n".join(lines).rstrip("\n")
 
 
-def format_report(report: DemoReport, measures=TABLE_MEASURES) -> str:
-  """The main table (measures, MaxSim MAP, gain over zero-shot with its interval), OT's
-  comparisons dense and under MaxSim, and with several seeds the seed tables."""
-  rows, zero_shot = report.rows, report.reference[-1]
+def format_direction(direction: Direction, measures=TABLE_MEASURES) -> str:
+  """One direction's main table (measures, MaxSim MAP, gain over zero-shot with its
+  interval), OT's comparisons dense and under MaxSim, and with several seeds the seed
+  tables."""
+  rows, zero_shot = direction.rows, direction.reference[-1]
   table = [{"system": row.system, **{m: row.values[m] for m in measures},
             MAXSIM: _mean(row.maxsim),
-            GAIN: _interval(row.dense, zero_shot.dense) if i >= len(report.reference) else ""}
+            GAIN: _interval(row.dense, zero_shot.dense) if i >= len(direction.reference) else ""}
            for i, row in enumerate(rows)]
-  first = next(iter(report.by_seed.values()))
+  first = next(iter(direction.by_seed.values()))
   lines = (comparisons({loss: row.dense for loss, row in first.items()})
            + comparisons({loss: row.maxsim for loss, row in first.items()}, ", MaxSim"))
-  seeds = list(report.by_seed)
-  return ("Held-out books (Ruth, Jonah, Mark, Acts, James, 1 John): 500 Chichewa verse queries, "
-          "431 English 5-verse passages. Intervals: paired bootstrap over queries (95%), "
-          "query sampling only.\n\n"
+  seeds = list(direction.by_seed)
+  return (f"{direction.title}\n\n"
           + format_table(table, ["system", *measures, MAXSIM, GAIN])
           + "\n\n" + "".join(f"{line}\n" for line in lines)
           + (f"\nTraining seeds {', '.join(map(str, seeds))}:\n\n"
-             + seed_report(report.by_seed) + "\n" if len(seeds) > 1 else ""))
+             + seed_report(direction.by_seed) + "\n" if len(seeds) > 1 else ""))
+
+
+def format_report(report: DemoReport, measures=TABLE_MEASURES) -> str:
+  """Every direction's tables (`format_direction`), under one heading."""
+  return ("Held-out books (Ruth, Jonah, Mark, Acts, James, 1 John). Intervals: paired bootstrap "
+          "over queries (95%), query sampling only.\n\n"
+          + "\n".join(format_direction(d, measures) for d in report.directions))
 
 
 STAGES = ("set-up", "steps", "dev evaluation", "final evaluation")
@@ -180,9 +197,10 @@ def time_table(report: DemoReport) -> str:
 
 
 def report_values(report: DemoReport, measures=TABLE_MEASURES) -> dict:
-  """`{system: {measure: value}}` of the main table, MaxSim MAP included."""
-  return {row.system: {**{m: row.values[m] for m in measures}, MAXSIM: _mean(row.maxsim)}
-          for row in report.rows}
+  """`{test collection: {system: {measure: value}}}` of the main tables, MaxSim MAP included."""
+  return {d.test: {row.system: {**{m: row.values[m] for m in measures},
+                                MAXSIM: _mean(row.maxsim)} for row in d.rows}
+          for d in report.directions}
 
 
 def _run_dir(workdir: Path, loss: str, seed: int, first_seed: int) -> Path:
@@ -190,32 +208,33 @@ def _run_dir(workdir: Path, loss: str, seed: int, first_seed: int) -> Path:
   return workdir / (name if seed == first_seed else f"{name}-seed{seed}")
 
 
-def reference_rows(config) -> list[Row]:
+def reference_rows(config) -> dict[str, Row]:
   """The teacher's own rows (`config.demo.reference_collections`: the en→en upper bound and
-  the zero-shot Chichewa queries), each collection's `label` naming its row."""
+  the zero-shot rows), by collection name, each collection's `label` naming its row."""
   teacher = load_encoder(config.model.teacher)
   evaluator = Evaluator(DistillationModels(teacher=teacher, student=teacher), config)
-  return [Row.of(spec.label, evaluator.evaluate(spec, {"encoder": teacher.params}))
-          for spec in collection_specs(config, config.demo.reference_collections)]
+  return {spec.name: Row.of(spec.label, evaluator.evaluate(spec, {"encoder": teacher.params}))
+          for spec in collection_specs(config, config.demo.reference_collections)}
 
 
 def run_demo(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
   """Trains one student per loss and seed, evaluates them and the teacher's reference rows,
   writes `results.md` and `dev_map.png` into `workdir`, prints the report and returns the main
-  table's values (`report_values`; empty when a run halted early)."""
+  tables' values (`report_values`; empty when a run halted early)."""
   start = time.perf_counter()
   workdir = Path(workdir).expanduser().resolve()
   workdir.mkdir(parents=True, exist_ok=True)
   config = resolve_inputs(config).config
   seconds = {"inputs and the teacher's rows": {"set-up": time.perf_counter() - start}}
-  test = config.demo.test_collection
   started = time.perf_counter()
-  report = DemoReport(reference=reference_rows(config), by_seed={}, curves={}, seconds=seconds)
+  references = reference_rows(config)
+  report = DemoReport(
+      directions=[Direction(t.test, t.title, [references[name] for name in t.references])
+                  for t in config.demo.tables], curves={}, seconds=seconds)
   seconds["inputs and the teacher's rows"]["final evaluation"] = time.perf_counter() - started
   seeds = list(config.demo.get("seeds") or [config.seed])
   steps = config.train.num_train_steps
   for seed in seeds:
-    report.by_seed[seed] = {}
     for i, loss in enumerate(config.demo.losses):
       run_config = ml_collections.ConfigDict(config.to_dict())
       run_config.loss, run_config.seed = loss, seed
@@ -224,8 +243,9 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
       result = train_and_evaluate(run_config, _run_dir(workdir, loss, seed, seeds[0]))
       if result is None:  # halted early: resume later
         return {}
-      report.by_seed[seed][loss] = Row.of(f"{loss} distillation ({steps} steps)",
-                                          result.collections[test])
+      for direction in report.directions:
+        direction.by_seed.setdefault(seed, {})[loss] = Row.of(
+            f"{loss} distillation ({steps} steps)", result.collections[direction.test])
       seconds[f"{loss}, seed {seed}"] = result.seconds
       if seed == seeds[0]:
         curve = [(r["step"], r["dev_MAP"]) for r in result.history if "dev_MAP" in r]
@@ -233,7 +253,8 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
         if first and first[0][0] == 0 and curve[:1] != first[:1]:
           curve.insert(0, first[0])
         report.curves[loss] = curve
-  plot = plot_report(report, workdir / "dev_map.png")
+  plot = plot_report(report, workdir / "dev_map.png",
+                     dev_label=f"dev MAP ({config.eval.dev_collection})")
   report.minutes = (time.perf_counter() - start) / 60
   text = (format_report(report)
           + f"\nfigure: {plot}\ntotal time: {report.minutes:.1f} min\n\n"

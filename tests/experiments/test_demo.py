@@ -36,26 +36,31 @@ def demo_run(tmp_path_factory):
   return tmp_path, workdir, rows, (workdir / "results.md").read_text()
 
 
-def test_demo_prints_teacher_rows_one_row_per_loss_gains_and_a_plot(demo_run):
-  _, workdir, rows, text = demo_run
+LOSSES = ["ot", "mse", "contrastive", "ot+contrastive"]
+UPPER = "en→en upper bound (teacher, English queries and passages)"
 
-  losses = ["ot", "mse", "contrastive", "ot+contrastive"]
-  assert list(rows) == ["en→en upper bound (teacher, English queries)",
-                        "zero-shot (teacher, Chichewa queries)",
-                        *[f"{loss} distillation (2 steps)" for loss in losses]]
-  zero_shot = rows["zero-shot (teacher, Chichewa queries)"]["MAP"]
-  for loss in losses:
-    line = next(l for l in text.splitlines() if l.startswith(f"| {loss} distillation"))
-    gain, low, high = map(float, re.search(
-        r"([+-]\d\.\d+) \[([+-]\d\.\d+), ([+-]\d\.\d+)\]", line).groups())
-    # The paired bootstrap is centred on the exact difference of the two MAPs.
-    assert abs(gain - (rows[f"{loss} distillation (2 steps)"]["MAP"] - zero_shot)) < 2e-4
-    assert low <= gain <= high
+
+def sections(text: str) -> dict[str, str]:
+  """results.md's text per direction (ny→en, en→ny)."""
+  parts = text.split("\nen→ny: ")
+  return {"test-ny-en": parts[0].split("\nny→en: ")[1], "test-en-ny": parts[1]}
+
+
+def test_demo_prints_both_directions_teacher_rows_one_row_per_loss_gains_and_a_plot(demo_run):
+  _, workdir, tables, text = demo_run
+  assert list(tables) == ["test-ny-en", "test-en-ny"]
+  zero_shots = {"test-ny-en": "zero-shot (teacher, Chichewa queries)",
+                "test-en-ny": "zero-shot (teacher, Chichewa passages)"}
+  for test, zero_shot_row in zero_shots.items():
+    rows = tables[test]
+    assert list(rows) == [UPPER, zero_shot_row,
+                          *[f"{loss} distillation (2 steps)" for loss in LOSSES]]
+    check_table(rows, sections(text)[test], zero_shot_row)
+  # One upper bound serves both tables; the students differ by direction.
+  assert tables["test-ny-en"][UPPER] == tables["test-en-ny"][UPPER]
+  assert tables["test-ny-en"]["ot distillation (2 steps)"] != tables["test-en-ny"][
+      "ot distillation (2 steps)"]
   assert (workdir / "dev_map.png").stat().st_size > 10_000
-  # MaxSim reranks the dense top 100 of every row, teacher rows included.
-  from optical_jax.experiments.demo import MAXSIM
-  for name, values in rows.items():
-    assert 0.0 < values[MAXSIM] <= 1.0, name
 
   def dev_steps(loss):
     records = (workdir / loss.replace("+", "_") / "metrics.jsonl").read_text().splitlines()
@@ -63,6 +68,21 @@ def test_demo_prints_teacher_rows_one_row_per_loss_gains_and_a_plot(demo_run):
   # Every student starts as the teacher: only the first run evaluates step 0.
   assert dev_steps("ot") == [0, 1, 2]
   assert dev_steps("mse") == dev_steps("ot+contrastive") == [1, 2]
+
+
+def check_table(rows: dict, text: str, zero_shot_row: str) -> None:
+  zero_shot = rows[zero_shot_row]["MAP"]
+  for loss in LOSSES:
+    line = next(l for l in text.splitlines() if l.startswith(f"| {loss} distillation"))
+    gain, low, high = map(float, re.search(
+        r"([+-]\d\.\d+) \[([+-]\d\.\d+), ([+-]\d\.\d+)\]", line).groups())
+    # The paired bootstrap is centred on the exact difference of the two MAPs.
+    assert abs(gain - (rows[f"{loss} distillation (2 steps)"]["MAP"] - zero_shot)) < 2e-4
+    assert low <= gain <= high
+  # MaxSim reranks the dense top 100 of every row, teacher rows included.
+  from optical_jax.experiments.demo import MAXSIM
+  for name, values in rows.items():
+    assert 0.0 < values[MAXSIM] <= 1.0, name
 
   # OT's share on top of contrastive learning, and OT against MSE: paired, centred on the
   # difference of the two rows' MAPs.
@@ -93,7 +113,18 @@ def test_demo_seed_study_reports_each_seed_and_the_pooled_share(demo_run, capsys
   run_demo(config, workdir)
   # Seed 0's rows come from the first run: resumed at their last step, not trained again.
   assert capsys.readouterr().out.count("resumed from step 2 ") == 2
-  text = (workdir / "results.md").read_text()
+  for section in sections((workdir / "results.md").read_text()).values():
+    check_seed_tables(section)
+  # Seed 0 keeps the usual directory; the other seeds get their own.
+  assert (workdir / "contrastive" / "eval.json").is_file()
+  assert (workdir / "ot_contrastive-seed1" / "eval.json").is_file()
+  # A different seed trains on different batches.
+  losses = [[json.loads(l)["loss"] for l in (workdir / d / "metrics.jsonl").read_text().splitlines()
+             if "loss" in json.loads(l)] for d in ("contrastive", "contrastive-seed1")]
+  assert losses[0] != losses[1]
+
+
+def check_seed_tables(text: str) -> None:
   dense, maxsim = text.split("\nTraining seeds 0, 1:\n")[1].split("MaxSim MAP:")
   for section in (dense, maxsim):
     seed_rows = {line.split(" | ")[0].strip("| "): line for line in section.splitlines()
@@ -115,13 +146,6 @@ def test_demo_seed_study_reports_each_seed_and_the_pooled_share(demo_run, capsys
     assert any(l.startswith(f"OT's own share, {label}: ") for l in dense.splitlines()), label
     assert any(l.startswith(f"OT's own share, MaxSim, {label}: ")
                for l in maxsim.splitlines()), label
-  # Seed 0 keeps the usual directory; the other seeds get their own.
-  assert (workdir / "contrastive" / "eval.json").is_file()
-  assert (workdir / "ot_contrastive-seed1" / "eval.json").is_file()
-  # A different seed trains on different batches.
-  losses = [[json.loads(l)["loss"] for l in (workdir / d / "metrics.jsonl").read_text().splitlines()
-             if "loss" in json.loads(l)] for d in ("contrastive", "contrastive-seed1")]
-  assert losses[0] != losses[1]
 
 
 def test_the_demo_reads_none_of_its_own_output_files():
