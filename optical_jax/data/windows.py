@@ -16,6 +16,7 @@ see ordinary rows.
 
 from __future__ import annotations
 
+import array
 import hashlib
 import itertools
 import json
@@ -32,6 +33,7 @@ from optical_jax.token_arrays import TOKENIZE_BATCH, ids_tokenizer, tokenize_fla
 log = logging.getLogger("optical_jax")
 
 WINDOWS_VERSION = 1  # bump when find_windows' windows change
+_BLOCK = 1 << 16  # rows greedy_windows holds as Python numbers at once
 
 
 def greedy_windows(lengths: np.ndarray, overhead: Sequence[int], *, max_length: int,
@@ -41,21 +43,25 @@ def greedy_windows(lengths: np.ndarray, overhead: Sequence[int], *, max_length: 
   `lengths` `[rows, sides]`: each row's tokens on each side, prompt and special tokens
   included (`overhead[side]` of them: a joined window counts them once). The window starting
   at row i takes at most `caps.get(i, pair_window)` pairs, and the next pair only while its
-  estimated sides (`overhead` plus the parts' other tokens) stay within `max_length`."""
+  estimated sides (`overhead` plus the parts' other tokens) stay within `max_length`. One
+  pass over the rows, a block of them at a time as Python numbers."""
   lengths = np.asarray(lengths, np.int64)
-  content = (lengths - np.asarray(overhead, np.int64)).tolist()
-  rows, caps = lengths.tolist(), caps or {}
-  starts, i = [0], 0
-  while i < len(rows):
-    total, most, j = list(rows[i]), min(pair_window, caps.get(i, pair_window)), i + 1
-    while j < len(rows) and j - i < most:
-      grown = [t + c for t, c in zip(total, content[j])]
-      if max(grown) > max_length:
-        break
-      total, j = grown, j + 1
-    starts.append(j)
-    i = j
-  return np.asarray(starts, np.int64)
+  overhead, caps = np.asarray(overhead, np.int64), caps or {}
+  starts = array.array("q", [0])
+  total, count, most = None, 0, 0
+  for block in range(0, len(lengths), _BLOCK):
+    part = lengths[block:block + _BLOCK]
+    for i, (row, content) in enumerate(zip(part.tolist(), (part - overhead).tolist()), block):
+      if count:
+        grown = [t + c for t, c in zip(total, content)]
+        if count < most and max(grown) <= max_length:
+          total, count = grown, count + 1
+          continue
+        starts.append(i)
+      total, count, most = row, 1, min(pair_window, caps.get(i, pair_window))
+  if count:
+    starts.append(len(lengths))
+  return np.frombuffer(starts, np.int64).copy()
 
 
 def window_members(starts: np.ndarray, windows: np.ndarray) -> np.ndarray:
@@ -98,7 +104,7 @@ def find_windows(rows, tokenizers: Sequence[Any], prompts: Sequence[str], *, max
   each one's longest joined text in characters, int32 `[windows]`.
 
   Column c of a row is tokenised by `tokenizers[c]` after `prompts[c]`, as training
-  tokenises it. Every row is read and tokenised (its lengths kept: a few bytes a row), then
+  tokenises it. Every row is read and tokenised (its lengths kept: 20 bytes a row), then
   every joined window of two or more pairs is tokenised again; a window over `max_length` on
   a side is capped to one pair fewer and the windows after it found again, until all fit."""
   from tqdm.auto import tqdm
@@ -112,29 +118,28 @@ def find_windows(rows, tokenizers: Sequence[Any], prompts: Sequence[str], *, max
     for chunk in _chunks(rows.rows()):
       sides = list(zip(*chunk))
       lengths.append(np.stack([_lengths(tokenize, prompt, side) for tokenize, prompt, side in
-                               zip(short, prompts, sides)], axis=1))
-      chars.append(np.array([list(map(len, side)) for side in sides], np.int64).T)
+                               zip(short, prompts, sides)], axis=1).astype(np.int32))
+      chars.append(np.array([list(map(len, side)) for side in sides], np.int32).T)
       bar.update(len(chunk))
   lengths, chars = np.concatenate(lengths), np.concatenate(chars)
-  caps, checked = {}, set()
+  caps = {}  # start row -> most pairs, of windows found too long (few)
+  checked = np.zeros(len(lengths), np.int32)  # start row -> pairs of the window checked there
   while True:
     starts = greedy_windows(lengths, overhead, max_length=max_length, pair_window=pair_window,
                             caps=caps)
     pairs = np.diff(starts)
-    unchecked = np.array([w for w in np.flatnonzero(pairs > 1).tolist()
-                          if (int(starts[w]), int(pairs[w])) not in checked], np.int64)
+    unchecked = np.flatnonzero((pairs > 1) & (checked[starts[:-1]] != pairs))
     over = []  # one read of the rows for all the windows to check
-    for windows, chunk in zip(_chunks(unchecked.tolist()), _chunks(joined(rows, starts,
-                                                                         unchecked))):
-      texts = list(zip(*chunk))
+    texts = _chunks(joined(rows, starts, unchecked))
+    for first in range(0, len(unchecked), TOKENIZE_BATCH):
+      windows, sides = unchecked[first:first + TOKENIZE_BATCH], list(zip(*next(texts)))
       fits = np.all([_lengths(tokenize, prompt, side) <= max_length for tokenize, prompt, side
-                     in zip(long, prompts, texts)], axis=0)
-      over += [w for w, ok in zip(windows, fits.tolist()) if not ok]
-    checked.update((int(starts[w]), int(pairs[w])) for w in unchecked.tolist())
+                     in zip(long, prompts, sides)], axis=0)
+      over += windows[~fits].tolist()
+    checked[starts[unchecked]] = pairs[unchecked]
     if not over:
       break
-    for w in over:
-      caps[int(starts[w])] = int(pairs[w]) - 1
+    caps.update((int(starts[w]), int(pairs[w]) - 1) for w in over)
   # A joined side has its parts' characters and a space between each two.
   sums = np.add.reduceat(chars, starts[:-1], axis=0) + (pairs - 1)[:, None]
   return starts, sums.max(axis=1).astype(np.int32)

@@ -117,7 +117,8 @@ def test_windows_a_tokenizer_lengthens_when_joined_lose_pairs_until_they_fit():
   assert set(np.diff(starts)) == {2}  # 2 pairs joined take 7 tokens: they fit
 
 
-def test_greedy_windows_take_pairs_while_both_sides_fit_and_respect_caps():
+def test_greedy_windows_take_pairs_while_both_sides_fit_and_respect_caps(monkeypatch):
+  import optical_jax.data.windows as windows_module
   lengths = np.array([[4, 4], [5, 3], [3, 9], [4, 4], [20, 4], [4, 4], [4, 4]])
   # Parts carry 2 tokens of overhead each; a joined window carries them once.
   starts = greedy_windows(lengths, [2, 2], max_length=10, pair_window=3)
@@ -130,6 +131,12 @@ def test_greedy_windows_take_pairs_while_both_sides_fit_and_respect_caps():
       [0, 1, 3, 4, 5, 7])
   np.testing.assert_array_equal(greedy_windows(lengths, [2, 2], max_length=100, pair_window=1),
                                 np.arange(8))
+  # Rows are read a block at a time: a window may span blocks.
+  monkeypatch.setattr(windows_module, "_BLOCK", 3)
+  np.testing.assert_array_equal(greedy_windows(lengths, [2, 2], max_length=10, pair_window=3),
+                                starts)
+  np.testing.assert_array_equal(greedy_windows(lengths, [2, 2], max_length=100, pair_window=4),
+                                [0, 4, 7])
 
 
 def test_window_rows_stream_chosen_windows_from_a_file(tmp_path):
