@@ -77,12 +77,12 @@ def joined(rows, starts: np.ndarray, windows: np.ndarray | None = None
   """The windows of `rows` (a `FileRows`/`ListRows`) at `windows` (sorted indices; None:
   all), each as one row: its pairs' texts joined with a space, side by side."""
   starts = np.asarray(starts, np.int64)
+  counts = np.diff(starts)
   if windows is None:
-    members, counts = rows.rows(), np.diff(starts)
+    members = iter(rows.rows())
   else:
     windows = np.asarray(windows, np.int64)
-    members, counts = rows.rows(window_members(starts, windows)), starts[windows + 1] - starts[
-        windows]
+    members, counts = iter(rows.rows(window_members(starts, windows))), counts[windows]
   for count in counts.tolist():
     group = list(itertools.islice(members, count))
     yield tuple(" ".join(side) for side in zip(*group))
