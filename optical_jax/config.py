@@ -114,6 +114,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.hf_split = "train"  # its split
   c.data.limit = 0  # use at most this many rows (0: all)
   c.data.max_length = 64  # tokens per sentence (longer ones are truncated)
+  # Training examples of up to this many consecutive bitext pairs joined on both sides, within
+  # max_length tokens a side (passage-length training from sentence pairs; 1: single pairs).
+  c.data.pair_window = 1
   # Padded lengths of training batches (ascending; one compiled step each, up to max_length):
   # a batch is padded to the smallest that holds its longest sentence.
   c.data.length_buckets = LENGTH_BUCKETS
@@ -327,6 +330,10 @@ def validate(config, *, devices: int = 1, backend: str = "cpu") -> None:
   _positive_int(config.data.prefetch, "data.prefetch", zero_ok=True)
   _positive_number(config.runtime.peer_timeout, "runtime.peer_timeout")
   _positive_int(config.data.max_length, "data.max_length")
+  _positive_int(config.data.pair_window, "data.pair_window")
+  if config.stage == "teacher" and config.data.pair_window != 1:
+    raise ConfigError("config.data.pair_window joins bitext pairs: the distill stage only; set "
+                      "it to 1 in the teacher stage")
   _positive_int(config.eval.max_length, "eval.max_length")
   _positive_int(config.eval.batch_size, "eval.batch_size")
   _positive_int(config.eval.corpus_chunk, "eval.corpus_chunk")

@@ -46,6 +46,9 @@ def test_the_base_config_is_valid():
     ({"train.learning_rate": -1e-4}, "config.train.learning_rate must be a positive finite "
      "number, got -0.0001"),
     ({"data.limit": -5}, "config.data.limit must be a non-negative integer, got -5"),
+    ({"data.pair_window": 0}, "config.data.pair_window must be a positive integer, got 0"),
+    ({"stage": "teacher", "data.pair_window": 3}, "config.data.pair_window joins bitext pairs: "
+     "the distill stage only"),
     ({"ot.epsilon": float("inf")}, "config.ot.epsilon must be a positive finite number, got inf"),
     ({"ot.epsilon": 0.0}, "config.ot.epsilon must be a positive finite number, got 0.0"),
     ({"ot.tau_teacher": 0.0}, "config.ot.tau_teacher must be in (0, 1] (1: balanced OT), got 0.0"),

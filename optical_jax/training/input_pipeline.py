@@ -21,6 +21,7 @@ from optical_jax.data import bitext
 from optical_jax.data.batching import BucketedBatches, longest, shard_rows
 from optical_jax.data.idf import document_frequencies, idf_table
 from optical_jax.data.teacher_cache import TeacherTokenCache, expected_bytes, storage_dtype
+from optical_jax.data.windows import WindowRows, window_rows
 from optical_jax.fingerprint import TOKENIZER_FILES, checkpoint_digest
 from optical_jax.inputs import configured_rows, training_source
 from optical_jax.token_arrays import ColumnWriter, TokenColumn, open_column
@@ -78,6 +79,26 @@ def gather_lengths(local: Mapping[int, np.ndarray], num_examples: int,
   return out
 
 
+def tokenizer_digest(encoder, cache_dir: Path) -> str:
+  """What decides `encoder`'s token ids: its tokenizer files' digest."""
+  return checkpoint_digest(encoder.path, files=TOKENIZER_FILES, memo_dir=cache_dir)
+
+
+def windowed_rows(config, rows, tokenizers: Mapping[str, Any], prompts: Mapping[str, str], *,
+                  cache_dir: Path, progress: bool = True):
+  """`rows` as training examples of up to `config.data.pair_window` consecutive pairs joined
+  (`data.windows.WindowRows`); `rows` themselves for a window of 1. The windows depend on
+  every row, so each process tokenises every row's two sides once (lengths only, cached in
+  `cache_dir`), not only its shards'."""
+  if config.data.pair_window == 1:
+    return rows
+  key = json.dumps([rows.fingerprint, *(tokenizer_digest(e, cache_dir)
+                                        for e in tokenizers.values()), *prompts.values()])
+  return window_rows(rows, [e.tokenizer for e in tokenizers.values()], list(prompts.values()),
+                     max_length=config.data.max_length, pair_window=config.data.pair_window,
+                     cache_dir=cache_dir, key=key, progress=progress)
+
+
 def tokenized_columns(rows, positions: np.ndarray, tokenizers: Mapping[str, Any],
                       prompts: Mapping[str, str], *, max_length: int, cache_dir: Path,
                       progress: bool = True) -> dict[str, TokenColumn]:
@@ -90,9 +111,8 @@ def tokenized_columns(rows, positions: np.ndarray, tokenizers: Mapping[str, Any]
   selection = hashlib.sha256(stored.tobytes()).hexdigest()
   paths, keys = {}, {}
   for name, encoder in tokenizers.items():
-    keys[name] = json.dumps([rows.fingerprint, name, checkpoint_digest(
-        encoder.path, files=TOKENIZER_FILES, memo_dir=cache_dir), prompts[name],
-                             max_length, selection])
+    keys[name] = json.dumps([rows.fingerprint, name, tokenizer_digest(encoder, cache_dir),
+                             prompts[name], max_length, selection])
     paths[name] = cache_dir / f"tokens-{hashlib.sha256(keys[name].encode()).hexdigest()[:24]}"
   columns = {name: open_column(paths[name], order=order, fingerprint=keys[name])
              for name in tokenizers}
@@ -131,7 +151,7 @@ def make_batches(config, models, rows, cache_dir: Path, *, shards: Sequence[int]
   token arrays cached in `cache_dir` (`tokenized_columns`). `gather(lengths by shard,
   examples, shards)` exchanges the rows' lengths between processes (`gather_lengths`)."""
   import jax
-  if not isinstance(rows, (bitext.FileRows, bitext.ListRows)):  # rows in a list
+  if not isinstance(rows, (bitext.FileRows, bitext.ListRows, WindowRows)):  # rows in a list
     rows = bitext.ListRows(rows)
   if config.stage == "teacher":
     names = ("query", "positive", "negative")[:len(rows.fields)]
@@ -143,18 +163,21 @@ def make_batches(config, models, rows, cache_dir: Path, *, shards: Sequence[int]
     # Both sides of a pair play the part the student plays at retrieval.
     role = "passage" if config.model.student_side == "document" else "query"
     roles = {"student": role, "teacher": role}
+  # Each side's checkpoint may declare a prefix ("query: ") its texts are encoded with.
+  prompts = {name: getattr(encoder, "prompts", {}).get(roles[name], "")
+             for name, encoder in tokenizers.items()}
+  progress = bool(config.runtime.progress_bar) and jax.process_index() == 0
+  if config.stage != "teacher":
+    rows = windowed_rows(config, rows, tokenizers, prompts, cache_dir=Path(cache_dir),
+                         progress=progress)
   num_shards = config.train.batch_size  # one per batch row: the same batches on any devices
   shards = list(range(num_shards)) if shards is None else list(shards)
   num_examples = len(rows)
   order = dealing_order(rows.longest_chars())
   by_shard = [order[shard_rows(num_examples, s, num_shards)] for s in shards]
-  # Each side's checkpoint may declare a prefix ("query: ") its texts are encoded with.
-  prompts = {name: getattr(encoder, "prompts", {}).get(roles[name], "")
-             for name, encoder in tokenizers.items()}
   columns = tokenized_columns(
       rows, np.concatenate(by_shard), tokenizers, prompts, max_length=config.data.max_length,
-      cache_dir=Path(cache_dir), progress=bool(config.runtime.progress_bar)
-      and jax.process_index() == 0)
+      cache_dir=Path(cache_dir), progress=progress)
   pad_ids = {name: encoder.config.pad_token_id for name, encoder in tokenizers.items()}
   ends = np.cumsum([len(r) for r in by_shard])
   local = dict(zip(shards, np.split(longest(columns), ends[:-1])))

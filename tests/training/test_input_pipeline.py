@@ -55,3 +55,69 @@ def test_idf_weights_count_every_shards_rows_and_weigh_each_batch_token(setup, t
     assert (batch[f"{side}_weights"][batch[f"{side}_mask"] == 0] == 0).all()
   config.ot.marginals = "uniform"
   assert token_weights(config, models, batches) is None
+
+
+def _window_batches(checkpoint, cache, *, pair_window, shards=None, lengths=None, rows=None):
+  """Batches of 4 rows (4 shards) of pairs of the test sentences, max_length 32."""
+  from optical_jax import load_encoder
+  from optical_jax.config import base_config
+  from optical_jax.models.student import DistillationModels
+  from optical_jax.training.input_pipeline import gather_lengths, make_batches
+  encoder = load_encoder(str(checkpoint))
+  config = base_config()
+  config.train.batch_size, config.data.max_length = 4, 32
+  config.data.pair_window = pair_window
+  rng = np.random.default_rng(3)
+  if rows is None:
+    rows = [SENTENCES[i] for i in rng.integers(0, len(SENTENCES), 96)]
+  lengths = {} if lengths is None else lengths
+  gather = lambda local, n, k: (lengths["all"] if "all" in lengths
+                                else lengths.setdefault("all", gather_lengths(local, n, k)))
+  batches = make_batches(config, DistillationModels(encoder, encoder), rows, cache,
+                         shards=shards, gather=gather)
+  return batches, lengths
+
+
+def _epoch(batches):
+  return [batches.batch(step) for step in range(batches.steps_per_epoch)]
+
+
+def test_pair_window_batches_are_the_same_on_any_processes_and_in_every_run(setup, tmp_path):
+  """Windows are found from every row, so processes holding some shards (each with its own
+  cache, as on separate hosts) feed their rows of the one-process batches, run after run."""
+  from optical_jax import load_encoder
+  _, checkpoint, _, _ = setup
+  whole, lengths = _window_batches(checkpoint, tmp_path / "one", pair_window=3)
+  assert whole.num_examples < 96  # pairs were joined
+  tokenizer = load_encoder(str(checkpoint)).tokenizer
+  decoded = [tokenizer.decode(ids[mask == 1], skip_special_tokens=True)
+             for batch in _epoch(whole)
+             for ids, mask in zip(batch["student_ids"], batch["student_mask"])]
+  assert max(d.count(".") for d in decoded) > 1  # an example of several sentences
+  again = _window_batches(checkpoint, tmp_path / "again", pair_window=3)[0]
+  halves = [_window_batches(checkpoint, tmp_path / f"process{i}", pair_window=3,
+                            shards=shards, lengths=lengths)[0]
+            for i, shards in enumerate(([0, 1], [2, 3]))]
+  for step, batch in enumerate(_epoch(whole)):
+    for key, value in batch.items():
+      np.testing.assert_array_equal(again.batch(step)[key], value)
+      np.testing.assert_array_equal(np.concatenate([h.batch(step)[key] for h in halves]), value)
+
+
+def test_a_window_of_one_pair_makes_todays_batches_bit_for_bit(setup, tmp_path):
+  from optical_jax.data.bitext import ListRows
+  from optical_jax.data.windows import WindowRows
+  _, checkpoint, _, _ = setup
+  rng = np.random.default_rng(3)
+  rows = [SENTENCES[i] for i in rng.integers(0, len(SENTENCES), 96)]
+  today = _window_batches(checkpoint, tmp_path / "plain", pair_window=1, rows=rows)[0]
+  base = ListRows(rows)
+  ones = WindowRows(base, np.arange(len(rows) + 1), base.longest_chars())
+  windowed = _window_batches(checkpoint, tmp_path / "ones", pair_window=1, rows=ones)[0]
+  assert windowed.steps_per_epoch == today.steps_per_epoch
+  assert not list((tmp_path / "plain").glob("windows-*"))  # no windows looked for
+  for mine, theirs in zip(_epoch(windowed), _epoch(today)):
+    assert mine.keys() == theirs.keys()
+    for key in mine:
+      assert mine[key].dtype == theirs[key].dtype
+      np.testing.assert_array_equal(mine[key], theirs[key])

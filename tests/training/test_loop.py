@@ -22,15 +22,20 @@ from tests.training.runs import (SENTENCES, keyed, assert_same_params, final_par
 
 
 # ot+contrastive holds the OT term and the cross-device contrastive gather, ot+maxsim the
-# gather of teacher tokens for MaxSim; plain ot adds nothing.
-@pytest.mark.parametrize("loss", ["ot+contrastive", "ot+maxsim"])
-def test_two_devices_match_one_device(setup, loss):
+# gather of teacher tokens for MaxSim; plain ot adds nothing. data.pair_window: examples of
+# joined pairs, found from every row whatever the devices.
+@pytest.mark.parametrize("loss, window", [("ot+contrastive", 1), ("ot+maxsim", 1), ("ot", 3)])
+def test_two_devices_match_one_device(setup, loss, window):
   root, checkpoint, bitext, _ = setup
-  config = write_config(root / f"pmap_{loss.replace('+', '_')}.py", checkpoint, bitext, loss=loss)
-  one, two = root / f"one_{loss}", root / f"two_{loss}"
+  name = f"{loss.replace('+', '_')}_{window}"
+  windows = {"data.pair_window": window, "data.max_length": 32} if window > 1 else {}
+  config = write_config(root / f"pmap_{name}.py", checkpoint, bitext, loss=loss, **windows)
+  one, two = root / f"one_{name}", root / f"two_{name}"
   train_here(config, one)
   out = run_train(config, two, devices=2)
   assert "2 device(s)" in out.stderr + out.stdout
+  examples = int(re.search(r"(\d+) training examples", out.stderr + out.stdout).group(1))
+  assert examples < 64 if window > 1 else examples == 64  # 64 pairs, joined or not
   p1, p2 = final_params(one), final_params(two)
   initial = final_params_at(one, 1)
   assert max(float(np.max(np.abs(p1[k] - initial[k]))) for k in p1) > 1e-4, "params moved"
