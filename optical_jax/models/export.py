@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterable
 
-from optical_jax.fileio import temporary_sibling
+from optical_jax.fileio import temporary
 from optical_jax.models.student import DistillationModels
 
 log = logging.getLogger("optical_jax")
@@ -65,7 +65,7 @@ def export_student(models: DistillationModels, params: Any, directory: str | Pat
 
   `directory` may be neither the teacher's nor the student's checkpoint directory (nor one
   of `protected`), nor hold one; a non-empty one only with `overwrite`, and then it is
-  replaced whole. The export is written beside it (`NAME.tmp<PID>`) and renamed into place:
+  replaced whole. The export is written beside it (`fileio.temporary`) and renamed into place:
   a failed or interrupted export leaves `directory` as it was."""
   if "projection" in params:
     raise ExportError(
@@ -76,7 +76,7 @@ def export_student(models: DistillationModels, params: Any, directory: str | Pat
                ("the student's checkpoint", models.student.path, False)]
   target = check_export_target(directory, protected=protected, overwrite=overwrite)
   target.parent.mkdir(parents=True, exist_ok=True)
-  fresh = temporary_sibling(target)
+  fresh = temporary(target)
   shutil.rmtree(fresh, ignore_errors=True)  # a dead export of this pid's number
   try:
     models.student.save(fresh, params["encoder"])
@@ -94,7 +94,7 @@ def _replace_directory(fresh: Path, target: Path) -> None:
   if not (target.is_dir() and any(target.iterdir())):
     os.replace(fresh, target)  # a missing or empty directory is replaced in one rename
     return
-  old = temporary_sibling(target, "old")
+  old = temporary(target)
   shutil.rmtree(old, ignore_errors=True)
   os.rename(target, old)
   try:

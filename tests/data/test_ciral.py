@@ -254,11 +254,15 @@ def test_a_killed_builds_temporary_directory_is_swept(tmp_path):
   import subprocess
   child = subprocess.Popen(["true"])  # a process that has surely ended
   child.wait()
-  stale = tmp_path / "bitext" / f"other-source.tmp{child.pid}"  # a build killed half way
+  from optical_jax.fileio import host_tag
+  ours = lambda pid, name: tmp_path / "bitext" / f".optical-tmp-{pid}-{host_tag()}-00c0ffee-{name}"
+  stale = ours(child.pid, "other-source")  # a build killed half way
   (stale / "dev").mkdir(parents=True)
   (stale / "train.unfiltered.tsv").write_text("x\ty\n" * 1000)
-  live = tmp_path / "bitext" / f"busy-source.tmp{os.getpid()}"  # a build still running
+  live = ours(os.getpid(), "busy-source")  # a build still running
   live.mkdir()
+  user = tmp_path / "bitext" / f"run.tmp{child.pid}"  # a user's folder, named like a temporary
+  user.mkdir()
   bitext.build_heldout(tmp_path / "bitext" / "built", lambda: iter(_pairs(400)), heldout=8,
                        rate=10, progress=False)
-  assert not stale.exists() and live.exists()
+  assert not stale.exists() and live.exists() and user.exists()
