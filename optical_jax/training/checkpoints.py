@@ -159,12 +159,13 @@ _OK, _CORRUPT, _STOP = 0, 1, 2
 
 
 def _damaged(error: BaseException) -> bool:
-  """Whether reading a checkpoint failed its own integrity check: unparsable metadata, an item
-  missing, or data TensorStore finds damaged; not memory, an OS error or anything else."""
+  """Whether reading a checkpoint failed its own integrity check: unparsable metadata, a file
+  or item missing, or data TensorStore finds damaged; not memory, another OS error or
+  anything else."""
+  if isinstance(error, (json.JSONDecodeError, KeyError, FileNotFoundError)):
+    return True
   if isinstance(error, (MemoryError, OSError)):
     return False
-  if isinstance(error, (json.JSONDecodeError, KeyError)):
-    return True
   return str(error).lstrip().startswith(_DAMAGED)
 
 
@@ -172,10 +173,12 @@ def _mismatch(manager, step: int, template) -> str | None:
   """How checkpoint `step`'s arrays differ from `template`'s (Orbax restores another shape
   silently, cut or padded): a few paths and shapes, or None."""
   import orbax.checkpoint as ocp
-  stored = {k: tuple(v.shape) for k, v in ocp.tree.to_flat_dict(
-      manager.item_metadata(step).tree).items() if hasattr(v, "shape")}
-  wanted = {k: tuple(np.shape(v)) for k, v in ocp.tree.to_flat_dict(
-      ocp.tree.serialize_tree(template, keep_empty_nodes=False)).items()}
+  metadata = ocp.StandardCheckpointHandler().metadata(
+      Path(manager.directory) / str(step) / "default")  # the manager's item, as saved
+  stored = {k: tuple(v.shape) for k, v in ocp.tree.to_flat_dict(metadata.tree).items()
+            if hasattr(v, "shape")}
+  wanted = {k: tuple(v.shape) for k, v in ocp.tree.to_flat_dict(
+      ocp.tree.serialize_tree(template, keep_empty_nodes=True)).items() if hasattr(v, "shape")}
   name = lambda k: "/".join(map(str, k))
   differ = [f"{name(k)} {stored.get(k, 'absent')} in the checkpoint, "
             f"{wanted.get(k, 'absent')} in this run"
