@@ -194,6 +194,36 @@ def test_heldout_pairs_share_no_side_with_training_and_do_not_depend_on_the_limi
   assert bitext.build_heldout(tmp_path / "50", lambda: 1 / 0, limit=50, heldout=8, rate=10)
 
 
+def test_a_build_another_process_put_in_place_after_this_one_looked_is_kept(tmp_path,
+                                                                           monkeypatch):
+  directory = tmp_path / "bitext" / "built"
+  old = bitext.build_heldout(tmp_path / "old", lambda: iter(_pairs(400)), heldout=8, rate=10,
+                             progress=False)
+  (tmp_path / "old" / "manifest.json").write_text(json.dumps({**old, "version": 0}))
+  shutil.copytree(tmp_path / "old", directory)  # an older version's build
+  theirs = bitext.build_heldout(tmp_path / "theirs", lambda: iter(_pairs(400)), heldout=8,
+                                rate=10, progress=False)
+  (tmp_path / "theirs" / "theirs.txt").write_text("built by another process")
+
+  class OtherProcessFinishes:  # right after this process read the old manifest
+    def __getattr__(self, name):
+      return getattr(json, name)
+
+    def loads(self, text):
+      value = json.loads(text)
+      if value.get("version") == 0 and (tmp_path / "theirs").exists():
+        shutil.rmtree(directory)
+        os.rename(tmp_path / "theirs", directory)
+      return value
+
+  monkeypatch.setattr(bitext, "json", OtherProcessFinishes())
+  manifest = bitext.build_heldout(directory, lambda: iter(_pairs(400)), heldout=8, rate=10,
+                                  progress=False)
+  assert manifest == theirs
+  assert (directory / "theirs.txt").read_text() == "built by another process"
+  assert sorted(p.name for p in directory.parent.iterdir()) == ["built"]  # nothing left aside
+
+
 def test_too_few_rows_to_hold_any_out_is_an_error(tmp_path):
   with pytest.raises(DataFormatError, match=r"no pair was held out of 3 rows \(1 in 1000000"):
     bitext.build_heldout(tmp_path / "b", lambda: iter(_pairs(3)), heldout=5, rate=1_000_000,
