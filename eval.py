@@ -13,7 +13,8 @@
   python eval.py --config CONFIG --checkpoint WORKDIR --export_hf DIR [--overwrite]
       writes the trained student as a Hugging Face checkpoint (for transformers and
       sentence-transformers, or for config.model.student) instead of evaluating it. DIR is
-      new or empty, or replaced whole with --overwrite; never a directory a model loads from.
+      new or empty, or an earlier export replaced whole with --overwrite (it holds
+      .optical_jax_export.json and nothing else); never a directory a model loads from.
 """
 
 import json
@@ -38,7 +39,7 @@ flags.DEFINE_list("measures", list(DEFAULT_MEASURES), "Measures to report.")
 flags.DEFINE_bool("per_query", False, "Also print each query's values.")
 flags.DEFINE_string("export_hf", None, "With --config and --checkpoint: write the trained "
                     "student here as a Hugging Face checkpoint instead of evaluating it.")
-flags.DEFINE_bool("overwrite", False, "With --export_hf: replace a non-empty directory whole.")
+flags.DEFINE_bool("overwrite", False, "With --export_hf: replace an earlier export whole.")
 cli.define_process_flags()
 
 # Model settings that change how the model computes, not what it is: the given config's hold.
@@ -103,7 +104,8 @@ def main(argv):
     from optical_jax.models.export import ExportError, export_student
     try:
       print(export_student(models, params, target, overwrite=FLAGS.overwrite,
-                           protected=protected))
+                           protected=protected, source={
+                               "workdir": str(workdir), "step": int(step), "checkpoint": which}))
     except ExportError as e:
       raise ExportError(f"--export_hf {e}") from None
     return

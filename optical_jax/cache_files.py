@@ -1,33 +1,31 @@
-"""What the evaluation's on-disk caches (embeddings, corpus scans, corpus token ids) share:
-temporary names that say which process on which host writes them, a sweep of those whose
-process is gone, `.npy` files checked against their header before they are trusted, broken
-entries set aside with a warning, and a full disk or file-size limit as one line naming the
-file (`CacheWriteError`)."""
+"""What the on-disk caches (embeddings, corpus scans, token ids, builds) share: temporary
+names that say which process on which host writes them (`fileio.temporary`), a sweep of those
+whose process is gone (names of that form only, never one a user chose), `.npy` files checked
+against their header before they are trusted, broken entries set aside with a warning, and a
+full disk or file-size limit as one line naming the file (`CacheWriteError`)."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import logging
 import os
-import re
 import shutil
-import socket
 import time
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
+# `temporary`: what every cache writes under before its rename (defined in `fileio`).
+from optical_jax.fileio import TEMPORARY_NAME, host_tag, temporary  # noqa: F401
+
 log = logging.getLogger("optical_jax")
 
 # A temporary entry not written to for this long is dead whoever wrote it (another host's, or
 # this host's under another name: containers get new host names).
 STALE_SECONDS = 24 * 3600
-# `NAME.tmp<PID>-<HOST>[.npy]`, or the older `NAME.tmp<PID>[.npy]` (no host).
-_TEMPORARY = re.compile(r"\.tmp(\d+)(?:-([0-9a-f]{8}))?(?:\.|$)")
-_swept: set[str] = set()  # directories swept by this process
+_swept: set[tuple[str, str | None]] = set()  # (directory, of) swept by this process
 
 
 class CacheWriteError(OSError):
@@ -36,20 +34,6 @@ class CacheWriteError(OSError):
 
   def __str__(self) -> str:
     return str(self.args[0])
-
-
-def host_tag() -> str:
-  """8 hex digits naming this host in temporary names."""
-  return hashlib.blake2b(socket.gethostname().encode(), digest_size=4).hexdigest()
-
-
-def temporary(path: Path) -> Path:
-  """Where this process writes `path` before renaming it into place: `NAME.tmp<PID>-<HOST>`
-  (`.npy` kept last, so numpy does not add another)."""
-  tag = f".tmp{os.getpid()}-{host_tag()}"
-  if path.name.endswith(".npy"):
-    return path.with_name(path.name[:-len(".npy")] + tag + ".npy")
-  return path.with_name(path.name + tag)
 
 
 def _alive(pid: int) -> bool:
@@ -71,22 +55,24 @@ def _last_written(path: Path) -> float:
   return path.stat().st_mtime
 
 
-def sweep_temporaries(directory: Path) -> list[Path]:
-  """Removes the temporary entries in `directory` of processes that are gone: this host's
-  whose process is not alive, and any not written for `STALE_SECONDS`. Once per directory
-  per process (the first time a cache there is opened). Returns what was removed."""
+def sweep_temporaries(directory: Path, *, of: str | None = None) -> list[Path]:
+  """Removes the temporaries (`fileio.temporary`'s `.optical-tmp-<PID>-<HOST>-...` names,
+  nothing else) in `directory` of processes that are gone: this host's whose process is not
+  alive, and any not written for `STALE_SECONDS`. `of`: only those of that one name (in a
+  directory the user chose, a workdir or the cache's top). Once per directory per process
+  (the first time a cache there is opened). Links are left alone. Returns what was removed."""
   directory = Path(directory)
-  if str(directory) in _swept or not directory.is_dir():
+  if (str(directory), of) in _swept or not directory.is_dir():
     return []
-  _swept.add(str(directory))
+  _swept.add((str(directory), of))
   removed, mine, now = [], host_tag(), time.time()
   for entry in directory.iterdir():
-    match = _TEMPORARY.search(entry.name)
-    if match is None:
+    match = TEMPORARY_NAME.match(entry.name)
+    if match is None or (of is not None and match.group(3) != of) or entry.is_symlink():
       continue
     pid, host = int(match.group(1)), match.group(2)
     try:
-      dead = ((host in (None, mine) and pid != os.getpid() and not _alive(pid))
+      dead = ((host == mine and pid != os.getpid() and not _alive(pid))
               or now - _last_written(entry) > STALE_SECONDS)
       if dead:
         shutil.rmtree(entry) if entry.is_dir() else entry.unlink()

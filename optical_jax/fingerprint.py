@@ -56,7 +56,7 @@ def file_digest(path: str | os.PathLike, *, memo_dir: str | os.PathLike | None =
     stored[version] = value
     try:  # a read-only cache only costs a hash next time
       memo.parent.mkdir(parents=True, exist_ok=True)
-      sweep_temporaries(memo.parent)
+      sweep_temporaries(memo.parent, of=memo.name)  # the cache's top: ours only
       tmp = temporary(memo)
       with writing(memo, "fingerprint memo", cleanup=[tmp]):
         tmp.write_text(json.dumps(stored))

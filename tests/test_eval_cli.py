@@ -1,5 +1,6 @@
 """`eval.py --run --qrels` reproduces ir_measures on a real-looking run."""
 
+import json
 import os
 import subprocess
 import sys
@@ -225,26 +226,33 @@ def test_export_into_a_directory_a_model_loads_from_is_refused(trained_run, wher
   assert files() == before
 
 
-def test_export_over_another_sentence_transformers_model_is_exactly_the_trained_student(
+def test_export_overwrites_only_an_earlier_export_and_is_exactly_the_trained_student(
     trained_run, tmp_path):
   from sentence_transformers import SentenceTransformer
   from optical_jax.evaluation.retrieval import TextEncoder
+  from optical_jax.models.export import MARKER
   from optical_jax.models.student import build_models
   from optical_jax.training.checkpoints import restore_params
   from tests.helpers import load_config
   from tests.models.test_export import TEXTS, stale_sentence_transformers_model
-  target = stale_sentence_transformers_model(tmp_path / "export")
-  refused = eval_checkpoint(trained_run.config, trained_run.workdir, f"--export_hf={target}")
-  assert refused.returncode == 1 and "not empty (5 entries: " in refused.stderr, refused.stderr
-  assert "pass --overwrite" in refused.stderr and (target / "modules.json").is_file()
-  result = eval_checkpoint(trained_run.config, trained_run.workdir, f"--export_hf={target}",
-                           "--overwrite")
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert not (target / "modules.json").exists() and not (target / "README.md").exists()
+  other = stale_sentence_transformers_model(tmp_path / "other")
+  refused = eval_checkpoint(trained_run.config, trained_run.workdir, f"--export_hf={other}",
+                            "--overwrite")
+  assert refused.returncode == 1, refused.stderr
+  assert refused.stderr.startswith(f"error: --export_hf {other}: holds no earlier export of "
+                                   "optical_jax"), refused.stderr
+  assert "Traceback" not in refused.stderr and (other / "modules.json").is_file()
+  target = tmp_path / "export"
+  for extra in ((), ("--overwrite",)):  # a new export, then over it
+    result = eval_checkpoint(trained_run.config, trained_run.workdir, f"--export_hf={target}",
+                             *extra)
+    assert result.returncode == 0, result.stderr[-3000:]
   # Our own embeddings of the trained student, from the config and the checkpoint.
   config = load_config(trained_run.config)
   models = build_models(config)
-  params, _, _ = restore_params(trained_run.workdir)
+  params, step, which = restore_params(trained_run.workdir)
+  assert json.loads((target / MARKER).read_text())["source"] == {
+      "workdir": str(trained_run.workdir), "step": step, "checkpoint": which}
   ours = TextEncoder(models.student, params=params["encoder"],
                      max_length=config.eval.max_length).encode(TEXTS, progress=False)
   theirs = SentenceTransformer(str(target), device="cpu").encode(TEXTS, convert_to_numpy=True)

@@ -25,12 +25,16 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import logging
 import re
 from pathlib import Path
 
 import numpy as np
 
 from optical_jax.evaluation.io import write_qrels, write_tsv
+from optical_jax.fileio import atomic_writer, write_text_atomic
+
+log = logging.getLogger("optical_jax")
 
 BOOKS = {"genesis": 1, "ruth": 8, "joel": 29, "jonah": 32, "mark": 41, "acts": 44,
          "philippians": 50, "philemon": 57, "james": 59, "1john": 62, "jude": 65}
@@ -138,12 +142,17 @@ def write_collections(verses: list[dict], directory: Path, *, num_queries: int,
 
 def build(cache_dir: str | Path) -> dict:
   """Builds everything into `cache_dir` (once; later calls read the manifest) and returns the
-  manifest: paths, counts, and the result of the leakage check."""
+  manifest: paths, counts, and the result of the leakage check. Every file is written whole
+  (`fileio`), the manifest last: a build cut short is built again, never half read."""
   cache_dir = Path(cache_dir)
   manifest_path = cache_dir / "manifest.json"
   if manifest_path.is_file():
-    manifest = json.loads(manifest_path.read_text())
-    if manifest.get("version") == BUILD_VERSION:
+    try:
+      manifest = json.loads(manifest_path.read_text())
+    except ValueError:  # torn by a writer of an older version
+      log.warning("%s: unreadable; building the Bible collections again", manifest_path)
+      manifest = {}
+    if isinstance(manifest, dict) and manifest.get("version") == BUILD_VERSION:
       return manifest
   verses, skipped = aligned_verses()
   held_out = {"test": [v for v in verses if v["book"] in TEST_BOOKS],
@@ -153,7 +162,7 @@ def build(cache_dir: str | Path) -> dict:
   train = [v for v in candidates if v["en"] not in held_texts and v["ny"] not in held_texts]
   leaked = sum(1 for v in train if v["en"] in held_texts or v["ny"] in held_texts)
   cache_dir.mkdir(parents=True, exist_ok=True)
-  with open(cache_dir / "train.tsv", "w", encoding="utf-8") as f:
+  with atomic_writer(cache_dir / "train.tsv") as f:
     for v in train:  # student (Chichewa) first, teacher (English) second
       f.write(f"{v['ny']}\t{v['en']}\t{v['id']}\n")
   counts = {"aligned_verses": len(verses), "skipped_chapters": skipped, "train_pairs": len(train),
@@ -168,7 +177,7 @@ def build(cache_dir: str | Path) -> dict:
               "dev": str(cache_dir / "dev"), "counts": counts}
   if leaked:
     raise RuntimeError(f"{leaked} held-out verse texts occur in the training bitext")
-  manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+  write_text_atomic(manifest_path, json.dumps(manifest, indent=2) + "\n")
   return manifest
 
 

@@ -344,14 +344,11 @@ def build_heldout(directory: str | Path, open_pairs, *, limit: int = 0, heldout:
   No training pair shares a side with a held-out pair. Reading stops once both parts are full.
   """
   directory = Path(directory)
-  manifest_path = directory / "manifest.json"
-  if manifest_path.is_file():
-    manifest = json.loads(manifest_path.read_text())
-    if manifest.get("version") == HELDOUT_VERSION:
-      return manifest
+  manifest = _current_build(directory)
+  if manifest is not None:
+    return manifest
   from tqdm.auto import tqdm
   from optical_jax.evaluation.io import write_qrels, write_tsv
-  shutil.rmtree(directory, ignore_errors=True)  # an older version's build, or a broken one
   directory.parent.mkdir(parents=True, exist_ok=True)
   sweep_temporaries(directory.parent)  # builds killed before they finished (gigabytes each)
   tmp = temporary(directory)
@@ -419,14 +416,52 @@ def build_heldout(directory: str | Path, open_pairs, *, limit: int = 0, heldout:
               "counts": {"rows_read": read["rows"], "train": train_count, "heldout": len(dev),
                          "dropped": dict(sorted(dropped.items()))}}
   (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-  try:
-    os.rename(tmp, directory)
-  except OSError:  # another process built it first (multi-process runs build in parallel)
-    shutil.rmtree(tmp, ignore_errors=True)
-    return json.loads(manifest_path.read_text())
+  built = _publish(tmp, directory)
+  if built is not None:  # another process built it first (multi-process runs build in parallel)
+    return built
   log.info("bitext %s: %d training pairs, %d held out (%s) in %s", where, train_count, len(dev),
            _describe(read["rows"], dropped), directory)
   return manifest
+
+
+def _current_build(directory: Path) -> dict | None:
+  """The manifest of a complete build of this version in `directory`, or None."""
+  try:
+    manifest = json.loads((directory / "manifest.json").read_text())
+  except (OSError, ValueError):
+    return None
+  return manifest if isinstance(manifest, dict) and manifest.get("version") == HELDOUT_VERSION \
+      else None
+
+
+def _publish(tmp: Path, directory: Path) -> dict | None:
+  """Renames the finished build `tmp` to `directory`. Where another process put a current
+  build there first, that one stays (its manifest is returned, `tmp` removed); an older or
+  broken one is moved aside, then deleted, never checked and deleted in two steps. None once
+  `tmp` is in place."""
+  while True:
+    try:
+      os.rename(tmp, directory)
+      return None
+    except OSError:
+      if not directory.exists():
+        raise  # not a build in the way: permissions, another filesystem
+    current = _current_build(directory)
+    if current is not None:
+      shutil.rmtree(tmp, ignore_errors=True)
+      return current
+    old = temporary(directory)
+    try:
+      os.rename(directory, old)
+    except FileNotFoundError:
+      continue  # moved meanwhile: try again
+    if _current_build(old) is not None:  # a current build put in place since the check
+      try:
+        os.rename(old, directory)
+      except OSError:  # and another since: that one stays
+        shutil.rmtree(old, ignore_errors=True)
+      continue
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _describe(rows: int, dropped: Counter) -> str:

@@ -3,11 +3,14 @@ and `best/` (the parameters of the best step by dev MAP, for evaluation and expo
 
 Checkpoints hold host (numpy) copies of the replicated trees, so they restore on any device
 topology; every process takes part in saving and restoring, and Orbax writes host arrays from
-process 0 only. A latest checkpoint that cannot be read is reported and the previous one is used instead.
+process 0 only. A latest checkpoint that fails its own integrity check (damaged or missing
+files) is reported, moved aside and the previous one used instead; any other failure to
+restore (a changed shape, no memory, an I/O error) stops the run in one line, moving nothing.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -18,6 +21,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from optical_jax.fileio import create_temporary
 from optical_jax.host import to_host
 
 log = logging.getLogger("optical_jax")
@@ -84,11 +88,15 @@ def _finished(manager) -> None:
 
 def check_writable(directory: Path) -> None:
   """Fails at once, naming `directory`, where a checkpoint could not be written."""
-  probe = directory / ".write_probe"
   try:
     directory.mkdir(parents=True, exist_ok=True)
-    probe.write_bytes(b"0" * 4096)
-    probe.unlink()
+    # A new file under a random name (never through a link planted in a shared workdir).
+    probe, f = create_temporary(directory / ".write_probe", "wb")
+    try:
+      with f:
+        f.write(b"0" * 4096)
+    finally:
+      probe.unlink(missing_ok=True)
   except OSError as e:
     raise CheckpointFault(f"{directory}: cannot write checkpoints ({e.strerror or e}); fix its "
                           "permissions or free disk space, or use another --workdir") from None
@@ -144,27 +152,106 @@ def _abstract(template):
   return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), template)
 
 
+# TensorStore's status for a file that is truncated, undecodable or missing: what a checkpoint's
+# own integrity check (sizes, compression frames, manifests) reports.
+_DAMAGED = ("DATA_LOSS", "OUT_OF_RANGE", "FAILED_PRECONDITION", "NOT_FOUND")
+_OK, _CORRUPT, _STOP = 0, 1, 2
+
+
+def _damaged(error: BaseException) -> bool:
+  """Whether reading a checkpoint failed its own integrity check: unparsable metadata, a file
+  or item missing, or data TensorStore finds damaged; not memory, another OS error or
+  anything else."""
+  if isinstance(error, (json.JSONDecodeError, KeyError, FileNotFoundError)):
+    return True
+  if isinstance(error, (MemoryError, OSError)):
+    return False
+  return str(error).lstrip().startswith(_DAMAGED)
+
+
+def _mismatch(manager, step: int, template) -> str | None:
+  """How checkpoint `step`'s arrays differ from `template`'s (Orbax restores another shape
+  silently, cut or padded): a few paths and shapes, or None."""
+  import orbax.checkpoint as ocp
+  metadata = ocp.StandardCheckpointHandler().metadata(
+      Path(manager.directory) / str(step) / "default")  # the manager's item, as saved
+  stored = {k: tuple(v.shape) for k, v in ocp.tree.to_flat_dict(metadata.tree).items()
+            if hasattr(v, "shape")}
+  wanted = {k: tuple(v.shape) for k, v in ocp.tree.to_flat_dict(
+      ocp.tree.serialize_tree(template, keep_empty_nodes=True)).items() if hasattr(v, "shape")}
+  name = lambda k: "/".join(map(str, k))
+  differ = [f"{name(k)} {stored.get(k, 'absent')} in the checkpoint, "
+            f"{wanted.get(k, 'absent')} in this run"
+            for k in sorted(stored.keys() | wanted.keys(), key=str)
+            if stored.get(k) != wanted.get(k)]
+  if not differ:
+    return None
+  return "; ".join(differ[:3]) + (f"; and {len(differ) - 3} more" if len(differ) > 3 else "")
+
+
+def _gather(verdict: int) -> np.ndarray:
+  """Every process's verdict, in process order."""
+  if jax.process_count() == 1:
+    return np.array([verdict])
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.process_allgather(np.int32(verdict))).reshape(-1)
+
+
+def _agree(verdict: int) -> tuple[int, int]:
+  """The verdict of every process on one checkpoint: the worst of theirs (stop over corrupt
+  over readable), and the first process that gave it."""
+  verdicts = _gather(verdict)
+  worst = int(verdicts.max())
+  return worst, int(np.argmax(verdicts == worst))
+
+
+def _read(manager, step: int, template) -> tuple[Any, int, str, str]:
+  """(tree or None, verdict, why, what to do) for this process's read of checkpoint `step`."""
+  import orbax.checkpoint as ocp
+  try:
+    problem = _mismatch(manager, step, template)
+    if problem is not None:
+      return (None, _STOP, f"its arrays do not fit this run's model: {problem}",
+              "a change of shapes cannot be resumed; use another --workdir")
+    return manager.restore(step, args=ocp.args.StandardRestore(_abstract(template))), _OK, "", ""
+  except Exception as e:  # Orbax raises many types for truncated or corrupt files
+    if _damaged(e):
+      return None, _CORRUPT, (str(e).strip().splitlines() or [type(e).__name__])[-1][:200], ""
+    return (None, _STOP, f"{type(e).__name__}: {_reason(e)}",
+            ("free host memory" if isinstance(e, MemoryError) else "fix the cause")
+            + " and rerun to resume")
+
+
 def restore_latest(manager, template, *, primary: bool = True) -> tuple[Any, int | None]:
   """The newest readable checkpoint of `manager` as host arrays shaped like `template`, and
-  its step. A checkpoint that fails to read is reported, moved aside into
-  `corrupt_checkpoints/` beside the directory (so the redone step can be saved again), and the
-  one before it tried. (template, None) when there is none."""
-  import orbax.checkpoint as ocp
+  its step. A checkpoint that fails its own integrity check is reported, moved aside into
+  `corrupt_checkpoints/` beside the directory (so the redone step can be saved again), and
+  the one before it tried. Any other failure (arrays of other shapes than `template`'s, no
+  memory, an I/O error) is a `CheckpointFault` naming it, with nothing moved. Every process
+  reads and all act on the worst verdict. (template, None) when there is none."""
   steps = sorted(manager.all_steps(), reverse=True)
   directory = Path(manager.directory)
   for step in steps:
-    try:
-      return manager.restore(step, args=ocp.args.StandardRestore(_abstract(template))), step
-    except Exception as e:  # Orbax raises many types for truncated or corrupt files
-      older = [s for s in steps if s < step]
-      aside = directory.parent / "corrupt_checkpoints" / f"{directory.name}-{step}"
-      log.warning("checkpoint %s cannot be read (%s); moved to %s; %s", directory / str(step),
-                  (str(e).strip().splitlines() or [type(e).__name__])[-1][:200], aside,
-                  f"falling back to step {older[0]}" if older else "no older checkpoint")
-      if primary:
-        aside.parent.mkdir(parents=True, exist_ok=True)
-        (directory / str(step)).rename(aside)
-      manager.reload()
+    tree, verdict, why, hint = _read(manager, step, template)
+    worst, process = _agree(verdict)
+    if worst == _OK:
+      return tree, step
+    if worst == _STOP:
+      if verdict != _STOP:
+        why, hint = f"process {process} cannot restore it", "see its message"
+      raise CheckpointFault(f"{directory / str(step)}: cannot restore checkpoint {step} "
+                            f"({why}); it is not damaged and nothing was moved; {hint}")
+    older = [s for s in steps if s < step]
+    aside = directory.parent / "corrupt_checkpoints" / f"{directory.name}-{step}"
+    while aside.exists():  # a step that was set aside before
+      aside = aside.with_name(aside.name + "+")
+    log.warning("checkpoint %s cannot be read (%s); moved to %s; %s", directory / str(step),
+                why or f"process {process} found it damaged", aside,
+                f"falling back to step {older[0]}" if older else "no older checkpoint")
+    if primary:
+      aside.parent.mkdir(parents=True, exist_ok=True)
+      (directory / str(step)).rename(aside)
+    manager.reload()
   if steps:
     raise CheckpointFault(f"{directory}: no checkpoint can be read (steps "
                           f"{', '.join(map(str, steps))}); delete the directory to start over")

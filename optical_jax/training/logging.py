@@ -4,24 +4,49 @@ Only process 0 writes; on the others these objects do nothing."""
 from __future__ import annotations
 
 import json
+import logging
+import os
 from pathlib import Path
 from typing import Mapping
 
 from optical_jax.fileio import write_text_atomic
+from optical_jax.textfiles import DataFormatError
+
+log = logging.getLogger("optical_jax")
+
+
+def _kept_records(path: Path, resume_step: int) -> list[str]:
+  """The lines of `path` up to `resume_step`. A torn last line (a crash mid-append) is dropped
+  with a warning; a broken line before it is a `DataFormatError` naming its line."""
+  lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+  kept = []
+  for number, line in enumerate(lines, start=1):
+    if not line.strip():
+      continue
+    try:
+      before = json.loads(line)["step"] <= resume_step
+    except (ValueError, KeyError, TypeError):
+      if number == len(lines):
+        log.warning("%s:%d: a torn last record (the run stopped while writing it); dropped",
+                    path, number)
+        continue
+      raise DataFormatError(f"{path}:{number}: not a metrics record ({line[:60]!r}); fix or "
+                            "remove that line to resume") from None
+    if before:
+      kept.append(line)
+  return kept
 
 
 class MetricsLog:
   """`workdir/metrics.jsonl` and `workdir/tensorboard`; on resume, records after the resumed
-  step (written by the interrupted run, about to be redone) are dropped."""
+  step (written by the interrupted run, about to be redone) and a torn last line are dropped.
+  Each record is appended whole and flushed to disk at once."""
 
   def __init__(self, workdir: Path, resume_step: int, *, enabled: bool = True):
     self.path, self.enabled = workdir / "metrics.jsonl", enabled
     if not enabled:
       return
-    kept = []
-    if self.path.is_file():
-      kept = [line for line in self.path.read_text().splitlines()
-              if line.strip() and json.loads(line)["step"] <= resume_step]
+    kept = _kept_records(self.path, resume_step) if self.path.is_file() else []
     write_text_atomic(self.path, "".join(line + "\n" for line in kept))
     from tensorboardX import SummaryWriter
     self.writer = SummaryWriter(str(workdir / "tensorboard"), purge_step=resume_step + 1)
@@ -30,8 +55,10 @@ class MetricsLog:
     if not self.enabled:
       return
     record = {"step": int(step), **{k: float(v) for k, v in values.items()}}
-    with open(self.path, "a") as f:
+    with open(self.path, "a", encoding="utf-8") as f:
       f.write(json.dumps(record) + "\n")
+      f.flush()
+      os.fsync(f.fileno())  # on disk before the step's checkpoint counts
     for key, value in values.items():
       self.writer.add_scalar(key, float(value), int(step))
     self.writer.flush()

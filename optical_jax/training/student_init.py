@@ -47,7 +47,8 @@ def prepare_student(config: ml_collections.ConfigDict, workdir: str | Path | Non
     if target is None or not primary:
       target = source
     else:
-      sweep_temporaries(target.parent)  # a copy a killed run did not finish
+      # A copy a killed run did not finish (in the workdir: that name's temporaries only).
+      sweep_temporaries(target.parent, of=target.name)
       tmp = temporary(target)
       shutil.rmtree(tmp, ignore_errors=True)
       shutil.copytree(source, tmp)

@@ -1,9 +1,11 @@
-"""What guards a workdir: one run at a time (a lock naming host and pid), the same
+"""What guards a workdir: one run at a time (a `flock` on a file naming host and pid), the same
 configuration on resume, and a clean stop on Ctrl-C or SIGTERM (preemption)."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
 import logging
 import os
@@ -28,49 +30,77 @@ class WorkdirBusy(RuntimeError):
   """Another live run holds the workdir."""
 
 
-def _alive(pid: int) -> bool:
+def _holder(fd: int) -> dict:
+  """Who the lock file open at `fd` names (`{}` when it names no one)."""
+  os.lseek(fd, 0, os.SEEK_SET)
   try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True
-  return True
+    holder = json.loads(os.read(fd, 4096) or b"{}")
+  except ValueError:
+    return {}
+  return holder if isinstance(holder, dict) else {}
+
+
+def _take(path: Path) -> int | None:
+  """A descriptor of `path` holding its `flock`, or None while another process holds it. The
+  file is the one at `path` when taken: one a releasing run unlinked meanwhile is not."""
+  while True:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      os.close(fd)
+      return None
+    except BaseException:
+      os.close(fd)
+      raise
+    try:
+      same = os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+      same = False
+    if same:
+      return fd
+    os.close(fd)  # released and unlinked by its holder as we took it: take the new one
 
 
 @contextlib.contextmanager
 def workdir_lock(workdir: Path, *, enabled: bool = True):
-  """Holds `workdir/.lock` (host and pid) while the block runs. A lock left by a dead
-  process of this host is taken over with a message; a live one is refused."""
+  """Holds `workdir/.lock` while the block runs: an exclusive `flock` on the file, which
+  names host and pid. The kernel drops the lock of a process that dies, so a lock left by a
+  killed run is taken over (with a message naming it); a live run's is refused. On release
+  the file is removed only while it is still this run's."""
   if not enabled:
     yield
     return
   path = workdir / ".lock"
   me = {"host": socket.gethostname(), "pid": os.getpid()}
-  while True:
-    try:
-      fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-      try:
-        holder = json.loads(path.read_text())
-      except (OSError, ValueError):
-        holder = {}
-      host, pid = holder.get("host"), holder.get("pid")
-      if host == me["host"] and isinstance(pid, int) and not _alive(pid):
-        log.warning("taking over %s: its run (pid %d on %s) is no longer running", path, pid,
-                    host)
-        path.unlink(missing_ok=True)
-        continue
-      raise WorkdirBusy(f"{workdir} is in use by another run (pid {pid} on {host}); wait for "
-                        f"it to finish, use another --workdir, or delete {path} if that run "
-                        "is dead") from None
-    with os.fdopen(fd, "w") as f:
-      json.dump(me, f)
-    break
   try:
+    fd = _take(path)
+  except OSError as e:
+    if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+      raise
+    log.warning("%s: this filesystem cannot lock files (%s); make sure no other run uses %s",
+                path, e.strerror, workdir)
+    yield
+    return
+  if fd is None:
+    holder = {}
+    with contextlib.suppress(OSError), open(path, "rb") as f:
+      holder = _holder(f.fileno())
+    raise WorkdirBusy(f"{workdir} is in use by another run (pid {holder.get('pid')} on "
+                      f"{holder.get('host')}); wait for it to finish or use another --workdir")
+  try:
+    left = _holder(fd)
+    if left.get("pid") is not None and left != me:
+      log.warning("taking over %s: its run (pid %s on %s) is no longer running", path,
+                  left.get("pid"), left.get("host"))
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(me).encode(), 0)
     yield
   finally:
-    path.unlink(missing_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+      if os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino:
+        os.unlink(path)  # still ours: we hold its lock, so no one else took it meanwhile
+    os.close(fd)
 
 
 def check_resumed_config(saved_json: str, config) -> list[str]:

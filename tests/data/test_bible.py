@@ -1,5 +1,7 @@
 """The offline English–Chichewa collections: splits disjoint, qrels right by hand."""
 
+import json
+from pathlib import Path
 
 import pytest
 
@@ -59,3 +61,21 @@ def test_build_is_deterministic(built, tmp_path):
   assert again["train_sha256"] == built["train_sha256"]
   assert (tmp_path / "test" / "qrels.txt").read_text() == (
       open(f"{built['test']}/qrels.txt").read())
+
+
+def test_a_torn_manifest_is_built_again_and_every_file_written_whole(built, tmp_path,
+                                                                     monkeypatch, caplog):
+  import os
+  (tmp_path / "manifest.json").write_text('{"version": 1, "train": "/tm')  # a crash mid-write
+  renamed = []
+  real_replace = os.replace
+  monkeypatch.setattr(os, "replace", lambda a, b: (renamed.append(Path(b).name),
+                                                   real_replace(a, b)))
+  again = bible.build(tmp_path)
+  assert f"{tmp_path / 'manifest.json'}: unreadable; building" in caplog.text
+  assert again["train_sha256"] == built["train_sha256"]
+  assert json.loads((tmp_path / "manifest.json").read_text()) == again
+  # Through a temporary renamed into place, the manifest last.
+  assert {"train.tsv", "qrels.txt", "manifest.json"} <= set(renamed)
+  assert renamed[-1] == "manifest.json"
+  assert not [p for p in tmp_path.rglob(".optical-tmp-*")]

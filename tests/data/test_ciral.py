@@ -194,6 +194,36 @@ def test_heldout_pairs_share_no_side_with_training_and_do_not_depend_on_the_limi
   assert bitext.build_heldout(tmp_path / "50", lambda: 1 / 0, limit=50, heldout=8, rate=10)
 
 
+def test_a_build_another_process_put_in_place_after_this_one_looked_is_kept(tmp_path,
+                                                                           monkeypatch):
+  directory = tmp_path / "bitext" / "built"
+  old = bitext.build_heldout(tmp_path / "old", lambda: iter(_pairs(400)), heldout=8, rate=10,
+                             progress=False)
+  (tmp_path / "old" / "manifest.json").write_text(json.dumps({**old, "version": 0}))
+  shutil.copytree(tmp_path / "old", directory)  # an older version's build
+  theirs = bitext.build_heldout(tmp_path / "theirs", lambda: iter(_pairs(400)), heldout=8,
+                                rate=10, progress=False)
+  (tmp_path / "theirs" / "theirs.txt").write_text("built by another process")
+
+  class OtherProcessFinishes:  # right after this process read the old manifest
+    def __getattr__(self, name):
+      return getattr(json, name)
+
+    def loads(self, text):
+      value = json.loads(text)
+      if value.get("version") == 0 and (tmp_path / "theirs").exists():
+        shutil.rmtree(directory)
+        os.rename(tmp_path / "theirs", directory)
+      return value
+
+  monkeypatch.setattr(bitext, "json", OtherProcessFinishes())
+  manifest = bitext.build_heldout(directory, lambda: iter(_pairs(400)), heldout=8, rate=10,
+                                  progress=False)
+  assert manifest == theirs
+  assert (directory / "theirs.txt").read_text() == "built by another process"
+  assert sorted(p.name for p in directory.parent.iterdir()) == ["built"]  # nothing left aside
+
+
 def test_too_few_rows_to_hold_any_out_is_an_error(tmp_path):
   with pytest.raises(DataFormatError, match=r"no pair was held out of 3 rows \(1 in 1000000"):
     bitext.build_heldout(tmp_path / "b", lambda: iter(_pairs(3)), heldout=5, rate=1_000_000,
@@ -254,11 +284,15 @@ def test_a_killed_builds_temporary_directory_is_swept(tmp_path):
   import subprocess
   child = subprocess.Popen(["true"])  # a process that has surely ended
   child.wait()
-  stale = tmp_path / "bitext" / f"other-source.tmp{child.pid}"  # a build killed half way
+  from optical_jax.fileio import host_tag
+  ours = lambda pid, name: tmp_path / "bitext" / f".optical-tmp-{pid}-{host_tag()}-00c0ffee-{name}"
+  stale = ours(child.pid, "other-source")  # a build killed half way
   (stale / "dev").mkdir(parents=True)
   (stale / "train.unfiltered.tsv").write_text("x\ty\n" * 1000)
-  live = tmp_path / "bitext" / f"busy-source.tmp{os.getpid()}"  # a build still running
+  live = ours(os.getpid(), "busy-source")  # a build still running
   live.mkdir()
+  user = tmp_path / "bitext" / f"run.tmp{child.pid}"  # a user's folder, named like a temporary
+  user.mkdir()
   bitext.build_heldout(tmp_path / "bitext" / "built", lambda: iter(_pairs(400)), heldout=8,
                        rate=10, progress=False)
-  assert not stale.exists() and live.exists()
+  assert not stale.exists() and live.exists() and user.exists()

@@ -162,7 +162,7 @@ def test_a_second_run_never_truncates_the_file_the_first_has_mapped(teacher, tok
   np.testing.assert_array_equal(lookup(second, token_ids, [0, 1, 2], 16),
                                 lookup(first, token_ids, [0, 1, 2], 16))
   assert first.encoded == 3  # the first's vectors are still there for it
-  assert not list(first.directory.glob("*.tmp*"))
+  assert not list(first.directory.glob(".optical-tmp-*"))
 
 
 def test_the_space_is_reserved_and_a_full_disk_is_one_line_naming_the_file(

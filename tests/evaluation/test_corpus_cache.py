@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from optical_jax.evaluation import TextEncoder, read_corpus, retrieve, write_run
-from optical_jax.cache_files import CacheWriteError, host_tag
+from optical_jax.cache_files import CacheWriteError
+from optical_jax.fileio import host_tag
 from optical_jax.evaluation.corpus_files import forget_scans
 from optical_jax.evaluation.embedding_cache import EmbeddingCache
 from optical_jax.token_arrays import flatten, id_dtype, tokenize_flat
@@ -299,8 +300,13 @@ def test_a_file_size_limit_while_caching_is_one_line_naming_the_file(encoder, tm
   message = str(caught.value)
   assert "\n" not in message and "File too large" in message and entry in message
   assert message.startswith(str(tmp_path / cache))
-  assert not [p for p in (tmp_path / cache).rglob("*") if ".tmp" in p.name]  # none left
+  assert not [p for p in (tmp_path / cache).rglob("*") if ".optical-tmp-" in p.name]
   assert not any(t.name == "optical_jax-tokenize" for t in threading.enumerate())
+
+
+def _ours(pid: int, name: str, host: str | None = None) -> str:
+  """The name `fileio.temporary` gives process `pid`'s temporary of `name`."""
+  return f".optical-tmp-{pid}-{host or host_tag()}-0123abcd-{name}"
 
 
 def test_temporaries_of_dead_processes_are_swept_when_a_cache_opens(tmp_path):
@@ -308,16 +314,41 @@ def test_temporaries_of_dead_processes_are_swept_when_a_cache_opens(tmp_path):
   dead.wait()
   alive = os.getppid()
   names = {
-      f"a.tmp{dead.pid}-{host_tag()}.npy": False,  # this host's, its process gone
-      f"b.rows.tmp{dead.pid}.npy": False,  # the older name, without a host
-      f"c.tmp{alive}-{host_tag()}.npy": True,  # its process is running
-      f"d.tmp{dead.pid}-00000000.npy": True,  # another host's: not ours to judge by pid
+      _ours(dead.pid, "a.npy"): False,  # this host's, its process gone
+      _ours(alive, "c.npy"): True,  # its process is running
+      _ours(dead.pid, "d.npy", host="00000000"): True,  # another host's: not ours to judge
       "e.npy": True,  # not a temporary
+      # A user's files named like the project's older temporaries are never touched.
+      f"data.tmp{dead.pid}.csv": True,
+      f"b.rows.tmp{dead.pid}.npy": True,
+      f"a.tmp{dead.pid}-{host_tag()}.npy": True,
   }
   for name in names:
     (tmp_path / name).write_bytes(b"x")
-  old = tmp_path / "f.tmp1-00000000.npy"  # another host's, untouched for two days
+  (tmp_path / f"run.tmp{dead.pid}").mkdir()  # a user's folder
+  (tmp_path / f"run.tmp{dead.pid}" / "results.txt").write_text("mine")
+  old = tmp_path / _ours(1, "f.npy", host="00000000")  # another host's, untouched for two days
   old.write_bytes(b"x")
   os.utime(old, (time.time() - 2 * 86400,) * 2)
   EmbeddingCache(tmp_path, "anything")
-  assert {p.name for p in tmp_path.iterdir()} == {n for n, kept in names.items() if kept}
+  assert {p.name for p in tmp_path.iterdir()} == (
+      {n for n, kept in names.items() if kept} | {f"run.tmp{dead.pid}"})
+  assert (tmp_path / f"run.tmp{dead.pid}" / "results.txt").read_text() == "mine"
+
+
+def test_at_the_caches_top_only_the_temporaries_of_its_own_file_are_swept(tmp_path):
+  from optical_jax import fingerprint
+  dead = subprocess.Popen([sys.executable, "-c", "pass"])
+  dead.wait()
+  cache = tmp_path / "cache"
+  cache.mkdir()
+  memo = cache / _ours(dead.pid, "fingerprints.json")  # a killed run's memo
+  other = cache / _ours(dead.pid, "notes.txt")  # not a file the cache's top is written with
+  user = cache / f"data.tmp{dead.pid}.csv"
+  for path in (memo, other, user):
+    path.write_text("x")
+  (tmp_path / "file.txt").write_text("content")
+  fingerprint.forget()
+  fingerprint.file_digest(tmp_path / "file.txt", memo_dir=cache)
+  assert not memo.exists() and other.exists() and user.read_text() == "x"
+  assert (cache / "fingerprints.json").is_file()

@@ -2,6 +2,7 @@
 configuration loads from (`optical_jax.models.export`)."""
 
 import json
+import re
 import shutil
 
 import jax
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from optical_jax.evaluation.retrieval import TextEncoder
-from optical_jax.models.export import ExportError, export_student
+from optical_jax.models.export import MARKER, ExportError, export_student
 from optical_jax.models.hf_checkpoint import load_encoder
 from optical_jax.models.student import DistillationModels
 
@@ -49,14 +50,16 @@ def stale_sentence_transformers_model(directory):
   return directory
 
 
-def test_an_export_over_another_sentence_transformers_model_is_exactly_ours(tiny_bert_dir,
-                                                                           tmp_path):
+def test_an_export_over_an_earlier_export_is_exactly_ours(tiny_bert_dir, tmp_path):
   from sentence_transformers import SentenceTransformer
   models, params = trained(tiny_bert_dir, tmp_path)
-  target = stale_sentence_transformers_model(tmp_path / "export")
-  export_student(models, params, target, overwrite=True)
-  assert not {"modules.json", "1_Pooling", "2_Normalize", "config_sentence_transformers.json",
-              "README.md"} & {p.name for p in target.iterdir()}
+  target = tmp_path / "export"
+  export_student(models, {"encoder": models.student.params}, target, source={"step": 1})
+  export_student(models, params, target, overwrite=True, source={"step": 2})
+  marker = json.loads((target / MARKER).read_text())
+  assert marker["source"] == {"step": 2}
+  assert set(marker["files"]) == {p.relative_to(target).as_posix()
+                                  for p in target.rglob("*")} - {MARKER}
   ours = TextEncoder(models.student, params=params["encoder"], max_length=64).encode(
       TEXTS, progress=False)
   theirs = SentenceTransformer(str(target), device="cpu").encode(TEXTS, convert_to_numpy=True)
@@ -64,16 +67,54 @@ def test_an_export_over_another_sentence_transformers_model_is_exactly_ours(tiny
   assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "teacher"]  # nothing aside
 
 
+def _files(directory):
+  return {p.relative_to(directory): p.read_bytes() for p in directory.rglob("*") if p.is_file()}
+
+
 def test_a_non_empty_directory_needs_overwrite_and_is_left_as_it_was(tiny_bert_dir, tmp_path):
   models, params = trained(tiny_bert_dir, tmp_path)
   target = stale_sentence_transformers_model(tmp_path / "export")
-  before = {p.relative_to(target): p.read_bytes() for p in target.rglob("*") if p.is_file()}
+  before = _files(target)
   with pytest.raises(ExportError, match=r"export: not empty \(5 entries: 1_Pooling, 2_Normalize, "
                                         r"README.md, config_sentence_transformers.json, \.\.\.\); "
                                         "pass --overwrite"):
     export_student(models, params, target)
-  assert {p.relative_to(target): p.read_bytes() for p in target.rglob("*")
-          if p.is_file()} == before
+  assert _files(target) == before
+
+
+def test_overwrite_refuses_what_is_not_an_earlier_export_and_keeps_its_files(tiny_bert_dir,
+                                                                              tmp_path):
+  models, params = trained(tiny_bert_dir, tmp_path)
+  other = stale_sentence_transformers_model(tmp_path / "other")  # another model
+  earlier = tmp_path / "earlier"
+  export_student(models, params, earlier)
+  (earlier / "notes.txt").write_text("mine")  # a user's file in an earlier export
+  forged = tmp_path / "forged"
+  shutil.copytree(other, forged)
+  (forged / MARKER).symlink_to(earlier / MARKER)  # a marker that is a link counts for nothing
+  cases = {other: r"holds no earlier export of optical_jax \(no \.optical_jax_export\.json\)",
+           earlier: r"holds what no export wrote \(notes.txt\)",
+           forged: "holds no earlier export of optical_jax"}
+  for target, said in cases.items():
+    before = _files(target)
+    with pytest.raises(ExportError, match=said) as caught:
+      export_student(models, params, target, overwrite=True)
+    assert "\n" not in str(caught.value) and "its files are kept" in str(caught.value)
+    assert _files(target) == before
+
+
+def test_overwrite_never_deletes_through_a_link(tiny_bert_dir, tmp_path):
+  models, params = trained(tiny_bert_dir, tmp_path)
+  earlier = tmp_path / "earlier"
+  export_student(models, params, earlier)
+  before = _files(earlier)
+  link = tmp_path / "link"
+  link.symlink_to(earlier, target_is_directory=True)
+  with pytest.raises(ExportError, match=re.escape(
+      f"link: is a link to {earlier}; --overwrite replaces a directory named directly, never "
+      "through a link")):
+    export_student(models, params, link, overwrite=True)
+  assert _files(earlier) == before and link.is_symlink()
 
 
 @pytest.mark.parametrize("where", ["teacher", "parent", "inside"])
@@ -94,7 +135,9 @@ def test_the_directory_a_model_loads_from_is_never_a_target(tiny_bert_dir, tmp_p
 def test_a_failed_export_leaves_the_target_and_no_temporary(tiny_bert_dir, tmp_path,
                                                             monkeypatch):
   models, params = trained(tiny_bert_dir, tmp_path)
-  target = stale_sentence_transformers_model(tmp_path / "export")
+  target = tmp_path / "export"
+  export_student(models, params, target)
+  before = _files(target)
   from optical_jax.models import hf_checkpoint
 
   def full_disk(self, directory, params=None):
@@ -105,5 +148,5 @@ def test_a_failed_export_leaves_the_target_and_no_temporary(tiny_bert_dir, tmp_p
   monkeypatch.setattr(hf_checkpoint.LoadedEncoder, "save", full_disk)
   with pytest.raises(OSError, match="No space left"):
     export_student(models, params, target, overwrite=True)
-  assert (target / "modules.json").is_file() and not (target / "model.safetensors").exists()
+  assert _files(target) == before
   assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "teacher"]

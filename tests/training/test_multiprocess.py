@@ -75,7 +75,7 @@ def _assert_same_run(one, many):
       q: sorted(d, key=d.get) for q, d in run_many.items()}
   assert all(run_many[q][d] == pytest.approx(v, abs=1e-4) for q in run_one
              for d, v in run_one[q].items())
-  assert not list(many.glob("metrics.jsonl.*")) and (many / "curves.png").is_file()
+  assert not list(many.glob(".optical-tmp-*")) and (many / "curves.png").is_file()
 
 
 def test_processes_halted_and_resumed_end_as_one_uninterrupted_process(one_process, tmp_path):

@@ -2,6 +2,7 @@
 and Ctrl-C, corrupt or unwritable checkpoints, and a console without library chatter."""
 
 import errno
+import collections
 import json
 import logging
 import os
@@ -9,10 +10,12 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 
+from optical_jax.training.workdir import WorkdirBusy, workdir_lock
 from tests.helpers import ROOT
 from tests.training.runs import (assert_same_params, final_params, run_train, train_here,
                                  write_config)
@@ -23,8 +26,8 @@ def test_a_live_runs_lock_is_refused_and_a_dead_ones_taken_over(setup, tmp_path,
   config = write_config(tmp_path / "lock.py", checkpoint, bitext)
   workdir = tmp_path / "run"
   workdir.mkdir()
-  (workdir / ".lock").write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
-  busy = run_train(config, workdir, check=False)
+  with workdir_lock(workdir):  # this process is the live run
+    busy = run_train(config, workdir, check=False)
   assert busy.returncode == 1
   assert f"is in use by another run (pid {os.getpid()} on {socket.gethostname()})" in busy.stderr
   assert not (workdir / "checkpoints").exists()
@@ -36,6 +39,65 @@ def test_a_live_runs_lock_is_refused_and_a_dead_ones_taken_over(setup, tmp_path,
   assert f"its run (pid {dead.pid} on {socket.gethostname()}) is no longer running" in (
       caplog.text)
   assert not (workdir / ".lock").exists()  # released at the end
+
+
+def test_the_lock_is_never_held_twice_when_runs_race_for_a_stale_one(tmp_path, monkeypatch):
+  """Runs (threads here: each opens the lock file itself, as processes do) race, round after
+  round, for a lock a dead run left, read slowly (as on a network filesystem); inside it each
+  creates a file no other may hold."""
+  from types import SimpleNamespace
+  from optical_jax.training import workdir as workdir_module
+
+  def slow_loads(text):
+    time.sleep(0.005)
+    return json.loads(text)
+
+  monkeypatch.setattr(workdir_module, "json", SimpleNamespace(
+      loads=slow_loads, dumps=json.dumps, dump=json.dump))
+  dead = subprocess.Popen(["true"])
+  dead.wait()
+  stale = json.dumps({"host": socket.gethostname(), "pid": dead.pid})
+  runs, rounds, barrier = 4, 20, threading.Barrier(4)
+  taken, overlaps = collections.Counter(), []
+
+  def run(index):
+    for round_ in range(rounds):
+      if barrier.wait() == 0:
+        (tmp_path / ".lock").write_text(stale)
+      barrier.wait()
+      try:
+        with workdir_lock(tmp_path):
+          taken[round_] += 1
+          try:
+            os.close(os.open(tmp_path / "inside", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+          except FileExistsError:
+            overlaps.append(round_)
+            continue
+          time.sleep(0.002)
+          os.unlink(tmp_path / "inside")
+      except WorkdirBusy:
+        pass
+
+  threads = [threading.Thread(target=run, args=(i,)) for i in range(runs)]
+  for thread in threads:
+    thread.start()
+  for thread in threads:
+    thread.join()
+  assert not overlaps
+  assert all(taken[r] >= 1 for r in range(rounds))  # the stale lock was taken over each time
+  assert not (tmp_path / ".lock").exists()
+
+
+def test_a_run_releases_only_its_own_lock(tmp_path):
+  other = json.dumps({"host": "elsewhere", "pid": 1})
+  with workdir_lock(tmp_path):
+    os.replace(_write(tmp_path / "other", other), tmp_path / ".lock")  # not ours any more
+  assert (tmp_path / ".lock").read_text() == other
+
+
+def _write(path, text):
+  path.write_text(text)
+  return path
 
 
 def test_resuming_under_a_changed_config_is_refused_unless_asked_for(setup, tmp_path, caplog):
@@ -140,6 +202,32 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_one_before(setup, tmp_pat
   assert "resumed from step 2" in capsys.readouterr().out
   assert 4 in {json.loads(line)["step"]
                for line in (workdir / "metrics.jsonl").read_text().splitlines()}
+
+
+def test_a_torn_metrics_line_is_dropped_with_a_warning_and_the_run_resumes(setup, tmp_path,
+                                                                          capsys, caplog):
+  root, checkpoint, bitext, _ = setup
+  config = write_config(tmp_path / "torn.py", checkpoint, bitext, num_train_steps=4)
+  workdir = tmp_path / "run"
+  train_here(config, workdir, {"train.halt_after_steps": 3})
+  with open(workdir / "metrics.jsonl", "a") as f:
+    f.write('{"step": 4, "loss": 0.12')  # a crash mid-append
+  capsys.readouterr()
+  train_here(config, workdir)
+  assert f"{workdir / 'metrics.jsonl'}:4: a torn last record" in caplog.text
+  assert "resumed from step 3" in capsys.readouterr().out
+  steps = [json.loads(line)["step"] for line in
+           (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert steps[-1] == 4 and steps.count(4) == 1
+
+
+def test_a_broken_metrics_line_before_the_last_is_named(tmp_path):
+  from optical_jax.textfiles import DataFormatError
+  from optical_jax.training.logging import MetricsLog
+  (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n{"step": \n{"step": 2}\n')
+  with pytest.raises(DataFormatError, match=rf"{tmp_path / 'metrics.jsonl'}:2: not a metrics "
+                                            "record"):
+    MetricsLog(tmp_path, 2)
 
 
 def test_an_unwritable_checkpoint_directory_fails_at_once(setup, tmp_path):
