@@ -155,8 +155,8 @@ def _train(config, workdir: Path, primary: bool) -> RunResult | None:
   batches = make_batches(config, models, rows, Path(config.runtime.cache_dir).expanduser() /
                          "tokens", shards=process_shards(mesh, config.train.batch_size))
   del rows
-  log.info("%d training examples, %d steps per epoch, %d device(s) in %d process(es), batch "
-           "shapes %s", batches.num_examples, batches.steps_per_epoch, jax.device_count(),
+  log.info("%d training examples, %d steps per epoch, %d device(s) in %d process(es), padded "
+           "lengths %s", batches.num_examples, batches.steps_per_epoch, jax.device_count(),
            jax.process_count(), batches.shapes)
   teacher_cache = make_teacher_cache(config, models, batches, backend=jax.default_backend())
   weights = token_weights(config, models, batches)
