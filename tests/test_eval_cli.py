@@ -240,7 +240,9 @@ def test_export_over_another_sentence_transformers_model_is_exactly_the_trained_
   result = eval_checkpoint(trained_run.config, trained_run.workdir, f"--export_hf={target}",
                            "--overwrite")
   assert result.returncode == 0, result.stderr[-3000:]
-  assert not (target / "modules.json").exists() and not (target / "README.md").exists()
+  # Nothing of the other model survives: its Normalize, CLS pooling and README are gone.
+  assert not (target / "2_Normalize").exists() and not (target / "README.md").exists()
+  assert '"pooling_mode_mean_tokens": true' in (target / "1_Pooling" / "config.json").read_text()
   # Our own embeddings of the trained student, from the config and the checkpoint.
   config = load_config(trained_run.config)
   models = build_models(config)
