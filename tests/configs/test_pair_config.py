@@ -77,3 +77,16 @@ def test_a_config_from_the_template_beats_step_0_on_the_demo_data(tmp_path):
                       rf"before training: {dev[0]:.4f} \(\+\d\.\d{{4}}\)", last), last
   # The header line was skipped with a note, not trained on.
   assert "bitext.tsv:1: skipped a header line (ny, en)" in result.stderr
+
+
+def test_the_worked_config_in_the_docs_is_a_valid_config():
+  from optical_jax.config import check_fields, validate
+  text = (ROOT / "docs" / "configuration.md").read_text()
+  source = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+  namespace = {}
+  exec(compile(source, "docs/configuration.md", "exec"), namespace)
+  config = namespace["get_config"]()
+  check_fields(config, "docs/configuration.md")
+  validate(config)
+  assert all(spec["doc_encoder"] == "student" for spec in config.eval.collections)
+  assert flat_fields(config.to_dict())["model.vocab_init"] == "ot_plan_all"  # the recipe's
