@@ -40,9 +40,9 @@ VOCAB_INITS = ("mean_of_pieces", "ot_plan", "ot_plan_all")
 # optical_jax/experiments/demo.py) and CIRAL's (configs/ciral.py, read by optical_jax/inputs.py),
 # by their fields.
 EXTRA_GROUPS = {
-    "demo": ("losses", "seeds", "test_collection", "reference_collections"),
+    "demo": ("losses", "seeds", "test_collection", "tables", "reference_collections"),
     "ciral": ("language", "split", "local_dir", "bitext", "bitext_files", "heldout",
-              "heldout_rate", "max_chars"),
+              "heldout_rate", "max_chars", "maxsim_depth"),
 }
 # The keys of a collection (`eval.collections`, `demo.reference_collections`): the required six,
 # then optional ones (what reads them: optical_jax/evaluation/collections.py, the demo).
