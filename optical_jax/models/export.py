@@ -97,7 +97,7 @@ def check_export_target(directory: str | os.PathLike, *, protected: Iterable[Pro
 
 def export_student(models: DistillationModels, params: Any, directory: str | Path, *,
                    overwrite: bool = False, protected: Iterable[Protected] = (),
-                   source: dict | None = None) -> Path:
+                   source: dict | None = None, max_length: int | None = None) -> Path:
   """Writes the student with trained `params` (`{"encoder": ...}`) to `directory`.
 
   The student's own tokenizer goes with it: a student with an extended vocabulary
@@ -110,7 +110,12 @@ def export_student(models: DistillationModels, params: Any, directory: str | Pat
   an earlier export (`check_export_target`), and then it is replaced whole. The export is
   written beside it (`fileio.temporary`) with its `MARKER` (`source`: what produced it, e.g.
   workdir and step) and renamed into place: a failed or interrupted export leaves `directory`
-  as it was."""
+  as it was.
+
+  `max_length` (the run's `eval.max_length`) goes into `sentence_bert_config.json`, so that
+  sentence-transformers truncates where evaluation did (its default is the model's 512); the
+  student's query and passage prompts, if it has them, go with it
+  (`config_sentence_transformers.json`)."""
   if "projection" in params:
     raise ExportError(
         f"the student ({models.student.config.hidden_size} wide) has a learned projection to "
@@ -124,6 +129,8 @@ def export_student(models: DistillationModels, params: Any, directory: str | Pat
   fresh = temporary(target)
   try:
     models.student.save(fresh, params["encoder"])
+    if max_length:
+      _write_sentence_transformers(fresh, models.student, max_length)
     write_text_atomic(fresh / MARKER, json.dumps(
         {"written_by": "optical_jax export", "source": source or {},
          "files": sorted(_entries(fresh))}, indent=2) + "\n")
@@ -133,6 +140,31 @@ def export_student(models: DistillationModels, params: Any, directory: str | Pat
     raise
   log.info("wrote the student to %s", target)
   return target
+
+
+def _write_sentence_transformers(directory: Path, student, max_length: int) -> None:
+  """sentence-transformers' settings of its Transformer module: the tokens it keeps, and no
+  lower-casing of its own (the tokenizer does what the run's did). It reads them only with a
+  `modules.json`: a student without one gets its own, with the pooling `load_encoder` used."""
+  (directory / "sentence_bert_config.json").write_text(
+      json.dumps({"max_seq_length": int(max_length), "do_lower_case": False}, indent=2) + "\n",
+      encoding="utf-8")
+  if (directory / "modules.json").is_file():
+    return
+  modules = [{"idx": 0, "name": "0", "path": "",
+               "type": "sentence_transformers.models.Transformer"},
+              {"idx": 1, "name": "1", "path": "1_Pooling",
+               "type": "sentence_transformers.models.Pooling"}]
+  if student.normalize:
+    modules.append({"idx": 2, "name": "2", "path": "2_Normalize",
+                    "type": "sentence_transformers.models.Normalize"})
+    (directory / "2_Normalize").mkdir(exist_ok=True)
+  (directory / "1_Pooling").mkdir(exist_ok=True)
+  (directory / "1_Pooling" / "config.json").write_text(json.dumps(
+      {"word_embedding_dimension": student.config.hidden_size,
+       "pooling_mode_cls_token": student.pooling == "cls",
+       "pooling_mode_mean_tokens": student.pooling == "mean"}, indent=2) + "\n", encoding="utf-8")
+  (directory / "modules.json").write_text(json.dumps(modules, indent=2) + "\n", encoding="utf-8")
 
 
 def _replace_directory(fresh: Path, target: Path) -> None:

@@ -37,6 +37,20 @@ def training_rows(config) -> bitext.FileRows | bitext.ListRows:
   return training_source(config)
 
 
+def check_student_language(config, rows, sample: int = 1000) -> None:
+  """Warns, with the numbers, when the bitext's student column looks like the teacher's
+  language (swapped columns, untranslated copies): before a vocabulary is learnt from it."""
+  if config.stage != "distill":
+    return
+  from transformers import AutoTokenizer
+  from optical_jax.models.hf_checkpoint import resolve_checkpoint_dir
+  vocabulary = AutoTokenizer.from_pretrained(
+      str(resolve_checkpoint_dir(config.model.teacher))).get_vocab()
+  warning = bitext.student_language_warning(itertools.islice(rows.rows(), sample), vocabulary)
+  if warning:
+    log.warning("%s: %s", config.data.train_file or config.data.hf_dataset, warning)
+
+
 def process_shards(mesh, batch_size: int) -> list[int]:
   """This process's shards, in mesh order: a run has one shard per row of the global batch
   (`batch_size`, whatever the devices), and the device at mesh position d feeds the rows of

@@ -73,6 +73,29 @@ class MetricsLog:
       self.writer.close()
 
 
+def start_comparison(records: list[dict], best_dir: Path) -> str | None:
+  """One line for the end of a run: the best trained step's dev MAP (the checkpoint in
+  `best_dir`, which eval.py takes) against step 0's, the student before training, saying
+  plainly when training did not beat it. None without a dev MAP after step 0."""
+  dev = [(r["step"], r["dev_MAP"]) for r in records if "dev_MAP" in r]
+  trained = [(step, value) for step, value in dev if step > 0]
+  if not trained:
+    return None
+  # The best checkpoint is the first step to reach the highest dev MAP (a later tie is no new
+  # best).
+  step, best = max(trained, key=lambda point: (point[1], -point[0]))
+  start = next((value for s, value in dev if s == 0), None)
+  where = f"step {step}, the checkpoint in {best_dir} that eval.py evaluates"
+  if start is None:
+    return f"best dev MAP {best:.4f} ({where})"
+  if best > start:
+    return (f"best dev MAP {best:.4f} ({where}); step 0, before training: {start:.4f} "
+            f"({best - start:+.4f})")
+  return (f"training did not beat the start: best dev MAP {best:.4f} ({where}) is not above "
+          f"step 0's {start:.4f}, the student before training; configs/pair.py's recipe "
+          "learns a new language (docs/configuration.md)")
+
+
 def plot_curves(records: list[dict], path: Path, title: str = "") -> Path:
   """Training loss and dev MAP against steps, side by side."""
   import matplotlib

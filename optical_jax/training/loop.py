@@ -28,9 +28,10 @@ from optical_jax.fileio import write_text_atomic
 from optical_jax.inputs import unresolved
 from optical_jax.models.student import build_models
 from optical_jax.training import checkpoints, step as step_lib
-from optical_jax.training.input_pipeline import (local_batch, make_batches, make_teacher_cache,
-                                                 process_shards, token_weights, training_rows)
-from optical_jax.training.logging import MetricsLog, plot_curves
+from optical_jax.training.input_pipeline import (check_student_language, local_batch, make_batches,
+                                                 make_teacher_cache, process_shards,
+                                                 token_weights, training_rows)
+from optical_jax.training.logging import MetricsLog, plot_curves, start_comparison
 from optical_jax.training.prefetch import Prefetcher
 from optical_jax.training.throughput import Meter, peak_flops
 from optical_jax.training.state import initial_state, make_optimizer
@@ -145,6 +146,8 @@ def _train(config, workdir: Path, primary: bool) -> RunResult | None:
   # Every collection's files checked (a malformed line, judged documents missing from the
   # corpus) before the models load and the training data is tokenised, not at the end.
   check_collections(specs, config.runtime.cache_dir)
+  if primary:
+    check_student_language(config, rows)
   config = prepare_student(config, workdir, primary=primary)
   dev_spec = next((s for s in specs if s.name == config.eval.dev_collection), None)
   models = build_models(config)
@@ -155,8 +158,8 @@ def _train(config, workdir: Path, primary: bool) -> RunResult | None:
   batches = make_batches(config, models, rows, Path(config.runtime.cache_dir).expanduser() /
                          "tokens", shards=process_shards(mesh, config.train.batch_size))
   del rows
-  log.info("%d training examples, %d steps per epoch, %d device(s) in %d process(es), batch "
-           "shapes %s", batches.num_examples, batches.steps_per_epoch, jax.device_count(),
+  log.info("%d training examples, %d steps per epoch, %d device(s) in %d process(es), padded "
+           "lengths %s", batches.num_examples, batches.steps_per_epoch, jax.device_count(),
            jax.process_count(), batches.shapes)
   teacher_cache = make_teacher_cache(config, models, batches, backend=jax.default_backend())
   weights = token_weights(config, models, batches)
@@ -293,5 +296,9 @@ def _train(config, workdir: Path, primary: bool) -> RunResult | None:
   collections = evaluator.evaluate_all(specs, params, workdir, evaluated=final_dev,
                                        write=primary)
   seconds["final evaluation"] = time.perf_counter() - final_began
+  history = metrics_log.records()
+  summary = start_comparison(history, workdir / "best")
+  if summary and primary:
+    print(summary, flush=True)
   return RunResult(step=num_steps, params=params, models=models, collections=collections,
-                   history=metrics_log.records(), seconds=seconds)
+                   history=history, seconds=seconds)

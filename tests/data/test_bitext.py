@@ -1,9 +1,10 @@
 """Reading bitext: bad lines named, JSON fields that are not text refused, id columns caught,
-a byte-order mark ignored."""
+a byte-order mark ignored, a header line skipped, a student column in the teacher's language
+warned about."""
 
 import pytest
 
-from optical_jax.data.bitext import read_pairs
+from optical_jax.data.bitext import iter_raw_pairs, read_pairs, student_language_warning
 from optical_jax.textfiles import DataFormatError
 
 
@@ -43,3 +44,41 @@ def test_a_byte_order_mark_is_not_part_of_the_first_text(tmp_path):
   path = tmp_path / "bitext.tsv"
   path.write_bytes("\ufeffYesu analira.\tJesus wept.\n".encode("utf-8"))
   assert read_pairs(path, ("student", "teacher")) == [("Yesu analira.", "Jesus wept.")]
+
+
+@pytest.mark.parametrize("header", ["ny\ten", "src\ttgt", "student\tteacher\tverse",
+                                    "eng_Latn\tnya_Latn"])
+def test_a_header_line_naming_the_columns_is_skipped_with_a_note(tmp_path, caplog, header):
+  path = tmp_path / f"bitext{len(header)}.tsv"
+  path.write_text(f"{header}\nYesu analira.\tJesus wept.\nne\tand\n")
+  with caplog.at_level("INFO", logger="optical_jax"):
+    assert read_pairs(path, ("student", "teacher")) == [("Yesu analira.", "Jesus wept."),
+                                                        ("ne", "and")]  # later lines are pairs
+    assert [p for p in iter_raw_pairs([path], ("student", "teacher"))] == [
+        ("Yesu analira.", "Jesus wept."), ("ne", "and")]
+  noted = [r.getMessage() for r in caplog.records if "header" in r.getMessage()]
+  assert noted == [f"{path}:1: skipped a header line "
+                   f"({', '.join(header.split(chr(9))[:2])}), not a pair"]  # once per file
+
+
+def test_a_first_pair_is_not_taken_for_a_header(tmp_path):
+  path = tmp_path / "bitext.tsv"
+  path.write_text("madzi\twater\nYesu analira.\tJesus wept.\n")
+  assert read_pairs(path, ("student", "teacher"))[0] == ("madzi", "water")
+
+
+def test_a_student_column_in_the_teachers_language_is_warned_about_with_numbers(minilm_dir):
+  from transformers import AutoTokenizer
+  vocabulary = AutoTokenizer.from_pretrained(str(minilm_dir)).get_vocab()
+  pairs = [("Pachiyambi Mulungu adalenga kumwamba ndi dziko lapansi.",
+            "In the beginning God created the heaven and the earth."),
+           ("Ndipo Mulungu anati, Pakhale kuwala; ndipo kudali kuwala.",
+            "And God said, Let there be light: and there was light.")]
+  assert student_language_warning(pairs, vocabulary) is None
+  swapped = student_language_warning([(t, s) for s, t in pairs], vocabulary)
+  assert swapped.startswith("the student column looks like the teacher's language: in the "
+                            "first 2 pairs, 100% of its words are whole words of the teacher's "
+                            "vocabulary (the teacher column: "), swapped
+  assert "0% of the pairs are the same text on both sides. Are the columns swapped?" in swapped
+  copies = student_language_warning([(s, s) for s, _ in pairs], vocabulary)
+  assert "and 100% of the pairs are the same text on both sides" in copies

@@ -71,6 +71,39 @@ def _files(directory):
   return {p.relative_to(directory): p.read_bytes() for p in directory.rglob("*") if p.is_file()}
 
 
+@pytest.mark.parametrize("teacher_files", ["none", "sentence-transformers"])
+def test_sentence_transformers_scores_equal_the_runs_at_eval_max_length(tiny_bert_dir, tmp_path,
+                                                                         teacher_files):
+  """The export keeps evaluation's length: sentence-transformers truncates at the run's
+  eval.max_length, not at its default (the model's position limit)."""
+  from sentence_transformers import SentenceTransformer
+  models, params = trained(tiny_bert_dir, tmp_path)
+  if teacher_files == "sentence-transformers":  # CLS pooling, Normalize, a query prompt
+    modules = stale_sentence_transformers_model(tmp_path / "st")
+    for name in ("modules.json", "1_Pooling/config.json"):
+      (models.student.path / name).parent.mkdir(exist_ok=True)
+      shutil.copy(modules / name, models.student.path / name)
+    (models.student.path / "2_Normalize").mkdir()
+    (models.student.path / "config_sentence_transformers.json").write_text(json.dumps(
+        {"prompts": {"query": "query: ", "passage": "passage: "}}))
+    models = DistillationModels(*(load_encoder(models.student.path),) * 2)
+  eval_max_length = 8
+  export_student(models, params, tmp_path / "export", max_length=eval_max_length)
+  model = SentenceTransformer(str(tmp_path / "export"), device="cpu")
+  assert model.max_seq_length == eval_max_length
+  run = lambda length: TextEncoder(models.student, params=params["encoder"],
+                                   max_length=length).encode(TEXTS, progress=False)
+  ours, theirs = run(eval_max_length), model.encode(TEXTS, convert_to_numpy=True)
+  np.testing.assert_allclose(theirs, ours, atol=1e-5)
+  assert np.abs(run(64) - ours).max() > 1e-4  # the length matters for these texts
+  queries = model.encode(TEXTS, prompt_name="query", convert_to_numpy=True) if (
+      teacher_files != "none") else theirs
+  prompted = TextEncoder(models.student, params=params["encoder"], max_length=eval_max_length
+                         ).encode([models.student.prompts["query"] + t for t in TEXTS],
+                                  progress=False)
+  np.testing.assert_allclose(queries, prompted, atol=1e-5)  # and the prompts are the run's
+
+
 def test_a_non_empty_directory_needs_overwrite_and_is_left_as_it_was(tiny_bert_dir, tmp_path):
   models, params = trained(tiny_bert_dir, tmp_path)
   target = stale_sentence_transformers_model(tmp_path / "export")
