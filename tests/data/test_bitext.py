@@ -43,3 +43,16 @@ def test_a_byte_order_mark_is_not_part_of_the_first_text(tmp_path):
   path = tmp_path / "bitext.tsv"
   path.write_bytes("\ufeffYesu analira.\tJesus wept.\n".encode("utf-8"))
   assert read_pairs(path, ("student", "teacher")) == [("Yesu analira.", "Jesus wept.")]
+
+
+def test_an_overlong_or_deeply_nested_training_line_is_named(tmp_path):
+  from optical_jax.textfiles import MAX_LINE_BYTES
+  endless = tmp_path / "train.tsv"
+  endless.write_text("Yesu analira.\tJesus wept.\n" + "a b\t" * (MAX_LINE_BYTES // 4 + 1))
+  with pytest.raises(DataFormatError, match=r"train\.tsv:2: line longer than 1 MiB"):
+    read_pairs(endless, ("student", "teacher"))
+  nested = tmp_path / "train.jsonl"
+  nested.write_text('{"student": "Yesu analira.", "teacher": "Jesus wept."}\n'
+                    + '{"student": ' + "[" * 100_000 + "\n")
+  with pytest.raises(DataFormatError, match=r"train\.jsonl:2: JSON nested too deeply"):
+    read_pairs(nested, ("student", "teacher"))

@@ -265,3 +265,20 @@ def test_retain_not_applied_before_jax_started_is_warned(retained, monkeypatch, 
   with caplog.at_level("WARNING", logger="optical_jax"), pytest.raises(Exception):
     train_and_evaluate(config, tmp_path)
   assert ("config.runtime.host_memory 'retain' is not in effect" in caplog.text) is not retained
+
+
+def test_a_collection_id_with_whitespace_is_refused_before_training(tmp_path):
+  from tests.training.runs import SENTENCES, run_train, toy_collection, write_config
+  bitext = tmp_path / "bitext.tsv"
+  bitext.write_text("".join(f"{s}\t{t}\n" for s, t in SENTENCES))
+  collection = toy_collection(tmp_path)
+  (tmp_path / "corpus.tsv").write_text("d0\tfirst\nd 1\tsecond\n")
+  # A teacher that does not exist: the check comes before any model loads.
+  config = write_config(tmp_path / "config.py", tmp_path / "no_teacher", bitext,
+                        **{"eval.collections": [collection]})
+  result = run_train(config, tmp_path / "run", check=False)
+  assert result.returncode == 1, result.stderr[-3000:]
+  assert (f"error: {tmp_path / 'corpus.tsv'}:2: document id 'd 1' contains whitespace"
+          in result.stderr), result.stderr[-3000:]
+  assert "Traceback" not in result.stderr
+  assert not (tmp_path / "run" / "checkpoints").exists()
