@@ -344,7 +344,7 @@ class LoadedEncoder:
     if self._tokenizer is None:
       from transformers import AutoTokenizer
       try:
-        self._tokenizer = AutoTokenizer.from_pretrained(str(self.path))
+        self._tokenizer = AutoTokenizer.from_pretrained(str(self.path), trust_remote_code=False)
       except Exception as e:
         raise CheckpointError(f"{self.path}: no usable tokenizer files ({e})") from None
     return self._tokenizer

@@ -56,3 +56,21 @@ def test_an_overlong_or_deeply_nested_training_line_is_named(tmp_path):
                     + '{"student": ' + "[" * 100_000 + "\n")
   with pytest.raises(DataFormatError, match=r"train\.jsonl:2: JSON nested too deeply"):
     read_pairs(nested, ("student", "teacher"))
+
+
+def test_a_hub_dataset_is_read_without_running_repository_code(monkeypatch):
+  import sys
+  import types
+  from optical_jax.data.bitext import read_hf_dataset
+  calls = []
+
+  def load_dataset(*args, **kwargs):
+    calls.append((args, kwargs))
+    return [{"translation": {"so": " Waa maxay? ", "en": "What is it?"}}]
+
+  monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+  rows = read_hf_dataset("org/pairs", ("translation.so", "translation.en"), config="so-en",
+                         revision="a" * 40)
+  assert rows == [("Waa maxay?", "What is it?")]
+  assert calls == [(("org/pairs", "so-en"), dict(split="train", streaming=False,
+                                                 revision="a" * 40, trust_remote_code=False))]

@@ -259,3 +259,19 @@ def test_missing_hub_model_offline_fails_fast_with_instructions():
     load_encoder("intfloat/no-such-model-anywhere")
   assert time.monotonic() - start < 10
   assert "HF_HUB_OFFLINE=1" in str(info.value) and "hf download" in str(info.value)
+
+
+def test_tokenizers_load_without_running_repository_code(tiny_bert_dir, monkeypatch, tmp_path):
+  from transformers import AutoTokenizer
+  from optical_jax.adaptation.pieces import extend_tokenizer
+  loaded = AutoTokenizer.from_pretrained.__func__
+  asked = []
+
+  def recording(cls, *args, **kwargs):
+    asked.append(kwargs.get("trust_remote_code", "not given"))
+    return loaded(cls, *args, **kwargs)
+
+  monkeypatch.setattr(AutoTokenizer, "from_pretrained", classmethod(recording))
+  tokenizer = load_encoder(tiny_bert_dir).tokenizer
+  extend_tokenizer(tokenizer, ["ndipozzz"], tmp_path / "extended")
+  assert asked == [False, False]
