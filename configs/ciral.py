@@ -50,6 +50,11 @@ def ciral_config(language: str, splits: str = ""):
   c.ciral.heldout = 1000  # bitext pairs held out of training for dev MAP (at most this many)
   c.ciral.heldout_rate = text["rate"]  # one pair in this many is held out (by a text hash)
   c.ciral.max_chars = 300  # pairs with a longer side are dropped (about data.max_length tokens)
+  # The commits of CIRAL/ciral, CIRAL/ciral-corpus and a hub bitext, as model.teacher_revision:
+  # "" resolves the default branch's when the run starts; config.json keeps them.
+  c.ciral.revision = ""
+  c.ciral.corpus_revision = ""
+  c.ciral.bitext_revision = ""
 
   c.data.student_field, c.data.teacher_field = text["student"], text["teacher"]
   c.data.limit = 2_000_000
