@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from optical_jax.evaluation.collections import read_results, results_dir
 from tests.helpers import ROOT, load_config
 from tests.training.runs import (SENTENCES, keyed, assert_same_params, final_params,
                                  final_params_at, run_train, toy_collection, train_here,
@@ -146,7 +147,7 @@ def test_final_evaluation_reuses_the_last_steps_dev_evaluation(setup, monkeypatc
   assert [r["step"] for r in dev] == [0, 2]
   assert result.collections["toy"].values["MAP"] == dev[-1]["dev_MAP"]
   assert set(result.collections["toy"].per_query["MAP"]) == set(result.collections["toy"].run)
-  assert (root / "reuse" / "runs" / "toy.trec").is_file()
+  assert (results_dir(root / "reuse", 2) / "runs" / "toy.trec").is_file()
   assert result.step == 2 and set(result.params) == {"encoder"}
 
 
@@ -173,8 +174,8 @@ def test_eval_cli_evaluates_a_trained_checkpoint(evaluated_run):
   assert f"{workdir}: step 2 (best)" in out  # best/ by dev MAP, here also the last step
   row = next(line for line in out.splitlines() if line.startswith("| toy |"))
   assert row == next(line for line in trained_stdout.splitlines() if line.startswith("| toy |"))
-  assert json.loads((workdir / "eval.json").read_text())["toy"]["MAP"] > 0
-  assert (workdir / "runs" / "toy.trec").is_file()
+  assert read_results(workdir, 2)["results"]["toy"]["MAP"] > 0
+  assert (results_dir(workdir, 2) / "runs" / "toy.trec").is_file()
   import orbax.checkpoint as ocp
   best = ocp.CheckpointManager(workdir / "best")
   assert best.latest_step() == 2
