@@ -145,7 +145,7 @@ def as_trained(config, workdir: Path, *, speak: bool = True):
   from optical_jax.config import REVISIONS, ConfigError, base_config, field_value
   try:
     saved = json.loads(saved_path.read_text(encoding="utf-8"))
-  except (OSError, UnicodeDecodeError, ValueError) as e:
+  except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
     raise ConfigError(f"{saved_path}: not the run's configuration as JSON ({e})") from None
   defaults = base_config()
   lookup = lambda tree, field: field_value(tree, field, KeyError)

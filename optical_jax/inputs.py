@@ -119,14 +119,14 @@ class RunInputs:
   bitext: Path | None = None
 
 
-def _hub_input(config, field: str, training: bool) -> tuple[str, str] | None:
+def _hub_input(config, field: str) -> tuple[str, str] | None:
   """(repository, type) of the hub input `field` (a `REVISIONS` key) pins in a resolved
   config; None where it reads local files or nothing."""
   named = field_value(config, REVISIONS[field], "")
   if field.startswith("model."):
     return (named, "model") if is_hub_id(named) else None
   if field == "data.hf_revision":
-    hub = training and named and not config.data.train_file and "ciral" not in config
+    hub = named and not config.data.train_file and "ciral" not in config
     return (named, "dataset") if hub else None
   if field == "ciral.bitext_revision":
     return (named, "dataset") if named and not ciral.looks_local(named) else None
@@ -156,11 +156,14 @@ def pin_revisions(config, saved: dict, *, training: bool = True) -> None:
     if value is None:  # no such group (ciral)
       continue
     check_revision(value, field)
-    hub = _hub_input(config, field, training)
+    if field == "data.hf_revision" and not training:  # evaluation reads no training rows
+      continue
+    hub = _hub_input(config, field)
     if hub is None:
       if value:
-        raise ConfigError(f"config.{field} pins a hub repository, but config.{named} "
-                          f"{field_value(config, named)!r} reads none; leave it ''")
+        raise ConfigError(f"config.{field} pins a hub repository, but "
+                          f"config.{named}={field_value(config, named)!r} reads no hub "
+                          "repository; leave it ''")
       continue
     kept = field_value(saved, field, "")
     if not value and isinstance(kept, str) and COMMIT.match(kept) and (

@@ -218,7 +218,7 @@ def test_a_workdirs_recorded_commits_are_loaded_again_and_other_inputs_resolved_
     ("model.teacher_revision", "main", r"config\.model\.teacher_revision must be a commit hash "
      r"\(40 hex digits\)"),
     ("ciral.revision", "a" * 40, r"config\.ciral\.revision pins a hub repository, but "
-     r"config\.ciral\.local_dir '.*hub' reads none"),
+     r"config\.ciral\.local_dir='.*hub' reads no hub repository; leave it ''"),
 ])
 def test_a_revision_that_pins_nothing_or_is_no_commit_is_refused(tmp_path, field, value,
                                                                   message):
@@ -341,3 +341,15 @@ def test_a_killed_builds_temporary_directory_is_swept(tmp_path):
   bitext.build_heldout(tmp_path / "bitext" / "built", lambda: iter(_pairs(400)), heldout=8,
                        rate=10, progress=False)
   assert not stale.exists() and live.exists()
+
+
+def test_evaluation_leaves_a_training_only_hub_dataset_alone(tmp_path, monkeypatch):
+  import huggingface_hub
+  from optical_jax.config import base_config
+  from optical_jax.inputs import resolve_inputs
+  monkeypatch.setattr(huggingface_hub.HfApi, "repo_info", lambda *a, **k: pytest.fail(
+      "evaluation asked the hub about the training data"))
+  config = base_config()
+  config.model.teacher = str(HUB)  # a local directory: no hub call for it either
+  config.data.hf_dataset, config.data.hf_revision = "org/pairs", "c" * 40
+  assert resolve_inputs(config, training=False).config.data.hf_revision == "c" * 40
