@@ -139,14 +139,11 @@ def as_trained(config, workdir: Path, *, speak: bool = True):
   (its student, its vocabulary, its teacher), which a config without, e.g., the run's
   model.vocab_extension would build other shapes for. Says in one line which fields it took;
   a run's checkpoint directory that is not on this machine keeps the config's."""
-  saved_path = workdir / "config.json"
-  if not saved_path.is_file():
-    return config
   from optical_jax.config import REVISIONS, ConfigError, base_config, field_value
-  try:
-    saved = json.loads(saved_path.read_text(encoding="utf-8"))
-  except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
-    raise ConfigError(f"{saved_path}: not the run's configuration as JSON ({e})") from None
+  from optical_jax.inputs import recorded
+  saved_path, saved = workdir / "config.json", recorded(workdir)
+  if not saved:
+    return config
   defaults = base_config()
   lookup = lambda tree, field: field_value(tree, field, KeyError)
 
