@@ -1,7 +1,8 @@
 """Collections checked before any slow work: their names usable as file names, every
 configured collection's topics and qrels parsed in full and its corpus scanned once (ids
-unique and without whitespace, fields present, judged documents present in the corpus), so a malformed file fails before the first training step, naming
-file and line, and a qrels made for another corpus warns at once instead of scoring 0.
+unique and without whitespace, fields present, judged documents present in the corpus), so
+a malformed file fails before the first training step, naming file and line, and a qrels
+made for another corpus warns at once instead of scoring 0.
 
 The corpus scan is cached by the file's content fingerprint (`corpus_files.scan_corpus`): a
 rerun, or another collection on the same corpus, does not read it again.

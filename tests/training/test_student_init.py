@@ -41,5 +41,6 @@ def test_eval_of_a_copied_workdir_needs_neither_the_bitext_nor_the_cache(setup, 
                        text=True, env=env, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   evaluated = read_results(copy, results.step)
-  assert evaluated["results"]["toy"] == results.collections["toy"].values  # the same student and numbers
+  # The same student and numbers.
+  assert evaluated["results"]["toy"] == results.collections["toy"].values
   assert not (tmp_path / "cache" / "adaptation").exists()  # nothing was rebuilt
