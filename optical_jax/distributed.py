@@ -45,11 +45,21 @@ def initialize_distributed(coordinator_address: str | None = None,
       print(f"process {process_id}: waiting for {num_processes} processes at "
             f"{coordinator_address} (at most {join_timeout:g} s, --join_timeout)",
             file=sys.stderr, flush=True)
+    # The coordination service has no authentication: process 0 listens on the interface of
+    # the address the others are given, not on every interface (JAX's default).
+    bind = {}
+    if process_id == 0 and _bindable(coordinator_address):
+      bind["coordinator_bind_address"] = coordinator_address
+    elif process_id == 0:
+      print(f"process 0: {coordinator_address} is not an address of this machine (NAT, a "
+            "service address): the coordinator listens on every interface",
+            file=sys.stderr, flush=True)
     # JAX's own deadline ends in a C++ abort ("another task died"): ours comes first.
     with _join_watchdog(coordinator_address, num_processes, process_id, join_timeout):
       jax.distributed.initialize(coordinator_address=coordinator_address,
                                  num_processes=num_processes, process_id=process_id,
-                                 initialization_timeout=int(math.ceil(join_timeout)) + 60)
+                                 initialization_timeout=int(math.ceil(join_timeout)) + 60,
+                                 **bind)
     return
   if num_processes not in (None, 1) or process_id not in (None, 0):
     raise ConfigError("--num_processes and --process_id need --coordinator_address")
@@ -67,6 +77,20 @@ def missing_processes(coordinator_address: str, num_processes: int, process_id: 
     return f"process {others[0]}"
   shown = ", ".join(map(str, others if len(others) <= 8 else [*others[:7], "..."]))
   return f"one or more of processes {shown}"
+
+
+def _bindable(address: str) -> bool:
+  """Whether this machine can listen at `address`'s host (one of its own addresses)."""
+  import socket
+  host, _, _ = address.rpartition(":")
+  host = host.strip("[]") or "localhost"
+  try:
+    family = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)[0][0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+      s.bind((host, 0))
+    return True
+  except OSError:
+    return False
 
 
 def _listening(address: str) -> bool:

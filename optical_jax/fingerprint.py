@@ -29,14 +29,18 @@ def file_version(path: str | os.PathLike) -> str:
   return f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ino}"
 
 
-def file_digest(path: str | os.PathLike, *, memo_dir: str | os.PathLike | None = None) -> str:
-  """The blake2b digest of `path`'s bytes (hex, 32 characters), hashed once per file version.
-  With `memo_dir`, digests are also remembered on disk there (`fingerprints.json`), so other
-  runs do not hash again. A file written to while it is read raises `DataFormatError`."""
+def file_digest(path: str | os.PathLike, *, memo_dir: str | os.PathLike | None = None,
+                algorithm: str = "blake2b") -> str:
+  """The blake2b digest of `path`'s bytes (hex, 32 characters; `algorithm="sha256"`: the
+  SHA-256 digest a result records, which anyone can check with `sha256sum`), hashed once per
+  file version. With `memo_dir`, digests are also remembered on disk there
+  (`fingerprints.json`), so other runs do not hash again. A file written to while it is read
+  raises `DataFormatError`."""
   path = Path(path)
   if not path.is_file():
     raise DataFormatError(f"{path}: no such file")
-  version = file_version(path)
+  stamp = file_version(path)
+  version = stamp if algorithm == "blake2b" else f"{algorithm}:{stamp}"
   if version in _MEMO:
     return _MEMO[version]
   memo = Path(memo_dir).expanduser() / "fingerprints.json" if memo_dir is not None else None
@@ -44,11 +48,11 @@ def file_digest(path: str | os.PathLike, *, memo_dir: str | os.PathLike | None =
   if isinstance(stored.get(version), str):
     _MEMO[version] = stored[version]
     return stored[version]
-  digest = hashlib.blake2b(digest_size=16)
+  digest = hashlib.blake2b(digest_size=16) if algorithm == "blake2b" else hashlib.new(algorithm)
   with open(path, "rb") as f:
     while block := f.read(1 << 22):
       digest.update(block)
-  if file_version(path) != version:  # written to while it was read: nothing is trusted
+  if file_version(path) != stamp:  # written to while it was read: nothing is trusted
     raise DataFormatError(f"{path}: changed while it was being read; run again once it is "
                           "complete")
   _MEMO[version] = value = digest.hexdigest()

@@ -9,6 +9,11 @@ Inputs a config may name:
   fields when it resolves, so a command-line override of any of them reaches every path:
   `Bitext` (the training pairs and a held-out dev collection, cleaned and built into
   `runtime.cache_dir/bitext`) and one `CiralCollection` per split in `config.ciral.split`.
+
+Every hub input (models, CIRAL's repositories, a hub bitext or `data.hf_dataset`) is pinned
+here to a commit (`config.REVISIONS`): the one its revision field names, else the one a run
+in the workdir recorded in its `config.json` for the same input, else the default branch's
+now; what reads it is passed that commit.
 """
 
 from __future__ import annotations
@@ -21,9 +26,11 @@ from pathlib import Path
 import ml_collections
 
 from optical_jax.assets import resolve
-from optical_jax.config import ConfigError
+from optical_jax.config import REVISIONS, ConfigError, check_revision, field_value
 from optical_jax.data import bitext, ciral
 from optical_jax.fingerprint import file_digest
+from optical_jax.hub import COMMIT, commit_of
+from optical_jax.models.hf_checkpoint import is_hub_id
 from optical_jax.textfiles import DataFormatError
 
 
@@ -34,6 +41,8 @@ class CiralCollection:
   language: str
   split: str
   local_dir: str = ""  # the two repositories in their hub layout, instead of the download
+  revision: str = ""  # CIRAL/ciral's commit ("": the default branch)
+  corpus_revision: str = ""  # CIRAL/ciral-corpus's
 
   @property
   def name(self) -> str:
@@ -42,11 +51,10 @@ class CiralCollection:
   def files(self) -> dict[str, str]:
     """`{"topics", "qrels", "corpus"}` paths, fetched into the Hugging Face cache on first use
     (or found under `local_dir`)."""
-    return {"topics": str(ciral.collection_path(self.language, self.split, "topics",
-                                                self.local_dir)),
-            "qrels": str(ciral.collection_path(self.language, self.split, "qrels",
-                                               self.local_dir)),
-            "corpus": str(ciral.corpus_path(self.language, self.local_dir))}
+    return {kind: str(ciral.collection_path(self.language, self.split, kind, self.local_dir,
+                                            self.revision)) for kind in ("topics", "qrels")
+            } | {"corpus": str(ciral.corpus_path(self.language, self.local_dir,
+                                                  self.corpus_revision))}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +69,7 @@ class Bitext:
   heldout: int  # pairs held out for dev MAP (at most)
   rate: int  # one pair in this many is held out
   max_chars: int  # pairs with a longer side are dropped (0: no limit)
+  revision: str = ""  # a hub source's commit ("": the default branch)
 
   def build(self, cache_dir: str | Path, *, progress: bool = True) -> Path:
     """The build's directory (`train.tsv`, `dev/topics.tsv`, `dev/corpus.tsv`,
@@ -68,7 +77,7 @@ class Bitext:
     return ciral.build_bitext(self.source, student=self.student_field,
                               teacher=self.teacher_field, files=self.files, limit=self.limit,
                               heldout=self.heldout, rate=self.rate, max_chars=self.max_chars,
-                              cache_dir=cache_dir, progress=progress)
+                              cache_dir=cache_dir, progress=progress, revision=self.revision)
 
 
 def ciral_inputs(config) -> tuple[Bitext, list[CiralCollection]]:
@@ -90,8 +99,10 @@ def ciral_inputs(config) -> tuple[Bitext, list[CiralCollection]]:
                         f"{1 if field == 'ciral.heldout_rate' else 0}, got {value!r}")
   bitext = Bitext(source=c.bitext, files=c.bitext_files, student_field=config.data.student_field,
                   teacher_field=config.data.teacher_field, limit=config.data.limit,
-                  heldout=c.heldout, rate=c.heldout_rate, max_chars=c.max_chars)
-  return bitext, [CiralCollection(c.language, split, c.local_dir) for split in splits]
+                  heldout=c.heldout, rate=c.heldout_rate, max_chars=c.max_chars,
+                  revision=c.get("bitext_revision", ""))
+  return bitext, [CiralCollection(c.language, split, c.local_dir, c.get("revision", ""),
+                                  c.get("corpus_revision", "")) for split in splits]
 
 
 def bitext_collection_name(config) -> str:
@@ -108,16 +119,74 @@ class RunInputs:
   bitext: Path | None = None
 
 
-def resolve_inputs(config: ml_collections.ConfigDict, *, training: bool = True) -> RunInputs:
+def _hub_input(config, field: str) -> tuple[str, str] | None:
+  """(repository, type) of the hub input `field` (a `REVISIONS` key) pins in a resolved
+  config; None where it reads local files or nothing."""
+  named = field_value(config, REVISIONS[field], "")
+  if field.startswith("model."):
+    return (named, "model") if is_hub_id(named) else None
+  if field == "data.hf_revision":
+    hub = named and not config.data.train_file and "ciral" not in config
+    return (named, "dataset") if hub else None
+  if field == "ciral.bitext_revision":
+    return (named, "dataset") if named and not ciral.looks_local(named) else None
+  repository = ciral.TOPICS_REPO if field == "ciral.revision" else ciral.CORPUS_REPO
+  return None if named else (repository, "dataset")  # named: config.ciral.local_dir
+
+
+def recorded(workdir: str | Path | None) -> dict:
+  """The configuration a run in `workdir` recorded (its `config.json`), {} where none."""
+  path = Path(workdir).expanduser() / "config.json" if workdir else None
+  if path is None or not path.is_file():
+    return {}
+  try:
+    saved = json.loads(path.read_text(encoding="utf-8"))
+  except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+    raise ConfigError(f"{path}: not the run's configuration as JSON ({e})") from None
+  return saved if isinstance(saved, dict) else {}
+
+
+def pin_revisions(config, saved: dict, *, training: bool = True) -> None:
+  """Sets each `REVISIONS` field of `config` (in place; its inputs resolved) that has a hub
+  input: the commit it names, else the one `saved` (a run's `config.json`) recorded for the
+  same input, else the default branch's now (`hub.commit_of`). A revision without a hub input
+  is a `ConfigError`."""
+  for field, named in REVISIONS.items():
+    value = field_value(config, field)
+    if value is None:  # no such group (ciral)
+      continue
+    check_revision(value, field)
+    if field == "data.hf_revision" and not training:  # evaluation reads no training rows
+      continue
+    hub = _hub_input(config, field)
+    if hub is None:
+      if value:
+        raise ConfigError(f"config.{field} pins a hub repository, but "
+                          f"config.{named}={field_value(config, named)!r} reads no hub "
+                          "repository; leave it ''")
+      continue
+    kept = field_value(saved, field, "")
+    if not value and isinstance(kept, str) and COMMIT.match(kept) and (
+        field_value(saved, named) == field_value(config, named)):
+      value = kept
+    group, _, key = field.rpartition(".")
+    config[group][key] = commit_of(hub[0], repo_type=hub[1], revision=value)
+
+
+def resolve_inputs(config: ml_collections.ConfigDict, *, training: bool = True,
+                   workdir: str | Path | None = None) -> RunInputs:
   """A copy of `config` whose models, training file and collections are local paths, fetched
-  or built on first use (see the module docstring); `training=False` leaves the training file
-  (evaluation). A CIRAL config's collections are derived from `config.ciral` here: the
-  held-out bitext's, then one per split, after any collections the config lists itself."""
+  or built on first use (see the module docstring), and whose hub inputs are pinned to
+  commits (`pin_revisions`; those a run in `workdir` recorded where its inputs are the same);
+  `training=False` leaves the training file (evaluation). A CIRAL config's collections are
+  derived from `config.ciral` here: the held-out bitext's, then one per split, after any
+  collections the config lists itself."""
   # A deep copy: the collections are shared with the caller's config otherwise.
   config = ml_collections.ConfigDict(copy.deepcopy(config.to_dict()))
   cache_dir = config.runtime.cache_dir
   r = lambda value: resolve(value, cache_dir) if value else value
   config.model.teacher, config.model.student = r(config.model.teacher), r(config.model.student)
+  pin_revisions(config, recorded(workdir), training=training)
   built = None
   if "ciral" in config:
     bitext, splits = ciral_inputs(config)
@@ -169,7 +238,8 @@ def training_source(config) -> bitext.FileRows | bitext.ListRows:
     if not d.hf_dataset:
       raise ConfigError("config.data: set train_file (TSV/JSONL/parquet) or hf_dataset")
     rows = bitext.read_hf_dataset(d.hf_dataset, fields, config=d.hf_config,
-                                  split=d.hf_split, limit=d.limit)
+                                  split=d.hf_split, limit=d.limit,
+                                  revision=d.get("hf_revision", ""))
     return bitext.ListRows(rows[:d.limit] if d.limit else rows)
   path = Path(d.train_file).expanduser()
   if not path.is_file():

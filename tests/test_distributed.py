@@ -138,3 +138,42 @@ def test_a_single_process_is_not_watched():
   watch = distributed.watch_peers(lambda: "kept")
   watch.failed(RuntimeError("Connection closed by peer"))  # returns: nothing to judge
   watch.stop()
+
+
+def test_the_coordinator_listens_only_at_the_address_it_was_given(tmp_path):
+  # The coordination service has no authentication: reachable at 127.0.0.1 (the given
+  # address), not at 127.0.0.2 (another loopback address, which every-interface would serve).
+  import os
+  import socket
+  import subprocess
+  import sys
+  import time
+  from tests.helpers import ROOT
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  code = ("from optical_jax.distributed import initialize_distributed; "
+          f"initialize_distributed('127.0.0.1:{port}', 2, 0, join_timeout=60)")
+  process = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stderr=subprocess.PIPE,
+                             env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  try:
+    deadline = time.monotonic() + 50
+    while not distributed._listening(f"127.0.0.1:{port}") and time.monotonic() < deadline:
+      time.sleep(0.1)
+    assert distributed._listening(f"127.0.0.1:{port}")
+    assert not distributed._listening(f"127.0.0.2:{port}")
+  finally:
+    process.kill()
+    process.communicate()
+
+
+def test_an_address_that_is_not_this_machines_keeps_jaxs_every_interface(monkeypatch, capsys):
+  import jax
+  calls = []
+  monkeypatch.setattr(jax.distributed, "initialize", lambda **kwargs: calls.append(kwargs))
+  distributed.initialize_distributed("192.0.2.1:1234", 1, 0)  # TEST-NET-1: nobody's address
+  assert "coordinator_bind_address" not in calls[0]
+  assert ("process 0: 192.0.2.1:1234 is not an address of this machine (NAT, a service "
+          "address): the coordinator listens on every interface") in capsys.readouterr().err
+  distributed.initialize_distributed("127.0.0.1:1234", 1, 0)
+  assert calls[1]["coordinator_bind_address"] == "127.0.0.1:1234"

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 from optical_jax.evaluation import write_qrels, write_run
+from optical_jax.evaluation.collections import read_results, results_dir
+from optical_jax.evaluation.metrics import DEFAULT_MEASURES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -124,14 +126,15 @@ def test_eval_of_the_final_checkpoint_reuses_the_training_runs_embeddings(tmp_pa
   cache = tmp_path / "cache" / "embeddings"
   written = {p.name: p.stat().st_mtime_ns for p in cache.glob("*.npy")}
   assert len(written) == 4  # queries (teacher) and corpus (student): vectors and row order
-  trained = (workdir / "runs" / "toy.trec").read_bytes()
+  run_file = results_dir(workdir, 3) / "runs" / "toy.trec"  # the final step's
+  trained = run_file.read_bytes()
   result = subprocess.run([sys.executable, str(ROOT / "eval.py"), f"--config={config}",
                            f"--checkpoint={workdir}"], capture_output=True, text=True,
                           timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   # Nothing was encoded again (a new key would have written new files) and the run is the same.
   assert {p.name: p.stat().st_mtime_ns for p in cache.glob("*.npy")} == written
-  assert (workdir / "runs" / "toy.trec").read_bytes() == trained
+  assert run_file.read_bytes() == trained
 
 
 def test_eval_refuses_a_run_with_a_nan_score_naming_its_line(tmp_path):
@@ -195,7 +198,7 @@ def eval_checkpoint(config, workdir, *flags):
 
 
 def test_eval_with_a_config_missing_the_runs_model_fields_takes_them_and_says_so(trained_run):
-  run_file = trained_run.workdir / "runs" / "toy.trec"
+  run_file = results_dir(trained_run.workdir, 2) / "runs" / "toy.trec"
   trained = run_file.read_bytes()  # the training run's final evaluation
   result = eval_checkpoint(trained_run.forgetful, trained_run.workdir)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -261,7 +264,7 @@ def test_export_overwrites_only_an_earlier_export_and_is_exactly_the_trained_stu
 
 def test_ctrl_c_during_eval_stops_with_130_and_says_what_is_kept(trained_run, tmp_path):
   import signal
-  eval_json = trained_run.workdir / "eval.json"
+  eval_json = results_dir(trained_run.workdir, 2) / "eval.json"
   before = eval_json.read_bytes()
   process = subprocess.Popen(
       [sys.executable, str(ROOT / "eval.py"), f"--config={trained_run.config}",
@@ -275,8 +278,9 @@ def test_ctrl_c_during_eval_stops_with_130_and_says_what_is_kept(trained_run, tm
   out, err = process.communicate(timeout=300)
   assert process.returncode == 130, err[-3000:]
   assert err.strip().splitlines()[-1].startswith(
-      f"interrupted; {trained_run.workdir}'s checkpoints are untouched and its eval.json is "
-      "the last complete evaluation's"), err
+      f"interrupted; {trained_run.workdir}'s checkpoints are untouched and "
+      f"{results_dir(trained_run.workdir, 2)} holds the last complete evaluation of that step"
+  ), err
   assert "Traceback" not in err and "Exception ignored" not in err
   assert eval_json.read_bytes() == before
 
@@ -305,3 +309,80 @@ def test_eval_takes_the_runs_vocabulary_extension_and_what_built_it_not_its_dtyp
   assert f"config.data.train_file={str(bitext)!r} (the config has '')" in said
   assert "config.data.alignment_pairs=64" in said
   assert "dtype" not in said  # how the model computes stays the config's choice
+
+
+def test_eval_of_an_earlier_step_records_what_it_evaluated_and_keeps_the_final_results(
+    trained_run):
+  import hashlib
+  workdir = trained_run.workdir
+  final = results_dir(workdir, 2)
+  kept = lambda: {p: p.read_bytes() for p in sorted(final.rglob("*")) if p.is_file()}
+  before = kept()
+  assert read_results(workdir, 2)["step"] == 2
+  result = eval_checkpoint(trained_run.config, workdir, "--step=1")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert kept() == before  # the final step's results stay as they were
+  record = read_results(workdir, 1)
+  assert (record["step"], record["which"]) == (1, "step")
+  assert record["checkpoint"] == str(workdir / "checkpoints" / "1")
+  assert record["measures"] == list(DEFAULT_MEASURES)
+  assert 0 <= record["results"]["toy"]["MAP"] <= 1
+  for field in ("topics", "corpus", "qrels"):
+    path = record["collections"]["toy"][field]["path"]
+    assert record["collections"]["toy"][field]["sha256"] == hashlib.sha256(
+        Path(path).read_bytes()).hexdigest()
+  assert record["config"]["model"]["student"] == str(trained_run.student)
+  assert (results_dir(workdir, 1) / "runs" / "toy.trec").is_file()
+  assert (f"step 1 (step): wrote {results_dir(workdir, 1)} (eval.json, eval_per_query.json, "
+          "runs/toy.trec)") in result.stdout
+  assert read_results(workdir)["step"] == 2  # the latest step evaluated
+
+
+def test_eval_refuses_a_workdir_another_run_holds_and_writes_nothing(trained_run):
+  from optical_jax.training.workdir import workdir_lock
+  workdir = trained_run.workdir
+  written = {p: p.stat().st_mtime_ns for p in (workdir / "eval").rglob("*")}
+  with workdir_lock(workdir):  # a training run in progress
+    result = eval_checkpoint(trained_run.config, workdir, "--step=latest")
+  assert result.returncode == 1, result.stderr[-3000:]
+  assert f"error: {workdir} is in use by another run" in result.stderr
+  assert "Traceback" not in result.stderr
+  assert {p: p.stat().st_mtime_ns for p in (workdir / "eval").rglob("*")} == written
+
+
+def test_eval_of_a_copied_workdir_loads_the_hub_commit_its_run_recorded(tmp_path):
+  # The hub's layout in a local cache (offline): the teacher's default branch moves to another
+  # commit after the run; the copied workdir is evaluated with the run's.
+  import json
+  import shutil
+  from tests.helpers import save_tiny_bert
+  from tests.training.runs import SENTENCES, run_train, toy_collection, write_config
+  cache, trained_at, later = tmp_path / "hf", "1" * 40, "2" * 40
+  repo = cache / "models--org--teacher"
+  save_tiny_bert(repo / "snapshots" / trained_at, seed=1)
+  save_tiny_bert(repo / "snapshots" / later, seed=5)
+  (repo / "refs").mkdir()
+  (repo / "refs" / "main").write_text(trained_at)
+  bitext = tmp_path / "bitext.tsv"
+  bitext.write_text("".join(f"{s}\t{t}\n" for s, t in SENTENCES * 4))
+  config = write_config(tmp_path / "config.py", "org/teacher", bitext, num_train_steps=1,
+                        **{"eval.collections": [toy_collection(tmp_path)]})
+  env = {"HF_HUB_CACHE": str(cache)}
+  workdir = tmp_path / "W"
+  run_train(config, workdir, env=env)
+  assert json.loads((workdir / "config.json").read_text())["model"]["teacher_revision"] == \
+      trained_at
+  (repo / "refs" / "main").write_text(later)  # the hub moved on
+  copy = tmp_path / "elsewhere" / "W"
+  shutil.copytree(workdir, copy)
+  shutil.rmtree(workdir)
+  run_file = lambda w: (results_dir(w, 1) / "runs" / "toy.trec").read_bytes()
+  trained = run_file(copy)
+  (results_dir(copy, 1) / "runs" / "toy.trec").unlink()
+  result = subprocess.run([sys.executable, str(ROOT / "eval.py"), f"--config={config}",
+                           f"--checkpoint={copy}"], capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu", **env))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "teacher_revision" not in result.stderr  # the same teacher: its commit, silently
+  assert run_file(copy) == trained  # the teacher of the run's commit, not the new one
+  assert read_results(copy, 1)["config"]["model"]["teacher_revision"] == trained_at

@@ -98,7 +98,8 @@ def test_colab_notebook_runs_the_demo_and_so_py_to_their_tables_and_plots(tmp_pa
   [table] = _outputs(so_cell, "text/markdown")
   lines = table.splitlines()
   assert lines[0] == "| collection | MAP | nDCG@20 | R@100 |"
-  evaluated = json.loads((work / "so" / "eval.json").read_text())
+  evaluated = json.loads((work / "so" / "eval" / "step_2" / "eval.json").read_text())
+  evaluated = evaluated["results"]
   assert list(evaluated) == ["bitext-so-en", "ciral-so-dev", "ciral-so-test-a", "ciral-so-test-b"]
   for line, (name, values) in zip(lines[2:], evaluated.items(), strict=True):
     shown = line.strip("| ").split(" | ")

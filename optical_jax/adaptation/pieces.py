@@ -149,7 +149,7 @@ def extend_tokenizer(tokenizer: Any, pieces: Sequence[str], directory: str | Pat
   path.write_text(json.dumps(spec, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
   by_id = sorted(vocab, key=vocab.get)
   (directory / "vocab.txt").write_text("".join(f"{p}\n" for p in by_id), encoding="utf-8")
-  extended = AutoTokenizer.from_pretrained(str(directory))
+  extended = AutoTokenizer.from_pretrained(str(directory), trust_remote_code=False)
   if len(extended) != len(by_id):
     raise ValueError(f"{directory}: the extended tokenizer has {len(extended)} tokens, "
                      f"expected {len(by_id)}")

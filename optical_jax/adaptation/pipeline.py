@@ -102,9 +102,10 @@ def lexicon_for(config, rows: Sequence[Sequence[str]]) -> tuple[lexicon_lib.Lexi
                                                                  dict[str, int]]:
   """The OT lexicon of `config`'s initial student and teacher on `rows` (cached)."""
   from optical_jax.models.hf_checkpoint import load_encoder, resolve_checkpoint_dir
-  teacher_dir = resolve_checkpoint_dir(config.model.teacher)
-  student_dir = (resolve_checkpoint_dir(config.model.student) if config.model.student
-                 else teacher_dir)
+  from optical_jax.models.student import checkpoint_of
+  teacher_dir = resolve_checkpoint_dir(*checkpoint_of(config.model, "teacher"))
+  student_dir = (resolve_checkpoint_dir(*checkpoint_of(config.model, "student"))
+                 if config.model.student else teacher_dir)
   key = _key("lexicon", checkpoint_digest(student_dir), checkpoint_digest(teacher_dir),
              rows_digest(r[:2] for r in rows), config.data.alignment_pairs, config.seed,
              config.data.max_length, float(config.ot.epsilon), bool(config.ot.center))

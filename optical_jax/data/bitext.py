@@ -286,18 +286,22 @@ class ListRows:
 
 
 def read_hf_dataset(name: str, fields: Sequence[str], *, config: str | None = None,
-                    split: str = "train", limit: int = 0) -> list[tuple[str, ...]]:
-  """Rows from a Hugging Face dataset (needs the `datasets` package and the hub or its cache).
+                    split: str = "train", limit: int = 0,
+                    revision: str = "") -> list[tuple[str, ...]]:
+  """Rows from a Hugging Face dataset at `revision` (a commit; "": the default branch), read
+  from its data files, never by running a loading script of the repository (needs the
+  `datasets` package, the `hf_dataset` extra, and the hub or its cache).
 
   `fields` may name nested values with dots, e.g. `translation.so` for NLLB-style rows.
   """
   try:
     import datasets
   except ImportError:
-    raise RuntimeError(f"reading the Hugging Face dataset {name!r} needs `pip install datasets`"
-                       ) from None
+    raise RuntimeError(f"reading the Hugging Face dataset {name!r} needs `datasets`: "
+                       "pip install -e '.[hf_dataset]'") from None
   try:
-    rows = datasets.load_dataset(name, config or None, split=split, streaming=bool(limit))
+    rows = datasets.load_dataset(name, config or None, split=split, streaming=bool(limit),
+                                 revision=revision or None, trust_remote_code=False)
   except Exception as e:
     raise RuntimeError(f"dataset {name!r} (config {config!r}, split {split!r}) is not "
                        f"available: {type(e).__name__}: {e}. With no internet, download it "

@@ -23,7 +23,7 @@ import json
 import re
 from pathlib import Path
 
-from optical_jax.models.hf_checkpoint import hub_offline
+from optical_jax.hub import hub_offline
 
 LANGUAGES = {"hausa": "ha", "somali": "so", "swahili": "sw", "yoruba": "yo"}
 SPLITS = ("dev", "test-a", "test-a-pools", "test-b")
@@ -69,23 +69,27 @@ def corpus_file(language: str) -> str:
   return f"passages-v1.0/{language}_passages.jsonl"
 
 
-def _hub(function: str, repo_id: str, what: str, include: str, instead: str, **kwargs) -> Path:
-  """`huggingface_hub.<function>` of a dataset repository (its own progress bars; offline,
-  the cache only), failing as one line that says what to download, how, and where it goes."""
+def _hub(function: str, repo_id: str, what: str, include: str, instead: str, *,
+         revision: str = "", **kwargs) -> Path:
+  """`huggingface_hub.<function>` of a dataset repository at `revision` (a commit; "": the
+  default branch; its own progress bars; offline, the cache only), failing as one line that
+  says what to download, how, and where it goes."""
   import huggingface_hub
   offline = hub_offline()
   try:
     return Path(getattr(huggingface_hub, function)(repo_id=repo_id, repo_type="dataset",
+                                                    revision=revision or None,
                                                     local_files_only=offline, **kwargs))
   except Exception as e:  # huggingface_hub raises several types for "not here, not reachable"
     reason = (str(e).strip().splitlines() or [""])[0][:200]
     state = ("HF_HUB_OFFLINE=1 and it is not in the cache" if offline else
              f"the hub could not provide it ({type(e).__name__}: {reason})")
     cache = huggingface_hub.constants.HF_HUB_CACHE
+    at = f" --revision {revision}" if revision else ""
     raise FileNotFoundError(
         f"{what}: {state}; where there is internet run `hf download {repo_id} --repo-type "
-        f"dataset --include '{include}'` (it goes to the Hugging Face cache {cache}), {instead}"
-    ) from None
+        f"dataset{at} --include '{include}'` (it goes to the Hugging Face cache {cache}), "
+        f"{instead}") from None
 
 
 def _local(local_dir: str, repo_id: str, relative: str) -> Path:
@@ -97,9 +101,11 @@ def _local(local_dir: str, repo_id: str, relative: str) -> Path:
   return path
 
 
-def collection_path(language: str, split: str, kind: str, local_dir: str = "") -> Path:
+def collection_path(language: str, split: str, kind: str, local_dir: str = "",
+                    revision: str = "") -> Path:
   """The local path of CIRAL's `kind` ("topics" or "qrels") of `split`: under `local_dir`, or
-  in the Hugging Face cache (all of the language's topics and qrels come in one download)."""
+  in the Hugging Face cache at `revision` of CIRAL/ciral (all of the language's topics and
+  qrels come in one download)."""
   if language not in LANGUAGES or split not in SPLITS or kind not in ("topics", "qrels"):
     raise ValueError(f"no CIRAL {kind} for {language!r} {split!r}: languages "
                      f"{', '.join(LANGUAGES)}, splits {', '.join(SPLITS)}")
@@ -109,15 +115,16 @@ def collection_path(language: str, split: str, kind: str, local_dir: str = "") -
   patterns = [f"ciral-{language}/topics/*", f"ciral-{language}/qrels/*"]
   snapshot = _hub("snapshot_download", TOPICS_REPO, f"CIRAL's {language} topics and qrels",
                   f"ciral-{language}/*", "or copy the repository into config.ciral.local_dir/"
-                  f"{LOCAL_FOLDERS[TOPICS_REPO]}", allow_patterns=patterns)
+                  f"{LOCAL_FOLDERS[TOPICS_REPO]}", revision=revision, allow_patterns=patterns)
   path = snapshot / relative
   if not path.is_file():
     raise FileNotFoundError(f"{TOPICS_REPO} has no {relative} (in {snapshot})")
   return path
 
 
-def corpus_path(language: str, local_dir: str = "") -> Path:
-  """The local path of CIRAL's passages of `language` (JSONL, about 1 GB for Somali)."""
+def corpus_path(language: str, local_dir: str = "", revision: str = "") -> Path:
+  """The local path of CIRAL's passages of `language` (JSONL, about 1 GB for Somali), at
+  `revision` of CIRAL/ciral-corpus."""
   if language not in LANGUAGES:
     raise ValueError(f"no CIRAL corpus for {language!r}: languages {', '.join(LANGUAGES)}")
   relative = corpus_file(language)
@@ -125,19 +132,20 @@ def corpus_path(language: str, local_dir: str = "") -> Path:
     return _local(local_dir, CORPUS_REPO, relative)
   return _hub("hf_hub_download", CORPUS_REPO, f"CIRAL's {language} passages", relative,
               f"or copy the repository into config.ciral.local_dir/{LOCAL_FOLDERS[CORPUS_REPO]}",
-              filename=relative)
+              revision=revision, filename=relative)
 
 
-def _looks_local(source: str) -> bool:
+def looks_local(source: str) -> bool:
+  """Whether a bitext source is a local file or directory, not a hub dataset id."""
   return (source.startswith(("/", ".", "~")) or Path(source).expanduser().exists()
           or source.endswith((".parquet", ".tsv", ".jsonl", ".json", ".txt")))
 
 
-def bitext_files(source: str, files: str) -> tuple[list[Path], dict]:
+def bitext_files(source: str, files: str, revision: str = "") -> tuple[list[Path], dict]:
   """The files of a bitext and what they are: `source` is a local parquet, TSV or JSONL file,
   a local directory (its files matching the glob `files`), or a hub dataset id (its files
-  matching `files`, fetched into the Hugging Face cache)."""
-  if _looks_local(source):
+  matching `files` at `revision`, fetched into the Hugging Face cache)."""
+  if looks_local(source):
     path = Path(source).expanduser()
     if not path.exists():
       raise FileNotFoundError(f"config.ciral.bitext: {path} does not exist")
@@ -149,7 +157,7 @@ def bitext_files(source: str, files: str) -> tuple[list[Path], dict]:
   else:
     snapshot = _hub("snapshot_download", source, f"the bitext {source}", files,
                     "or point config.ciral.bitext at a local parquet, TSV or JSONL file",
-                    allow_patterns=[files])
+                    revision=revision, allow_patterns=[files])
     found = sorted(p for p in snapshot.rglob("*") if p.is_file() and fnmatch.fnmatch(
         p.relative_to(snapshot).as_posix(), files))
     info = {"name": source, "files": files, "revision": snapshot.name}
@@ -161,21 +169,24 @@ def bitext_files(source: str, files: str) -> tuple[list[Path], dict]:
 
 def build_bitext(source: str, *, student: str, teacher: str, files: str, limit: int,
                  heldout: int, rate: int, max_chars: int, cache_dir: str | Path,
-                 progress: bool = True) -> Path:
-  """The directory of `bitext.build_heldout` for this bitext and these settings, built on first
-  use into `cache_dir/bitext` (later calls, offline too, only read it)."""
+                 progress: bool = True, revision: str = "") -> Path:
+  """The directory of `bitext.build_heldout` for this bitext (a hub dataset's at `revision`)
+  and these settings, built on first use into `cache_dir/bitext` (later calls, offline too,
+  only read it)."""
   from optical_jax.data import bitext
   settings = dict(source=source, student=student, teacher=teacher, files=files, limit=limit,
                   heldout=heldout, rate=rate, max_chars=max_chars,
                   version=bitext.HELDOUT_VERSION)
-  if _looks_local(source):  # a changed local file is a different bitext
+  if looks_local(source):  # a changed local file is a different bitext
     settings["stamp"] = bitext_files(source, files)[1]["stamp"]
+  elif revision:  # another commit of the dataset is a different bitext
+    settings["revision"] = revision
   key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
-  slug = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(source).name if _looks_local(source)
+  slug = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(source).name if looks_local(source)
                 else source.replace("/", "--")).strip("-")
   directory = Path(cache_dir).expanduser() / "bitext" / f"{slug}-{key}"
   if not (directory / "manifest.json").is_file():
-    paths, info = bitext_files(source, files)
+    paths, info = bitext_files(source, files, revision)
     bitext.build_heldout(directory, lambda: bitext.iter_raw_pairs(paths, (student, teacher)),
                          limit=limit, heldout=heldout, rate=rate, max_chars=max_chars,
                          source=info, progress=progress)

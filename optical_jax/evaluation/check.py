@@ -1,7 +1,8 @@
-"""Collections checked before any slow work: every configured collection's topics and qrels
-parsed in full and its corpus scanned once (ids unique, fields present, judged documents
-present in the corpus), so a malformed file fails before the first training step, naming
-file and line, and a qrels made for another corpus warns at once instead of scoring 0.
+"""Collections checked before any slow work: their names usable as file names, every
+configured collection's topics and qrels parsed in full and its corpus scanned once (ids
+unique and without whitespace, fields present, judged documents present in the corpus), so
+a malformed file fails before the first training step, naming file and line, and a qrels
+made for another corpus warns at once instead of scoring 0.
 
 The corpus scan is cached by the file's content fingerprint (`corpus_files.scan_corpus`): a
 rerun, or another collection on the same corpus, does not read it again.
@@ -15,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from optical_jax.config import ConfigError
 from optical_jax.evaluation.corpus_files import CorpusScan, scan_corpus
 from optical_jax.evaluation.io import read_qrels, read_topics
 from optical_jax.fingerprint import file_version
@@ -75,6 +77,26 @@ def absent_judged(qrels: Mapping[str, Mapping[str, int]], scan: CorpusScan, *,
   return len(absent)
 
 
+def check_names(specs: Sequence[Mapping]) -> None:
+  """Raises `ConfigError` for a collection name that cannot name its files: a name is the
+  run file's (`runs/NAME.trec`) and its results' key, so it is one path component (no '/',
+  '\\', control characters, '.' or '..') and no two collections share one."""
+  seen = set()
+  for i, spec in enumerate(specs):
+    name = spec.get("name", "")
+    where = f"config.eval.collections[{i}].name {name!r}"
+    if not isinstance(name, str) or not name.strip():
+      raise ConfigError(f"{where}: each collection needs a name")
+    if name in (".", "..") or any(c in "/\\" or ord(c) < 32 or ord(c) == 127 for c in name):
+      raise ConfigError(f"{where}: a collection's name is its run file's name "
+                        "(runs/NAME.trec), so it cannot hold '/', '\\' or control characters, "
+                        "or be '.' or '..'")
+    if name in seen:
+      raise ConfigError(f"{where}: another collection has this name; their run files and "
+                        "results would overwrite each other: give each its own")
+    seen.add(name)
+
+
 def check_collections(specs: Sequence[Mapping], cache_dir: str | Path | None = None
                       ) -> list[CollectionSummary]:
   """Checks every collection of `specs` (`collections.collection_specs(config)`: `name`,
@@ -84,8 +106,10 @@ def check_collections(specs: Sequence[Mapping], cache_dir: str | Path | None = N
   documents absent from the corpus; returns the summaries.
 
   Raises:
+    ConfigError: a collection name that cannot name its files (`check_names`).
     DataFormatError: a malformed topics, qrels or corpus file, naming `path:line`.
   """
+  check_names(specs)
   corpus_cache = Path(cache_dir).expanduser() / "corpus" if cache_dir is not None else None
   summaries = []
   for spec in specs:

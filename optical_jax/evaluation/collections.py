@@ -1,6 +1,14 @@
 """A config's test collections: their specs, the encoders of both sides (teacher, student),
 and evaluating them (`Evaluator`, built once per run) into results, tables, metrics JSON and
-TREC run files."""
+TREC run files.
+
+A workdir keeps each evaluated step's results apart, each saying what produced it:
+
+  WORKDIR/eval/step_N/eval.json            step, checkpoint, measures, values by collection,
+                                           the collection files' SHA-256 digests, the config
+  WORKDIR/eval/step_N/eval_per_query.json  each query's values, by collection and measure
+  WORKDIR/eval/step_N/runs/NAME.trec       each collection's TREC run
+"""
 
 from __future__ import annotations
 
@@ -18,11 +26,40 @@ from optical_jax.evaluation.metrics import DEFAULT_MEASURES, evaluate, evaluate_
 from optical_jax.evaluation.report import format_table
 from optical_jax.evaluation.retrieval import TextEncoder, retrieve
 from optical_jax.fileio import write_text_atomic
-from optical_jax.fingerprint import checkpoint_digest
+from optical_jax.fingerprint import checkpoint_digest, file_digest
 
 
 class CollectionError(FileNotFoundError):
   """A collection file that is missing; the message names the config field."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluated:
+  """Which parameters an evaluation is of: the training `step`, how it was chosen (`which`:
+  "final" at the end of training; eval.py's "best", "latest" or "step") and the checkpoint
+  directory they were restored from."""
+
+  step: int
+  which: str
+  checkpoint: str
+
+
+def results_dir(workdir: str | Path, step: int) -> Path:
+  """Where the evaluation of `step` of the run in `workdir` is written."""
+  return Path(workdir) / "eval" / f"step_{step}"
+
+
+def read_results(workdir: str | Path, step: int | None = None) -> dict:
+  """The `eval.json` of `step` of the run in `workdir` (default: the latest step evaluated):
+  "step", "which", "checkpoint", "measures", "results" ({collection: {measure: value}}),
+  "collections" (each file's path and SHA-256) and "config"."""
+  if step is None:
+    steps = [int(p.name[5:]) for p in (Path(workdir) / "eval").glob("step_*")
+             if p.name[5:].isdigit() and (p / "eval.json").is_file()]
+    if not steps:
+      raise FileNotFoundError(f"{Path(workdir) / 'eval'}: no evaluation yet")
+    step = max(steps)
+  return json.loads((results_dir(workdir, step) / "eval.json").read_text(encoding="utf-8"))
 
 
 def collection_specs(config, specs=None) -> list[ml_collections.ConfigDict]:
@@ -157,35 +194,51 @@ class Evaluator:
     return evaluate_collection(spec, self.encoders, measures=self.measures,
                                k=self.config.eval.k, progress=progress)
 
-  def evaluate_all(self, specs, params, workdir: Path, *,
+  def evaluate_all(self, specs, params, workdir: Path, evaluated_as: Evaluated, *,
                    evaluated: Mapping[str, CollectionResult] | None = None,
                    write: bool = True, progress: bool = True) -> dict[str, CollectionResult]:
     """Every collection of `specs` (those in `evaluated` already are: the dev evaluation of
-    the last training step), writing `eval.json`, per-query values and TREC run files into
-    `workdir` and printing the table where `write` (process 0)."""
+    the last training step), written into `workdir` as the evaluation of `evaluated_as`
+    (`write_results`) where `write` (process 0)."""
     results = {}
     for spec in specs:
       results[spec.name] = (evaluated or {}).get(spec.name) or self.evaluate(
           spec, params, progress=progress)
     if write:
-      write_results(results, workdir, measures=self.measures,
-                    tag=f"optical_jax-{self.config.loss}")
+      write_results(results, workdir, evaluated_as, specs=specs, config=self.config,
+                    measures=self.measures, tag=f"optical_jax-{self.config.loss}")
     return results
 
 
-def write_results(results: Mapping[str, CollectionResult], workdir: Path, *,
-                  measures=DEFAULT_MEASURES, tag: str = "optical_jax") -> None:
-  """`workdir/runs/NAME.trec` per collection, `eval.json` and `eval_per_query.json` (with
-  `NAME, MaxSim` entries for reranked collections), and the table on stdout."""
+def write_results(results: Mapping[str, CollectionResult], workdir: Path,
+                  evaluated_as: Evaluated, *, specs, config, measures=DEFAULT_MEASURES,
+                  tag: str = "optical_jax") -> Path:
+  """The evaluation of `evaluated_as` in `results_dir(workdir, step)` (see the module
+  docstring; `NAME, MaxSim` entries for reranked collections): run files first, `eval.json`
+  last, each replaced whole. Prints the table and where it wrote; returns the directory."""
+  directory = results_dir(workdir, evaluated_as.step)
   values, per_query = {}, {}
   for name, result in results.items():
-    write_run(result.run, workdir / "runs" / f"{name}.trec", tag=tag)
+    write_run(result.run, directory / "runs" / f"{name}.trec", tag=tag)
     values[name], per_query[name] = result.values, result.per_query
     if result.maxsim is not None:
       values[f"{name}, MaxSim"] = result.maxsim.values
       per_query[f"{name}, MaxSim"] = result.maxsim.per_query
-  if values:
-    write_text_atomic(workdir / "eval.json", json.dumps(values, indent=2) + "\n")
-    write_text_atomic(workdir / "eval_per_query.json", json.dumps(per_query) + "\n")
-    rows = [{"collection": name, **v} for name, v in values.items()]
-    print(format_table(rows, ["collection", *measures]), flush=True)
+  if not values:
+    return directory
+  memo = Path(config.runtime.cache_dir).expanduser()
+  files = {spec.name: {field: {"path": str(Path(spec[field]).expanduser()),
+                               "sha256": file_digest(Path(spec[field]).expanduser(),
+                                                     memo_dir=memo, algorithm="sha256")}
+                       for field in ("topics", "corpus", "qrels")}
+           for spec in specs if spec.name in results}
+  record = {**dataclasses.asdict(evaluated_as), "measures": list(measures), "results": values,
+            "collections": files, "config": json.loads(config.to_json_best_effort())}
+  write_text_atomic(directory / "eval_per_query.json", json.dumps(per_query) + "\n")
+  write_text_atomic(directory / "eval.json", json.dumps(record, indent=2) + "\n")
+  rows = [{"collection": name, **v} for name, v in values.items()]
+  print(format_table(rows, ["collection", *measures]), flush=True)
+  written = ", ".join(["eval.json", "eval_per_query.json", *(f"runs/{n}.trec" for n in results)])
+  print(f"step {evaluated_as.step} ({evaluated_as.which}): wrote {directory} ({written})",
+        flush=True)
+  return directory

@@ -15,7 +15,7 @@ import numpy as np
 
 from optical_jax import fingerprint
 from optical_jax.cache_files import set_aside, sweep_temporaries, temporary, writing
-from optical_jax.evaluation.io import iter_corpus
+from optical_jax.evaluation.io import ID_WHITESPACE, iter_corpus
 from optical_jax.fingerprint import file_fingerprint
 from optical_jax.textfiles import DataFormatError, PathLike
 
@@ -120,7 +120,8 @@ def _read_scan(entry: Path, path: Path, fingerprint: str) -> CorpusScan | None:
     value = json.loads(entry.read_text(encoding="utf-8"))
     ok = (isinstance(value, dict) and value.get("format") == SCAN_FORMAT
           and value.get("fingerprint") == fingerprint and isinstance(value.get("docids"), list)
-          and all(isinstance(d, str) and d for d in value["docids"])
+          and all(isinstance(d, str) and d and not ID_WHITESPACE.search(d)
+                  for d in value["docids"])
           and len(set(value["docids"])) == len(value["docids"]))
     reason = None if ok else "not a scan of this file's content"
   except (OSError, ValueError) as e:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Iterator, Mapping
 
@@ -20,6 +21,22 @@ _ID_COLUMNS = {"qid", "query_id", "queryid", "query-id", "topic_id", "topicid", 
                "docid", "doc_id", "doc-id", "docno", "document_id", "pid", "passage_id"}
 _TEXT_COLUMNS = {"query", "text", "title", "question", "query_text", "contents", "content",
                  "body", "passage", "document", "doc", "doc_text"}
+
+
+# TREC run and qrels files separate their columns by whitespace: an id holding any would shift
+# every column after it in the run files written from it.
+ID_WHITESPACE = re.compile(r"\s")
+
+
+def check_id(path, number, value: str, what: str) -> str:
+  """`value`, a query or document id read at `path:number`: non-empty, without whitespace."""
+  if not value:
+    raise DataFormatError(f"{path}:{number}: empty {what}")
+  if ID_WHITESPACE.search(value):
+    raise DataFormatError(f"{path}:{number}: {what} {value!r} contains whitespace; TREC run and "
+                          "qrels files separate columns by whitespace, so ids cannot hold spaces, "
+                          "tabs or newlines")
+  return value
 
 
 def _is_header(parts: list[str]) -> bool:
@@ -65,8 +82,7 @@ def read_topics(path: PathLike) -> dict[str, str]:
       if index == 0 and _is_header(parts):
         continue  # kept, it would be a phantom query "qid" in every run file
       qid, text = parts[0].strip(), " ".join(parts[1:])
-    if not qid:
-      raise DataFormatError(f"{path}:{number}: empty query id")
+    check_id(path, number, qid, "query id")
     if not text.strip():
       raise DataFormatError(f"{path}:{number}: query {qid!r} has an empty text")
     if qid in topics:
@@ -102,8 +118,7 @@ def iter_corpus(path: PathLike) -> Iterator[tuple[int, str, str]]:
       if index == 0 and _is_header(parts):
         continue
       docid, text = parts[0].strip(), " ".join(p.strip() for p in parts[1:] if p.strip())
-    if not docid:
-      raise DataFormatError(f"{path}:{number}: empty document id")
+    check_id(path, number, docid, "document id")
     if not text:
       raise DataFormatError(f"{path}:{number}: document {docid!r} has an empty text")
     if docid in seen:

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from optical_jax.hub import hub_offline
 from optical_jax.models.encoder import Encoder, EncoderConfig
 from optical_jax.pooling import pool
 
@@ -41,16 +42,17 @@ class CheckpointError(ValueError):
   """A checkpoint that cannot be loaded; the message names the file and the weight."""
 
 
-def hub_offline() -> bool:
-  """Whether the Hugging Face hub is off (`HF_HUB_OFFLINE`): only its cache may be read."""
-  if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
-    return True
-  from huggingface_hub import constants
-  return bool(constants.HF_HUB_OFFLINE)
+def is_hub_id(name_or_path: str | os.PathLike) -> bool:
+  """Whether a model reference is read from the hub: not an existing path, and shaped like a
+  hub id (`name` or `org/name`, not starting with '.', '/' or '~')."""
+  name = str(name_or_path)
+  return bool(name) and not Path(name).expanduser().exists() and not (
+      name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep + os.sep in name)
 
 
-def resolve_checkpoint_dir(name_or_path: str | os.PathLike) -> Path:
-  """A local directory holding the checkpoint: the path itself, or the hub snapshot.
+def resolve_checkpoint_dir(name_or_path: str | os.PathLike, revision: str = "") -> Path:
+  """A local directory holding the checkpoint: the path itself, or the hub snapshot of
+  `revision` (a commit, as `config.json` of a run records it; "": the default branch).
 
   Offline (`HF_HUB_OFFLINE=1`) only the local cache is consulted, so a missing model
   fails at once with a message saying what to download, instead of retrying the network.
@@ -62,23 +64,30 @@ def resolve_checkpoint_dir(name_or_path: str | os.PathLike) -> Path:
   if path.exists():
     raise CheckpointError(f"{name}: is a file; expected a checkpoint directory holding "
                           "config.json and model.safetensors")
-  looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep + os.sep in name
-  if looks_local:
+  if not is_hub_id(name):
     raise CheckpointError(f"{name}: no such checkpoint directory")
   from huggingface_hub import snapshot_download
   offline = hub_offline()
+  at = f" at commit {revision}" if revision else ""
   try:
-    snapshot = snapshot_download(name, allow_patterns=_HUB_PATTERNS, local_files_only=offline)
+    snapshot = snapshot_download(name, revision=revision or None, allow_patterns=_HUB_PATTERNS,
+                                 local_files_only=offline)
   except Exception as e:  # huggingface_hub raises several types for "not here, not reachable"
-    how = (f"download it where there is internet (`hf download {name}`) into the cache "
-           f"{os.environ.get('HF_HUB_CACHE') or '~/.cache/huggingface/hub'}, or pass a local "
-           "directory in the hub's layout (config.json, model.safetensors, tokenizer files)")
-    state = "offline mode is on (HF_HUB_OFFLINE=1) and it is not in the cache" if offline else (
-        f"the hub could not provide it ({type(e).__name__}: {e})")
-    raise CheckpointError(f"{name}: not a local directory, and {state}; {how}") from None
+    # `org/name` is also how a relative path reads (exports/so): say that neither is there.
+    local = f"no local directory {path.absolute()}, and " if "/" in name else (
+        "not a local directory, and ")
+    how = (f"give an existing checkpoint directory in the hub's layout (config.json, "
+           f"model.safetensors, tokenizer files), or download the hub model{at} where there is "
+           f"internet (`hf download {name}{f' --revision {revision}' if revision else ''}`) "
+           f"into the cache {os.environ.get('HF_HUB_CACHE') or '~/.cache/huggingface/hub'}")
+    state = (f"no hub model {name}{at} in the cache (HF_HUB_OFFLINE=1)" if offline else
+             f"the hub could not provide a model {name}{at} ({type(e).__name__}: "
+             f"{(str(e).strip().splitlines() or [''])[0][:200]})")
+    raise CheckpointError(f"{name}: {local}{state}; {how}") from None
   snapshot = Path(snapshot)
   if not any(snapshot.glob("*.safetensors")) and not offline:
-    snapshot = Path(snapshot_download(name, allow_patterns=["pytorch_model.bin"]))
+    snapshot = Path(snapshot_download(name, revision=revision or None,
+                                      allow_patterns=["pytorch_model.bin"]))
   return snapshot
 
 
@@ -344,7 +353,7 @@ class LoadedEncoder:
     if self._tokenizer is None:
       from transformers import AutoTokenizer
       try:
-        self._tokenizer = AutoTokenizer.from_pretrained(str(self.path))
+        self._tokenizer = AutoTokenizer.from_pretrained(str(self.path), trust_remote_code=False)
       except Exception as e:
         raise CheckpointError(f"{self.path}: no usable tokenizer files ({e})") from None
     return self._tokenizer
@@ -386,7 +395,7 @@ class LoadedEncoder:
 
 def load_encoder(name_or_path: str | os.PathLike, *, dtype: Any = jnp.float32,
                  remat: bool = False, dropout: float | None = None,
-                 attention: str = "xla") -> LoadedEncoder:
+                 attention: str = "xla", revision: str = "") -> LoadedEncoder:
   """Loads a BERT-family Hugging Face checkpoint as a Flax encoder.
 
   Args:
@@ -396,12 +405,13 @@ def load_encoder(name_or_path: str | os.PathLike, *, dtype: Any = jnp.float32,
     remat: gradient checkpointing per layer.
     dropout: overrides the checkpoint's hidden and attention dropout rates.
     attention: the attention implementation, "xla" or "cudnn" (see `Encoder`).
+    revision: for a hub id, the commit to load ("": the default branch).
 
   Returns:
     A `LoadedEncoder` with `.params`, `.config`, `.tokenizer` and `.apply(params,
     input_ids, attention_mask)` giving `[batch, length, hidden]`.
   """
-  directory = resolve_checkpoint_dir(name_or_path)
+  directory = resolve_checkpoint_dir(name_or_path, revision)
   config, raw = read_hf_config(directory)
   if dropout is not None:
     config = dataclasses.replace(config, hidden_dropout_prob=dropout,

@@ -62,6 +62,14 @@ def projection_for(student_width: int, teacher_width: int) -> nn.Dense | None:
                   kernel_init=nn.initializers.normal(1.0 / math.sqrt(student_width)))
 
 
+def checkpoint_of(model: ml_collections.ConfigDict, side: str) -> tuple[str, str]:
+  """(checkpoint, hub commit) of `side` ("teacher" or "student") in a config's `model`
+  section: the student's own checkpoint, or the teacher's it starts from."""
+  if side == "student" and model.student:
+    return model.student, model.get("student_revision", "")
+  return model.teacher, model.get("teacher_revision", "")
+
+
 def build_models(config: ml_collections.ConfigDict) -> DistillationModels:
   """Loads the teacher and the student: `model.student_init` (the initial student training
   prepared in its workdir, e.g. with an extended vocabulary), else `model.student`, else the
@@ -76,10 +84,12 @@ def build_models(config: ml_collections.ConfigDict) -> DistillationModels:
                       "training into WORKDIR/student_init (optical_jax.training.student_init."
                       "prepare_student; train.py does it); evaluate a run with eval.py "
                       "--checkpoint WORKDIR")
-  teacher = load_encoder(m.teacher, dtype=dtype, attention=m.attention)
-  student_source = m.get("student_init", "") or m.student or m.teacher
-  student = load_encoder(student_source, dtype=dtype, remat=m.remat,
-                         dropout=m.dropout, attention=m.attention)
+  name, revision = checkpoint_of(m, "teacher")
+  teacher = load_encoder(name, dtype=dtype, attention=m.attention, revision=revision)
+  name, revision = ((m.student_init, "") if m.get("student_init", "") else
+                    checkpoint_of(m, "student"))
+  student = load_encoder(name, dtype=dtype, remat=m.remat, dropout=m.dropout,
+                         attention=m.attention, revision=revision)
   if config.stage == "teacher":
     return DistillationModels(teacher=student, student=student)
   special = {}

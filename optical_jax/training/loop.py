@@ -23,7 +23,8 @@ from optical_jax import host, host_memory
 from optical_jax.config import ConfigError, validate
 from optical_jax.distributed import watch_peers
 from optical_jax.evaluation.check import check_collections
-from optical_jax.evaluation.collections import CollectionResult, Evaluator, collection_specs
+from optical_jax.evaluation.collections import (CollectionResult, Evaluated, Evaluator,
+                                                collection_specs)
 from optical_jax.fileio import write_text_atomic
 from optical_jax.inputs import unresolved
 from optical_jax.models.student import build_models
@@ -293,7 +294,8 @@ def _train(config, workdir: Path, primary: bool) -> RunResult | None:
   seconds["steps"] = (time.perf_counter() - loop_began
                       - (seconds["dev evaluation"] - dev_before))
   final_began = time.perf_counter()
-  collections = evaluator.evaluate_all(specs, params, workdir, evaluated=final_dev,
+  final = Evaluated(num_steps, "final", str(workdir / "checkpoints" / str(num_steps)))
+  collections = evaluator.evaluate_all(specs, params, workdir, final, evaluated=final_dev,
                                        write=primary)
   seconds["final evaluation"] = time.perf_counter() - final_began
   history = metrics_log.records()

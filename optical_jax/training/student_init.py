@@ -41,8 +41,11 @@ def prepare_student(config: ml_collections.ConfigDict, workdir: str | Path | Non
   if target is None or not (target / COMPLETE).is_file():
     from optical_jax.adaptation.pipeline import adapted_student_dir
     from optical_jax.models.hf_checkpoint import load_encoder
-    teacher = load_encoder(config.model.teacher)
-    initial = load_encoder(config.model.student) if config.model.student else teacher
+    from optical_jax.models.student import checkpoint_of
+    name, revision = checkpoint_of(config.model, "teacher")
+    teacher = load_encoder(name, revision=revision)
+    name, revision = checkpoint_of(config.model, "student")
+    initial = load_encoder(name, revision=revision) if config.model.student else teacher
     source = adapted_student_dir(config, initial, teacher)
     if target is None or not primary:
       target = source

@@ -13,7 +13,7 @@ import signal
 import socket
 from pathlib import Path
 
-from optical_jax.config import ConfigError, base_config, flat_fields
+from optical_jax.config import REVISIONS, ConfigError, base_config, flat_fields
 
 log = logging.getLogger("optical_jax")
 
@@ -112,9 +112,11 @@ def check_resumed_config(saved_json: str, config) -> list[str]:
   # A field added since the run was saved counts at its default, which is what the run used.
   defaults = flat_fields(json.loads(base_config().to_json_best_effort()))
   value = lambda flat, k: flat[k] if k in flat else defaults.get(k)
+  # A run saved before hub commits were recorded resumes at the commits resolved now.
   changed = sorted(k for k in saved.keys() | current.keys()
                    if value(saved, k) != value(current, k)
-                   and not k.startswith(RESUMABLE_CHANGES))
+                   and not k.startswith(RESUMABLE_CHANGES)
+                   and not (k in REVISIONS and k not in saved))
   if changed and not config.train.get("resume_with_changes", False):
     shown = "; ".join(f"config.{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed[:5])
     raise ConfigError(f"this workdir holds a run with another configuration ({shown}); use "

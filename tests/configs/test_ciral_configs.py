@@ -11,6 +11,7 @@ from runpy import run_path
 import pytest
 
 from optical_jax.config import ConfigError, validate
+from optical_jax.evaluation.collections import read_results, results_dir
 from optical_jax.inputs import bitext_collection_name, ciral_inputs, resolve_inputs
 from tests.helpers import ROOT, load_config, save_tiny_bert
 from tests.training.runs import run_train
@@ -147,9 +148,9 @@ def test_so_config_runs_on_a_local_copy_to_the_final_table(tmp_path):
   assert list(rows) == ["bitext-so-en", *[n for s in splits for n in (s, f"{s}, MaxSim")]]
   header = next(line for line in out.stdout.splitlines() if line.startswith("| collection"))
   assert all(f" {m} " in header for m in ("MAP", "nDCG@20", "R@100"))
-  results = json.loads((workdir / "eval.json").read_text())
+  results = read_results(workdir, 2)["results"]
   assert all(0 <= results[name][m] <= 1 for name in rows for m in ("MAP", "nDCG@20", "R@100"))
   assert "54 training pairs, 6 held out" in out.stderr  # 66 rows: 6 dropped, 6 held out
-  assert (workdir / "runs" / "ciral-so-test-a.trec").is_file()
+  assert (results_dir(workdir, 2) / "runs" / "ciral-so-test-a.trec").is_file()
   metrics = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert [m["step"] for m in metrics if "dev_MAP" in m] == [0, 2]

@@ -82,3 +82,34 @@ def test_a_student_column_in_the_teachers_language_is_warned_about_with_numbers(
   assert "0% of the pairs are the same text on both sides. Are the columns swapped?" in swapped
   copies = student_language_warning([(s, s) for s, _ in pairs], vocabulary)
   assert "and 100% of the pairs are the same text on both sides" in copies
+
+
+def test_an_overlong_or_deeply_nested_training_line_is_named(tmp_path):
+  from optical_jax.textfiles import MAX_LINE_BYTES
+  endless = tmp_path / "train.tsv"
+  endless.write_text("Yesu analira.\tJesus wept.\n" + "a b\t" * (MAX_LINE_BYTES // 4 + 1))
+  with pytest.raises(DataFormatError, match=r"train\.tsv:2: line longer than 1 MiB"):
+    read_pairs(endless, ("student", "teacher"))
+  nested = tmp_path / "train.jsonl"
+  nested.write_text('{"student": "Yesu analira.", "teacher": "Jesus wept."}\n'
+                    + '{"student": ' + "[" * 100_000 + "\n")
+  with pytest.raises(DataFormatError, match=r"train\.jsonl:2: JSON nested too deeply"):
+    read_pairs(nested, ("student", "teacher"))
+
+
+def test_a_hub_dataset_is_read_without_running_repository_code(monkeypatch):
+  import sys
+  import types
+  from optical_jax.data.bitext import read_hf_dataset
+  calls = []
+
+  def load_dataset(*args, **kwargs):
+    calls.append((args, kwargs))
+    return [{"translation": {"so": " Waa maxay? ", "en": "What is it?"}}]
+
+  monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+  rows = read_hf_dataset("org/pairs", ("translation.so", "translation.en"), config="so-en",
+                         revision="a" * 40)
+  assert rows == [("Waa maxay?", "What is it?")]
+  assert calls == [(("org/pairs", "so-en"), dict(split="train", streaming=False,
+                                                 revision="a" * 40, trust_remote_code=False))]

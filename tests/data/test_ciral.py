@@ -57,16 +57,26 @@ def test_a_local_copy_missing_a_file_names_the_layout(tmp_path):
     ciral.corpus_path("somali", str(tmp_path))
 
 
+# The commit the fake hub's default branch is at.
+MAIN = "0123abcd" * 5
+
+
 @pytest.fixture
 def fake_hub(tmp_path, monkeypatch):
   """huggingface_hub's two download calls replaced by copies from the fixture into a fake
-  cache; returns the list of calls (function, repo_id, keyword arguments)."""
+  cache (snapshots named by the revision asked for, else `MAIN`), and its commit lookup by
+  `MAIN`; returns the list of calls (function, repo_id, keyword arguments)."""
   import huggingface_hub
+  from types import SimpleNamespace
   calls, cache = [], tmp_path / "hf"
+
+  def repo_info(self, repo_id, **kwargs):
+    calls.append(("repo_info", repo_id, kwargs))
+    return SimpleNamespace(sha=kwargs.get("revision") or MAIN)
 
   def snapshot_download(repo_id, **kwargs):
     calls.append(("snapshot_download", repo_id, kwargs))
-    snapshot = cache / repo_id.replace("/", "--") / "snapshots" / "0123abcd"
+    snapshot = cache / repo_id.replace("/", "--") / "snapshots" / (kwargs["revision"] or MAIN)
     source = FIXTURE_REPOS[repo_id]
     for path in source.rglob("*"):
       relative = path.relative_to(source).as_posix()
@@ -78,13 +88,15 @@ def fake_hub(tmp_path, monkeypatch):
 
   def hf_hub_download(repo_id, filename, **kwargs):
     calls.append(("hf_hub_download", repo_id, dict(kwargs, filename=filename)))
-    target = cache / repo_id.replace("/", "--") / "snapshots" / "0123abcd" / filename
+    target = (cache / repo_id.replace("/", "--") / "snapshots" / (kwargs["revision"] or MAIN)
+              / filename)
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(FIXTURE_REPOS[repo_id] / filename, target)
     return str(target)
 
   monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
   monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
+  monkeypatch.setattr(huggingface_hub.HfApi, "repo_info", repo_info)
   monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
   monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
   return calls
@@ -98,13 +110,13 @@ def test_ciral_files_come_from_the_hub_repositories(fake_hub):
   assert read_corpus(files["corpus"]) == read_corpus(ciral.corpus_path("somali", str(HUB)))
   assert fake_hub == [
       ("snapshot_download", "CIRAL/ciral", dict(
-          repo_type="dataset", local_files_only=False,
+          repo_type="dataset", revision=None, local_files_only=False,
           allow_patterns=["ciral-somali/topics/*", "ciral-somali/qrels/*"])),
       ("snapshot_download", "CIRAL/ciral", dict(
-          repo_type="dataset", local_files_only=False,
+          repo_type="dataset", revision=None, local_files_only=False,
           allow_patterns=["ciral-somali/topics/*", "ciral-somali/qrels/*"])),
       ("hf_hub_download", "CIRAL/ciral-corpus", dict(
-          repo_type="dataset", local_files_only=False,
+          repo_type="dataset", revision=None, local_files_only=False,
           filename="passages-v1.0/somali_passages.jsonl"))]
 
 
@@ -117,11 +129,12 @@ def test_hub_bitext_is_downloaded_once_then_read_from_the_build(fake_hub, tmp_pa
                                                                  monkeypatch):
   built = HUB_BITEXT.build(tmp_path / "cache", progress=False)
   assert fake_hub == [("snapshot_download", "quickmt/quickmt-train.so-en", dict(
-      repo_type="dataset", local_files_only=False, allow_patterns=["data/train-*.parquet"]))]
+      repo_type="dataset", revision=None, local_files_only=False,
+      allow_patterns=["data/train-*.parquet"]))]
   assert len(bitext.read_pairs(built / "train.tsv", ("so", "en"))) == 20
   manifest = json.loads((built / "manifest.json").read_text())
   assert manifest["source"] == {"name": "quickmt/quickmt-train.so-en",
-                                "files": "data/train-*.parquet", "revision": "0123abcd"}
+                                "files": "data/train-*.parquet", "revision": MAIN}
   monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # built: offline is fine, and no hub call
   assert HUB_BITEXT.build(tmp_path / "cache") == built
   assert len(read_topics(built / "dev" / "topics.tsv")) == 3 and len(fake_hub) == 1
@@ -152,6 +165,72 @@ def test_offline_and_not_cached_says_what_to_download_and_where(fetch, repo, tmp
   assert f"HF_HUB_OFFLINE=1 and it is not in the cache; where there is internet run `hf " \
          f"download {repo} --repo-type dataset --include" in message
   assert huggingface_hub.constants.HF_HUB_CACHE in message
+
+
+def _so_config(tmp_path, **overrides):
+  from tests.helpers import load_config
+  config = load_config(ROOT / "configs" / "so.py")
+  config.runtime.cache_dir = str(tmp_path / "cache")
+  config.runtime.progress_bar = False
+  config.model.teacher, config.model.student = "org/teacher", "org/student"
+  config.data.limit, config.ciral.heldout, config.ciral.heldout_rate = 20, 3, 3
+  for field, value in overrides.items():
+    group, key = field.split(".")
+    config[group][key] = value
+  return config
+
+
+def test_every_hub_input_is_pinned_to_its_commit_and_read_at_it(fake_hub, tmp_path):
+  from optical_jax.inputs import resolve_inputs
+  pinned = "feed" * 10  # a commit the user pins by hand
+  config = resolve_inputs(_so_config(tmp_path, **{"ciral.corpus_revision": pinned})).config
+  assert (config.model.teacher_revision, config.model.student_revision) == (MAIN, MAIN)
+  assert (config.ciral.revision, config.ciral.corpus_revision,
+          config.ciral.bitext_revision) == (MAIN, pinned, MAIN)
+  # Every download asked for the commit it was pinned to.
+  downloads = [(f, repo, k["revision"]) for f, repo, k in fake_hub if f != "repo_info"]
+  assert sorted(set(downloads)) == [
+      ("hf_hub_download", "CIRAL/ciral-corpus", pinned),
+      ("snapshot_download", "CIRAL/ciral", MAIN),
+      ("snapshot_download", "quickmt/quickmt-train.so-en", MAIN)]
+  assert f"/snapshots/{pinned}/" in config.eval.collections[1].corpus
+
+
+def test_a_workdirs_recorded_commits_are_loaded_again_and_other_inputs_resolved_anew(
+    fake_hub, tmp_path):
+  from optical_jax.inputs import resolve_inputs
+  recorded = "abcd" * 10  # the commits a run recorded; the hub's default branch moved since
+  workdir = tmp_path / "W"
+  workdir.mkdir()
+  saved = _so_config(tmp_path, **{"model.teacher_revision": recorded,
+                                  "ciral.revision": recorded, "ciral.corpus_revision": recorded,
+                                  "ciral.bitext_revision": recorded})
+  saved.model.student = "org/another-student"  # the run's student was another model
+  (workdir / "config.json").write_text(saved.to_json_best_effort())
+  config = resolve_inputs(_so_config(tmp_path), training=False, workdir=workdir).config
+  assert (config.model.teacher_revision, config.ciral.revision, config.ciral.corpus_revision
+          ) == (recorded, recorded, recorded)
+  assert config.model.student_revision == MAIN  # not the run's student: its own commit
+  assert {k["revision"] for f, _, k in fake_hub if f.endswith("download")} == {recorded}
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("model.teacher_revision", "main", r"config\.model\.teacher_revision must be a commit hash "
+     r"\(40 hex digits\)"),
+    ("ciral.revision", "a" * 40, r"config\.ciral\.revision pins a hub repository, but "
+     r"config\.ciral\.local_dir='.*hub' reads no hub repository; leave it ''"),
+])
+def test_a_revision_that_pins_nothing_or_is_no_commit_is_refused(tmp_path, field, value,
+                                                                  message):
+  from optical_jax.config import ConfigError
+  from optical_jax.inputs import resolve_inputs
+  config = _so_config(tmp_path, **{field: value, "ciral.local_dir": str(HUB),
+                                   "ciral.bitext": str(FIXTURE_REPOS[
+                                       "quickmt/quickmt-train.so-en"])})
+  config.model.teacher = config.model.student = str(HUB)  # local: no hub call at all
+  config.model.teacher_revision = value if field == "model.teacher_revision" else ""
+  with pytest.raises(ConfigError, match=message):
+    resolve_inputs(config)
 
 
 def test_cleaning_drops_empty_long_identical_and_repeated_pairs():
@@ -296,3 +375,15 @@ def test_a_killed_builds_temporary_directory_is_swept(tmp_path):
   bitext.build_heldout(tmp_path / "bitext" / "built", lambda: iter(_pairs(400)), heldout=8,
                        rate=10, progress=False)
   assert not stale.exists() and live.exists() and user.exists()
+
+
+def test_evaluation_leaves_a_training_only_hub_dataset_alone(tmp_path, monkeypatch):
+  import huggingface_hub
+  from optical_jax.config import base_config
+  from optical_jax.inputs import resolve_inputs
+  monkeypatch.setattr(huggingface_hub.HfApi, "repo_info", lambda *a, **k: pytest.fail(
+      "evaluation asked the hub about the training data"))
+  config = base_config()
+  config.model.teacher = str(HUB)  # a local directory: no hub call for it either
+  config.data.hf_dataset, config.data.hf_revision = "org/pairs", "c" * 40
+  assert resolve_inputs(config, training=False).config.data.hf_revision == "c" * 40

@@ -133,3 +133,34 @@ def test_the_scan_cache_follows_the_content_and_a_broken_entry_is_scanned_again(
   assert not again.cached and again.docids == first.docids
   assert f"{entry}: broken corpus scan cache entry (unreadable" in caplog.text
   assert json.loads(entry.read_text())["docids"] == first.docids  # written whole again
+
+
+@pytest.mark.parametrize("names, message", [
+    (["../x", "dev"], r"collections\[0\]\.name '\.\./x': a collection's name is its run file's"),
+    (["dev", "a/b"], r"collections\[1\]\.name 'a/b'"),
+    (["dev", ".."], r"collections\[1\]\.name '\.\.'"),
+    (["dev", "a\nb"], r"collections\[1\]\.name 'a\\nb'"),
+    (["dev", "dev"], r"collections\[1\]\.name 'dev': another collection has this name"),
+])
+def test_collection_names_that_cannot_name_their_files_are_refused_first(tmp_path, names,
+                                                                         message):
+  from optical_jax.config import ConfigError
+  specs = [spec("dev") for _ in names]
+  for s, name in zip(specs, names):
+    s.name = name
+  with pytest.raises(ConfigError, match=message):
+    check_collections(specs, tmp_path / "cache")
+
+
+def test_a_cached_scan_holding_an_id_with_whitespace_is_scanned_again_and_refused(tmp_path):
+  corpus = tmp_path / "corpus.jsonl"
+  corpus.write_text('{"docid": "d1", "text": "a"}\n')
+  scan_corpus(corpus, tmp_path / "cache")
+  entry = next((tmp_path / "cache" / "scans").glob("*.json"))
+  value = json.loads(entry.read_text())
+  value["docids"] = ["d 1"]  # as a scan made before ids were checked would hold
+  entry.write_text(json.dumps(value))
+  forget_scans()
+  corpus.write_text('{"docid": "d 1", "text": "a"}\n')
+  with pytest.raises(DataFormatError, match="document id 'd 1' contains whitespace"):
+    scan_corpus(corpus, tmp_path / "cache")

@@ -161,3 +161,35 @@ def test_writers_replace_a_file_whole(tmp_path):
   write_run({"q2": {"d2": 2.0}}, path)
   assert read_run(path) == {"q2": {"d2": 2.0}}
   assert [p.name for p in path.parent.iterdir()] == ["toy.trec"]  # no temporary left
+
+
+@pytest.mark.parametrize("reader,name,content,message", [
+    (read_topics, "q.tsv", "1\tok\nq 2\ttext\n", r"q\.tsv:2: query id 'q 2' contains whitespace"),
+    (read_topics, "q.jsonl", '{"qid": "q\\n1", "text": "a"}\n',
+     r"q\.jsonl:1: query id 'q\\n1' contains whitespace"),
+    (read_corpus, "c.jsonl", '{"docid": "d 1", "text": "a"}\n',
+     r"c\.jsonl:1: document id 'd 1' contains whitespace"),
+    (read_corpus, "c.tsv", "d1\ttext\nd\u00a02\ttext\n",
+     r"c\.tsv:2: document id 'd\\xa02' contains whitespace"),  # str.split splits there too
+])
+def test_ids_with_whitespace_are_refused_naming_the_line(tmp_path, reader, name, content,
+                                                         message):
+  # Written raw into a run file, such an id would shift every column after it.
+  with pytest.raises(DataFormatError, match=message):
+    reader(write(tmp_path, name, content))
+
+
+def test_a_line_longer_than_the_cap_is_named_without_reading_it_whole(tmp_path):
+  from optical_jax.textfiles import MAX_LINE_BYTES
+  assert MAX_LINE_BYTES == 1 << 20
+  at_cap = write(tmp_path, "c.tsv", "d1\t" + "x" * (MAX_LINE_BYTES - 3) + "\nd2\ty\n")
+  assert len(read_corpus(at_cap)["d1"]) == MAX_LINE_BYTES - 3  # exactly the cap still reads
+  over = write(tmp_path, "over.tsv", "d0\tok\nd1\t" + "x" * MAX_LINE_BYTES)  # no newline
+  with pytest.raises(DataFormatError, match=r"over\.tsv:2: line longer than 1 MiB"):
+    read_corpus(over)
+
+
+def test_deeply_nested_json_is_a_one_line_error(tmp_path):
+  path = write(tmp_path, "c.jsonl", '{"docid": "d1", "text": "a"}\n' + "[" * 100_000 + "\n")
+  with pytest.raises(DataFormatError, match=r"c\.jsonl:2: JSON nested too deeply"):
+    read_corpus(path)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from optical_jax.evaluation.collections import results_dir
 from tests.helpers import ROOT, load_config, save_tiny_bert
 
 
@@ -116,8 +117,8 @@ def test_demo_seed_study_reports_each_seed_and_the_pooled_share(demo_run, capsys
   for section in sections((workdir / "results.md").read_text()).values():
     check_seed_tables(section)
   # Seed 0 keeps the usual directory; the other seeds get their own.
-  assert (workdir / "contrastive" / "eval.json").is_file()
-  assert (workdir / "ot_contrastive-seed1" / "eval.json").is_file()
+  assert (results_dir(workdir / "contrastive", 2) / "eval.json").is_file()
+  assert (results_dir(workdir / "ot_contrastive-seed1", 2) / "eval.json").is_file()
   # A different seed trains on different batches.
   losses = [[json.loads(l)["loss"] for l in (workdir / d / "metrics.jsonl").read_text().splitlines()
              if "loss" in json.loads(l)] for d in ("contrastive", "contrastive-seed1")]

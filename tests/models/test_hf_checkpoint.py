@@ -259,3 +259,54 @@ def test_missing_hub_model_offline_fails_fast_with_instructions():
     load_encoder("intfloat/no-such-model-anywhere")
   assert time.monotonic() - start < 10
   assert "HF_HUB_OFFLINE=1" in str(info.value) and "hf download" in str(info.value)
+
+
+def test_tokenizers_load_without_running_repository_code(tiny_bert_dir, monkeypatch, tmp_path):
+  from transformers import AutoTokenizer
+  from optical_jax.adaptation.pieces import extend_tokenizer
+  loaded = AutoTokenizer.from_pretrained.__func__
+  asked = []
+
+  def recording(cls, *args, **kwargs):
+    asked.append(kwargs.get("trust_remote_code", "not given"))
+    return loaded(cls, *args, **kwargs)
+
+  monkeypatch.setattr(AutoTokenizer, "from_pretrained", classmethod(recording))
+  tokenizer = load_encoder(tiny_bert_dir).tokenizer
+  extend_tokenizer(tokenizer, ["ndipozzz"], tmp_path / "extended")
+  assert asked == [False, False]
+
+
+def test_a_relative_path_that_does_not_exist_says_neither_it_nor_the_hub_model_is_there(
+    tmp_path, monkeypatch):
+  # `exports/so` reads as a hub id too: one line saying that neither is there.
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(CheckpointError) as info:
+    load_encoder("exports/so")
+  message = str(info.value)
+  assert message.startswith(f"exports/so: no local directory {tmp_path / 'exports' / 'so'}, "
+                            "and no hub model exports/so in the cache (HF_HUB_OFFLINE=1); give "
+                            "an existing checkpoint directory"), message
+  assert "\n" not in message
+
+
+def test_a_hub_model_loads_at_the_commit_asked_for(tiny_bert_dir, tmp_path, monkeypatch):
+  import huggingface_hub
+  from optical_jax.config import base_config
+  from optical_jax.models.student import build_models
+  asked = []
+
+  def snapshot_download(repo_id, **kwargs):
+    asked.append((repo_id, kwargs["revision"]))
+    snapshot = tmp_path / repo_id.replace("/", "--") / "snapshots" / kwargs["revision"]
+    if not snapshot.exists():
+      shutil.copytree(tiny_bert_dir, snapshot)
+    return str(snapshot)
+
+  monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+  config = base_config()
+  config.model.teacher, config.model.teacher_revision = "org/teacher", "1" * 40
+  config.model.student, config.model.student_revision = "org/student", "2" * 40
+  models = build_models(config)
+  assert asked == [("org/teacher", "1" * 40), ("org/student", "2" * 40)]
+  assert models.teacher.path.name == "1" * 40 and models.student.path.name == "2" * 40

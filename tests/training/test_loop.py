@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from optical_jax.evaluation.collections import read_results, results_dir
 from tests.helpers import ROOT, load_config
 from tests.training.runs import (SENTENCES, keyed, assert_same_params, final_params,
                                  final_params_at, run_train, toy_collection, train_here,
@@ -151,7 +152,7 @@ def test_final_evaluation_reuses_the_last_steps_dev_evaluation(setup, monkeypatc
   assert [r["step"] for r in dev] == [0, 2]
   assert result.collections["toy"].values["MAP"] == dev[-1]["dev_MAP"]
   assert set(result.collections["toy"].per_query["MAP"]) == set(result.collections["toy"].run)
-  assert (root / "reuse" / "runs" / "toy.trec").is_file()
+  assert (results_dir(root / "reuse", 2) / "runs" / "toy.trec").is_file()
   assert result.step == 2 and set(result.params) == {"encoder"}
 
 
@@ -178,8 +179,8 @@ def test_eval_cli_evaluates_a_trained_checkpoint(evaluated_run):
   assert f"{workdir}: step 2 (best)" in out  # best/ by dev MAP, here also the last step
   row = next(line for line in out.splitlines() if line.startswith("| toy |"))
   assert row == next(line for line in trained_stdout.splitlines() if line.startswith("| toy |"))
-  assert json.loads((workdir / "eval.json").read_text())["toy"]["MAP"] > 0
-  assert (workdir / "runs" / "toy.trec").is_file()
+  assert read_results(workdir, 2)["results"]["toy"]["MAP"] > 0
+  assert (results_dir(workdir, 2) / "runs" / "toy.trec").is_file()
   import orbax.checkpoint as ocp
   best = ocp.CheckpointManager(workdir / "best")
   assert best.latest_step() == 2
@@ -270,3 +271,20 @@ def test_retain_not_applied_before_jax_started_is_warned(retained, monkeypatch, 
   with caplog.at_level("WARNING", logger="optical_jax"), pytest.raises(Exception):
     train_and_evaluate(config, tmp_path)
   assert ("config.runtime.host_memory 'retain' is not in effect" in caplog.text) is not retained
+
+
+def test_a_collection_id_with_whitespace_is_refused_before_training(tmp_path):
+  from tests.training.runs import SENTENCES, run_train, toy_collection, write_config
+  bitext = tmp_path / "bitext.tsv"
+  bitext.write_text("".join(f"{s}\t{t}\n" for s, t in SENTENCES))
+  collection = toy_collection(tmp_path)
+  (tmp_path / "corpus.tsv").write_text("d0\tfirst\nd 1\tsecond\n")
+  # A teacher that does not exist: the check comes before any model loads.
+  config = write_config(tmp_path / "config.py", tmp_path / "no_teacher", bitext,
+                        **{"eval.collections": [collection]})
+  result = run_train(config, tmp_path / "run", check=False)
+  assert result.returncode == 1, result.stderr[-3000:]
+  assert (f"error: {tmp_path / 'corpus.tsv'}:2: document id 'd 1' contains whitespace"
+          in result.stderr), result.stderr[-3000:]
+  assert "Traceback" not in result.stderr
+  assert not (tmp_path / "run" / "checkpoints").exists()

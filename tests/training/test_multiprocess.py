@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from optical_jax.evaluation.collections import results_dir
 from optical_jax.evaluation.io import read_run
 from optical_jax.training.input_pipeline import gather_lengths, process_shards
 from tests.helpers import ROOT
@@ -70,7 +71,7 @@ def _assert_same_run(one, many):
   assert _losses(many) == pytest.approx(_losses(one), abs=1e-5)
   # The same ranking; scores differ in the last digit (cross-process sums add up in another
   # order), which the evaluation test below rules out for one checkpoint.
-  run_one, run_many = (read_run(w / "runs" / "toy.trec") for w in (one, many))
+  run_one, run_many = (read_run(results_dir(w, 5) / "runs" / "toy.trec") for w in (one, many))
   assert {q: sorted(d, key=d.get) for q, d in run_one.items()} == {
       q: sorted(d, key=d.get) for q, d in run_many.items()}
   assert all(run_many[q][d] == pytest.approx(v, abs=1e-4) for q in run_one
@@ -106,9 +107,11 @@ def test_a_two_process_evaluation_writes_the_one_process_run_file(one_process, t
   config, one = one_process
   workdir = tmp_path / "run"
   shutil.copytree(one, workdir)
-  (workdir / "runs" / "toy.trec").unlink()
-  out = run_processes("eval.py", [f"--config={config}", f"--checkpoint={workdir}"])
-  assert (workdir / "runs" / "toy.trec").read_bytes() == (one / "runs" / "toy.trec").read_bytes()
+  run_file = lambda w: results_dir(w, 5) / "runs" / "toy.trec"
+  run_file(workdir).unlink()
+  out = run_processes("eval.py", [f"--config={config}", f"--checkpoint={workdir}",
+                                  "--step=latest"])
+  assert run_file(workdir).read_bytes() == run_file(one).read_bytes()
   assert "| toy |" in out[0].stdout and "| toy |" not in out[1].stdout
 
 

@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 
+from optical_jax.evaluation.collections import read_results
 from tests.helpers import ROOT, load_config
 from tests.training.runs import toy_collection, write_config
 
@@ -39,6 +40,7 @@ def test_eval_of_a_copied_workdir_needs_neither_the_bitext_nor_the_cache(setup, 
                         f"--checkpoint={copy}", "--step=latest"], capture_output=True,
                        text=True, env=env, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
-  evaluated = json.loads((copy / "eval.json").read_text())
-  assert evaluated["toy"] == results.collections["toy"].values  # the same student and numbers
+  evaluated = read_results(copy, results.step)
+  # The same student and numbers.
+  assert evaluated["results"]["toy"] == results.collections["toy"].values
   assert not (tmp_path / "cache" / "adaptation").exists()  # nothing was rebuilt

@@ -131,6 +131,19 @@ def test_a_field_added_since_the_run_was_saved_counts_at_its_default():
     check_resumed_config(json.dumps(saved), config)
 
 
+def test_a_run_saved_before_commits_were_recorded_resumes_and_a_changed_commit_is_named():
+  from optical_jax.config import ConfigError, base_config
+  from optical_jax.training.workdir import check_resumed_config
+  config = base_config()
+  saved = json.loads(config.to_json_best_effort())
+  del saved["model"]["teacher_revision"]  # a run saved before commits were recorded
+  config.model.teacher_revision = "1" * 40  # resolved now
+  assert check_resumed_config(json.dumps(saved), config) == []
+  saved["model"]["teacher_revision"] = "2" * 40  # the run's commit; another now
+  with pytest.raises(ConfigError, match="config.model.teacher_revision: '2222"):
+    check_resumed_config(json.dumps(saved), config)
+
+
 def _start(config, workdir):
   env = dict(os.environ, HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu")
   return subprocess.Popen([sys.executable, str(ROOT / "train.py"), f"--config={config}",
