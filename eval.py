@@ -116,8 +116,8 @@ def main(argv):
       raise ExportError(f"--export_hf {e}") from None
     return
   from optical_jax.training.workdir import workdir_lock
-  checkpoint = (Workdir(workdir).best if which == "best" else Workdir(workdir).checkpoints
-                ) / str(step)
+  paths = Workdir(workdir)
+  checkpoint = (paths.best if which == "best" else paths.checkpoints) / str(step)
   evaluated_as = Evaluated(step, which if which in ("best", "latest") else "step",
                            str(checkpoint))
   # Results are written into the workdir under its lock: never beside a training run's own.
