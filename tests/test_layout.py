@@ -1,10 +1,10 @@
-"""The on-disk layout: `optical_jax.layout` names every path of a workdir and of the cache,
-the same paths as before, and no other module spells one of those names into a path."""
+"""The on-disk layout: `optical_jax.layout` names every path of a workdir, of the cache and
+of the demo's directory, and no other module spells one of those names into a path."""
 
 import ast
 from pathlib import Path
 
-from optical_jax.layout import CacheDir, Workdir
+from optical_jax.layout import CacheDir, DemoDir, Workdir
 from tests.helpers import ROOT
 
 LAYOUT = ROOT / "optical_jax" / "layout.py"
@@ -16,6 +16,7 @@ OTHER_MEANING = {
     ("optical_jax/models/export.py", "config.json"),
     ("benchmarks/common.py", "config.json"),
     ("benchmarks/data_scale.py", "config.json"),
+    ("benchmarks/eval_pipeline.py", "config.json"),
     ("optical_jax/data/teacher_cache.py", ".lock"),
 }
 # Files another branch is changing at the same time; remove each once that branch is merged
@@ -132,3 +133,10 @@ def test_the_cache_paths(monkeypatch):
       "fingerprints": root / "fingerprints.json"}
   assert (c.corpus.root, c.corpus.scans, c.corpus.tokens) == (
       root / "corpus", root / "corpus/scans", root / "corpus/tokens")
+
+
+def test_the_demo_paths():
+  d = DemoDir("/runs/demo")
+  assert (d.report, d.figure) == (Path("/runs/demo/results.md"), Path("/runs/demo/dev_map.png"))
+  assert d.run("ot+contrastive") == Workdir("/runs/demo/ot_contrastive")
+  assert d.run("mse", seed=1).checkpoints == Path("/runs/demo/mse-seed1/checkpoints")
