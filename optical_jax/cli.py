@@ -11,6 +11,8 @@ from pathlib import Path
 
 from absl import app, flags
 
+from optical_jax.layout import Workdir
+
 FLAGS = flags.FLAGS
 
 # Our errors by defining module and class name, matched along the exception's classes: telling
@@ -57,7 +59,7 @@ def start(argv, config, workdir: str | None):
   # Modules without JAX at import: host memory is set before anything starts threads.
   from optical_jax import compilation_cache, console, distributed, host, host_memory
   host_memory.configure(config.runtime.host_memory)
-  log_file = Path(workdir).expanduser() / "logs" / "libraries.log" if workdir else None
+  log_file = Workdir(Path(workdir).expanduser()).library_log if workdir else None
   if log_file is not None and log_file.parent.parent.exists() and \
       not log_file.parent.parent.is_dir():
     log_file = None  # --workdir is a file: the loop says so

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import ml_collections
+
+from optical_jax.layout import CacheDir
 
 
 def enable_compilation_cache(config: ml_collections.ConfigDict) -> None:
@@ -15,6 +16,5 @@ def enable_compilation_cache(config: ml_collections.ConfigDict) -> None:
   a test session)."""
   import jax
   if config.runtime.compilation_cache and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-    jax.config.update("jax_compilation_cache_dir",
-                      str(Path(config.runtime.cache_dir).expanduser() / "xla"))
+    jax.config.update("jax_compilation_cache_dir", str(CacheDir(config.runtime.cache_dir).xla))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from optical_jax.cache_files import sweep_temporaries, temporary, writing
+from optical_jax.layout import fingerprint_memo
 from optical_jax.textfiles import DataFormatError
 
 # Files of a checkpoint directory that decide its vectors: weights, config, tokenizer.
@@ -43,7 +44,7 @@ def file_digest(path: str | os.PathLike, *, memo_dir: str | os.PathLike | None =
   version = stamp if algorithm == "blake2b" else f"{algorithm}:{stamp}"
   if version in _MEMO:
     return _MEMO[version]
-  memo = Path(memo_dir).expanduser() / "fingerprints.json" if memo_dir is not None else None
+  memo = fingerprint_memo(memo_dir) if memo_dir is not None else None
   stored = _read_memo(memo) if memo is not None else {}
   if isinstance(stored.get(version), str):
     _MEMO[version] = stored[version]

@@ -30,6 +30,7 @@ from optical_jax.config import REVISIONS, ConfigError, check_revision, field_val
 from optical_jax.data import bitext, ciral
 from optical_jax.fingerprint import file_digest
 from optical_jax.hub import COMMIT, commit_of
+from optical_jax.layout import CacheDir, Workdir
 from optical_jax.models.hf_checkpoint import is_hub_id
 from optical_jax.textfiles import DataFormatError
 
@@ -136,7 +137,7 @@ def _hub_input(config, field: str) -> tuple[str, str] | None:
 
 def recorded(workdir: str | Path | None) -> dict:
   """The configuration a run in `workdir` recorded (its `config.json`), {} where none."""
-  path = Path(workdir).expanduser() / "config.json" if workdir else None
+  path = Workdir(Path(workdir).expanduser()).config if workdir else None
   if path is None or not path.is_file():
     return {}
   try:
@@ -245,7 +246,7 @@ def training_source(config) -> bitext.FileRows | bitext.ListRows:
   if not path.is_file():
     raise ConfigError(f"config.data.train_file: {path} does not exist. "
                       f"{d.get('how_to_get', '')}".rstrip())
-  digest = file_digest(path, memo_dir=Path(config.runtime.cache_dir).expanduser())
+  digest = file_digest(path, memo_dir=CacheDir(config.runtime.cache_dir).root)
   source = lambda fields: bitext.FileRows(path, fields, limit=d.limit, fingerprint=json.dumps(
       [digest, fields, d.limit]))
   rows = source(fields)

@@ -107,7 +107,8 @@ def test_evaluating_a_checkpoint_does_not_import_the_train_loop():
 LAYERS = (
     ("core", ("textfiles", "shapes", "host_memory", "fileio", "interrupts", "cache_files",
               "fingerprint", "token_arrays", "pooling", "scoring", "losses", "config", "host",
-              "console", "distributed", "compilation_cache", "config_reference", "hub")),
+              "console", "distributed", "compilation_cache", "config_reference", "hub",
+              "layout")),
     ("models", ("models",)),
     ("evaluation", ("evaluation",)),
     ("data", ("data", "assets", "inputs")),

@@ -23,6 +23,7 @@ from optical_jax.adaptation.alignment import align_sample
 from optical_jax.cache_files import sweep_temporaries, temporary
 from optical_jax.data.bitext import rows_digest
 from optical_jax.fingerprint import checkpoint_digest
+from optical_jax.layout import CacheDir
 
 log = logging.getLogger("optical_jax")
 _VERSION = 1  # bump when a cached result would change
@@ -42,7 +43,7 @@ def _key(*parts: Any) -> str:
 
 
 def _cache_dir(config) -> Path:
-  return Path(config.runtime.cache_dir).expanduser() / "adaptation"
+  return CacheDir(config.runtime.cache_dir).adaptation
 
 
 def adapted_student_dir(config, student: Any, teacher: Any) -> Path:

@@ -24,6 +24,7 @@ import re
 from pathlib import Path
 
 from optical_jax.hub import hub_offline
+from optical_jax.layout import CacheDir
 
 LANGUAGES = {"hausa": "ha", "somali": "so", "swahili": "sw", "yoruba": "yo"}
 SPLITS = ("dev", "test-a", "test-a-pools", "test-b")
@@ -184,7 +185,7 @@ def build_bitext(source: str, *, student: str, teacher: str, files: str, limit: 
   key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
   slug = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(source).name if looks_local(source)
                 else source.replace("/", "--")).strip("-")
-  directory = Path(cache_dir).expanduser() / "bitext" / f"{slug}-{key}"
+  directory = CacheDir(cache_dir).bitext / f"{slug}-{key}"
   if not (directory / "manifest.json").is_file():
     paths, info = bitext_files(source, files, revision)
     bitext.build_heldout(directory, lambda: bitext.iter_raw_pairs(paths, (student, teacher)),

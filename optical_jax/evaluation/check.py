@@ -20,6 +20,7 @@ from optical_jax.config import ConfigError
 from optical_jax.evaluation.corpus_files import CorpusScan, scan_corpus
 from optical_jax.evaluation.io import read_qrels, read_topics
 from optical_jax.fingerprint import file_version
+from optical_jax.layout import CacheDir
 
 log = logging.getLogger("optical_jax")
 _warned: set[tuple[str, str]] = set()  # (qrels version, corpus fingerprint) warned about
@@ -110,7 +111,7 @@ def check_collections(specs: Sequence[Mapping], cache_dir: str | Path | None = N
     DataFormatError: a malformed topics, qrels or corpus file, naming `path:line`.
   """
   check_names(specs)
-  corpus_cache = Path(cache_dir).expanduser() / "corpus" if cache_dir is not None else None
+  corpus_cache = CacheDir(cache_dir).corpus.root if cache_dir is not None else None
   summaries = []
   for spec in specs:
     start = time.perf_counter()

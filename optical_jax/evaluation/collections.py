@@ -27,6 +27,7 @@ from optical_jax.evaluation.report import format_table
 from optical_jax.evaluation.retrieval import TextEncoder, retrieve
 from optical_jax.fileio import write_text_atomic
 from optical_jax.fingerprint import checkpoint_digest, file_digest
+from optical_jax.layout import CacheDir, Workdir
 
 
 class CollectionError(FileNotFoundError):
@@ -46,7 +47,7 @@ class Evaluated:
 
 def results_dir(workdir: str | Path, step: int) -> Path:
   """Where the evaluation of `step` of the run in `workdir` is written."""
-  return Path(workdir) / "eval" / f"step_{step}"
+  return Workdir(workdir).results(step).root
 
 
 def read_results(workdir: str | Path, step: int | None = None) -> dict:
@@ -54,12 +55,11 @@ def read_results(workdir: str | Path, step: int | None = None) -> dict:
   "step", "which", "checkpoint", "measures", "results" ({collection: {measure: value}}),
   "collections" (each file's path and SHA-256) and "config"."""
   if step is None:
-    steps = [int(p.name[5:]) for p in (Path(workdir) / "eval").glob("step_*")
-             if p.name[5:].isdigit() and (p / "eval.json").is_file()]
+    steps = Workdir(workdir).evaluated_steps()
     if not steps:
-      raise FileNotFoundError(f"{Path(workdir) / 'eval'}: no evaluation yet")
+      raise FileNotFoundError(f"{Workdir(workdir).eval}: no evaluation yet")
     step = max(steps)
-  return json.loads((results_dir(workdir, step) / "eval.json").read_text(encoding="utf-8"))
+  return json.loads(Workdir(workdir).results(step).summary.read_text(encoding="utf-8"))
 
 
 def collection_specs(config, specs=None) -> list[ml_collections.ConfigDict]:
@@ -81,12 +81,12 @@ def encoder_settings(config) -> dict:
   `eval.embedding_cache` is off, and the corpus scans and token ids
   (`runtime.cache_dir/corpus`, as `check.check_collections` keeps them) unless
   `eval.token_cache` is off."""
-  e, root = config.eval, Path(config.runtime.cache_dir).expanduser()
+  e, cache = config.eval, CacheDir(config.runtime.cache_dir)
   return dict(max_length=e.max_length, batch_size=e.batch_size,
-              cache_dir=root / "embeddings" if e.get("embedding_cache", True) else None,
+              cache_dir=cache.embeddings if e.get("embedding_cache", True) else None,
               corpus_chunk=e.get("corpus_chunk", 32768), bucket_width=e.get("bucket_width", 16),
               dtype=e.get("dtype", "float32"),
-              corpus_cache_dir=root / "corpus" if e.get("token_cache", True) else None)
+              corpus_cache_dir=cache.corpus.root if e.get("token_cache", True) else None)
 
 
 def teacher_encoder(encoder, config) -> TextEncoder:
@@ -216,17 +216,18 @@ def write_results(results: Mapping[str, CollectionResult], workdir: Path,
   """The evaluation of `evaluated_as` in `results_dir(workdir, step)` (see the module
   docstring; `NAME, MaxSim` entries for reranked collections): run files first, `eval.json`
   last, each replaced whole. Prints the table and where it wrote; returns the directory."""
-  directory = results_dir(workdir, evaluated_as.step)
+  out = Workdir(workdir).results(evaluated_as.step)
+  directory = out.root
   values, per_query = {}, {}
   for name, result in results.items():
-    write_run(result.run, directory / "runs" / f"{name}.trec", tag=tag)
+    write_run(result.run, out.run(name), tag=tag)
     values[name], per_query[name] = result.values, result.per_query
     if result.maxsim is not None:
       values[f"{name}, MaxSim"] = result.maxsim.values
       per_query[f"{name}, MaxSim"] = result.maxsim.per_query
   if not values:
     return directory
-  memo = Path(config.runtime.cache_dir).expanduser()
+  memo = CacheDir(config.runtime.cache_dir).root
   files = {spec.name: {field: {"path": str(Path(spec[field]).expanduser()),
                                "sha256": file_digest(Path(spec[field]).expanduser(),
                                                      memo_dir=memo, algorithm="sha256")}
@@ -234,11 +235,12 @@ def write_results(results: Mapping[str, CollectionResult], workdir: Path,
            for spec in specs if spec.name in results}
   record = {**dataclasses.asdict(evaluated_as), "measures": list(measures), "results": values,
             "collections": files, "config": json.loads(config.to_json_best_effort())}
-  write_text_atomic(directory / "eval_per_query.json", json.dumps(per_query) + "\n")
-  write_text_atomic(directory / "eval.json", json.dumps(record, indent=2) + "\n")
+  write_text_atomic(out.per_query, json.dumps(per_query) + "\n")
+  write_text_atomic(out.summary, json.dumps(record, indent=2) + "\n")
   rows = [{"collection": name, **v} for name, v in values.items()]
   print(format_table(rows, ["collection", *measures]), flush=True)
-  written = ", ".join(["eval.json", "eval_per_query.json", *(f"runs/{n}.trec" for n in results)])
+  written = ", ".join(str(p.relative_to(directory))
+                      for p in (out.summary, out.per_query, *map(out.run, results)))
   print(f"step {evaluated_as.step} ({evaluated_as.which}): wrote {directory} ({written})",
         flush=True)
   return directory

@@ -17,6 +17,7 @@ from optical_jax import fingerprint
 from optical_jax.cache_files import set_aside, sweep_temporaries, temporary, writing
 from optical_jax.evaluation.io import ID_WHITESPACE, iter_corpus
 from optical_jax.fingerprint import file_fingerprint
+from optical_jax.layout import CorpusCache
 from optical_jax.textfiles import DataFormatError, PathLike
 
 SCAN_FORMAT = 2  # bump when the scan's content changes: older entries are then not read
@@ -90,7 +91,7 @@ def scan_corpus(path: PathLike, cache_dir: PathLike | None = None) -> CorpusScan
   fingerprint = file_fingerprint(path, cache)
   if fingerprint in _SCANS:
     return dataclasses.replace(_SCANS[fingerprint], path=path, cached=True, seconds=0.0)
-  entry = cache / "scans" / f"{fingerprint}.json" if cache is not None else None
+  entry = CorpusCache(cache).scans / f"{fingerprint}.json" if cache is not None else None
   scan = _read_scan(entry, path, fingerprint) if entry is not None else None
   if scan is None:
     start, docids, characters = time.perf_counter(), [], 0

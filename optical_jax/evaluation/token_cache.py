@@ -31,6 +31,7 @@ from optical_jax.cache_files import (BrokenCache, npy_header, remove, set_aside,
 from optical_jax.evaluation.corpus_files import CorpusScan
 from optical_jax.evaluation.io import iter_corpus
 from optical_jax.fingerprint import file_version
+from optical_jax.layout import CorpusCache
 from optical_jax.textfiles import DataFormatError
 from optical_jax.token_arrays import id_dtype, tokenize_flat
 
@@ -148,7 +149,7 @@ class CorpusTokens:
     self.key = hashlib.sha256(json.dumps(
         [TOKENS_FORMAT, scan.fingerprint, tokenizer_key, max_length, prompt]).encode()
     ).hexdigest()[:32]
-    self.directory = (Path(cache_dir).expanduser() / "tokens" / self.key
+    self.directory = (CorpusCache(cache_dir).tokens / self.key
                       if cache_dir is not None else None)
     self.tokenized = 0
 

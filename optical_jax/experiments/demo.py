@@ -25,6 +25,7 @@ import numpy as np
 from optical_jax.evaluation import format_table, paired_bootstrap_interval
 from optical_jax.evaluation.collections import CollectionResult, Evaluator, collection_specs
 from optical_jax.inputs import resolve_inputs
+from optical_jax.layout import DemoDir
 from optical_jax.models.hf_checkpoint import load_encoder
 from optical_jax.models.student import DistillationModels
 from optical_jax.training.loop import train_and_evaluate
@@ -203,11 +204,6 @@ def report_values(report: DemoReport, measures=TABLE_MEASURES) -> dict:
           for d in report.directions}
 
 
-def _run_dir(workdir: Path, loss: str, seed: int, first_seed: int) -> Path:
-  name = loss.replace("+", "_")
-  return workdir / (name if seed == first_seed else f"{name}-seed{seed}")
-
-
 def reference_rows(config) -> dict[str, Row]:
   """The teacher's own rows (`config.demo.reference_collections`: the en→en upper bound and
   the zero-shot rows), by collection name, each collection's `label` naming its row."""
@@ -224,6 +220,7 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
   start = time.perf_counter()
   workdir = Path(workdir).expanduser().resolve()
   workdir.mkdir(parents=True, exist_ok=True)
+  paths = DemoDir(workdir)
   config = resolve_inputs(config).config
   seconds = {"inputs and the teacher's rows": {"set-up": time.perf_counter() - start}}
   started = time.perf_counter()
@@ -240,7 +237,8 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
       run_config.loss, run_config.seed = loss, seed
       # Every student starts as the teacher, so step 0's dev MAP is the first run's.
       run_config.eval.eval_at_start = config.eval.eval_at_start and i == 0 and seed == seeds[0]
-      result = train_and_evaluate(run_config, _run_dir(workdir, loss, seed, seeds[0]))
+      run = paths.run(loss, None if seed == seeds[0] else seed)
+      result = train_and_evaluate(run_config, run.root)
       if result is None:  # halted early: resume later
         return {}
       for direction in report.directions:
@@ -253,12 +251,12 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
         if first and first[0][0] == 0 and curve[:1] != first[:1]:
           curve.insert(0, first[0])
         report.curves[loss] = curve
-  plot = plot_report(report, workdir / "dev_map.png",
+  plot = plot_report(report, paths.figure,
                      dev_label=f"dev MAP ({config.eval.dev_collection})")
   report.minutes = (time.perf_counter() - start) / 60
   text = (format_report(report)
           + f"\nfigure: {plot}\ntotal time: {report.minutes:.1f} min\n\n"
           + "Where the time went (s):\n\n" + time_table(report) + "\n")
-  (workdir / "results.md").write_text(text)
+  paths.report.write_text(text)
   print("\n" + text, flush=True)
   return report_values(report)

@@ -23,6 +23,7 @@ import numpy as np
 
 from optical_jax.fileio import create_temporary
 from optical_jax.host import to_host
+from optical_jax.layout import Workdir
 
 log = logging.getLogger("optical_jax")
 
@@ -38,10 +39,10 @@ def managers(workdir: Path, keep: int):
   # same cross-process barriers.
   background = jax.process_count() == 1
   latest = ocp.CheckpointManager(
-      workdir / "checkpoints", options=ocp.CheckpointManagerOptions(
+      Workdir(workdir).checkpoints, options=ocp.CheckpointManagerOptions(
           max_to_keep=keep, create=True, enable_async_checkpointing=background))
   best = ocp.CheckpointManager(
-      workdir / "best", options=ocp.CheckpointManagerOptions(
+      Workdir(workdir).best, options=ocp.CheckpointManagerOptions(
           max_to_keep=1, best_fn=lambda m: m["dev_MAP"], best_mode="max", create=True,
           enable_async_checkpointing=background))
   return latest, best
@@ -242,7 +243,7 @@ def restore_latest(manager, template, *, primary: bool = True) -> tuple[Any, int
       raise CheckpointFault(f"{directory / str(step)}: cannot restore checkpoint {step} "
                             f"({why}); it is not damaged and nothing was moved; {hint}")
     older = [s for s in steps if s < step]
-    aside = directory.parent / "corrupt_checkpoints" / f"{directory.name}-{step}"
+    aside = Workdir(directory.parent).corrupt_checkpoints / f"{directory.name}-{step}"
     while aside.exists():  # a step that was set aside before
       aside = aside.with_name(aside.name + "+")
     log.warning("checkpoint %s cannot be read (%s); moved to %s; %s", directory / str(step),
@@ -262,7 +263,7 @@ def restore_params(workdir: Path, step: str | int = "best") -> tuple[Any, int, s
   """The trained parameters (numpy) of a workdir: `"best"` by dev MAP when there is one, else
   the latest; `"latest"`; or a step number. Returns (params, step, which)."""
   import orbax.checkpoint as ocp
-  latest_dir, best_dir = workdir / "checkpoints", workdir / "best"
+  latest_dir, best_dir = Workdir(workdir).checkpoints, Workdir(workdir).best
   which = str(step)
   if step == "best":
     best = ocp.CheckpointManager(best_dir) if best_dir.is_dir() else None

@@ -24,6 +24,7 @@ from optical_jax.data.teacher_cache import TeacherTokenCache, expected_bytes, st
 from optical_jax.data.windows import WindowRows, window_rows
 from optical_jax.fingerprint import TOKENIZER_FILES, checkpoint_digest
 from optical_jax.inputs import configured_rows, training_source
+from optical_jax.layout import CacheDir
 from optical_jax.token_arrays import ColumnWriter, TokenColumn, open_column
 
 log = logging.getLogger("optical_jax")
@@ -274,7 +275,7 @@ def make_teacher_cache(config, models, batches: BucketedBatches, *, backend: str
     return None
   import shutil
   import jax
-  directory = Path(config.runtime.cache_dir).expanduser() / "teacher_tokens"
+  directory = CacheDir(config.runtime.cache_dir).teacher_tokens
   # The cache's key hashes the rows' tokens, but two processes whose shards hold the same text
   # must still not write one cache at once.
   if jax.process_count() > 1:

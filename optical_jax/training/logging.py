@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Mapping
 
 from optical_jax.fileio import write_text_atomic
+from optical_jax.layout import Workdir
 from optical_jax.textfiles import DataFormatError
 
 log = logging.getLogger("optical_jax")
@@ -43,13 +44,13 @@ class MetricsLog:
   Each record is appended whole and flushed to disk at once."""
 
   def __init__(self, workdir: Path, resume_step: int, *, enabled: bool = True):
-    self.path, self.enabled = workdir / "metrics.jsonl", enabled
+    self.path, self.enabled = Workdir(workdir).metrics, enabled
     if not enabled:
       return
     kept = _kept_records(self.path, resume_step) if self.path.is_file() else []
     write_text_atomic(self.path, "".join(line + "\n" for line in kept))
     from tensorboardX import SummaryWriter
-    self.writer = SummaryWriter(str(workdir / "tensorboard"), purge_step=resume_step + 1)
+    self.writer = SummaryWriter(str(Workdir(workdir).tensorboard), purge_step=resume_step + 1)
 
   def write(self, step: int, values: Mapping[str, float]) -> None:
     if not self.enabled:

@@ -27,6 +27,7 @@ from optical_jax.evaluation.collections import (CollectionResult, Evaluated, Eva
                                                 collection_specs)
 from optical_jax.fileio import write_text_atomic
 from optical_jax.inputs import unresolved
+from optical_jax.layout import CacheDir, Workdir
 from optical_jax.models.student import build_models
 from optical_jax.training import checkpoints, step as step_lib
 from optical_jax.training.input_pipeline import (check_student_language, local_batch, make_batches,
@@ -110,8 +111,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path
 
 def _kept(workdir: Path) -> str:
   """What a run stopped now leaves: its last checkpoint (read from the disk, any thread)."""
-  steps = sorted(int(p.name) for p in (workdir / "checkpoints").glob("*") if p.name.isdigit())
-  return (f"the last checkpoint (step {steps[-1]}) is kept in {workdir / 'checkpoints'}"
+  kept = Workdir(workdir).checkpoints
+  steps = sorted(int(p.name) for p in kept.glob("*") if p.name.isdigit())
+  return (f"the last checkpoint (step {steps[-1]}) is kept in {kept}"
           if steps else "no checkpoint was written yet")
 
 
@@ -141,6 +143,7 @@ def _batch_counts(batch) -> tuple[int, int]:
 
 def _train(config, workdir: Path, primary: bool) -> RunResult | None:
   began, seconds = time.perf_counter(), {"dev evaluation": 0.0}
+  paths = Workdir(workdir)
   check_workdir_config(workdir, config)  # before any slow work
   specs = collection_specs(config)
   rows = training_rows(config)  # read and checked: a bad training file fails first
@@ -154,10 +157,10 @@ def _train(config, workdir: Path, primary: bool) -> RunResult | None:
   models = build_models(config)
   _check_lengths(config, models)
   if primary:  # before the training data is tokenised and the teacher cache made
-    checkpoints.check_writable(workdir / "checkpoints")
+    checkpoints.check_writable(paths.checkpoints)
   mesh = step_lib.data_mesh()
-  batches = make_batches(config, models, rows, Path(config.runtime.cache_dir).expanduser() /
-                         "tokens", shards=process_shards(mesh, config.train.batch_size))
+  batches = make_batches(config, models, rows, CacheDir(config.runtime.cache_dir).tokens,
+                         shards=process_shards(mesh, config.train.batch_size))
   del rows
   log.info("%d training examples, %d steps per epoch, %d device(s) in %d process(es), padded "
            "lengths %s", batches.num_examples, batches.steps_per_epoch, jax.device_count(),
@@ -170,9 +173,9 @@ def _train(config, workdir: Path, primary: bool) -> RunResult | None:
   state, start = checkpoints.restore_latest(latest, state, primary=primary)
   state, start = step_lib.replicate(state, mesh), start or 0
   if start and primary:
-    print(f"resumed from step {start} ({workdir / 'checkpoints'})", flush=True)
+    print(f"resumed from step {start} ({paths.checkpoints})", flush=True)
   if primary:
-    write_text_atomic(workdir / "config.json", config.to_json_best_effort(indent=2) + "\n")
+    write_text_atomic(paths.config, config.to_json_best_effort(indent=2) + "\n")
   metrics_log = MetricsLog(workdir, start, enabled=primary)
   teacher_params = step_lib.replicate(models.teacher.params, mesh)
   step_fn = step_lib.compiled_per_shape(step_lib.make_train_step(config, models, optimizer, mesh),
@@ -243,7 +246,7 @@ def _train(config, workdir: Path, primary: bool) -> RunResult | None:
         raise TrainingError(
             f"non-finite loss at step {bad} (steps {checked + 1}-{done} ran since the last "
             f"check); the last finite checkpoint (step {latest.latest_step()}) is kept in "
-            f"{workdir / 'checkpoints'}. Lower config.train.learning_rate or raise "
+            f"{paths.checkpoints}. Lower config.train.learning_rate or raise "
             "config.ot.epsilon.")
       checked = done
       if log_now:
@@ -286,7 +289,7 @@ def _train(config, workdir: Path, primary: bool) -> RunResult | None:
   # The training data is not needed by evaluation (`build`'s closure holds it too).
   batches = teacher_cache = weights = prefetcher = None
   if primary:
-    plot_curves(metrics_log.records(), workdir / "curves.png",
+    plot_curves(metrics_log.records(), paths.curves,
                 title=f"{config.stage} / {config.loss}")
   metrics_log.close()
   params = on_device0(state.params)
@@ -294,12 +297,12 @@ def _train(config, workdir: Path, primary: bool) -> RunResult | None:
   seconds["steps"] = (time.perf_counter() - loop_began
                       - (seconds["dev evaluation"] - dev_before))
   final_began = time.perf_counter()
-  final = Evaluated(num_steps, "final", str(workdir / "checkpoints" / str(num_steps)))
+  final = Evaluated(num_steps, "final", str(paths.checkpoints / str(num_steps)))
   collections = evaluator.evaluate_all(specs, params, workdir, final, evaluated=final_dev,
                                        write=primary)
   seconds["final evaluation"] = time.perf_counter() - final_began
   history = metrics_log.records()
-  summary = start_comparison(history, workdir / "best")
+  summary = start_comparison(history, paths.best)
   if summary and primary:
     print(summary, flush=True)
   return RunResult(step=num_steps, params=params, models=models, collections=collections,

@@ -13,10 +13,10 @@ from pathlib import Path
 import ml_collections
 
 from optical_jax.cache_files import sweep_temporaries, temporary
+from optical_jax.layout import Workdir
 
 log = logging.getLogger("optical_jax")
 
-STUDENT_INIT = "student_init"
 # The adaptation writes this file last; a directory holding it is complete.
 COMPLETE = "vocabulary_adaptation.json"
 
@@ -37,7 +37,7 @@ def prepare_student(config: ml_collections.ConfigDict, workdir: str | Path | Non
   load the cache's identical directory. Any other config comes back unchanged."""
   if not needs_preparing(config):
     return config
-  target = Path(workdir) / STUDENT_INIT if workdir is not None else None
+  target = Workdir(workdir).student_init if workdir is not None else None
   if target is None or not (target / COMPLETE).is_file():
     from optical_jax.adaptation.pipeline import adapted_student_dir
     from optical_jax.models.hf_checkpoint import load_encoder

@@ -14,6 +14,7 @@ import socket
 from pathlib import Path
 
 from optical_jax.config import REVISIONS, ConfigError, base_config, flat_fields
+from optical_jax.layout import Workdir
 
 log = logging.getLogger("optical_jax")
 
@@ -71,7 +72,7 @@ def workdir_lock(workdir: Path, *, enabled: bool = True):
   if not enabled:
     yield
     return
-  path = workdir / ".lock"
+  path = Workdir(workdir).lock
   me = {"host": socket.gethostname(), "pid": os.getpid()}
   try:
     fd = _take(path)
@@ -128,8 +129,8 @@ def check_resumed_config(saved_json: str, config) -> list[str]:
 def check_workdir_config(workdir: Path, config) -> None:
   """`check_resumed_config` against the workdir's `config.json` when it holds checkpoints,
   logging the changes a resumed run was allowed to make."""
-  saved = workdir / "config.json"
-  if saved.is_file() and any(p.name.isdigit() for p in workdir.glob("checkpoints/*")):
+  saved = Workdir(workdir).config
+  if saved.is_file() and any(p.name.isdigit() for p in Workdir(workdir).checkpoints.glob("*")):
     changed = check_resumed_config(saved.read_text(), config)
     if changed:
       log.warning("resuming under a changed configuration: %s", ", ".join(changed))
