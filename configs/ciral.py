@@ -9,6 +9,14 @@ starts from a retriever rather than a language model; its XLM-R vocabulary and p
 include Hausa, Somali and Swahili (not Yoruba, whose Latin script it still tokenizes). It
 encodes the passages, which are in the language.
 
+The evidence for this direction (the student encoding passages) is the demo's en→ny table
+(docs/experiments.md, "CIRAL's direction"): OT beats MSE there too (+0.05 MAP, +0.10 MaxSim),
+more steps keep paying in both directions, and MaxSim reranking adds the most, so every CIRAL
+split is also reranked by MaxSim. The demo's vocabulary extension is not taken here: e5's XLM-R
+vocabulary already holds Somali, Swahili and Hausa pieces, and extending it has not been
+measured on CIRAL (it needs the real data). `data.pair_window` (passage-length examples
+joined from consecutive pairs) stays 1 until a dev gain is measured.
+
 The `ciral` section names the inputs; `optical_jax.inputs.resolve_inputs` derives from it, when
 a run starts, the bitext build (training pairs and ~1,000 held-out pairs for dev MAP) and one
 collection per split, so command-line overrides of any field reach them.
