@@ -109,7 +109,8 @@ def main(argv):
     return
   from optical_jax.evaluation.collections import Evaluator
   Evaluator(models, config, measures=measures).evaluate_all(
-      collection_specs(config), params, workdir, write=host.is_primary())
+      collection_specs(config), params, workdir, write=host.is_primary(),
+      progress=bool(config.runtime.progress_bar) and host.is_primary())
 
 
 def _same(a, b) -> bool:

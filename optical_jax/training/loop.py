@@ -291,7 +291,8 @@ def _train(config, workdir: Path, primary: bool) -> RunResult | None:
                       - (seconds["dev evaluation"] - dev_before))
   final_began = time.perf_counter()
   collections = evaluator.evaluate_all(specs, params, workdir, evaluated=final_dev,
-                                       write=primary)
+                                       write=primary,
+                                       progress=bool(config.runtime.progress_bar and primary))
   seconds["final evaluation"] = time.perf_counter() - final_began
   return RunResult(step=num_steps, params=params, models=models, collections=collections,
                    history=metrics_log.records(), seconds=seconds)
