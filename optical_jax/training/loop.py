@@ -79,7 +79,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path
   """Trains per `config` (its inputs resolved: `optical_jax.inputs.resolve_inputs`) in
   `workdir`, resuming from its latest checkpoint, and evaluates every collection at the end;
   returns the `RunResult` (None when the run halted early, `train.halt_after_steps`)."""
-  validate(config, devices=jax.device_count(), backend=jax.default_backend())
+  validate(config, devices=jax.device_count(), backend=jax.devices()[0].platform)
   if (config.runtime.host_memory == "retain" and host_memory.missing_retain()
       and jax.default_backend() == "cpu"):
     log.warning("config.runtime.host_memory 'retain' is not in effect: it must be applied "
