@@ -46,13 +46,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from optical_jax.config import base_config
 from optical_jax.data.batching import BucketedBatches
 from optical_jax.data.teacher_cache import TeacherTokenCache
 from optical_jax.token_arrays import TokenColumn
 from optical_jax.models.student import build_models
 from optical_jax.pooling import pool
 from optical_jax.training.loop import _watch_jit
+from optical_jax.training.lowering import so_config
 from optical_jax.training.prefetch import Prefetcher
 from optical_jax.training.state import initial_state, make_optimizer
 from optical_jax.training.step import (compiled_per_shape, data_mesh, global_batch,
@@ -61,15 +61,6 @@ from optical_jax.training.throughput import PEAK_TFLOPS, executable_flops, peak_
 from optical_jax.training.input_pipeline import local_batch
 
 MFU_ASSUMED = 0.4  # a well-fed transformer step's share of the peak, for the estimates
-
-
-def so_config(teacher: str, student: str, args):
-  """configs/so.py's training settings on the random checkpoints."""
-  c = base_config()
-  c.model.teacher, c.model.student, c.model.dtype = teacher, student, args.dtype
-  c.model.student_side, c.loss = "document", "ot"
-  c.data.max_length, c.train.batch_size = args.length, args.batch
-  return c
 
 
 def synthetic_columns(pairs: int, length: int, vocab: dict[str, int], seed: int = 0):
@@ -213,7 +204,7 @@ def main(args) -> None:
         f"({jax.default_backend()})")
   teacher = random_checkpoint("tiny" if args.architecture == "tiny" else "bge-small")
   student = random_checkpoint("tiny" if args.architecture == "tiny" else args.student)
-  config = so_config(teacher, student, args)
+  config = so_config(teacher, student, dtype=args.dtype, batch=args.batch, length=args.length)
   models = build_models(config)
   mesh = data_mesh()
   batches, _ = host_table(models, config, mesh, args)
