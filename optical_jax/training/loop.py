@@ -118,7 +118,9 @@ def _watch(first_bad: jax.Array, loss: jax.Array, step: jax.Array) -> jax.Array:
   return jnp.where((first_bad == 0) & ~jnp.isfinite(loss), step, first_bad).astype(jnp.int32)
 
 
-_watch_jit = jax.jit(_watch, donate_argnums=(0,))
+# The first non-finite loss's step, watched on the device between log steps (the train loop
+# and benchmarks/accelerator.py call it after each step).
+watch_loss = jax.jit(_watch, donate_argnums=(0,))
 
 
 def _fetch(tree):
@@ -227,7 +229,7 @@ def _train(config, workdir: Path, primary: bool) -> RunResult | None:
       # the host dispatches step after step while the prefetch thread builds the next batch.
       with jax.transfer_guard_device_to_host("disallow"):
         state, metrics = step_fn(state, teacher_params, batch, rng)
-        first_bad = _watch_jit(first_bad, metrics["loss"], state.step)
+        first_bad = watch_loss(first_bad, metrics["loss"], state.step)
       meter.add(tokens=tokens, examples=examples,
                 flops=step_fn.flops_for(state, teacher_params, batch, rng))
       if not (log_now or eval_now or save_now or halt_now or stop.requested):
