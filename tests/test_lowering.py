@@ -9,6 +9,7 @@ import itertools
 
 import jax
 import jax.numpy as jnp
+from jax import export
 import pytest
 from jax.sharding import AbstractMesh, NamedSharding, PartitionSpec as P
 
@@ -40,7 +41,7 @@ def so_step(mesh=MESH, **fields):
 
 
 def exported(fn, args, platform, *, disabled_checks=(), **kwargs):
-  result = jax.export.export(fn, platforms=[platform], disabled_checks=disabled_checks)(
+  result = export.export(fn, platforms=[platform], disabled_checks=disabled_checks)(
       *args, **kwargs)
   assert host_callbacks(result) == set()
   return result
@@ -55,8 +56,7 @@ def test_so_step_exports_with_no_custom_call_or_host_callback(fields):
     program = exported(step, args, platform)
     assert custom_call_targets(program) == set()
     assert program.nr_devices == 8
-    text = program.mlir_module()
-    assert "sdy.manual_computation" in text and "all_reduce" in text  # gradients pmean'd
+    assert "all_reduce" in program.mlir_module()  # the gradients' pmean over the devices
 
 
 def test_cudnn_attention_exports_for_cuda_with_only_cudnns_calls_and_is_refused_off_gpus(
@@ -78,10 +78,10 @@ def test_cudnn_attention_exports_for_cuda_with_only_cudnns_calls_and_is_refused_
         "config.model.attention 'cudnn' needs an NVIDIA GPU and config.model.dtype 'bfloat16' "
         f"(here: {platform} devices, 'bfloat16'); use 'xla'")
   with pytest.raises(ValueError, match="no compatibility guarantees"):
-    jax.export.export(step, platforms=["cuda"])(*args)
+    export.export(step, platforms=["cuda"])(*args)
   targets = ("__cudnn$fmhaScaleBiasSoftmax", "__cudnn$fmhaScaleBiasSoftmaxBackward")
   program = exported(step, args, "cuda", disabled_checks=[
-      jax.export.DisabledSafetyCheck.custom_call(t) for t in targets])
+      export.DisabledSafetyCheck.custom_call(t) for t in targets])
   calls = custom_call_targets(program)
   assert calls and calls <= set(targets), calls
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+from jax import export
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from optical_jax.config import base_config
@@ -108,12 +109,18 @@ def step_argument_shapes(config, models: DistillationModels, optimizer, mesh, ba
           with_sharding(jax.eval_shape(lambda: jax.random.PRNGKey(0)), P()))
 
 
-def custom_call_targets(exported: jax.export.Exported) -> set[str]:
-  """The custom-call targets in an exported program: work XLA hands to a library or the
-  host."""
-  return set(_CUSTOM_CALL.findall(exported.mlir_module()))
+# Custom calls XLA implements itself on every platform (JAX before 0.7 writes shardings and
+# top_k this way), with jax.export's compatibility guarantee.
+XLA_CUSTOM_CALLS = frozenset({"Sharding", "SPMDFullToShardShape", "SPMDShardToFullShape",
+                              "mhlo.topk"})
 
 
-def host_callbacks(exported: jax.export.Exported) -> set[str]:
+def custom_call_targets(exported: export.Exported) -> set[str]:
+  """The custom-call targets in an exported program, those XLA implements itself left out:
+  work XLA hands to a library (cuDNN) or the host."""
+  return set(_CUSTOM_CALL.findall(exported.mlir_module())) - XLA_CUSTOM_CALLS
+
+
+def host_callbacks(exported: export.Exported) -> set[str]:
   """The custom calls of an exported program that call back into Python on the host."""
   return {t for t in custom_call_targets(exported) if _CALLBACK.search(t)}

@@ -166,8 +166,10 @@ def test_remat_and_dropout_paths_match_plain(tiny_bert_dir):
 
   g_plain = jax.grad(lambda p: loss(plain, p))(plain.params)
   g_remat = jax.grad(lambda p: loss(remat, p))(plain.params)
+  # atol 2e-5: XLA versions fuse the recomputed forward differently (jaxlib 0.6, the lowest
+  # declared, moves a few near-zero entries by 1.2e-5).
   for a, b in zip(jax.tree_util.tree_leaves(g_plain), jax.tree_util.tree_leaves(g_remat)):
-    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
+    np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4)
   # A vanishing dropout rate takes the explicit (non-fused) attention path: same numbers.
   tiny_drop = load_encoder(tiny_bert_dir, dropout=1e-9)
   explicit = tiny_drop.apply(plain.params, ids, mask, deterministic=False,
