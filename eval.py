@@ -123,7 +123,8 @@ def main(argv):
   # Results are written into the workdir under its lock: never beside a training run's own.
   with workdir_lock(workdir, enabled=host.is_primary()):
     Evaluator(models, config, measures=measures).evaluate_all(
-        collection_specs(config), params, workdir, evaluated_as, write=host.is_primary())
+        collection_specs(config), params, workdir, evaluated_as, write=host.is_primary(),
+        progress=bool(config.runtime.progress_bar) and host.is_primary())
 
 
 def _same(a, b) -> bool:

@@ -35,7 +35,7 @@ def main(argv):
   from optical_jax.inputs import resolve_inputs
   # Config and inputs first: a bad field or a missing download is named in seconds, before
   # the training stack loads.
-  validate(config, devices=jax.device_count(), backend=jax.default_backend())
+  validate(config, devices=jax.device_count(), backend=jax.devices()[0].platform)
   inputs = resolve_inputs(config, workdir=FLAGS.workdir)  # a resume: the run's commits
   from optical_jax.training.loop import train_and_evaluate
   train_and_evaluate(inputs.config, FLAGS.workdir)

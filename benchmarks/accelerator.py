@@ -14,7 +14,10 @@ ot: so.py's models and step. Printed, in this order:
 2. FLOPs per step from XLA's cost analysis of the compiled step (teacher forward in the step,
    so.py's setting on accelerators), and the compute-bound step time per device kind at the
    nominal peak and at 40% MFU (estimates: arithmetic, not measurements);
-3. on an accelerator (or with --measure): per device count, the bare compiled step on
+3. the compiled step's memory per device (arguments, outputs, temporaries) for 1 and 8 devices
+   (on a CPU host 8 devices are simulated: XLA:CPU's temporaries stand in for the
+   accelerator's), and which Colab / TPU-VM devices it fits;
+4. on an accelerator (or with --measure): per device count, the bare compiled step on
    pre-staged batches, the train loop's path (prefetch thread, host batches, no reads), MFU,
    and the share of loop time the device waits for the host; then corpus encoding
    passages/s at length 256.
@@ -24,6 +27,16 @@ from __future__ import annotations
 
 from common import (ARCHITECTURES, argument_parser, cpu_description, median_seconds, parse_args,
                     random_checkpoint)
+
+import os
+
+# 8 CPU devices for the 8-device memory analysis where the host has no accelerator, unless
+# XLA_FLAGS sets a count (the flag only shapes the CPU backend; the other tables then use one
+# CPU device, as without it).
+SIMULATED = "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
+if SIMULATED:
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                             + " --xla_force_host_platform_device_count=8").strip()
 
 if __name__ == "__main__":
   parser = argument_parser(__doc__.splitlines()[0])
@@ -46,13 +59,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from optical_jax.config import base_config
 from optical_jax.data.batching import BucketedBatches
 from optical_jax.data.teacher_cache import TeacherTokenCache
 from optical_jax.token_arrays import TokenColumn
 from optical_jax.models.student import build_models
 from optical_jax.pooling import pool
-from optical_jax.training.loop import _watch_jit
+from optical_jax.training.loop import watch_loss
+from optical_jax.training.lowering import so_config
 from optical_jax.training.prefetch import Prefetcher
 from optical_jax.training.state import initial_state, make_optimizer
 from optical_jax.training.step import (compiled_per_shape, data_mesh, global_batch,
@@ -61,15 +74,11 @@ from optical_jax.training.throughput import PEAK_TFLOPS, executable_flops, peak_
 from optical_jax.training.input_pipeline import local_batch
 
 MFU_ASSUMED = 0.4  # a well-fed transformer step's share of the peak, for the estimates
-
-
-def so_config(teacher: str, student: str, args):
-  """configs/so.py's training settings on the random checkpoints."""
-  c = base_config()
-  c.model.teacher, c.model.student, c.model.dtype = teacher, student, args.dtype
-  c.model.student_side, c.loss = "document", "ot"
-  c.data.max_length, c.train.batch_size = args.length, args.batch
-  return c
+# Memory per device (GB, 10**9 bytes) of the Colab and TPU-VM devices so.py may run on.
+DEVICE_MEMORY = (("TPU v5e-1", 1, 16), ("TPU v6e-1", 1, 32), ("TPU v2-8 (a core)", 8, 8),
+                 ("T4", 1, 16), ("L4", 1, 24), ("A100 40GB", 1, 40), ("A100 80GB", 1, 80))
+# The share of a device's memory a program may plan for (the runtime keeps some).
+USABLE = 0.9
 
 
 def synthetic_columns(pairs: int, length: int, vocab: dict[str, int], seed: int = 0):
@@ -140,13 +149,56 @@ def flops_table(step_fn, state, teacher_params, batch, rng, devices: int, args) 
   return total
 
 
+def run_devices() -> list:
+  """The devices the tables time: all of them but the 8 simulated CPU devices (one)."""
+  return jax.devices()[:1] if SIMULATED and jax.default_backend() == "cpu" else jax.devices()
+
+
+def step_memory(executable) -> dict[str, int]:
+  """Bytes per device of a compiled step: arguments, outputs, temporaries and the peak
+  (donated state counted once)."""
+  m = executable.memory_analysis()
+  peak = (m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
+          + m.temp_size_in_bytes)
+  return {"arguments": m.argument_size_in_bytes, "outputs": m.output_size_in_bytes,
+          "temporaries": m.temp_size_in_bytes, "peak": peak}
+
+
+def memory_table(config, models, batches, one_device_executable, args) -> None:
+  """The compiled step's memory per device on 1 and 8 devices, and the devices it fits."""
+  rows = {1: step_memory(one_device_executable)}
+  devices = [d for d in jax.devices() if d.platform == jax.devices()[0].platform]
+  if len(devices) < 8:  # an accelerator host with fewer chips: its CPU backend simulates 8
+    devices = jax.devices("cpu")
+  if len(devices) >= 8 and args.batch % 8 == 0:
+    mesh = data_mesh(devices[:8])
+    optimizer = make_optimizer(config)
+    step_fn = compiled_per_shape(make_train_step(config, models, optimizer, mesh), {})
+    rows[8] = step_memory(step_fn.executable_for(
+        replicate(initial_state(models, optimizer), mesh),
+        replicate(models.teacher.params, mesh), global_batch(local_batch(batches, None, 0), mesh),
+        replicate(jax.random.PRNGKey(0), mesh)))
+  gb = lambda n: f"{n / 1e9:.2f}"
+  print(f"\n### Memory per device of the compiled step (XLA's memory analysis, "
+        f"{jax.devices()[0].platform} compilation), batch {args.batch}, length {args.length}, "
+        f"{args.dtype}\n")
+  print("| devices | arguments (GB) | outputs (GB) | temporaries (GB) | peak (GB) | fits "
+        f"(peak <= {USABLE:.0%} of the device's memory) |")
+  print("|---|---|---|---|---|---|")
+  for n, m in rows.items():
+    fits = [f"{name} ({memory} GB)" for name, count, memory in DEVICE_MEMORY
+            if count == n and m["peak"] <= USABLE * memory * 1e9]
+    print(f"| {n} | {gb(m['arguments'])} | {gb(m['outputs'])} | {gb(m['temporaries'])} | "
+          f"{gb(m['peak'])} | {', '.join(fits) or 'none of those'} |")
+
+
 def measured_table(config, models, batches, args) -> None:
   """Per device count: bare step, the loop's path, MFU, device-wait share."""
   print(f"\n### Measured on {jax.devices()[0].device_kind} ({jax.default_backend()})\n")
   print("| devices | bare step (ms) | loop step (ms) | device waits for the host | "
         "tokens/s | MFU |")
   print("|---|---|---|---|---|---|")
-  counts = [n for n in (1, 2, 4, 8, 16, 32) if n <= jax.device_count()
+  counts = [n for n in (1, 2, 4, 8, 16, 32) if n <= len(run_devices())
             and args.batch % n == 0]
   peak = peak_flops(jax.devices()[0].device_kind, args.dtype)
   for n in counts:
@@ -173,7 +225,7 @@ def measured_table(config, models, batches, args) -> None:
       for s in range(args.steps):  # the train loop's path between log steps
         batch, count = prefetcher.get(s)
         state, metrics = step_fn(state, teacher_params, batch, rng)
-        first_bad = _watch_jit(first_bad, metrics["loss"], state.step)
+        first_bad = watch_loss(first_bad, metrics["loss"], state.step)
         tokens += count
       jax.block_until_ready((metrics, first_bad))
     loop = (time.perf_counter() - start) / args.steps
@@ -186,13 +238,13 @@ def measured_table(config, models, batches, args) -> None:
 def encoding_table(models, args) -> None:
   """Corpus encoding at length 256: pooled student embeddings of pre-staged batches."""
   from jax.sharding import NamedSharding, PartitionSpec as P
-  mesh = data_mesh()
+  mesh = data_mesh(run_devices())
   student = models.student
   dtype = jnp.dtype(args.dtype)
   params = jax.tree_util.tree_map(
       lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, student.params)
   params = jax.device_put(params, NamedSharding(mesh, P()))
-  rows = args.encode_batch * jax.device_count()
+  rows = args.encode_batch * len(mesh.devices.flat)
   ids = np.random.default_rng(0).integers(5, student.config.vocab_size, (rows, 256))
   sharding = NamedSharding(mesh, P("data"))
   ids = jax.device_put(ids.astype(np.int32), sharding)
@@ -202,20 +254,20 @@ def encoding_table(models, args) -> None:
   seconds = median_ms(lambda: jax.block_until_ready(encode(params, ids, mask)),
                       args.repeats) / 1e3
   print(f"\n### Corpus encoding, length 256, {args.dtype}\n")
-  print(f"{rows / seconds:,.0f} passages/s ({rows} passages a batch over {jax.device_count()} "
+  print(f"{rows / seconds:,.0f} passages/s ({rows} passages a batch over {len(mesh.devices.flat)} "
         f"device(s)); CIRAL's 827,552 Somali passages: {827_552 / (rows / seconds) / 60:.1f} "
         "min")
 
 
 def main(args) -> None:
   print(f"CPU: {cpu_description()}")
-  print(f"devices: {jax.device_count()} x {jax.devices()[0].device_kind} "
+  print(f"devices: {len(run_devices())} x {jax.devices()[0].device_kind} "
         f"({jax.default_backend()})")
   teacher = random_checkpoint("tiny" if args.architecture == "tiny" else "bge-small")
   student = random_checkpoint("tiny" if args.architecture == "tiny" else args.student)
-  config = so_config(teacher, student, args)
+  config = so_config(teacher, student, dtype=args.dtype, batch=args.batch, length=args.length)
   models = build_models(config)
-  mesh = data_mesh()
+  mesh = data_mesh(run_devices())  # the 8 simulated CPU devices: the memory table only
   batches, _ = host_table(models, config, mesh, args)
   optimizer = make_optimizer(config)
   state = replicate(initial_state(models, optimizer), mesh)
@@ -223,7 +275,9 @@ def main(args) -> None:
   rng = replicate(jax.random.PRNGKey(0), mesh)
   step_fn = compiled_per_shape(make_train_step(config, models, optimizer, mesh), {})
   batch = global_batch(local_batch(batches, None, 0), mesh)
-  flops_table(step_fn, state, teacher_params, batch, rng, jax.device_count(), args)
+  flops_table(step_fn, state, teacher_params, batch, rng, len(mesh.devices.flat), args)
+  memory_table(config, models, batches,
+               step_fn.executable_for(state, teacher_params, batch, rng), args)
   if jax.default_backend() != "cpu" or args.measure:
     measured_table(config, models, batches, args)
     encoding_table(models, args)

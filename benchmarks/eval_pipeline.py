@@ -24,6 +24,13 @@ tokenizer), so that the model costs little and the host's work shows:
   CPU-only machine the tiny model's compute takes cores the tokenizer would use, so the rows
   above also show how many cores there are to share.
 
+Then the search alone, before and after it moved to the device: `--passages` random
+384-wide vectors (CIRAL's students) against the queries, top 100, `--chunk` at a time, as
+the host searched (float64 numpy scores of every chunk, `merge_top_k`) and as `DeviceTopK`
+does (float32 scores and the running top-k on the device, the candidates rescored on the
+host), with the host's share of an evaluation's time for each (the second evaluation's
+encoding and reading, plus that search). On a CPU-only machine the "device" is this CPU too.
+
 Every pass is timed after an untimed one of the same shapes (compilation), in `--repeats`
 rounds of every stage in turn (medians), so that a shared machine's load weighs on all rows
 alike. The embedding cache is off throughout: each evaluation encodes.
@@ -132,7 +139,9 @@ def main() -> None:
     scan_corpus(corpus)
 
   def nothing(params, input_ids, attention_mask):  # a model that costs nothing
-    return jnp.zeros(input_ids.shape + (32,), jnp.float32)
+    # Token features from the ids alone: distinct scores, as a model's (all-equal ones would
+    # send every query's search back to the host).
+    return ((input_ids[..., None] * jnp.arange(1, 33)) % 97).astype(jnp.float32) / 97
 
   # One encoder per model for all evaluations, as a training run keeps them: compiled once.
   encoders = {fn: TextEncoder(encoder, batch_size=args.batch, max_length=args.length,
@@ -201,6 +210,58 @@ def main() -> None:
   for name, seconds, ratio in rows:
     print(f"| {name} | {seconds:.2f} | {rate(seconds):,.0f} | {ratio} |")
   np.testing.assert_equal(len(first_run), args.queries)
+  search_table(args, n, second_s, timed)
+
+
+def search_table(args, n: int, evaluation_s: float, timed) -> None:
+  """The search alone, on the host (before) and on the device (after), and its share."""
+  import jax
+  import numpy as np
+  from optical_jax.evaluation.search import DeviceTopK, docid_ranks, host_search
+  rng, k, dim = np.random.default_rng(0), 100, 384
+  docs = rng.normal(size=(n, dim)).astype(np.float32)
+  queries = rng.normal(size=(args.queries, dim)).astype(np.float32)
+  ranks = docid_ranks([f"d{i}" for i in range(n)])
+  chunks = lambda: ((np.arange(s, min(s + args.chunk, n)), docs[s:s + args.chunk])
+                    for s in range(0, n, args.chunk))
+  everything = np.ones(args.queries, bool)
+
+  def on_host():  # every query searched by the host, as before
+    placeholder = (np.zeros((args.queries, min(k, n)), np.float32),
+                   np.zeros((args.queries, min(k, n)), np.int64))
+    return host_search(placeholder, everything, queries, chunks(), ranks, k)
+
+  rescoring = []
+
+  def on_device():
+    search = DeviceTopK(queries, k)
+    for rows, chunk in chunks():
+      search.add(rows, chunk)
+    jax.block_until_ready(search.state)
+    start = time.perf_counter()  # the host's own part: reading back, rescoring, ranking
+    best, uncertain = search.result(ranks)
+    best = host_search(best, uncertain, queries, chunks(), ranks, k)
+    rescoring.append(time.perf_counter() - start)
+    return best
+
+  on_host(), on_device()  # compiles
+  times = {"host": [], "device": []}
+  for _ in range(args.repeats):
+    host_s, before = timed(on_host)
+    device_s, after = timed(on_device)
+    assert all((a == b).all() for a, b in zip(before, after))
+    times["host"].append(host_s)
+    times["device"].append(device_s)
+  host_s, device_s = (statistics.median(t) for t in times.values())
+  print(f"\n### Search alone: {n:,} passages x {args.queries} queries, {dim} wide, top {k}, "
+        f"{args.chunk} passages a chunk (the same top {k} both ways)\n")
+  print("| search | seconds | share of an evaluation (second evaluation + this search) |")
+  print("|---|---:|---:|")
+  for name, seconds in (("on the host, float64 numpy (before)", host_s),
+                        ("on the device, DeviceTopK (after)", device_s),
+                        ("of which the host's: candidates read back, rescored, ranked",
+                         statistics.median(rescoring[1:]))):
+    print(f"| {name} | {seconds:.2f} | {seconds / (evaluation_s + seconds):.0%} |")
 
 
 if __name__ == "__main__":

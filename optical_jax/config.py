@@ -388,7 +388,8 @@ def microbatches_per_device(config, per_device_batch: int) -> int:
 
 def validate(config, *, devices: int = 1, backend: str = "cpu") -> None:
   """Raises `ConfigError` naming the first field of `config` that cannot run on `devices`
-  devices of `backend`; changes nothing."""
+  devices of platform `backend` ("cpu", "gpu", "tpu": the platform of the devices the run
+  uses, `jax.devices()[0].platform`); changes nothing."""
   check_fields(config)
   _one_of(config, "stage", STAGES)
   _one_of(config, "loss", LOSSES)
@@ -406,7 +407,7 @@ def validate(config, *, devices: int = 1, backend: str = "cpu") -> None:
   if config.model.attention == "cudnn" and (backend != "gpu"
                                             or config.model.dtype != "bfloat16"):
     raise ConfigError("config.model.attention 'cudnn' needs an NVIDIA GPU and "
-                      f"config.model.dtype 'bfloat16' (here: {backend}, "
+                      f"config.model.dtype 'bfloat16' (here: {backend} devices, "
                       f"{config.model.dtype!r}); use 'xla'")
   _one_of(config, "model.vocab_init", VOCAB_INITS)
   _positive_int(config.model.vocab_extension, "model.vocab_extension", zero_ok=True)

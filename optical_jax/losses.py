@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from ott.geometry import geometry
 from ott.problems.linear import linear_problem
-from ott.solvers.linear import implicit_differentiation, sinkhorn
+from ott.solvers.linear import implicit_differentiation, lineax_implicit, sinkhorn
 
 from optical_jax.pooling import l2_normalize
 from optical_jax.scoring import dense_scores, maxsim_scores
@@ -43,6 +43,34 @@ _IMPLICIT_PADDING_WEIGHT = 1e-8
 # Below this (cosine costs, in [0, 2]) the implicit linear solve failed in every case probed:
 # unpadded [2, 6, 8] x [2, 7, 8] (3 seeds), padded [4, 24 or 48, 64] x [4, 32, 64] (2 seeds).
 _IMPLICIT_MIN_EPSILON = 0.01
+
+
+def _normal_cg(lin, b, lin_t=None, symmetric: bool = False, ridge_kernel: float = 0.0):
+  """Solves `lin(x) = b` by conjugate gradients on the normal equations, as lineax's
+  `NormalCG` that ott uses by default, with JAX's own CG: no equinox closure conversion
+  (which refuses the manual-axis shapes inside `shard_map`) and no host callback for its
+  error check (which `jax.export` cannot serialise). `ridge_kernel * sum(x)` picks the
+  zero-sum solution of balanced OT's singular system, as in ott's solvers."""
+  ridge = lambda op: (lambda x: op(x) + ridge_kernel * jnp.sum(x))
+  a = ridge(lin)
+  if symmetric:
+    return jax.scipy.sparse.linalg.cg(a, b, tol=1e-6, atol=1e-6)[0]
+  a_t = ridge(lin_t)
+  return jax.scipy.sparse.linalg.cg(lambda x: a_t(a(x)), a_t(b), tol=1e-6, atol=1e-6)[0]
+
+
+class _NativeImplicitDiff(implicit_differentiation.ImplicitDiff):
+  """ott's implicit differentiation with `_normal_cg`. ott 0.6 ignores `solver=` (its
+  `solve` only ever takes `lineax_implicit.solve_lineax`), so that name is swapped for
+  the solve: the backward pass's trace, once per compilation, in the tracing thread."""
+
+  def solve(self, *args, **kwargs):
+    lineax_solve = lineax_implicit.solve_lineax
+    lineax_implicit.solve_lineax = _normal_cg
+    try:
+      return super().solve(*args, **kwargs)
+    finally:
+      lineax_implicit.solve_lineax = lineax_solve
 
 
 class OTDiagnostics(NamedTuple):
@@ -280,7 +308,7 @@ def ot_distillation_loss(
   # Balanced OT's potentials are defined up to a shared constant, so the implicit linear
   # system is singular along it; `ridge_kernel` solves for the zero-sum solution, which the
   # gradient does not depend on. Without it NormalCG returned NaN on some CPUs (AVX-512).
-  implicit_diff = (implicit_differentiation.ImplicitDiff(solver_kwargs={"ridge_kernel": 1.0})
+  implicit_diff = (_NativeImplicitDiff(solver_kwargs={"ridge_kernel": 1.0})
                    if gradient == "implicit" else None)
   solver = sinkhorn.Sinkhorn(
       threshold=threshold, max_iterations=max_iterations, implicit_diff=implicit_diff,

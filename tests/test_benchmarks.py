@@ -167,3 +167,6 @@ def test_accelerator_table_gives_flops_the_compute_bound_and_the_device_wait():
     assert re.search(rf"^\| {devices} \| {NUMBER} \| {NUMBER} \| \d+% \| [\d,]+ \| n/a \|$", out,
                      re.M), out
   assert re.search(r"[\d,]+ passages/s", out), out
+  # The compiled step's memory per device: arguments, outputs, temporaries, peak, what fits.
+  gigabytes = r" \| ".join([NUMBER] * 4)
+  assert re.search(rf"^\| 1 \| {gigabytes} \| TPU v5e-1 \(16 GB\)", out, re.M), out

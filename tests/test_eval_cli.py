@@ -262,6 +262,16 @@ def test_export_overwrites_only_an_earlier_export_and_is_exactly_the_trained_stu
   np.testing.assert_allclose(theirs, ours, atol=1e-5)
 
 
+@pytest.mark.parametrize("progress_bar", [True, False])
+def test_eval_shows_the_passage_bar_only_with_runtime_progress_bar(trained_run, tmp_path,
+                                                                   progress_bar):
+  result = eval_checkpoint(trained_run.config, trained_run.workdir,
+                           f"--config.runtime.cache_dir={tmp_path / 'cache'}",  # encoded anew
+                           f"--config.runtime.progress_bar={progress_bar}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert ("passages:" in result.stderr) == progress_bar, result.stderr[-3000:]
+
+
 def test_ctrl_c_during_eval_stops_with_130_and_says_what_is_kept(trained_run, tmp_path):
   import signal
   eval_json = results_dir(trained_run.workdir, 2) / "eval.json"

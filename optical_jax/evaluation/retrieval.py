@@ -33,8 +33,8 @@ from tqdm.auto import tqdm
 from optical_jax.evaluation.corpus_files import scan_corpus
 from optical_jax.evaluation.embedding_cache import (EmbeddingCache, params_fingerprint,
                                                     texts_fingerprint)
-from optical_jax.evaluation.search import (as_run, docid_ranks, empty_top_k, gather_top_k,
-                                          merge_top_k, score_chunk)
+from optical_jax.evaluation.search import (DeviceTopK, as_run, docid_ranks, gather_top_k,
+                                          host_search)
 from optical_jax.evaluation.token_cache import CorpusTokens, TextTokens, tokenizer_fingerprint
 from optical_jax.pooling import pool
 from optical_jax.token_arrays import ids_tokenizer, tokenize_flat
@@ -141,8 +141,9 @@ class TextEncoder:
     # One batch per local device; the per-device program is the same on any device count.
     sharded = lambda f, out=P(AXIS): jax.jit(jax.shard_map(
         f, mesh=self.mesh, in_specs=(P(), P(AXIS), P(AXIS)), out_specs=out, check_vma=False))
-    self._pooled, self._tokens = sharded(pooled), sharded(tokens)
-    self._tokens_and_pooled = sharded(tokens_and_pooled, (P(AXIS), P(AXIS)))
+    # `(params, input_ids, attention_mask)` over the local devices' mesh, each device a batch.
+    self.programs = {"pooled": sharded(pooled), "tokens": sharded(tokens),
+                     "tokens_and_pooled": sharded(tokens_and_pooled, (P(AXIS), P(AXIS)))}
     self._placed = None  # (params object, its replicated copy on the local devices)
     self._fingerprint = None  # (params object, params_fingerprint)
     self._tokenizer_key = None  # (tokenizer object, tokenizer_fingerprint)
@@ -215,7 +216,7 @@ class TextEncoder:
     chunks = self._source(texts).chunks(self.corpus_chunk)
     try:
       for start, flat, offsets in chunks:
-        pieces = list(self._run(self._pooled, flat, offsets, part, parts, bar))
+        pieces = list(self._run(self.programs["pooled"], flat, offsets, part, parts, bar))
         if pieces:
           yield (start + np.concatenate([r for r, _ in pieces]),
                  np.concatenate([v[0] for _, v in pieces]))
@@ -316,7 +317,7 @@ class TextEncoder:
     out: list[np.ndarray | None] = [None] * count
     vectors = None
     with tqdm(total=count, desc=desc, unit="text", leave=False, disable=not progress) as bar:
-      fn = self._tokens_and_pooled if pooled else self._tokens
+      fn = self.programs["tokens_and_pooled" if pooled else "tokens"]
       for rows, (values, lengths) in self._run(fn, flat, offsets, 0, 1, bar):
         hidden = values[0] if pooled else values
         if pooled:
@@ -362,10 +363,15 @@ def retrieve(queries: Mapping[str, str], corpus: Mapping[str, str] | CorpusToken
   else:
     doc_ids = list(corpus)
     ranks, texts = docid_ranks(doc_ids), [corpus[d] for d in doc_ids]
-  best = empty_top_k(len(query_ids))
+  search = DeviceTopK(query_vectors, k, similarity)
   part, parts = jax.process_index(), jax.process_count()
   for rows, vectors in doc_encoder.stream(texts, part=part, parts=parts, desc="passages",
                                           progress=progress and part == 0):
-    index = np.broadcast_to(rows, (len(query_ids), len(rows)))
-    best = merge_top_k(best, score_chunk(query_vectors, vectors, similarity), index, ranks, k)
+    search.add(rows, vectors)
+  best, uncertain = search.result(ranks)
+  # Rare: near-ties at the device's cut-off; this process's share is read again (from the
+  # embedding cache where it is on).
+  best = host_search(best, uncertain, query_vectors,
+                     doc_encoder.stream(texts, part=part, parts=parts, progress=False), ranks, k,
+                     similarity) if uncertain.any() else best
   return as_run(gather_top_k(best, ranks, min(k, len(doc_ids))), query_ids, doc_ids)

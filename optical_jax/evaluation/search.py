@@ -1,9 +1,12 @@
 """Exact top-k dense search and reranking of runs.
 
-One top-k implementation serves corpus chunks, processes and whole matrices: scores are
-computed in float64 on the host (a float32 matmul's summation order depends on which documents
-share a chunk) and equal scores are broken by docid in trec_eval's order, so a run is the same
-however the corpus was cut.
+A run's scores are float64 dot products rounded to float32 (a float32 matmul's summation order
+depends on which documents share a chunk), and equal scores are broken by docid in trec_eval's
+order, so a run is the same however the corpus was cut. The corpus is searched on a device
+(`DeviceTopK`): float32 scores and a running top `2k` per query stay there, and only those
+candidates come back, to be rescored in float64 and ranked on the host; a query whose k-th
+score is too close to the device's cut-off for float32's rounding to be ruled out is searched
+again on the host (`merge_top_k`), so the result is the host search's exactly.
 """
 
 from __future__ import annotations
@@ -71,6 +74,90 @@ def merge_top_k(best: tuple[np.ndarray, np.ndarray], scores: np.ndarray, index: 
   return np.take_along_axis(scores, keep, axis=1), np.take_along_axis(index, keep, axis=1)
 
 
+# Rounding of a float32 dot product of width d (any summation order, also TPU's "highest"
+# precision): at most about d * 2**-24 * |q| * |x|; twice that, with margin, rules it out.
+_FLOAT32_DOT_ERROR = 8 * 2.0**-24
+
+
+@functools.partial(jax.jit, static_argnames="cosine", donate_argnums=0)
+def top_k_step(state, queries, chunk, rows, *, cosine: bool):
+  """`state` (scores `[Q, K]`, rows `[Q, K]`, vectors `[Q, K, d]`, largest document norm)
+  merged with `chunk` `[m, d]` of corpus rows `rows` `[m]` (-1: padding): the top K by float32
+  score, the candidates' own vectors kept for the host's float64 rescoring."""
+  scores, index, vectors, norm = state
+  norms = jnp.linalg.norm(chunk, axis=1)
+  unit = chunk / jnp.maximum(norms, 1e-12)[:, None] if cosine else chunk
+  new = jnp.matmul(queries, unit.T, precision=jax.lax.Precision.HIGHEST)
+  new = jnp.where(rows[None] >= 0, new, -jnp.inf)
+  new, pick = jax.lax.top_k(new, min(scores.shape[1], chunk.shape[0]))
+  scores = jnp.concatenate([scores, new], axis=1)
+  index = jnp.concatenate([index, rows[pick]], axis=1)
+  vectors = jnp.concatenate([vectors, chunk[pick]], axis=1)
+  scores, keep = jax.lax.top_k(scores, index.shape[1] - new.shape[1])
+  norm = jnp.maximum(norm, jnp.max(jnp.where(rows >= 0, 1.0 if cosine else norms, 0.0)))
+  return (scores, jnp.take_along_axis(index, keep, axis=1),
+          jnp.take_along_axis(vectors, keep[..., None], axis=1), norm)
+
+
+class DeviceTopK:
+  """The exact top `k` of queries `[Q, d]` against corpus chunks added one at a time
+  (`add`), searched on `device` (the first local device by default): per chunk a float32
+  matmul and `lax.top_k`, merged there into a running top `2k`; `result` reads those back
+  once, rescores them in float64 as `score_chunk` does and ranks them by `merge_top_k`'s
+  order. Queries it cannot prove exact (`result`'s second value) need the host search."""
+
+  def __init__(self, query_vectors: np.ndarray, k: int, similarity: str = "dot",
+               device=None):
+    if similarity not in ("dot", "cosine"):
+      raise ValueError(f"similarity must be 'dot' or 'cosine', got {similarity!r}")
+    self.query_vectors = np.asarray(query_vectors, np.float32)
+    self.k, self.similarity, self.seen = k, similarity, 0
+    self.device = device or jax.local_devices()[0]
+    self.width = max(2 * k, k + 16)
+    num_queries, dim = self.query_vectors.shape
+    queries = self.query_vectors
+    if similarity == "cosine":
+      queries = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
+    self.queries = jax.device_put(queries, self.device)
+    self.state = jax.device_put((np.full((num_queries, self.width), -np.inf, np.float32),
+                                 np.full((num_queries, self.width), -1, np.int32),
+                                 np.zeros((num_queries, self.width, dim), np.float32),
+                                 np.float32(0)), self.device)
+
+  def add(self, rows: np.ndarray, vectors: np.ndarray) -> None:
+    """Corpus rows `rows` `[m]` (their indices in the corpus) with vectors `[m, d]`;
+    padded to a power of two, so a search compiles for a few chunk sizes only."""
+    size = _power_of_two(len(rows), 256)
+    chunk = np.zeros((size, self.query_vectors.shape[1]), np.float32)
+    chunk[:len(rows)] = vectors
+    padded = np.full(size, -1, np.int32)
+    padded[:len(rows)] = rows
+    self.state = top_k_step(self.state, self.queries, jax.device_put(chunk, self.device),
+                                    jax.device_put(padded, self.device),
+                                    cosine=self.similarity == "cosine")
+    self.seen += len(rows)
+
+  def result(self, ranks: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray]:
+    """`(best, uncertain)`: the top k as `merge_top_k` gives it (scores, indices `[Q, k']`)
+    and `[Q]` bool, the queries where a document the device left out might belong in it."""
+    scores, index, vectors, norm = jax.device_get(self.state)
+    exact = np.stack([score_chunk(self.query_vectors[q:q + 1], vectors[q], self.similarity)[0]
+                      for q in range(len(index))]) if len(index) else scores
+    index = index.astype(np.int64)
+    exact = np.where(index >= 0, exact, -np.inf).astype(np.float32)
+    best = merge_top_k(empty_top_k(len(index)), exact, index, ranks, self.k)
+    if self.seen <= self.width or self.k == 0:
+      return best, np.zeros(len(index), bool)  # every document is a candidate
+    query_norm = (1.0 if self.similarity == "cosine"
+                  else np.linalg.norm(self.query_vectors.astype(np.float64), axis=1))
+    error = (_FLOAT32_DOT_ERROR * self.query_vectors.shape[1] * query_norm
+             * float(norm) * 1.01)
+    # A left-out document scored at most the device's cut-off plus the error; it is beaten
+    # if that is below the float32 number just under the k-th rescored score (no tie).
+    kth = np.nextafter(best[0][:, self.k - 1], np.float32(-np.inf))
+    return best, ~(scores[:, -1].astype(np.float64) + error < kth.astype(np.float64))
+
+
 def gather_top_k(best: tuple[np.ndarray, np.ndarray], ranks: np.ndarray,
                  k: int) -> tuple[np.ndarray, np.ndarray]:
   """Every process's local top-k merged exactly (one collective per call, so all processes
@@ -104,12 +191,32 @@ def dense_search(query_vectors: np.ndarray, doc_vectors: np.ndarray, query_ids: 
   `O(Q * (k + chunk_size))` whatever the corpus size; ties go by docid as in trec_eval."""
   if len(query_ids) != len(query_vectors) or len(doc_ids) != len(doc_vectors):
     raise ValueError("ids and vectors must have the same length")
-  ranks, best = docid_ranks(doc_ids), empty_top_k(len(query_ids))
-  for start in range(0, len(doc_ids), chunk_size):
-    chunk = np.asarray(doc_vectors[start:start + chunk_size])
-    index = np.broadcast_to(np.arange(start, start + len(chunk)), (len(query_ids), len(chunk)))
-    best = merge_top_k(best, score_chunk(query_vectors, chunk, similarity), index, ranks, k)
-  return as_run(best, query_ids, doc_ids)
+  ranks, search = docid_ranks(doc_ids), DeviceTopK(query_vectors, k, similarity)
+  chunks = lambda: ((np.arange(start, min(start + chunk_size, len(doc_ids))),
+                     np.asarray(doc_vectors[start:start + chunk_size]))
+                    for start in range(0, len(doc_ids), chunk_size))
+  for rows, chunk in chunks():
+    search.add(rows, chunk)
+  best, uncertain = search.result(ranks)
+  return as_run(host_search(best, uncertain, query_vectors, chunks(), ranks, k, similarity),
+                query_ids, doc_ids)
+
+
+def host_search(best: tuple[np.ndarray, np.ndarray], uncertain: np.ndarray,
+                query_vectors: np.ndarray, chunks, ranks: np.ndarray, k: int,
+                similarity: str = "dot") -> tuple[np.ndarray, np.ndarray]:
+  """`best` with the rows of `uncertain` queries searched again on the host over `chunks`
+  (an iterable of (corpus rows, vectors)), in float64: `DeviceTopK`'s rare fallback."""
+  if not uncertain.any():
+    return best
+  queries = np.asarray(query_vectors)[uncertain]
+  exact = empty_top_k(len(queries))
+  for rows, chunk in chunks:
+    index = np.broadcast_to(np.asarray(rows, np.int64), (len(queries), len(rows)))
+    exact = merge_top_k(exact, score_chunk(queries, chunk, similarity), index, ranks, k)
+  scores, index = best[0].copy(), best[1].copy()
+  scores[uncertain], index[uncertain] = exact
+  return scores, index
 
 
 def rerank_run(run: Mapping[str, Mapping[str, float]],

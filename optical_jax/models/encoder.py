@@ -30,16 +30,20 @@ _ACTIVATIONS = {
 SUPPORTED_MODEL_TYPES = ("bert", "xlm-roberta", "roberta", "camembert")
 
 
-def check_attention(attention: str, dtype: Any, backend: str) -> None:
+def check_attention(attention: str, dtype: Any, platform: str | None = None) -> None:
   """Raises ValueError unless `attention` is one of `optical_jax.config.ATTENTION` (the
-  `jax.nn.dot_product_attention` implementations) and runs here: "cudnn" needs a GPU and a
-  half-precision dtype."""
+  `jax.nn.dot_product_attention` implementations) and can run: "cudnn" needs a half-precision
+  dtype and, where `platform` (of the devices that run it: "cpu", "gpu", "tpu") is given, a
+  GPU. The platform is the devices' and not `jax.default_backend()`: a program lowered on one
+  host for another's devices (`jax.export`) is checked for those."""
   if attention not in ATTENTION:
     raise ValueError(f"attention must be one of {ATTENTION}, got {attention!r}")
   dtype = jnp.dtype(dtype)
-  if attention == "cudnn" and (backend != "gpu" or dtype not in (jnp.bfloat16, jnp.float16)):
+  if attention == "cudnn" and (platform not in (None, "gpu")
+                               or dtype not in (jnp.bfloat16, jnp.float16)):
     raise ValueError(f"attention 'cudnn' needs an NVIDIA GPU and a bfloat16 or float16 dtype; "
-                     f"here the backend is {backend!r} and the dtype {dtype.name!r} (use 'xla')")
+                     f"here the devices are {platform!r} and the dtype {dtype.name!r} "
+                     "(use 'xla')")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -277,7 +281,8 @@ class Encoder(nn.Module):
                token_type_ids: jax.Array | None = None, *,
                deterministic: bool = True) -> jax.Array:
     cfg = self.config
-    check_attention(self.attention, self.dtype, jax.default_backend())
+    # The devices' platform is unknown while tracing: `validate` checks it for a run.
+    check_attention(self.attention, self.dtype)
     if input_ids.shape[-1] > cfg.max_length:
       # An out-of-range position id would silently reuse the last position's embedding.
       raise ValueError(f"inputs of {input_ids.shape[-1]} tokens are longer than the "

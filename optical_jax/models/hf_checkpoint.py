@@ -385,10 +385,14 @@ class LoadedEncoder:
 
   def tokenize(self, texts: list[str], *, max_length: int = 128,
                pad_to: int | None = None) -> dict[str, np.ndarray]:
-    """`input_ids` and `attention_mask` as int32 numpy arrays, padded to `pad_to` or longest."""
-    batch = self.tokenizer(list(texts), truncation=True, max_length=max_length,
-                           padding="max_length" if pad_to else "longest",
-                           **({"max_length": pad_to} if pad_to else {}), return_tensors="np")
+    """`input_ids` and `attention_mask` as int32 numpy arrays `[len(texts), width]`: at most
+    `max_length` tokens a text (and at most `pad_to`), padded to `pad_to` where given, else to
+    the longest text."""
+    width = min(max_length, pad_to) if pad_to else max_length
+    batch = self.tokenizer(list(texts), truncation=True, max_length=width, padding="longest")
+    # transformers reads one max_length for truncation and padding: pad in a second call.
+    batch = self.tokenizer.pad(batch, padding="max_length" if pad_to else "longest",
+                               max_length=pad_to, return_tensors="np")
     return {"input_ids": batch["input_ids"].astype(np.int32),
             "attention_mask": batch["attention_mask"].astype(np.int32)}
 

@@ -82,7 +82,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path
   """Trains per `config` (its inputs resolved: `optical_jax.inputs.resolve_inputs`) in
   `workdir`, resuming from its latest checkpoint, and evaluates every collection at the end;
   returns the `RunResult` (None when the run halted early, `train.halt_after_steps`)."""
-  validate(config, devices=jax.device_count(), backend=jax.default_backend())
+  validate(config, devices=jax.device_count(), backend=jax.devices()[0].platform)
   if (config.runtime.host_memory == "retain" and host_memory.missing_retain()
       and jax.default_backend() == "cpu"):
     log.warning("config.runtime.host_memory 'retain' is not in effect: it must be applied "
@@ -122,7 +122,9 @@ def _watch(first_bad: jax.Array, loss: jax.Array, step: jax.Array) -> jax.Array:
   return jnp.where((first_bad == 0) & ~jnp.isfinite(loss), step, first_bad).astype(jnp.int32)
 
 
-_watch_jit = jax.jit(_watch, donate_argnums=(0,))
+# The first non-finite loss's step, watched on the device between log steps (the train loop
+# and benchmarks/accelerator.py call it after each step).
+watch_loss = jax.jit(_watch, donate_argnums=(0,))
 
 
 def _fetch(tree):
@@ -234,7 +236,7 @@ def _train(config, workdir: Path, primary: bool) -> RunResult | None:
       # the host dispatches step after step while the prefetch thread builds the next batch.
       with jax.transfer_guard_device_to_host("disallow"):
         state, metrics = step_fn(state, teacher_params, batch, rng)
-        first_bad = _watch_jit(first_bad, metrics["loss"], state.step)
+        first_bad = watch_loss(first_bad, metrics["loss"], state.step)
       meter.add(tokens=tokens, examples=examples,
                 flops=step_fn.flops_for(state, teacher_params, batch, rng))
       if not (log_now or eval_now or save_now or halt_now or stop.requested):
@@ -299,7 +301,8 @@ def _train(config, workdir: Path, primary: bool) -> RunResult | None:
   final_began = time.perf_counter()
   final = Evaluated(num_steps, "final", str(paths.checkpoints / str(num_steps)))
   collections = evaluator.evaluate_all(specs, params, workdir, final, evaluated=final_dev,
-                                       write=primary)
+                                       write=primary,
+                                       progress=bool(config.runtime.progress_bar and primary))
   seconds["final evaluation"] = time.perf_counter() - final_began
   history = metrics_log.records()
   summary = start_comparison(history, paths.best)

@@ -25,6 +25,9 @@ def test_eval_pipeline_prints_the_tokenizer_and_both_evaluations(tmp_path):
               "second evaluation (cached token ids",
               "first evaluation, a model that computes nothing"):
     assert re.search(rf"^\| {re.escape(row)}.* \| {NUMBER} \| {NUMBER} \| ", out, re.M), out
+  for row in ("on the host, float64 numpy (before)", "on the device, DeviceTopK (after)",
+              "of which the host's: candidates read back, rescored, ranked"):
+    assert re.search(rf"^\| {re.escape(row)} \| {NUMBER} \| \d+% \|$", out, re.M), out
   # The token cache the benchmark's evaluations made: one entry, complete.
   (entry,) = [p for p in tmp_path.glob("corpus-*/tokens/*")]
   assert (entry / "meta.json").is_file()

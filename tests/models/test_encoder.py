@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from optical_jax.models.encoder import Dense, Encoder, EncoderConfig
+from optical_jax.models.encoder import Dense, Encoder, EncoderConfig, check_attention
 
 
 @pytest.mark.parametrize("features, flax_layer", [
@@ -90,7 +90,6 @@ def test_cudnn_attention_gets_a_mask_row_per_query_and_computes_the_same(monkeyp
   params = Encoder(config).init(jax.random.PRNGKey(0), ids, mask)
   expected = Encoder(config, jnp.bfloat16, attention="xla").apply(params, ids, mask)
   real_attention, calls = jax.nn.dot_product_attention, []
-  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")  # where "cudnn" is allowed
 
   def cudnn_as_xla(q, k, v, *, mask, implementation):
     # What cuDNN's layout check requires of a mask turned bias: [batch, 1, queries, keys].
@@ -109,7 +108,16 @@ def test_unknown_attention_is_named():
     Encoder(config, attention="flash").init(jax.random.PRNGKey(0), ids, mask)
 
 
-def test_cudnn_attention_off_gpu_is_named():
+@pytest.mark.parametrize("platform", ["cpu", "tpu"])
+def test_cudnn_attention_off_gpus_is_named_by_the_devices_platform(platform):
+  check_attention("cudnn", jnp.bfloat16, "gpu")
+  check_attention("cudnn", jnp.bfloat16)  # tracing: the devices are not known yet
+  with pytest.raises(ValueError, match=f"'cudnn' needs an NVIDIA GPU .* the devices are "
+                                       f"'{platform}'"):
+    check_attention("cudnn", jnp.bfloat16, platform)
+
+
+def test_cudnn_attention_in_float32_is_named_while_tracing():
   config, ids, mask = _tiny_encoder_inputs()
-  with pytest.raises(ValueError, match="'cudnn' needs an NVIDIA GPU"):
-    Encoder(config, jnp.bfloat16, attention="cudnn").init(jax.random.PRNGKey(0), ids, mask)
+  with pytest.raises(ValueError, match="'cudnn' needs .* a bfloat16 or float16 dtype"):
+    Encoder(config, jnp.float32, attention="cudnn").init(jax.random.PRNGKey(0), ids, mask)

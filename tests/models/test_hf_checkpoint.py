@@ -41,6 +41,23 @@ def test_minilm_parity_on_real_text_with_padding(minilm_dir):
   np.testing.assert_allclose(ours, reference, atol=PARITY_TOL, rtol=0)
 
 
+@pytest.mark.parametrize("pad_to", [8, 40])
+def test_tokenize_pads_to_pad_to_and_truncates_at_max_length(minilm_dir, pad_to):
+  """`pad_to` gives the width whatever `max_length` is; texts keep at most `max_length` tokens
+  (and at most `pad_to`), the same tokens as without `pad_to`."""
+  encoder = load_encoder(minilm_dir)
+  texts = ["Jesus wept.", "Ndipo Mulungu anati, Kuyere kuwala; ndipo kunali kuwala. " * 3]
+  batch = encoder.tokenize(texts, max_length=16, pad_to=pad_to)
+  plain = encoder.tokenize(texts, max_length=min(16, pad_to))
+  assert batch["input_ids"].shape == batch["attention_mask"].shape == (2, pad_to)
+  assert batch["input_ids"].dtype == np.int32
+  np.testing.assert_array_equal(batch["attention_mask"].sum(1), plain["attention_mask"].sum(1))
+  width = plain["input_ids"].shape[1]
+  np.testing.assert_array_equal(batch["input_ids"][:, :width], plain["input_ids"])
+  assert (batch["input_ids"][:, width:] == encoder.tokenizer.pad_token_id).all()
+  assert batch["attention_mask"].sum(1).max() == min(16, pad_to)
+
+
 @pytest.mark.parametrize("fixture", ["tiny_bert_dir", "tiny_xlmr_dir"])
 def test_tiny_random_parity(fixture, request):
   directory = request.getfixturevalue(fixture)
@@ -149,8 +166,10 @@ def test_remat_and_dropout_paths_match_plain(tiny_bert_dir):
 
   g_plain = jax.grad(lambda p: loss(plain, p))(plain.params)
   g_remat = jax.grad(lambda p: loss(remat, p))(plain.params)
+  # atol 2e-5: XLA versions fuse the recomputed forward differently (jaxlib 0.6, the lowest
+  # declared, moves a few near-zero entries by 1.2e-5).
   for a, b in zip(jax.tree_util.tree_leaves(g_plain), jax.tree_util.tree_leaves(g_remat)):
-    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
+    np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4)
   # A vanishing dropout rate takes the explicit (non-fused) attention path: same numbers.
   tiny_drop = load_encoder(tiny_bert_dir, dropout=1e-9)
   explicit = tiny_drop.apply(plain.params, ids, mask, deterministic=False,

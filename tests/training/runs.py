@@ -75,7 +75,7 @@ def train_here(config: Path, workdir: Path, overrides: dict | None = None):
     for group in groups:
       node = node[group]
     node[field] = value
-  validate(config, devices=jax.device_count(), backend=jax.default_backend())
+  validate(config, devices=jax.device_count(), backend=jax.devices()[0].platform)
   return train_and_evaluate(resolve_inputs(config).config, workdir)
 
 

@@ -130,3 +130,56 @@ def test_token_weights_in_the_batch_are_the_ot_marginals(tiny_bert_dir):
   assert weighted == pytest.approx(reference(weights, weights[:, ::-1].copy()), rel=1e-4)
   assert loss_of(arrays) == pytest.approx(reference(), rel=1e-4)
   assert abs(weighted - reference()) > 1e-3  # the weights moved the plan
+
+
+
+_IMPLICIT_VS_UNROLL = """
+import json, sys
+import jax, numpy as np
+from optical_jax.config import base_config
+from optical_jax.models.student import build_models
+from optical_jax.training.state import initial_state, make_optimizer
+from optical_jax.training.step import data_mesh, global_batch, make_train_step, replicate
+config = base_config()
+config.model.teacher, config.model.dropout, config.loss = sys.argv[1], 0.0, "ot"
+config.ot.epsilon, config.ot.max_iterations = 0.1, 500
+models = build_models(config)
+rng = np.random.default_rng(0)
+ids = rng.integers(1000, 20000, (4, 12)).astype(np.int32)
+mask = (np.arange(12) < rng.integers(4, 13, (4, 1))).astype(np.int32)
+arrays = {"student_ids": ids, "student_mask": mask, "teacher_ids": ids[:, ::-1].copy(),
+          "teacher_mask": mask[:, ::-1].copy()}
+out = {}
+for devices in (1, 2):
+  mesh = data_mesh(jax.devices()[:devices])
+  for mode in ("unroll", "implicit"):
+    config.ot.gradient = mode
+    optimizer = make_optimizer(config)
+    step = make_train_step(config, models, optimizer, mesh)
+    _, metrics = step(replicate(initial_state(models, optimizer), mesh),
+                      replicate(models.teacher.params, mesh), global_batch(arrays, mesh),
+                      replicate(jax.random.PRNGKey(0), mesh))
+    out[f"{devices} {mode}"] = {k: float(v) for k, v in metrics.items()}
+print(json.dumps(out))
+"""
+
+
+def test_implicit_ot_gradient_in_the_sharded_step_equals_unroll_on_1_and_2_devices(
+    tiny_bert_dir):
+  """`ot.gradient` "implicit" inside the step (its linear solve traced in `shard_map`) gives
+  the gradient "unroll" gives, on one and on two devices."""
+  import json
+  import os
+  import subprocess
+  import sys
+  result = subprocess.run(
+      [sys.executable, "-c", _IMPLICIT_VS_UNROLL, str(tiny_bert_dir)], capture_output=True,
+      text=True, timeout=600, env=dict(os.environ, JAX_PLATFORMS="cpu",
+                                       XLA_FLAGS="--xla_force_host_platform_device_count=2"))
+  assert result.returncode == 0, result.stderr[-3000:]
+  metrics = json.loads(result.stdout.splitlines()[-1])
+  for devices in (1, 2):
+    unroll, implicit = metrics[f"{devices} unroll"], metrics[f"{devices} implicit"]
+    assert implicit["loss"] == pytest.approx(unroll["loss"], rel=1e-6)
+    assert implicit["grad_norm"] == pytest.approx(unroll["grad_norm"], rel=1e-4)
+    assert implicit["grad_norm"] > 0
