@@ -165,9 +165,11 @@ def gather_top_k(best: tuple[np.ndarray, np.ndarray], ranks: np.ndarray,
   if jax.process_count() == 1:
     return best
   from jax.experimental import multihost_utils
-  pad = k - best[0].shape[1]
-  scores = np.pad(best[0], ((0, 0), (0, pad)), constant_values=-np.inf)
-  index = np.pad(best[1], ((0, 0), (0, pad)), constant_values=-1).astype(np.int32)
+  # Each list is sorted, so its first k are all it contributes (a device top-k may be wider,
+  # padded with index -1, when a corpus has fewer than k documents).
+  pad = k - min(k, best[0].shape[1])
+  scores = np.pad(best[0][:, :k], ((0, 0), (0, pad)), constant_values=-np.inf)
+  index = np.pad(best[1][:, :k], ((0, 0), (0, pad)), constant_values=-1).astype(np.int32)
   all_scores, all_index = (np.asarray(x) for x in multihost_utils.process_allgather(
       (scores, index)))
   merged = empty_top_k(scores.shape[0])
