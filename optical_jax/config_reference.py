@@ -74,5 +74,7 @@ def document(current: str) -> str:
 
 if __name__ == "__main__":
   import sys
+  from optical_jax.fileio import write_text_atomic
   path = Path(sys.argv[1])
-  path.write_text(document(path.read_text() if path.is_file() else ""))
+  # Whole or not at all: the guide above MARKER is the user's text.
+  write_text_atomic(path, document(path.read_text() if path.is_file() else ""))
