@@ -35,22 +35,22 @@ __all__ = [
     "GROUPS", "HOST_MEMORY", "LOSSES", "LOSS_TABLE", "OT_COSTS", "OT_GRADIENTS",
     "PER_EXAMPLE_LOSSES", "RECORDS", "REQUIRED", "REVISIONS", "STAGES", "VOCAB_INITS",
     "ConfigError", "Field", "Group", "Loss", "Record", "base_config", "bible_collection",
-    "check_fields", "check_revision", "defaults", "field_value", "fields", "flat_fields",
-    "loss_terms", "microbatches_per_device", "optional_group", "recipe", "resumable_fields",
-    "schema_fields", "unknown_field", "validate"]
+    "check_fields", "check_revision", "declared_fields", "defaults", "field_value",
+    "flat_fields", "loss_terms", "microbatches_per_device", "optional_group", "recipe",
+    "resumable_fields", "schema_fields", "unknown_field", "validate"]
 
 
 class ConfigError(ValueError):
   """A configuration that cannot run; the message names the field and what to do."""
 
 
-def fields() -> dict[str, tuple[Group, Field]]:
+def declared_fields() -> dict[str, tuple[Group, Field]]:
   """Every field of the schema by its dotted name ("ot.epsilon", "loss"), with its group."""
   return {group.dotted(field): (group, field) for group in GROUPS for field in group.fields}
 
 
 # Hub inputs pinned to a commit: each revision field and the field naming what it pins.
-REVISIONS = {name: field.check.pins for name, (_, field) in fields().items()
+REVISIONS = {name: field.check.pins for name, (_, field) in declared_fields().items()
              if field.check is not None and field.check.pins}
 
 
@@ -103,7 +103,8 @@ def optional_group(name: str, **values) -> ml_collections.ConfigDict:
 def defaults() -> dict:
   """`{"group.field": default}` of every field, the optional groups' included (those without a
   default: absent)."""
-  return {name: field.default for name, (_, field) in fields().items() if not field.required}
+  return {name: field.default for name, (_, field) in declared_fields().items()
+          if not field.required}
 
 
 def resumable_fields() -> tuple[str, ...]:
@@ -177,7 +178,7 @@ def field_value(config, field: str, default=None):
 
 def schema_fields() -> set[str]:
   """Every field a config may have, dotted, the optional groups' included."""
-  return set(fields())
+  return set(declared_fields())
 
 
 def unknown_field(field: str, source: str, valid: set[str] | None = None) -> ConfigError | None:
@@ -215,7 +216,7 @@ def check_fields(config, source: str = "the config") -> None:
     error = unknown_field(field, source, valid)
     if error:
       raise error
-  for name, (_, field) in fields().items():
+  for name, (_, field) in declared_fields().items():
     record = getattr(field.check, "record", None)
     specs = field_value(tree, name)
     for i, spec in enumerate(specs if record and isinstance(specs, (list, tuple)) else []):
@@ -227,7 +228,7 @@ def check_fields(config, source: str = "the config") -> None:
 def check_revision(value, field: str) -> None:
   """Raises `ConfigError` unless `value` is "" or a full commit hash (`field`: a `REVISIONS`
   key)."""
-  problem = fields()[field][1].check.problem(value, field)
+  problem = declared_fields()[field][1].check.problem(value, field)
   if problem:
     raise ConfigError(problem)
 
