@@ -24,18 +24,19 @@ flags.mark_flags_as_required(["config"])
 
 def main(argv):
   config = cli.start(argv, FLAGS.config, FLAGS.workdir)
+  import jax
+  from optical_jax.config import validate
+  # The config first, the demo's group included: a bad field is named in seconds, before the
+  # training stack loads.
+  validate(config, devices=jax.device_count(), backend=jax.devices()[0].platform)
   if "demo" in config:
     from optical_jax.experiments.demo import run_demo
     run_demo(config, FLAGS.workdir or "runs/demo")  # prints its table
     return
   if FLAGS.workdir is None:
     raise app.UsageError("--workdir is required")
-  import jax
-  from optical_jax.config import validate
   from optical_jax.inputs import resolve_inputs
-  # Config and inputs first: a bad field or a missing download is named in seconds, before
-  # the training stack loads.
-  validate(config, devices=jax.device_count(), backend=jax.devices()[0].platform)
+  # Then the inputs: a missing download is named before the training stack loads too.
   inputs = resolve_inputs(config, workdir=FLAGS.workdir)  # a resume: the run's commits
   from optical_jax.training.loop import train_and_evaluate
   train_and_evaluate(inputs.config, FLAGS.workdir)

@@ -22,9 +22,7 @@ a run starts, the bitext build (training pairs and ~1,000 held-out pairs for dev
 collection per split, so command-line overrides of any field reach them.
 """
 
-import ml_collections
-
-from optical_jax.config import base_config
+from optical_jax.config import base_config, optional_group
 from optical_jax.data.ciral import BITEXTS, DEFAULT_SPLITS, LANGUAGES, SPLITS
 
 
@@ -45,28 +43,9 @@ def ciral_config(language: str, splits: str = ""):
   c.model.dtype = "bfloat16"
   c.loss = "ot"
 
-  c.ciral = ml_collections.ConfigDict()
-  c.ciral.language = language
-  c.ciral.split = splits  # the splits of the final table (also --config=FILE:SPLITS)
-  # A directory holding the two repositories in their hub layout (LOCAL/ciral/...,
-  # LOCAL/ciral-corpus/...) instead of the download: mirrors and offline clusters.
-  c.ciral.local_dir = ""
-  # The bitext: a hub dataset id (parquet shards matching bitext_files) or a local parquet,
-  # TSV or JSONL file or directory; its columns are data.student_field and data.teacher_field.
-  c.ciral.bitext = text["source"]
-  c.ciral.bitext_files = text["files"]
-  c.ciral.heldout = 1000  # bitext pairs held out of training for dev MAP (at most this many)
-  c.ciral.heldout_rate = text["rate"]  # one pair in this many is held out (by a text hash)
-  c.ciral.max_chars = 300  # pairs with a longer side are dropped (about data.max_length tokens)
-  # Each CIRAL split's dense top 100 is also reranked by MaxSim (the teacher's query tokens
-  # against the student's passage tokens): only those candidates' passages are encoded
-  # (239 x 100 for test-b against 827,552 for the dense pass); 0 turns it off.
-  c.ciral.maxsim_depth = 100
-  # The commits of CIRAL/ciral, CIRAL/ciral-corpus and a hub bitext, as model.teacher_revision:
-  # "" resolves the default branch's when the run starts; config.json keeps them.
-  c.ciral.revision = ""
-  c.ciral.corpus_revision = ""
-  c.ciral.bitext_revision = ""
+  # The inputs (the fields and their defaults: docs/configuration.md, `ciral`).
+  c.ciral = optional_group("ciral", language=language, split=splits, bitext=text["source"],
+                           bitext_files=text["files"], heldout_rate=text["rate"])
 
   c.data.student_field, c.data.teacher_field = text["student"], text["teacher"]
   c.data.limit = 2_000_000

@@ -1,69 +1,67 @@
-"""The field reference at the end of `docs/configuration.md`: every field of `base_config()`
-with its default and the comment written beside it in `optical_jax/config.py`, one table per
-group, below the marker line `MARKER` (the guide above it is written by hand). Regenerate it
-with
+"""The field reference at the end of `docs/configuration.md`, generated from the schema
+(`optical_jax/config/schema.py`): every field of every group, the optional ones included, with
+its default, the values it takes and its doc; the fields of a collection and of a demo table;
+the losses. It goes below the marker line `MARKER` (the guide above it is written by hand).
+Regenerate it with
 
   python -m optical_jax.config_reference docs/configuration.md
 
-(`tests/test_config.py` fails when the file and the config drift apart.)
+(`tests/test_config_reference.py` fails when the file and the schema drift apart.)
 """
 
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
-from optical_jax import config as config_module
-from optical_jax.config import base_config, flat_fields
+from optical_jax.config import GROUPS, LOSS_TABLE, RECORDS, Field
 
-MARKER = ("<!-- Generated below from optical_jax/config.py by `python -m "
-          "optical_jax.config_reference docs/configuration.md`: edit the comments there. -->")
-_FIELD = re.compile(r"^\s*c\.([\w.]+)\s*=\s*(.*?)\s*(?:#\s*(.*))?$")
+MARKER = ("<!-- Generated below from optical_jax/config/schema.py by `python -m "
+          "optical_jax.config_reference docs/configuration.md`: edit the schema there. -->")
 
 
-def field_comments() -> dict[str, str]:
-  """`{"group.field": comment}` from `base_config`'s source: the comment lines just above a
-  field's assignment and the one beside it, joined."""
-  source = Path(config_module.__file__).read_text().splitlines()
-  start = next(i for i, line in enumerate(source) if line.startswith("def base_config"))
-  comments, pending = {}, []
-  for line in source[start + 1:]:
-    if line and not line.startswith(" "):
-      break  # the end of the function
-    stripped = line.strip()
-    if stripped.startswith("#"):
-      pending.append(stripped.lstrip("#").strip())
-      continue
-    match = _FIELD.match(line)
-    if match and "ConfigDict()" not in match.group(2):
-      beside = match.group(3) or ""
-      comments[match.group(1)] = " ".join([*pending, beside]).strip()
-    pending = []
-  return comments
+def _cell(text: str) -> str:
+  return text.replace("|", "\\|")
+
+
+def _row(name: str, field: Field) -> str:
+  default = ("required" if field.required
+             else f"`{_cell(json.dumps(field.default, ensure_ascii=False))}`")
+  return f"| `{name}` | {default} | {_cell(field.value_check.what)} | {_cell(field.doc)} |"
+
+
+def _table(rows: list[str]) -> list[str]:
+  return ["| field | default | values | what it does |", "|---|---|---|---|", *rows, ""]
 
 
 def reference() -> str:
   """The reference as markdown."""
-  comments = field_comments()
-  fields = flat_fields(base_config().to_dict())
-  groups: dict[str, list[str]] = {}
-  for name in fields:
-    groups.setdefault(name.rpartition(".")[0], []).append(name)
   lines = ["## Every field", "",
-           "Every field of `optical_jax.config.base_config()`, its default and what it does "
-           "(the comments in `optical_jax/config.py`). A config file starts from "
-           "`base_config()` and changes fields; `--config.GROUP.FIELD=VALUE` overrides one on "
-           "the command line.", ""]
-  for group, names in groups.items():
-    lines += [f"### `{group or 'top level'}`", "", "| field | default | what it does |",
-              "|---|---|---|"]
-    for name in names:
-      default = json.dumps(fields[name], ensure_ascii=False).replace("|", "\\|")
-      text = comments.get(name, "").replace("|", "\\|")
-      lines.append(f"| `{name}` | `{default}` | {text} |")
-    lines.append("")
-  return "\n".join(lines)
+           "Every field a config may have, its default, the values it takes and what it does. "
+           "A config file starts from `optical_jax.config.base_config()`, which holds every "
+           "group but the optional ones, and changes fields; `--config.GROUP.FIELD=VALUE` "
+           "overrides one on the command line. `validate` checks each field as the values "
+           "column says, then the fields against each other.", ""]
+  for group in GROUPS:
+    title = f"`{group.name}`" if group.name else "The top level"
+    lines += [f"### {title}{' (optional)' if group.optional else ''}", "", f"{group.doc}."
+              + (f" A config has this group when it sets it, from its defaults: `c.{group.name} "
+                 f"= optional_group(\"{group.name}\", FIELD=VALUE, ...)` (the fields without a "
+                 "default are given); then every field is checked." if group.optional else ""),
+              ""]
+    lines += _table([_row(group.dotted(f), f) for f in group.fields])
+  for record in RECORDS:
+    lines += [f"### A {record.name}'s fields", "",
+              f"Each {record.name} is a plain dict; the required fields must be non-empty, the "
+              "others may be left out. A key the list below does not name is refused.", ""]
+    lines += _table([_row(f.name, f) for f in record.fields])
+  lines += ["### Losses", "", "The values of `loss`, each the terms it adds up; only a loss "
+            "whose value for a pair depends on that pair alone may split batches into "
+            "microbatches (`train.microbatch_size`; OT without `ot.center`).", "",
+            "| loss | terms | microbatches | what it is |", "|---|---|---|---|"]
+  lines += [f"| `{name}` | {', '.join(loss.terms)} | {'yes' if loss.per_example else 'no'} | "
+            f"{_cell(loss.doc)} |" for name, loss in LOSS_TABLE.items()]
+  return "\n".join(lines) + "\n"
 
 
 def document(current: str) -> str:

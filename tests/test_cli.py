@@ -27,6 +27,15 @@ def _train(*arguments):
      1, "error: config.data.train_file: missing.tsv does not exist."),
     (["--config", "configs/tiny.py", "--workdir", "W", "--config.ot.max_iterations=0"], 1,
      "error: config.ot.max_iterations must be a positive integer, got 0"),
+    # The optional groups alike: an unknown field or a bad value is named before any input is
+    # read (CIRAL's downloads, the demo's first student).
+    (["--config", "configs/demo.py", "--workdir", "W", "--config.demo.lossez=('ot',)"], 2,
+     "error: --config.demo.lossez: config.demo.lossez is not a config field; did you mean "
+     "config.demo.losses?"),
+    (["--config", "configs/demo.py", "--workdir", "W", "--config.demo.losses=('ot', 'kl')"], 1,
+     "error: config.demo.losses must be a non-empty list or tuple, each item one of ('ot', "),
+    (["--config", "configs/so.py", "--workdir", "W", "--config.ciral.heldout_rate=0"], 1,
+     "error: config.ciral.heldout_rate must be a positive integer, got 0"),
 ])
 def test_first_mistakes_print_at_most_three_lines(arguments, code, message, tmp_path):
   arguments = [str(tmp_path / "W") if a == "W" else a for a in arguments]

@@ -5,7 +5,8 @@ import re
 
 import pytest
 
-from optical_jax.config import ConfigError, base_config, check_fields, validate
+from optical_jax.config import (ConfigError, base_config, check_fields, optional_group,
+                                validate)
 
 
 def _with(**fields):
@@ -106,11 +107,20 @@ def test_a_misspelt_collection_key_is_refused(collections):
               doc_encoder="teacher", maxsim_dept=100)
   group, _, name = collections.partition(".")
   if group not in config:
-    config[group] = {}
+    config[group] = optional_group(group)
   config[group][name] = [spec]
   with pytest.raises(ConfigError, match=re.escape(
       f"configs/mine.py: config.{collections}['dev'] has no field 'maxsim_dept'; did you mean "
-      "maxsim_depth?")):
+      "maxsim_depth? (a collection's fields: name, topics, ")):
+    check_fields(config, "configs/mine.py")
+
+
+def test_a_misspelt_demo_table_key_is_refused():
+  config = base_config()
+  config.demo = optional_group("demo", tables=[dict(test="t", titel="x")])
+  with pytest.raises(ConfigError, match=re.escape(
+      "configs/mine.py: config.demo.tables['t'] has no field 'titel'; did you mean title? (a demo "
+      "table's fields: test, references, title)")):
     check_fields(config, "configs/mine.py")
 
 
@@ -118,19 +128,3 @@ def test_a_misspelt_collection_key_is_refused(collections):
 def test_every_shipped_config_has_only_schema_fields(name):
   from tests.helpers import ROOT, load_config
   check_fields(load_config(ROOT / "configs" / f"{name}.py"), name)
-
-
-def test_the_configuration_reference_is_the_configs_own():
-  """docs/configuration.md is generated from base_config(): a field added, removed, changed
-  or left without a comment shows here (regenerate: python -m optical_jax.config_reference)."""
-  from optical_jax.config_reference import MARKER, field_comments, reference
-  from tests.helpers import ROOT
-  generated = (ROOT / "docs" / "configuration.md").read_text().partition(MARKER)[2]
-  assert generated == f"\n\n{reference()}", (
-      "docs/configuration.md is stale: python -m optical_jax.config_reference "
-      "docs/configuration.md")
-  comments = field_comments()
-  assert comments["ot.epsilon"] == "entropic regularisation, in cost units"
-  missing = [line.split("`")[1] for line in reference().splitlines()
-             if line.startswith("| `") and line.endswith("|  |")]
-  assert not missing, f"fields without a comment in optical_jax/config.py: {missing}"

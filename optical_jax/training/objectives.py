@@ -1,5 +1,6 @@
-"""What each stage minimises: a registry from `config.loss` to its terms, and the teacher
-stage's loss. Every function here runs per device inside the data-parallel step and returns
+"""What each stage minimises: the function of each term a `config.loss` adds up (the losses
+and their terms are declared in `optical_jax.config.LOSS_TABLE`), and the teacher stage's
+loss. Every function here runs per device inside the data-parallel step and returns
 per-example values `[batch]`; in-batch negatives are gathered across all devices (axis
 `AXIS`), so a run on many devices sees the negatives one device would.
 """
@@ -83,7 +84,8 @@ def maxsim_term(config, models, student, teacher):
                                  label_offset=offset), {}
 
 
-# The terms `config.loss` adds up (`config.loss_terms`), by name.
+# Each term's function, by the name a loss gives it (`optical_jax.config.LOSS_TABLE`, where a
+# loss declares its terms and whether it splits into microbatches).
 TERMS: dict[str, Callable] = {"ot": ot_term, "mse": mse_term, "contrastive": contrastive_term,
                               "maxsim": maxsim_term}
 

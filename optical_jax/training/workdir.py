@@ -13,18 +13,14 @@ import signal
 import socket
 from pathlib import Path
 
-from optical_jax.config import REVISIONS, ConfigError, base_config, flat_fields
+from optical_jax.config import REVISIONS, ConfigError, defaults, flat_fields, resumable_fields
 from optical_jax.layout import Workdir
 
 log = logging.getLogger("optical_jax")
 
-# Fields a resumed run may change freely: they do not change what is trained.
-RESUMABLE_CHANGES = ("runtime.", "eval.", "demo.", "data.teacher_cache", "data.prefetch",
-                     "model.student_init",
-                     "train.halt_after_steps",
-                     "train.log_every_steps", "train.eval_every_steps",
-                     "train.checkpoint_every_steps", "train.keep_checkpoints",
-                     "train.resume_with_changes")
+# Fields a resumed run may change freely (the schema's resumable ones): they do not change what
+# is trained.
+RESUMABLE_CHANGES = resumable_fields()
 
 
 class WorkdirBusy(RuntimeError):
@@ -111,8 +107,8 @@ def check_resumed_config(saved_json: str, config) -> list[str]:
   saved = flat_fields(json.loads(saved_json))
   current = flat_fields(json.loads(config.to_json_best_effort()))
   # A field added since the run was saved counts at its default, which is what the run used.
-  defaults = flat_fields(json.loads(base_config().to_json_best_effort()))
-  value = lambda flat, k: flat[k] if k in flat else defaults.get(k)
+  default = json.loads(json.dumps(defaults()))  # as JSON holds them (tuples as lists)
+  value = lambda flat, k: flat[k] if k in flat else default.get(k)
   # A run saved before hub commits were recorded resumes at the commits resolved now.
   changed = sorted(k for k in saved.keys() | current.keys()
                    if value(saved, k) != value(current, k)
