@@ -4,6 +4,7 @@ host's work overlaps the device's."""
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from typing import Callable, Generic, Iterator, TypeVar
@@ -11,7 +12,7 @@ from typing import Callable, Generic, Iterator, TypeVar
 T = TypeVar("T")
 
 
-class Prefetched(Generic[T]):
+class Prefetched(contextlib.AbstractContextManager, Generic[T]):
   """The items of `items`, in order, each computed in a daemon thread (named `name`) while
   the consumer works on the ones before, at most `depth` (>= 1) waiting.
 
@@ -83,12 +84,8 @@ class Prefetched(Generic[T]):
     if self._thread is not threading.current_thread():
       self._thread.join()
 
-  def __enter__(self) -> "Prefetched[T]":
-    return self
-
-  def __exit__(self, *exc) -> bool:
+  def __exit__(self, *exc) -> None:
     self.close()
-    return False
 
   def __del__(self):  # dropped unclosed: the thread stops at its next item
     self._stop.set()

@@ -4,12 +4,13 @@ one, so the device never waits for the host's per-step work (`optical_jax.prefet
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable
 
 from optical_jax.prefetch import Prefetched
 
 
-class Prefetcher:
+class Prefetcher(contextlib.AbstractContextManager):
   """`get(step)` returns `build(step)` for steps `start, start + 1, ..., stop - 1` in order.
 
   With `depth` > 0 a daemon thread builds up to `depth` steps ahead; with 0, `get` builds in
@@ -39,9 +40,5 @@ class Prefetcher:
     if self._ahead is not None:
       self._ahead.close()
 
-  def __enter__(self) -> "Prefetcher":
-    return self
-
-  def __exit__(self, *exc) -> bool:
+  def __exit__(self, *exc) -> None:
     self.close()
-    return False
