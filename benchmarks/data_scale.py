@@ -206,10 +206,9 @@ def stages(args) -> None:
   from optical_jax.evaluation.io import read_topics
   from optical_jax.evaluation.maxsim import maxsim_rerank
   start = time.perf_counter()
-  teacher, student = evaluator.encoders["teacher"], evaluator.encoders["student"]
+  teacher, student = evaluator.teacher, evaluator.encoders["student"].bind(params)
   topics = read_topics(spec.topics)
   query_tokens = dict(zip(topics, teacher.encode_tokens(list(topics.values()), progress=False)))
-  student.params = params
   maxsim_rerank(result.run, query_tokens, student.corpus(Path(spec.corpus)), student, depth=100)
   seconds = time.perf_counter() - start
   report(f"MaxSim rerank ({len(topics)} queries x 100; "

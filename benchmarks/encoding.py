@@ -40,6 +40,7 @@ from optical_jax.config import base_config
 from optical_jax.evaluation.io import read_corpus
 from optical_jax.evaluation.retrieval import TextEncoder, padded_width
 from optical_jax.models.hf_checkpoint import load_encoder
+from optical_jax.training.step import data_mesh
 
 
 def bible_passages(count: int, verses: int = 5) -> list[str]:
@@ -65,11 +66,12 @@ def encoding(checkpoint: str, texts: list[str], *, batch: int, length: int, repe
   """Prints the table: each side's first pass, warm median and passages/s, and the ratio."""
   torch = import_torch()
   from sentence_transformers import SentenceTransformer
-  ours = TextEncoder(load_encoder(checkpoint), max_length=length, batch_size=batch,
-                     bucket_width=bucket_width, dtype=dtype)
+  ours = TextEncoder(load_encoder(checkpoint), data_mesh(), max_length=length,
+                     batch_size=batch, bucket_width=bucket_width, dtype=dtype)
   theirs = SentenceTransformer(checkpoint, device="cpu")
   theirs.max_seq_length = length
-  encode_ours = lambda: ours.encode(texts, progress=False)
+  bound = ours.bind()
+  encode_ours = lambda: bound.encode(texts, progress=False)
   encode_theirs = lambda: theirs.encode(texts, batch_size=batch, convert_to_numpy=True)
   # First passes, apart: ours compiles one program per bucket width.
   first_ours, vectors_ours = timed(encode_ours)

@@ -106,6 +106,7 @@ def main() -> None:
   from optical_jax.evaluation.retrieval import TextEncoder, retrieve
   from optical_jax.token_arrays import TOKENIZE_BATCH, ids_tokenizer
   from optical_jax.models.hf_checkpoint import load_encoder
+  from optical_jax.training.step import data_mesh
 
   root = Path(args.workdir or tempfile.mkdtemp(prefix="eval_pipeline-"))
   root.mkdir(parents=True, exist_ok=True)
@@ -144,15 +145,16 @@ def main() -> None:
     return ((input_ids[..., None] * jnp.arange(1, 33)) % 97).astype(jnp.float32) / 97
 
   # One encoder per model for all evaluations, as a training run keeps them: compiled once.
-  encoders = {fn: TextEncoder(encoder, batch_size=args.batch, max_length=args.length,
-                              corpus_chunk=args.chunk, token_fn=fn) for fn in (None, nothing)}
+  encoders = {fn: TextEncoder(encoder, data_mesh(), batch_size=args.batch,
+                              max_length=args.length, corpus_chunk=args.chunk, token_fn=fn)
+              for fn in (None, nothing)}
 
   def evaluation(cache: Path | None, token_fn=None):
     text_encoder = encoders[token_fn]
     text_encoder.corpus_cache_dir = cache
-    source = text_encoder.corpus(corpus)
-    run = retrieve(queries, source, query_encoder=text_encoder, doc_encoder=text_encoder,
-                   k=100, progress=False)
+    source, bound = text_encoder.corpus(corpus), text_encoder.bind()
+    run = retrieve(queries, source, query_encoder=bound, doc_encoder=bound, k=100,
+                   progress=False)
     return run, source.tokenized
 
   def timed(fn):

@@ -10,8 +10,8 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "load_encoder": "optical_jax.models.hf_checkpoint",
-    "LoadedEncoder": "optical_jax.models.hf_checkpoint",
-    "CheckpointError": "optical_jax.models.hf_checkpoint",
+    "LoadedEncoder": "optical_jax.models.loaded",
+    "CheckpointError": "optical_jax.models.loaded",
     "save_hf_checkpoint": "optical_jax.models.hf_checkpoint",
     "Encoder": "optical_jax.models.encoder",
     "EncoderConfig": "optical_jax.models.encoder",

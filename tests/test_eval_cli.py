@@ -236,6 +236,7 @@ def test_export_overwrites_only_an_earlier_export_and_is_exactly_the_trained_stu
   from optical_jax.models.export import MARKER
   from optical_jax.models.student import build_models
   from optical_jax.training.checkpoints import restore_params
+  from optical_jax.training.step import data_mesh
   from tests.helpers import load_config
   from tests.models.test_export import TEXTS, stale_sentence_transformers_model
   other = stale_sentence_transformers_model(tmp_path / "other")
@@ -256,8 +257,8 @@ def test_export_overwrites_only_an_earlier_export_and_is_exactly_the_trained_stu
   params, step, which = restore_params(trained_run.workdir)
   assert json.loads((target / MARKER).read_text())["source"] == {
       "workdir": str(trained_run.workdir), "step": step, "checkpoint": which}
-  ours = TextEncoder(models.student, params=params["encoder"],
-                     max_length=config.eval.max_length).encode(TEXTS, progress=False)
+  ours = TextEncoder(models.student, data_mesh(), max_length=config.eval.max_length).bind(
+      params["encoder"]).encode(TEXTS, progress=False)
   theirs = SentenceTransformer(str(target), device="cpu").encode(TEXTS, convert_to_numpy=True)
   np.testing.assert_allclose(theirs, ours, atol=1e-5)
 

@@ -108,7 +108,7 @@ LAYERS = (
     ("core", ("textfiles", "shapes", "host_memory", "fileio", "interrupts", "cache_files",
               "fingerprint", "token_arrays", "pooling", "scoring", "losses", "config", "host",
               "console", "distributed", "compilation_cache", "config_reference", "hub",
-              "layout")),
+              "layout", "prefetch")),
     ("models", ("models",)),
     ("evaluation", ("evaluation",)),
     ("data", ("data", "assets", "inputs")),

@@ -16,7 +16,7 @@ from jax.sharding import AbstractMesh, NamedSharding, PartitionSpec as P
 from benchmarks.common import ARCHITECTURES
 from optical_jax import losses
 from optical_jax.config import ConfigError, validate
-from optical_jax.evaluation.retrieval import AXIS, TextEncoder
+from optical_jax.evaluation.retrieval import TextEncoder
 from optical_jax.evaluation.search import top_k_step
 from optical_jax.training.lowering import (custom_call_targets, host_callbacks, random_encoder,
                                            random_models, so_config, step_argument_shapes)
@@ -89,12 +89,12 @@ def test_cudnn_attention_exports_for_cuda_with_only_cudnns_calls_and_is_refused_
 def test_evaluation_encoders_and_the_device_search_export():
   config = so_config()
   encoder = TextEncoder(random_encoder(ARCHITECTURES["e5-small"], config, student=True),
-                        max_length=256, dtype="bfloat16")
-  rows = encoder.batch_size * encoder.mesh.size
-  split = NamedSharding(encoder.mesh, P(AXIS))
+                        data_mesh(), max_length=256, dtype="bfloat16")
+  rows = encoder.batch_size * encoder.local_mesh.size
+  split = NamedSharding(encoder.local_mesh, P("data"))
   ids = jax.ShapeDtypeStruct((rows, 256), jnp.int32, sharding=split)
   for name, platform in itertools.product(("pooled", "tokens"), PLATFORMS):
-    program = exported(encoder.programs[name], (encoder.params, ids, ids), platform)
+    program = exported(encoder.programs[name], (encoder.encoder.params, ids, ids), platform)
     assert custom_call_targets(program) == set(), name
   queries, candidates, chunk, dim = 200, 200, 32768, 384
   state = (jax.ShapeDtypeStruct((queries, candidates), jnp.float32),

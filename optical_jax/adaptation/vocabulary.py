@@ -30,6 +30,7 @@ from optical_jax.adaptation.embedding_init import (mean_of_pieces_rows, ot_plan_
 from optical_jax.adaptation.pieces import (extend_tokenizer, learn_pieces, piece_ids,
                                            wordpiece_spec)
 from optical_jax.config import VOCAB_INITS
+from optical_jax.models.hf_checkpoint import save_encoder
 
 
 @dataclasses.dataclass
@@ -101,7 +102,7 @@ def adapt_student(student: Any, teacher: Any, pairs: Sequence[Sequence[str]], *,
   hf_config = dict(student.hf_config, vocab_size=config.vocab_size)
   grown = dataclasses.replace(student, params=params, config=config, hf_config=hf_config,
                               _tokenizer=tokenizer)
-  grown.save(directory)
+  save_encoder(grown, directory)
   (directory / "vocabulary_adaptation.json").write_text(json.dumps(
       {"source": str(student.path), "init": init, "pieces": pieces,
        "ot_initialised": covered, "old_initialised": old_covered}, ensure_ascii=False,

@@ -171,13 +171,14 @@ def bitext_files(source: str, files: str, revision: str = "") -> tuple[list[Path
 def build_bitext(source: str, *, student: str, teacher: str, files: str, limit: int,
                  heldout: int, rate: int, max_chars: int, cache_dir: str | Path,
                  progress: bool = True, revision: str = "") -> Path:
-  """The directory of `bitext.build_heldout` for this bitext (a hub dataset's at `revision`)
+  """The directory of `data.heldout.build_heldout` for this bitext (a hub dataset's at `revision`)
   and these settings, built on first use into `cache_dir/bitext` (later calls, offline too,
   only read it)."""
-  from optical_jax.data import bitext
+  from optical_jax.data.bitext import iter_raw_pairs
+  from optical_jax.data.heldout import HELDOUT_VERSION, build_heldout
   settings = dict(source=source, student=student, teacher=teacher, files=files, limit=limit,
                   heldout=heldout, rate=rate, max_chars=max_chars,
-                  version=bitext.HELDOUT_VERSION)
+                  version=HELDOUT_VERSION)
   if looks_local(source):  # a changed local file is a different bitext
     settings["stamp"] = bitext_files(source, files)[1]["stamp"]
   elif revision:  # another commit of the dataset is a different bitext
@@ -188,7 +189,7 @@ def build_bitext(source: str, *, student: str, teacher: str, files: str, limit: 
   directory = CacheDir(cache_dir).bitext / f"{slug}-{key}"
   if not (directory / "manifest.json").is_file():
     paths, info = bitext_files(source, files, revision)
-    bitext.build_heldout(directory, lambda: bitext.iter_raw_pairs(paths, (student, teacher)),
-                         limit=limit, heldout=heldout, rate=rate, max_chars=max_chars,
-                         source=info, progress=progress)
+    build_heldout(directory, lambda: iter_raw_pairs(paths, (student, teacher)), limit=limit,
+                  heldout=heldout, rate=rate, max_chars=max_chars, source=info,
+                  progress=progress)
   return directory

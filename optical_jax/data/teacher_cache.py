@@ -80,7 +80,7 @@ class TeacherTokenCache:
   """Token embeddings `[length, hidden]` of each teacher-side text, computed on first use.
 
   Args:
-    encoder: the frozen teacher (`optical_jax.models.hf_checkpoint.LoadedEncoder`).
+    encoder: the frozen teacher (`optical_jax.models.loaded.LoadedEncoder`).
     token_ids: the teacher-side token ids of every pair this process feeds (a `TokenColumn`,
       `BucketedBatches.columns["teacher"]`, or unpadded int arrays), which `lookup` indexes
       by position.

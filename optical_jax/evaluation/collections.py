@@ -13,18 +13,22 @@ A workdir keeps each evaluated step's results apart, each saying what produced i
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from pathlib import Path
 from typing import Mapping
 
+import jax
 import ml_collections
+import numpy as np
+from jax.sharding import Mesh
 
 from optical_jax.evaluation.check import absent_judged
 from optical_jax.evaluation.io import read_qrels, read_topics, write_run
 from optical_jax.evaluation.maxsim import maxsim_rerank
 from optical_jax.evaluation.metrics import DEFAULT_MEASURES, evaluate, evaluate_per_query
 from optical_jax.evaluation.report import format_table
-from optical_jax.evaluation.retrieval import TextEncoder, retrieve
+from optical_jax.evaluation.retrieval import BoundEncoder, TextEncoder, retrieve
 from optical_jax.fileio import write_text_atomic
 from optical_jax.fingerprint import checkpoint_digest, file_digest
 from optical_jax.layout import CacheDir, Workdir
@@ -89,17 +93,22 @@ def encoder_settings(config) -> dict:
               corpus_cache_dir=cache.corpus.root if e.get("token_cache", True) else None)
 
 
-def teacher_encoder(encoder, config) -> TextEncoder:
-  """The frozen teacher's text encoder; its embeddings are cached across runs."""
-  return TextEncoder(encoder, **encoder_settings(config))
+# The run's one mesh axis (training.objectives.AXIS), for an evaluation given no mesh.
+AXIS = "data"
 
 
-def side_encoders(models, params, config) -> dict[str, TextEncoder]:
-  """The encoders of both sides of `models` (`DistillationModels`): the frozen teacher's and
-  the student's with `params` (what `Evaluator` holds; eval.py and benchmarks use it too)."""
+def local_mesh() -> Mesh:
+  """A one-axis mesh over this process's devices: an evaluation's mesh outside a run."""
+  return Mesh(np.asarray(jax.local_devices()), (AXIS,))
+
+
+def side_encoders(models, config, mesh: Mesh) -> dict[str, TextEncoder]:
+  """The text encoders of both sides of `models` (`DistillationModels`) over `mesh`: the
+  frozen teacher's (its embeddings cached across runs) and the student's, whose token
+  function takes the whole parameter tree (encoder and projection)."""
   return {
-      "teacher": teacher_encoder(models.teacher, config),
-      "student": TextEncoder(models.student, params=params,
+      "teacher": TextEncoder(models.teacher, mesh, **encoder_settings(config)),
+      "student": TextEncoder(models.student, mesh,
                              token_fn=lambda p, ids, mask: models.student_tokens(p, ids, mask),
                              **encoder_settings(config)),
   }
@@ -124,14 +133,14 @@ _TEACHER_DOC_TOKENS: dict = {}
 SMALL_CORPUS = 20_000
 
 
-def _prompt(encoder: TextEncoder, side: str) -> str:
-  return getattr(encoder.encoder, "prompts", {}).get(side, "")
+def _prompt(encoder: BoundEncoder, side: str) -> str:
+  return getattr(encoder.text_encoder.encoder, "prompts", {}).get(side, "")
 
 
-def evaluate_collection(spec, encoders: Mapping[str, TextEncoder], *,
+def evaluate_collection(spec, encoders: Mapping[str, BoundEncoder], *,
                         measures=DEFAULT_MEASURES, k: int = 100,
                         progress: bool = True) -> CollectionResult:
-  """One collection evaluated with `encoders` ({"teacher", "student"}: `TextEncoder`s).
+  """One collection evaluated with `encoders` ({"teacher", "student"}: `BoundEncoder`s).
 
   The corpus is never held as text: its scan (docids) and token ids come from the doc
   encoder's corpus cache when an evaluation made them before (`TextEncoder.corpus`), and are
@@ -164,9 +173,10 @@ def evaluate_collection(spec, encoders: Mapping[str, TextEncoder], *,
     memo = None
     if spec.doc_encoder == "teacher" and len(corpus) <= SMALL_CORPUS:
       # Frozen: a small corpus's passage tokens serve every run of this process.
+      e = doc_encoder.text_encoder
       memo = _TEACHER_DOC_TOKENS.setdefault(
-          (checkpoint_digest(doc_encoder.encoder.path), str(doc_encoder.encoder.module.dtype),
-           doc_encoder.max_length, doc_encoder.dtype, corpus.key), {})
+          (checkpoint_digest(e.encoder.path), str(e.encoder.module.dtype), e.max_length,
+           e.dtype, corpus.key), {})
     reranked = maxsim_rerank(run, dict(zip(query_ids, query_tokens)), corpus, doc_encoder,
                              depth=depth, memo=memo, progress=progress)
     result.maxsim = CollectionResult(evaluate(reranked, qrels, measures),
@@ -175,24 +185,34 @@ def evaluate_collection(spec, encoders: Mapping[str, TextEncoder], *,
 
 
 class Evaluator:
-  """What evaluates a run's collections, built once (its encoders compile once): the frozen
-  teacher's text encoder and the student's.
+  """What evaluates a run's collections, built once over the run's `mesh` (default: this
+  process's devices, `local_mesh`): the text encoders of the frozen teacher and of the
+  student, compiled once. It holds no student parameters: each call is given them.
   `evaluate(spec, params, cache=...)` evaluates one collection with the student's `params`;
   with `cache` its embeddings are kept in the embedding cache (the final step, which eval.py
   of that checkpoint reuses), without it not (a dev step, never evaluated again)."""
 
-  def __init__(self, models, config, *, measures=DEFAULT_MEASURES):
+  def __init__(self, models, config, *, measures=DEFAULT_MEASURES, mesh: Mesh | None = None):
     self.config, self.measures = config, tuple(measures)
-    self.encoders = side_encoders(models, models.student.params, config)
-    self._student_cache = self.encoders["student"].cache_dir
+    self.encoders = side_encoders(models, config, local_mesh() if mesh is None else mesh)
+
+  @functools.cached_property
+  def teacher(self) -> BoundEncoder:
+    """The frozen teacher's encoder: placed and fingerprinted once, on first use."""
+    return self.encoders["teacher"].bind()
+
+  def sides(self, params, *, cache: bool = True) -> dict[str, BoundEncoder]:
+    """The encoders of both sides for one evaluation of the student's `params`."""
+    return {"teacher": self.teacher,
+            "student": self.encoders["student"].bind(params, cache=cache)}
 
   def evaluate(self, spec, params, *, cache: bool = True,
                progress: bool = False) -> CollectionResult:
-    student = self.encoders["student"]
-    student.params = params
-    student.cache_dir = self._student_cache if cache else None
-    return evaluate_collection(spec, self.encoders, measures=self.measures,
-                               k=self.config.eval.k, progress=progress)
+    return self._evaluate(spec, self.sides(params, cache=cache), progress)
+
+  def _evaluate(self, spec, sides, progress: bool) -> CollectionResult:
+    return evaluate_collection(spec, sides, measures=self.measures, k=self.config.eval.k,
+                               progress=progress)
 
   def evaluate_all(self, specs, params, workdir: Path, evaluated_as: Evaluated, *,
                    evaluated: Mapping[str, CollectionResult] | None = None,
@@ -200,10 +220,12 @@ class Evaluator:
     """Every collection of `specs` (those in `evaluated` already are: the dev evaluation of
     the last training step), written into `workdir` as the evaluation of `evaluated_as`
     (`write_results`) where `write` (process 0)."""
-    results = {}
+    results, sides = {}, None
     for spec in specs:
-      results[spec.name] = (evaluated or {}).get(spec.name) or self.evaluate(
-          spec, params, progress=progress)
+      results[spec.name] = (evaluated or {}).get(spec.name)
+      if results[spec.name] is None:  # both sides bound once: the student fingerprinted once
+        sides = sides or self.sides(params)
+        results[spec.name] = self._evaluate(spec, sides, progress)
     if write:
       write_results(results, workdir, evaluated_as, specs=specs, config=self.config,
                     measures=self.measures, tag=f"optical_jax-{self.config.loss}")

@@ -69,7 +69,7 @@ def maxsim_rerank(run: Mapping[str, Mapping[str, float]],
   """`run`'s top `depth` per query rescored by MaxSim: `{qid: {docid: score}}`.
 
   `query_tokens`: `{qid: [length, dim]}` (every process holds them all; computed once).
-  `corpus`: the passages' token ids (`TextEncoder.corpus`), `doc_encoder` the `TextEncoder`
+  `corpus`: the passages' token ids (`TextEncoder.corpus`), `doc_encoder` the `BoundEncoder`
   of the passage side. `memo` (a dict) keeps passages' tokens across calls for a frozen
   encoder on a small corpus (the demo's teacher rows); leave it out at corpus scale.
   """

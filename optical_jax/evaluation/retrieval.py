@@ -8,6 +8,10 @@ so a batch holds the same passages in the same shape however many processes and 
 there are: every process computes its local top-k, and the exact merge of the gathered lists
 (ties broken by docid) gives the run file of a one-process run byte for byte.
 
+A `TextEncoder` (settings and programs, compiled once over the run's mesh) holds no
+parameters; `TextEncoder.bind(params)` gives the `BoundEncoder` that encodes with them, one
+per evaluation, so evaluations of different parameters share nothing but the programs.
+
 Texts are tokenised a chunk ahead of the encoder, in a background thread (`token_cache`); a
 corpus file's token ids are kept on disk when `TextEncoder.corpus_cache_dir` is set, so that
 later evaluations of it tokenise nothing (`TextEncoder.corpus`). Pooled embeddings are kept
@@ -40,7 +44,6 @@ from optical_jax.pooling import pool
 from optical_jax.token_arrays import ids_tokenizer, tokenize_flat
 
 TokenFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
-AXIS = "batch"  # the local devices' mesh axis: one batch per device
 
 
 # ---------------------------------------------------------------------------------------------
@@ -92,9 +95,13 @@ def share_size(num_texts: int, chunk: int, batch_size: int, part: int, parts: in
 
 @dataclasses.dataclass
 class TextEncoder:
-  """What encodes one side of a collection: a loaded encoder and the parameters to use.
+  """What encodes one side of a collection over the run's mesh: a loaded encoder, how it is
+  applied and the batch, length and cache settings. Its programs are compiled once, here; it
+  holds no parameters: `bind(params)` gives the encoder that encodes with them.
 
-  `token_fn(params, input_ids, attention_mask) -> [batch, length, dim]` defaults to the
+  `mesh` is the run's mesh (`training.step.data_mesh()`); each process runs its own batches
+  on its local devices (`mesh.local_mesh`), a batch per device, split over all the mesh's
+  axes. `token_fn(params, input_ids, attention_mask) -> [batch, length, dim]` defaults to the
   encoder's own apply; a trained student with a projection head passes its own.
   `batch_size` is per device; batches are padded to multiples of `bucket_width` tokens.
   With `cache_dir`, pooled embeddings are kept there, keyed by the parameters' fingerprint,
@@ -104,8 +111,9 @@ class TextEncoder:
   corpus is read and tokenised once however often it is evaluated.
   """
 
-  encoder: Any  # optical_jax.models.hf_checkpoint.LoadedEncoder
-  params: Any = None
+  encoder: Any  # optical_jax.models.loaded.LoadedEncoder
+  mesh: Mesh
+  _: dataclasses.KW_ONLY
   token_fn: TokenFn | None = None
   max_length: int = 128
   batch_size: int = 64
@@ -116,10 +124,9 @@ class TextEncoder:
   corpus_cache_dir: str | Path | None = None  # corpus scans and token ids (`corpus`)
 
   def __post_init__(self):
-    if self.params is None:
-      self.params = self.encoder.params
     token_fn = self.token_fn or self.encoder.apply
-    self.mesh = Mesh(np.asarray(jax.local_devices()), (AXIS,))
+    self.local_mesh = self.mesh.local_mesh
+    rows = P(self.mesh.axis_names)  # a batch per local device, over every axis of the mesh
     dtype = jnp.dtype(self.dtype)
 
     def cast(params):  # bfloat16 weights where asked; LayerNorm statistics are in them too
@@ -138,24 +145,20 @@ class TextEncoder:
       return hidden, pool(hidden, mask, method=self.encoder.pooling,
                           normalize=self.encoder.normalize)
 
-    # One batch per local device; the per-device program is the same on any device count.
-    sharded = lambda f, out=P(AXIS): jax.jit(jax.shard_map(
-        f, mesh=self.mesh, in_specs=(P(), P(AXIS), P(AXIS)), out_specs=out, check_vma=False))
-    # `(params, input_ids, attention_mask)` over the local devices' mesh, each device a batch.
+    # The per-device program is the same on any device count.
+    sharded = lambda f, out=rows: jax.jit(jax.shard_map(
+        f, mesh=self.local_mesh, in_specs=(P(), rows, rows), out_specs=out, check_vma=False))
+    # `(params, input_ids, attention_mask)` over the local devices, each device a batch.
     self.programs = {"pooled": sharded(pooled), "tokens": sharded(tokens),
-                     "tokens_and_pooled": sharded(tokens_and_pooled, (P(AXIS), P(AXIS)))}
-    self._placed = None  # (params object, its replicated copy on the local devices)
-    self._fingerprint = None  # (params object, params_fingerprint)
+                     "tokens_and_pooled": sharded(tokens_and_pooled, (rows, rows))}
     self._tokenizer_key = None  # (tokenizer object, tokenizer_fingerprint)
-    self.encoded_rows = 0  # rows run through the encoder (padding excluded), for tests/logs
 
-  # -- pieces ----------------------------------------------------------------------------------
-
-  def _device_params(self):
-    """`params` replicated on the local devices, once per params object."""
-    if self._placed is None or self._placed[0] is not self.params:
-      self._placed = (self.params, jax.device_put(self.params, NamedSharding(self.mesh, P())))
-    return self._placed[1]
+  def bind(self, params: Any = None, *, cache: bool = True) -> BoundEncoder:
+    """This encoder with `params` (default: the loaded encoder's own), replicated on the
+    local devices; its pooled embeddings kept in `cache_dir` only where `cache`."""
+    params = self.encoder.params if params is None else params
+    placed = jax.device_put(params, NamedSharding(self.local_mesh, P()))
+    return BoundEncoder(self, params, placed, self.cache_dir if cache else None)
 
   def _tokenize(self, texts: Sequence[str]) -> list[list[int]]:
     return ids_tokenizer(self.encoder.tokenizer, self.max_length)(texts)
@@ -167,8 +170,17 @@ class TextEncoder:
       self._tokenizer_key = (tokenizer, tokenizer_fingerprint(tokenizer))
     return self._tokenizer_key[1]
 
-  def _steps(self, flat: np.ndarray, offsets: np.ndarray, part: int, parts: int
-             ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+  def corpus(self, path: str | Path, *, prompt: str = "") -> CorpusTokens:
+    """Corpus file `path`'s passages (each prefixed by `prompt`) as token ids to `stream`:
+    scanned once (docids, every record checked) and tokenised once per content, tokenizer,
+    `max_length` and prompt, both cached under `corpus_cache_dir` when it is set."""
+    cache = self.corpus_cache_dir
+    return CorpusTokens(scan_corpus(path, cache), self._tokenize,
+                        tokenizer_key=self.tokenizer_key(), vocab_size=len(self.encoder.tokenizer),
+                        max_length=self.max_length, prompt=prompt, cache_dir=cache)
+
+  def steps(self, flat: np.ndarray, offsets: np.ndarray, part: int, parts: int
+            ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
     """(rows `[r]`, input_ids and mask `[devices * batch_size, width]`, live `[r]`) per step
     of this process's batches of one chunk (row `i`'s ids `flat[offsets[i]:offsets[i + 1]]`):
     `rows` are positions in the chunk, `live` the slots holding them (the rest is padding)."""
@@ -176,7 +188,7 @@ class TextEncoder:
     batches = plan_batches(lengths, self.batch_size)
     widths = [padded_width(int(lengths[b].max()), self.max_length, self.bucket_width)
               for b in batches]
-    devices = self.mesh.size
+    devices = self.local_mesh.size
     pad_id = self.encoder.config.pad_token_id
     for step in deal_steps(widths, part, parts, devices):
       width, rows = widths[step[0]], self.batch_size
@@ -193,13 +205,30 @@ class TextEncoder:
       input_ids[live], mask[live] = block, filled
       yield chosen, input_ids, mask, live
 
+
+class BoundEncoder:
+  """A `TextEncoder` with parameters (`TextEncoder.bind`): what `retrieve` and
+  `maxsim_rerank` encode with. Made per evaluation and used by it alone; it fingerprints its
+  parameters once, for the embedding cache, and counts the rows it runs through the encoder
+  (`encoded_rows`, padding excluded: tests, logs)."""
+
+  def __init__(self, text_encoder: TextEncoder, params: Any, placed: Any,
+               cache_dir: str | Path | None):
+    self.text_encoder, self.params, self.cache_dir = text_encoder, params, cache_dir
+    self.device_params, self._fingerprint = placed, None  # on the local devices
+    self.encoded_rows = 0
+
+  def corpus(self, path: str | Path, *, prompt: str = "") -> CorpusTokens:
+    """`TextEncoder.corpus`."""
+    return self.text_encoder.corpus(path, prompt=prompt)
+
   def _run(self, fn, flat: np.ndarray, offsets: np.ndarray, part: int, parts: int, bar
            ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(rows, outputs of `fn`) per step; the next step is dispatched before the last one's
     result is fetched, so host work overlaps device work."""
-    params, pending = self._device_params(), None
-    for rows, input_ids, mask, live in self._steps(flat, offsets, part, parts):
-      out = fn(params, input_ids, mask)
+    pending = None
+    for rows, input_ids, mask, live in self.text_encoder.steps(flat, offsets, part, parts):
+      out = fn(self.device_params, input_ids, mask)
       if pending is not None:
         yield _fetch(*pending, bar)
       pending = (rows, out, live, mask)
@@ -208,29 +237,22 @@ class TextEncoder:
       yield _fetch(*pending, bar)
 
   def _source(self, texts) -> TextTokens | CorpusTokens:
-    return texts if isinstance(texts, CorpusTokens) else TextTokens(texts, self._tokenize)
+    return (texts if isinstance(texts, CorpusTokens)
+            else TextTokens(texts, self.text_encoder._tokenize))
 
   def _stream_uncached(self, texts, part: int, parts: int, bar
                        ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     # The next chunk is tokenised (or read) while this one is encoded.
-    chunks = self._source(texts).chunks(self.corpus_chunk)
+    chunks = self._source(texts).chunks(self.text_encoder.corpus_chunk)
     try:
       for start, flat, offsets in chunks:
-        pieces = list(self._run(self.programs["pooled"], flat, offsets, part, parts, bar))
+        pieces = list(self._run(self.text_encoder.programs["pooled"], flat, offsets, part,
+                                parts, bar))
         if pieces:
           yield (start + np.concatenate([r for r, _ in pieces]),
                  np.concatenate([v[0] for _, v in pieces]))
     finally:  # stopped early (an error, a consumer gone): the tokenizer thread stops now
       getattr(chunks, "close", lambda: None)()
-
-  def corpus(self, path: str | Path, *, prompt: str = "") -> CorpusTokens:
-    """Corpus file `path`'s passages (each prefixed by `prompt`) as token ids to `stream`:
-    scanned once (docids, every record checked) and tokenised once per content, tokenizer,
-    `max_length` and prompt, both cached under `corpus_cache_dir` when it is set."""
-    cache = self.corpus_cache_dir
-    return CorpusTokens(scan_corpus(path, cache), self._tokenize,
-                        tokenizer_key=self.tokenizer_key(), vocab_size=len(self.encoder.tokenizer),
-                        max_length=self.max_length, prompt=prompt, cache_dir=cache)
 
   def cache_for(self, texts, part: int, parts: int) -> EmbeddingCache | None:
     """This process's cache entry for `texts` (strings, or a corpus's `CorpusTokens`), or
@@ -240,21 +262,20 @@ class TextEncoder:
     attention implementation and the backend."""
     if self.cache_dir is None:
       return None
-    if self._fingerprint is None or self._fingerprint[0] is not self.params:
-      self._fingerprint = (self.params, params_fingerprint(self.params))
-    module = getattr(self.encoder, "module", None)
+    if self._fingerprint is None:
+      self._fingerprint = params_fingerprint(self.params)
+    e = self.text_encoder
+    module = getattr(e.encoder, "module", None)
     module_dtype = getattr(module, "dtype", None)
-    settings = [self._fingerprint[1],
+    settings = [self._fingerprint,
                 texts.key if isinstance(texts, CorpusTokens) else texts_fingerprint(texts),
-                self.tokenizer_key(), self.encoder.config.to_hf_dict(), self.max_length,
-                self.encoder.pooling, self.encoder.normalize, self.batch_size, self.bucket_width,
-                self.corpus_chunk, self.dtype, getattr(self.token_fn, "__qualname__", None),
+                e.tokenizer_key(), e.encoder.config.to_hf_dict(), e.max_length,
+                e.encoder.pooling, e.encoder.normalize, e.batch_size, e.bucket_width,
+                e.corpus_chunk, e.dtype, getattr(e.token_fn, "__qualname__", None),
                 None if module_dtype is None else jnp.dtype(module_dtype).name,
                 getattr(module, "attention", None), jax.default_backend()]
     key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
     return EmbeddingCache(Path(self.cache_dir).expanduser(), f"{key[:32]}-{part}of{parts}")
-
-  # -- public ----------------------------------------------------------------------------------
 
   def stream(self, texts: Sequence[str] | CorpusTokens, *, part: int = 0, parts: int = 1,
              desc: str = "encoding", progress: bool = True
@@ -263,13 +284,14 @@ class TextEncoder:
     token ids from `corpus`; of `parts`), as (rows `[m]`, vectors `[m, dim]` float32) a chunk
     of `corpus_chunk` texts at a time: never the whole matrix in memory. From the cache when
     it has them, into it otherwise."""
-    size = share_size(len(texts), self.corpus_chunk, self.batch_size, part, parts)
+    chunk = self.text_encoder.corpus_chunk
+    size = share_size(len(texts), chunk, self.text_encoder.batch_size, part, parts)
     bar = tqdm(total=size, desc=desc, unit="passage", unit_scale=True, leave=False,
                disable=not progress)
     try:
       cache = self.cache_for(texts, part, parts)
       if cache is not None and cache.usable(size, len(texts)):
-        for rows, vectors in cache.read(self.corpus_chunk):
+        for rows, vectors in cache.read(chunk):
           bar.update(len(rows))
           yield rows, vectors
         return
@@ -304,7 +326,7 @@ class TextEncoder:
     """Token embeddings of each text, unpadded: a list of `[length_i, dim]` arrays; with
     `pooled`, also the pooled embeddings `[len(texts), dim]` of the same forward pass (what
     `encode` gives, without encoding the texts twice)."""
-    flat, offsets = tokenize_flat(self._tokenize, texts)
+    flat, offsets = tokenize_flat(self.text_encoder._tokenize, texts)
     return self.encode_token_ids(flat, offsets, desc=desc, progress=progress, pooled=pooled)
 
   def encode_token_ids(self, flat: np.ndarray, offsets: np.ndarray, *,
@@ -317,7 +339,7 @@ class TextEncoder:
     out: list[np.ndarray | None] = [None] * count
     vectors = None
     with tqdm(total=count, desc=desc, unit="text", leave=False, disable=not progress) as bar:
-      fn = self.programs["tokens_and_pooled" if pooled else "tokens"]
+      fn = self.text_encoder.programs["tokens_and_pooled" if pooled else "tokens"]
       for rows, (values, lengths) in self._run(fn, flat, offsets, 0, 1, bar):
         hidden = values[0] if pooled else values
         if pooled:
@@ -346,7 +368,7 @@ def _fetch(rows: np.ndarray, out: jax.Array, live: np.ndarray, mask: np.ndarray,
 
 
 def retrieve(queries: Mapping[str, str], corpus: Mapping[str, str] | CorpusTokens, *,
-             query_encoder: TextEncoder, doc_encoder: TextEncoder, k: int = 100,
+             query_encoder: BoundEncoder, doc_encoder: BoundEncoder, k: int = 100,
              progress: bool = True, similarity: str = "dot",
              query_vectors: np.ndarray | None = None) -> dict[str, dict[str, float]]:
   """Encodes the queries (every process; `query_vectors` `[len(queries), dim]` where they

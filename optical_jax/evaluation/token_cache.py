@@ -19,10 +19,8 @@ import hashlib
 import itertools
 import json
 import os
-import queue
-import threading
 from pathlib import Path
-from typing import Callable, Iterator, Sequence, TypeVar
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -32,13 +30,14 @@ from optical_jax.evaluation.corpus_files import CorpusScan
 from optical_jax.evaluation.io import iter_corpus
 from optical_jax.fingerprint import file_version
 from optical_jax.layout import CorpusCache
+from optical_jax.prefetch import Prefetched
 from optical_jax.textfiles import DataFormatError
 from optical_jax.token_arrays import id_dtype, tokenize_flat
 
 TOKENS_FORMAT = 2  # bump when the stored ids change meaning: older entries are not read
 Chunk = tuple[int, np.ndarray, np.ndarray]  # (first row, flat ids, offsets `[rows + 1]` from 0)
 Tokenize = Callable[[Sequence[str]], list[list[int]]]
-T = TypeVar("T")
+TOKENIZER_THREAD = "optical_jax-tokenize"
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -65,50 +64,6 @@ def tokenizer_fingerprint(tokenizer) -> str:
   return h.hexdigest()
 
 
-def prefetched(items: Iterator[T], name: str = "optical_jax-tokenize") -> Iterator[T]:
-  """`items`, each computed in a background thread while the consumer works on the one
-  before. Errors of the thread are raised in the consumer; a consumer that stops early stops
-  the thread (and waits for its current item, so nothing runs on after it)."""
-  slots: queue.Queue = queue.Queue(maxsize=1)
-  stop = threading.Event()
-
-  def put(item) -> bool:
-    while not stop.is_set():
-      try:
-        slots.put(item, timeout=0.1)
-        return True
-      except queue.Full:
-        continue
-    return False
-
-  def work():
-    try:
-      for item in items:
-        if not put(("item", item)):
-          return
-      put(("done", None))
-    except BaseException as e:  # delivered to the consumer, raised there
-      put(("error", e))
-    finally:
-      close = getattr(items, "close", None)
-      if close is not None:
-        close()  # a generator's cleanup (temporary files) runs here, in its own thread
-
-  thread = threading.Thread(target=work, name=name, daemon=True)
-  thread.start()
-  try:
-    while True:
-      kind, value = slots.get()
-      if kind == "done":
-        return
-      if kind == "error":
-        raise value
-      yield value
-  finally:
-    stop.set()
-    thread.join()
-
-
 class TextTokens:
   """Texts in memory, tokenised `size` at a time (in a background thread when there is more
   than one chunk)."""
@@ -127,7 +82,7 @@ class TextTokens:
   def chunks(self, size: int) -> Iterator[Chunk]:
     if len(self.texts) <= size:
       return self._chunks(size)
-    return prefetched(self._chunks(size))
+    return Prefetched(self._chunks(size), name=TOKENIZER_THREAD)
 
 
 class CorpusTokens:
@@ -218,7 +173,7 @@ class CorpusTokens:
     """`(first row, flat ids, offsets)` of `size` passages at a time, in file order."""
     if self.cached():
       return self._read(size)
-    return prefetched(self._build(size))
+    return Prefetched(self._build(size), name=TOKENIZER_THREAD)
 
   def _read(self, size: int) -> Iterator[Chunk]:
     ids, offsets_path, _ = self._files(self.directory)

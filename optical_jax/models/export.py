@@ -20,6 +20,7 @@ from typing import Any, Iterable
 
 from optical_jax.cache_files import sweep_temporaries
 from optical_jax.fileio import temporary, write_text_atomic
+from optical_jax.models.hf_checkpoint import save_encoder
 from optical_jax.models.student import DistillationModels
 
 log = logging.getLogger("optical_jax")
@@ -128,7 +129,7 @@ def export_student(models: DistillationModels, params: Any, directory: str | Pat
   sweep_temporaries(target.parent, of=target.name)  # exports killed before they finished
   fresh = temporary(target)
   try:
-    models.student.save(fresh, params["encoder"])
+    save_encoder(models.student, fresh, params["encoder"])
     if max_length:
       _write_sentence_transformers(fresh, models.student, max_length)
     write_text_atomic(fresh / MARKER, json.dumps(

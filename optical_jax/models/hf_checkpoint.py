@@ -22,7 +22,7 @@ import numpy as np
 
 from optical_jax.hub import hub_offline
 from optical_jax.models.encoder import Encoder, EncoderConfig
-from optical_jax.pooling import pool
+from optical_jax.models.loaded import CheckpointError, LoadedEncoder
 
 # The files of a sentence-transformers checkpoint that say how it pools.
 _POOLING_FILES = ("modules.json", "1_Pooling/config.json")
@@ -36,10 +36,6 @@ _HUB_PATTERNS = ["config.json", "*.safetensors", "model.safetensors.index.json",
 _IGNORED_WEIGHTS = re.compile(
     r"^(pooler\.|cls\.|lm_head\.|classifier\.|qa_outputs\.|embeddings\.position_ids$)")
 _PREFIXES = ("bert.", "roberta.", "xlm_roberta.", "model.")
-
-
-class CheckpointError(ValueError):
-  """A checkpoint that cannot be loaded; the message names the file and the weight."""
 
 
 def is_hub_id(name_or_path: str | os.PathLike) -> bool:
@@ -233,7 +229,8 @@ def convert_hf_weights(weights: Mapping[str, np.ndarray], config: EncoderConfig,
 def save_hf_checkpoint(directory: str | os.PathLike, params: Any, config: EncoderConfig, *,
                        hf_config: Mapping[str, Any] | None = None,
                        extra_weights: Mapping[str, np.ndarray] | None = None) -> Path:
-  """Writes an encoder as a Hugging Face checkpoint directory, the inverse of `load_encoder`.
+  """Writes an encoder as a Hugging Face checkpoint directory, the inverse of `load_encoder`
+  (`save_encoder` adds the tokenizer and the sentence-transformers files).
 
   `config.json` and `model.safetensors` carry the names and layouts of transformers'
   `BertModel` / `XLMRobertaModel`, so `load_encoder` and transformers' PyTorch models both
@@ -328,73 +325,20 @@ def sentence_transformers_prompts(directory: str | Path) -> dict[str, str]:
   return found
 
 
-@dataclasses.dataclass
-class LoadedEncoder:
-  """A Flax encoder with its weights and tokenizer, as `load_encoder` returns it."""
-
-  module: Encoder
-  params: Any
-  config: EncoderConfig
-  path: Path
-  pooling: str = "mean"
-  normalize: bool = False
-  hf_config: dict = dataclasses.field(default_factory=dict)
-  # Checkpoint weights our encoder does not use but transformers' model has (BERT's pooler),
-  # by their prefix-free Hugging Face names; `save` writes them back.
-  extra_weights: dict = dataclasses.field(default_factory=dict)
-  # Text put before queries and passages (e5: "query: " / "passage: "), from the checkpoint's
-  # sentence-transformers config; "" where it declares none.
-  prompts: dict = dataclasses.field(default_factory=lambda: {"query": "", "passage": ""})
-  _tokenizer: Any = None
-
-  @property
-  def tokenizer(self):
-    """The checkpoint's tokenizer (transformers' `AutoTokenizer`), loaded on first use."""
-    if self._tokenizer is None:
-      from transformers import AutoTokenizer
-      try:
-        self._tokenizer = AutoTokenizer.from_pretrained(str(self.path), trust_remote_code=False)
-      except Exception as e:
-        raise CheckpointError(f"{self.path}: no usable tokenizer files ({e})") from None
-    return self._tokenizer
-
-  def save(self, directory: str | os.PathLike, params: Any = None) -> Path:
-    """This encoder, with `params` (e.g. trained ones) in place of its own, as a Hugging Face
-    checkpoint directory: weights and config.json (`save_hf_checkpoint`), the tokenizer, and
-    the sentence-transformers pooling files that `load_encoder` reads."""
-    directory = save_hf_checkpoint(directory, self.params if params is None else params,
-                                   self.config, hf_config=self.hf_config,
-                                   extra_weights=self.extra_weights)
-    self.tokenizer.save_pretrained(str(directory))
-    for name in (*_POOLING_FILES, _PROMPTS_FILE):
-      if (self.path / name).is_file():
-        (directory / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(self.path / name, directory / name)
-    return directory
-
-  def apply(self, params: Any, input_ids: jax.Array, attention_mask: jax.Array, *,
-            token_type_ids: jax.Array | None = None, deterministic: bool = True,
-            rngs: Mapping[str, jax.Array] | None = None) -> jax.Array:
-    """Last hidden states `[batch, length, hidden]`."""
-    return self.module.apply({"params": params}, input_ids, attention_mask, token_type_ids,
-                             deterministic=deterministic, rngs=rngs)
-
-  def pool(self, hidden: jax.Array, attention_mask: jax.Array) -> jax.Array:
-    """Sentence embeddings `[batch, hidden]` the way the checkpoint's authors pool them."""
-    return pool(hidden, attention_mask, method=self.pooling, normalize=self.normalize)
-
-  def tokenize(self, texts: list[str], *, max_length: int = 128,
-               pad_to: int | None = None) -> dict[str, np.ndarray]:
-    """`input_ids` and `attention_mask` as int32 numpy arrays `[len(texts), width]`: at most
-    `max_length` tokens a text (and at most `pad_to`), padded to `pad_to` where given, else to
-    the longest text."""
-    width = min(max_length, pad_to) if pad_to else max_length
-    batch = self.tokenizer(list(texts), truncation=True, max_length=width, padding="longest")
-    # transformers reads one max_length for truncation and padding: pad in a second call.
-    batch = self.tokenizer.pad(batch, padding="max_length" if pad_to else "longest",
-                               max_length=pad_to, return_tensors="np")
-    return {"input_ids": batch["input_ids"].astype(np.int32),
-            "attention_mask": batch["attention_mask"].astype(np.int32)}
+def save_encoder(encoder: LoadedEncoder, directory: str | os.PathLike,
+                 params: Any = None) -> Path:
+  """`encoder`, with `params` (e.g. trained ones) in place of its own, as a Hugging Face
+  checkpoint directory: weights and config.json (`save_hf_checkpoint`), the tokenizer, and
+  the sentence-transformers pooling and prompt files that `load_encoder` reads."""
+  directory = save_hf_checkpoint(directory, encoder.params if params is None else params,
+                                 encoder.config, hf_config=encoder.hf_config,
+                                 extra_weights=encoder.extra_weights)
+  encoder.tokenizer.save_pretrained(str(directory))
+  for name in (*_POOLING_FILES, _PROMPTS_FILE):
+    if (encoder.path / name).is_file():
+      (directory / name).parent.mkdir(parents=True, exist_ok=True)
+      shutil.copyfile(encoder.path / name, directory / name)
+  return directory
 
 
 def load_encoder(name_or_path: str | os.PathLike, *, dtype: Any = jnp.float32,

@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import ml_collections
 
 from optical_jax.config import ConfigError
-from optical_jax.models.hf_checkpoint import LoadedEncoder, load_encoder
+from optical_jax.models.hf_checkpoint import load_encoder
+from optical_jax.models.loaded import LoadedEncoder
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 

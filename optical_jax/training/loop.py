@@ -185,7 +185,7 @@ def _train(config, workdir: Path, primary: bool) -> RunResult | None:
   rng = step_lib.replicate(jax.random.PRNGKey(config.seed), mesh)
   first_bad = step_lib.replicate(np.zeros((), np.int32), mesh)
   on_device0 = lambda params: jax.tree_util.tree_map(lambda x: x.addressable_data(0), params)
-  evaluator = Evaluator(models, config)
+  evaluator = Evaluator(models, config, mesh=mesh)
   num_steps, t = config.train.num_train_steps, config.train
   final_dev = {}  # the last step's dev evaluation, reused by the final evaluation
   device = jax.devices()[0]

@@ -15,7 +15,7 @@ import pytest
 
 from optical_jax.inputs import Bitext, CiralCollection
 from optical_jax.models.hf_checkpoint import sentence_transformers_prompts
-from optical_jax.data import bitext, ciral
+from optical_jax.data import bitext, ciral, heldout
 from optical_jax.evaluation.io import read_corpus, read_qrels, read_topics
 from optical_jax.textfiles import DataFormatError
 from tests.helpers import ROOT
@@ -238,7 +238,7 @@ def test_cleaning_drops_empty_long_identical_and_repeated_pairs():
            ("Same text.", "same  TEXT."), ("Waa maxay?", "What is it?"),
            ("WAA MAXAY?", "what is it?"), ("Waa maxay?", "What is that?")]
   dropped = Counter()
-  kept = list(bitext.clean_pairs(pairs, max_chars=40, dropped=dropped))
+  kept = list(heldout.clean_pairs(pairs, max_chars=40, dropped=dropped))
   assert kept == [("Waa maxay?", "What is it?"), ("Waa maxay?", "What is that?")]
   assert dropped == {"empty": 2, "too_long": 1, "identical": 1, "duplicate": 2}
 
@@ -251,11 +251,11 @@ def _pairs(n, offset=0):
 def test_heldout_pairs_share_no_side_with_training_and_do_not_depend_on_the_limit(tmp_path):
   # A later pair repeats the English of an early pair that will be held out, and vice versa.
   pairs = _pairs(400)
-  heldout_first = next(p for p in pairs if bitext.is_heldout_candidate(p[0], 10))
+  heldout_first = next(p for p in pairs if heldout.is_heldout_candidate(p[0], 10))
   pairs.insert(0, ("Jumlad kale oo gaar ah oo cusub.", heldout_first[1]))
   built = {}
   for limit in (50, 0):
-    manifest = bitext.build_heldout(tmp_path / str(limit), lambda: iter(pairs), limit=limit,
+    manifest = heldout.build_heldout(tmp_path / str(limit), lambda: iter(pairs), limit=limit,
                                     heldout=8, rate=10, progress=False)
     train = bitext.read_pairs(tmp_path / str(limit) / "train.tsv", ("s", "t"))
     topics = read_topics(tmp_path / str(limit) / "dev" / "topics.tsv")
@@ -270,17 +270,17 @@ def test_heldout_pairs_share_no_side_with_training_and_do_not_depend_on_the_limi
   assert len(built[50][0]) == 50 and built[50][0] == built[0][0][:50]  # a prefix
   assert built[50][1] == built[0][1]  # the same held-out pairs
   # Built once: a second call reads the manifest and never opens the pairs.
-  assert bitext.build_heldout(tmp_path / "50", lambda: 1 / 0, limit=50, heldout=8, rate=10)
+  assert heldout.build_heldout(tmp_path / "50", lambda: 1 / 0, limit=50, heldout=8, rate=10)
 
 
 def test_a_build_another_process_put_in_place_after_this_one_looked_is_kept(tmp_path,
                                                                            monkeypatch):
   directory = tmp_path / "bitext" / "built"
-  old = bitext.build_heldout(tmp_path / "old", lambda: iter(_pairs(400)), heldout=8, rate=10,
+  old = heldout.build_heldout(tmp_path / "old", lambda: iter(_pairs(400)), heldout=8, rate=10,
                              progress=False)
   (tmp_path / "old" / "manifest.json").write_text(json.dumps({**old, "version": 0}))
   shutil.copytree(tmp_path / "old", directory)  # an older version's build
-  theirs = bitext.build_heldout(tmp_path / "theirs", lambda: iter(_pairs(400)), heldout=8,
+  theirs = heldout.build_heldout(tmp_path / "theirs", lambda: iter(_pairs(400)), heldout=8,
                                 rate=10, progress=False)
   (tmp_path / "theirs" / "theirs.txt").write_text("built by another process")
 
@@ -295,8 +295,8 @@ def test_a_build_another_process_put_in_place_after_this_one_looked_is_kept(tmp_
         os.rename(tmp_path / "theirs", directory)
       return value
 
-  monkeypatch.setattr(bitext, "json", OtherProcessFinishes())
-  manifest = bitext.build_heldout(directory, lambda: iter(_pairs(400)), heldout=8, rate=10,
+  monkeypatch.setattr(heldout, "json", OtherProcessFinishes())
+  manifest = heldout.build_heldout(directory, lambda: iter(_pairs(400)), heldout=8, rate=10,
                                   progress=False)
   assert manifest == theirs
   assert (directory / "theirs.txt").read_text() == "built by another process"
@@ -305,7 +305,7 @@ def test_a_build_another_process_put_in_place_after_this_one_looked_is_kept(tmp_
 
 def test_too_few_rows_to_hold_any_out_is_an_error(tmp_path):
   with pytest.raises(DataFormatError, match=r"no pair was held out of 3 rows \(1 in 1000000"):
-    bitext.build_heldout(tmp_path / "b", lambda: iter(_pairs(3)), heldout=5, rate=1_000_000,
+    heldout.build_heldout(tmp_path / "b", lambda: iter(_pairs(3)), heldout=5, rate=1_000_000,
                          source={"name": "tiny"}, progress=False)
 
 
@@ -336,7 +336,7 @@ def test_the_fixture_bitext_is_quickmt_shaped_and_cleaned():
   path = HUB / "quickmt-train.so-en" / "data" / "train-00000-of-00001.parquet"
   assert pq.ParquetFile(path).schema_arrow.names == ["so", "en", "sco"]
   dropped = Counter()
-  kept = list(bitext.clean_pairs(bitext.iter_raw_pairs([path], ("so", "en")), max_chars=300,
+  kept = list(heldout.clean_pairs(bitext.iter_raw_pairs([path], ("so", "en")), max_chars=300,
                                  dropped=dropped))
   assert len(kept) == 60
   assert dropped == {"empty": 2, "identical": 1, "too_long": 1, "duplicate": 2}
@@ -372,7 +372,7 @@ def test_a_killed_builds_temporary_directory_is_swept(tmp_path):
   live.mkdir()
   user = tmp_path / "bitext" / f"run.tmp{child.pid}"  # a user's folder, named like a temporary
   user.mkdir()
-  bitext.build_heldout(tmp_path / "bitext" / "built", lambda: iter(_pairs(400)), heldout=8,
+  heldout.build_heldout(tmp_path / "bitext" / "built", lambda: iter(_pairs(400)), heldout=8,
                        rate=10, progress=False)
   assert not stale.exists() and live.exists() and user.exists()
 

@@ -17,6 +17,7 @@ from optical_jax.evaluation.collections import evaluate_collection
 from optical_jax.evaluation.corpus_files import forget_scans, scan_corpus
 from optical_jax.evaluation.io import iter_corpus
 from optical_jax.models.hf_checkpoint import load_encoder
+from optical_jax.training.step import data_mesh
 from tests.helpers import ROOT
 
 CIRAL = ROOT / "tests" / "fixtures" / "ciral" / "hub"
@@ -102,7 +103,7 @@ def test_judged_documents_absent_from_the_corpus_warn_with_their_count(tmp_path,
   forget_scans()
   check._warned.clear()
   caplog.clear()
-  encoder = TextEncoder(load_encoder(tiny_bert_dir), batch_size=4)
+  encoder = TextEncoder(load_encoder(tiny_bert_dir), data_mesh(), batch_size=4).bind()
   with caplog.at_level(logging.WARNING, logger="optical_jax"):
     evaluate_collection(spec("dev", qrels=qrels), {"teacher": encoder}, progress=False)
   assert f"{qrels}: 2 of 7 judged documents" in caplog.text

@@ -24,6 +24,7 @@ from optical_jax.evaluation.corpus_files import forget_scans
 from optical_jax.evaluation.embedding_cache import EmbeddingCache
 from optical_jax.token_arrays import flatten, id_dtype, tokenize_flat
 from optical_jax.models.hf_checkpoint import load_encoder
+from optical_jax.training.step import data_mesh
 from tests.evaluation.test_retrieval import WORDS
 
 
@@ -78,8 +79,10 @@ QUERIES = {"q0": "light and waters", "q1": "the beast of the sea", "q2": "seed f
 
 
 def make(encoder, tmp_path, **settings):
-  return TextEncoder(encoder, **{"batch_size": 4, "corpus_chunk": 16,
-                                 "corpus_cache_dir": tmp_path / "corpus", **settings})
+  """An encoder with `encoder`'s own parameters."""
+  return TextEncoder(encoder, data_mesh(), **{"batch_size": 4, "corpus_chunk": 16,
+                                              "corpus_cache_dir": tmp_path / "corpus",
+                                              **settings}).bind()
 
 
 def run_bytes(run, path) -> bytes:
@@ -156,7 +159,8 @@ def test_the_token_cache_follows_content_tokenizer_length_and_prompt(encoder, tm
   assert tokenized(corpus_path) == 41
   other = load_encoder(encoder.path)  # another vocabulary: another tokenizer fingerprint
   other.tokenizer.add_tokens(["firmament"])
-  corpus = TextEncoder(other, batch_size=4, corpus_cache_dir=tmp_path / "corpus").corpus(copy)
+  corpus = TextEncoder(other, data_mesh(), batch_size=4,
+                       corpus_cache_dir=tmp_path / "corpus").corpus(copy)
   assert not corpus.cached()
   # One entry per content, length and prompt: the copy shares the original's.
   assert len(list((tmp_path / "corpus" / "tokens").iterdir())) == 4
@@ -246,15 +250,15 @@ def test_the_embedding_cache_key_holds_the_models_dtype_and_attention(tiny_bert_
   full = load_encoder(tiny_bert_dir)
   half = load_encoder(tiny_bert_dir, dtype=jnp.bfloat16)
   texts = ["light and waters", "the beast of the sea"]
-  key = lambda encoder, **settings: TextEncoder(encoder, cache_dir=tmp_path, **settings
-                                                ).cache_for(texts, 0, 1).name
+  key = lambda encoder, **settings: TextEncoder(encoder, data_mesh(), cache_dir=tmp_path,
+                                                **settings).bind().cache_for(texts, 0, 1).name
   cudnn = type(full)(**{**vars(full), "module": full.module.clone(attention="cudnn")})
   keys = [key(full), key(half), key(cudnn), key(full, dtype="bfloat16")]
   assert len(set(keys)) == 4 and key(full) == keys[0]
   # A bfloat16 model after a float32 one: encoded anew, and its own vectors come back.
-  f32 = TextEncoder(full, cache_dir=tmp_path)
+  f32 = TextEncoder(full, data_mesh(), cache_dir=tmp_path).bind()
   f32_vectors = f32.encode(texts, progress=False)
-  b16 = TextEncoder(half, cache_dir=tmp_path)
+  b16 = TextEncoder(half, data_mesh(), cache_dir=tmp_path).bind()
   b16_vectors = b16.encode(texts, progress=False)
   assert b16.encoded_rows == 2 and not np.array_equal(f32_vectors, b16_vectors)
 

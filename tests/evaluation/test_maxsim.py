@@ -8,6 +8,7 @@ from optical_jax.evaluation import TextEncoder, maxsim_reranker, rerank_run
 from optical_jax.evaluation.maxsim import maxsim_rerank
 from optical_jax.evaluation.io import write_tsv
 from optical_jax.models.hf_checkpoint import load_encoder
+from optical_jax.training.step import data_mesh
 from tests.evaluation.test_retrieval import passages
 
 
@@ -17,8 +18,8 @@ def setting(tiny_bert_dir, tmp_path_factory):
   texts = passages(40, seed=3)
   corpus_file = tmp / "corpus.tsv"
   write_tsv(texts, corpus_file)
-  encoder = TextEncoder(load_encoder(tiny_bert_dir), max_length=32, batch_size=4,
-                        corpus_cache_dir=tmp / "cache")
+  encoder = TextEncoder(load_encoder(tiny_bert_dir), data_mesh(), max_length=32, batch_size=4,
+                        corpus_cache_dir=tmp / "cache").bind()
   queries = {f"q{i}": " ".join(list(texts.values())[i].split()[:4]) for i in range(6)}
   query_tokens = dict(zip(queries, encoder.encode_tokens(list(queries.values()),
                                                          progress=False)))

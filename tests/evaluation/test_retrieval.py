@@ -12,6 +12,7 @@ from optical_jax.evaluation import (TextEncoder, dense_reranker, dense_search, m
 from optical_jax.evaluation.retrieval import deal_steps, padded_width, plan_batches, share_size
 from optical_jax.evaluation.search import docid_ranks, empty_top_k, merge_top_k
 from optical_jax.models.hf_checkpoint import load_encoder
+from optical_jax.training.step import data_mesh
 from tests.helpers import ROOT
 
 WORDS = ("light waters earth heaven firmament seed fruit tree herb night day evening morning "
@@ -133,17 +134,17 @@ def test_text_encoder_restores_order_and_matches_unbatched(minilm_dir):
   encoder = load_encoder(minilm_dir)
   texts = ["a much longer sentence about the light and the waters and the earth", "short",
            "medium length sentence here"]
-  vectors = TextEncoder(encoder, batch_size=2).encode(texts, progress=False)
+  bound = TextEncoder(encoder, data_mesh(), batch_size=2).bind()
+  vectors = bound.encode(texts, progress=False)
   for i, text in enumerate(texts):
     batch = encoder.tokenize([text])
     single = encoder.pool(encoder.apply(encoder.params, **batch), batch["attention_mask"])
     np.testing.assert_allclose(vectors[i], np.asarray(single)[0], atol=1e-5)
-  tokens = TextEncoder(encoder, batch_size=2).encode_tokens(texts, progress=False)
+  tokens = bound.encode_tokens(texts, progress=False)
   assert [t.shape for t in tokens] == [(len(encoder.tokenize([t])["input_ids"][0]), 384)
                                        for t in texts]
   # MaxSim's query side: tokens and pooled vectors of one forward, the same as either alone.
-  both_tokens, both_vectors = TextEncoder(encoder, batch_size=2).encode_tokens(
-      texts, progress=False, pooled=True)
+  both_tokens, both_vectors = bound.encode_tokens(texts, progress=False, pooled=True)
   np.testing.assert_allclose(both_vectors, vectors, atol=1e-6)
   for alone, both in zip(tokens, both_tokens):
     np.testing.assert_allclose(both, alone, atol=1e-6)
@@ -152,9 +153,9 @@ def test_text_encoder_restores_order_and_matches_unbatched(minilm_dir):
 def test_streamed_chunks_give_the_one_chunk_ranking(tiny_bert_dir):
   encoder = load_encoder(tiny_bert_dir)
   corpus, queries = passages(90), {f"q{i}": t for i, t in enumerate(passages(6, seed=1).values())}
-  runs = [retrieve(queries, corpus, query_encoder=TextEncoder(encoder, batch_size=4),
-                   doc_encoder=TextEncoder(encoder, batch_size=4, corpus_chunk=chunk), k=10,
-                   progress=False) for chunk in (1000, 25, 7)]
+  make = lambda **settings: TextEncoder(encoder, data_mesh(), batch_size=4, **settings).bind()
+  runs = [retrieve(queries, corpus, query_encoder=make(), doc_encoder=make(corpus_chunk=chunk),
+                   k=10, progress=False) for chunk in (1000, 25, 7)]
   # Other chunks make other batches (widths, neighbours): the last float bits may differ.
   for run in runs[1:]:
     assert run.keys() == runs[0].keys()
@@ -166,8 +167,8 @@ def test_streamed_chunks_give_the_one_chunk_ranking(tiny_bert_dir):
 def test_a_cached_evaluation_does_not_encode_again(tiny_bert_dir, tmp_path):
   encoder = load_encoder(tiny_bert_dir)
   corpus, queries = passages(40), {"q0": "light and waters", "q1": "the beast of the sea"}
-  make = lambda params=None: TextEncoder(encoder, params=params, batch_size=4, corpus_chunk=16,
-                                         cache_dir=tmp_path)
+  make = lambda params=None: TextEncoder(encoder, data_mesh(), batch_size=4, corpus_chunk=16,
+                                         cache_dir=tmp_path).bind(params)
   first_encoder = make()
   first = retrieve(queries, corpus, query_encoder=first_encoder, doc_encoder=first_encoder,
                    progress=False)
@@ -195,23 +196,33 @@ _RUN_SCRIPT = textwrap.dedent("""\
     import jax
     from optical_jax.evaluation import TextEncoder, retrieve, write_run, write_tsv
     from optical_jax.models.hf_checkpoint import load_encoder
+    from optical_jax.training.step import data_mesh
     encoder = load_encoder(sys.argv[1])
     queries, corpus = json.loads(open(sys.argv[2]).read())
-    run = retrieve(queries, corpus, query_encoder=TextEncoder(encoder, batch_size=3),
-                   doc_encoder=TextEncoder(encoder, batch_size=3, corpus_chunk=50), k=20,
-                   progress=False)
+    make = lambda **settings: TextEncoder(encoder, data_mesh(), batch_size=3, **settings).bind()
+    run = retrieve(queries, corpus, query_encoder=make(), doc_encoder=make(corpus_chunk=50),
+                   k=20, progress=False)
     write_run(run, sys.argv[3])
     # The corpus as a file: tokenised in the background into the token cache, then from it.
     write_tsv(corpus, sys.argv[3] + ".tsv")
     for i in range(2):
-      doc_encoder = TextEncoder(encoder, batch_size=3, corpus_chunk=50,
-                                corpus_cache_dir=sys.argv[3] + ".cache")
+      doc_encoder = make(corpus_chunk=50, corpus_cache_dir=sys.argv[3] + ".cache")
       source = doc_encoder.corpus(sys.argv[3] + ".tsv")
-      run = retrieve(queries, source, query_encoder=TextEncoder(encoder, batch_size=3),
-                     doc_encoder=doc_encoder, k=20, progress=False)
+      run = retrieve(queries, source, query_encoder=make(), doc_encoder=doc_encoder, k=20,
+                     progress=False)
       write_run(run, sys.argv[3] + f".tokens{i}")
       print("tokenized", source.tokenized)
     print(jax.local_device_count(), "devices")
+    # An encoder given a mesh of the last device alone runs there, as the whole mesh's does.
+    import numpy as np
+    from jax.sharding import Mesh
+    last = jax.devices()[-1]
+    alone = TextEncoder(encoder, Mesh(np.asarray([last]), ("data",)), batch_size=3).bind()
+    texts = list(corpus.values())[:12]
+    placed = {d for leaf in jax.tree_util.tree_leaves(alone.device_params)
+              for d in leaf.devices()}
+    same = np.array_equal(alone.encode(texts, progress=False), make().encode(texts, progress=False))
+    print("on the last device alone:", placed == {last} and same)
     """)
 
 
@@ -229,6 +240,7 @@ def test_two_devices_write_the_one_device_run_file(tiny_bert_dir, tmp_path):
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"{devices} devices" in out.stdout
+    assert "on the last device alone: True" in out.stdout
     assert "tokenized 120\ntokenized 0\n" in out.stdout  # the second from the token cache
     files[devices] = (tmp_path / f"run{devices}").read_bytes()
     for i in range(2):
@@ -239,7 +251,8 @@ def test_two_devices_write_the_one_device_run_file(tiny_bert_dir, tmp_path):
 def test_bfloat16_encoding_is_close_to_float32(tiny_bert_dir):
   encoder = load_encoder(tiny_bert_dir)
   texts = list(passages(8).values())
-  full = TextEncoder(encoder, batch_size=4).encode(texts, progress=False)
-  half = TextEncoder(encoder, batch_size=4, dtype="bfloat16").encode(texts, progress=False)
+  make = lambda **settings: TextEncoder(encoder, data_mesh(), batch_size=4, **settings).bind()
+  full = make().encode(texts, progress=False)
+  half = make(dtype="bfloat16").encode(texts, progress=False)
   assert half.dtype == np.float32 and not np.array_equal(half, full)
   np.testing.assert_allclose(half, full, atol=0.1, rtol=0.05)

@@ -13,6 +13,7 @@ from optical_jax.evaluation.retrieval import TextEncoder
 from optical_jax.models.export import MARKER, ExportError, export_student
 from optical_jax.models.hf_checkpoint import load_encoder
 from optical_jax.models.student import DistillationModels
+from optical_jax.training.step import data_mesh
 
 TEXTS = ["Yesu analira.", "And God said, Let there be light.",
          "Pachiyambi Mulungu adalenga kumwamba ndi dziko lapansi."]
@@ -60,8 +61,8 @@ def test_an_export_over_an_earlier_export_is_exactly_ours(tiny_bert_dir, tmp_pat
   assert marker["source"] == {"step": 2}
   assert set(marker["files"]) == {p.relative_to(target).as_posix()
                                   for p in target.rglob("*")} - {MARKER}
-  ours = TextEncoder(models.student, params=params["encoder"], max_length=64).encode(
-      TEXTS, progress=False)
+  ours = TextEncoder(models.student, data_mesh(), max_length=64).bind(
+      params["encoder"]).encode(TEXTS, progress=False)
   theirs = SentenceTransformer(str(target), device="cpu").encode(TEXTS, convert_to_numpy=True)
   np.testing.assert_allclose(theirs, ours, atol=1e-5)
   assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "teacher"]  # nothing aside
@@ -91,16 +92,16 @@ def test_sentence_transformers_scores_equal_the_runs_at_eval_max_length(tiny_ber
   export_student(models, params, tmp_path / "export", max_length=eval_max_length)
   model = SentenceTransformer(str(tmp_path / "export"), device="cpu")
   assert model.max_seq_length == eval_max_length
-  run = lambda length: TextEncoder(models.student, params=params["encoder"],
-                                   max_length=length).encode(TEXTS, progress=False)
+  run = lambda length: TextEncoder(models.student, data_mesh(), max_length=length).bind(
+      params["encoder"]).encode(TEXTS, progress=False)
   ours, theirs = run(eval_max_length), model.encode(TEXTS, convert_to_numpy=True)
   np.testing.assert_allclose(theirs, ours, atol=1e-5)
   assert np.abs(run(64) - ours).max() > 1e-4  # the length matters for these texts
   queries = model.encode(TEXTS, prompt_name="query", convert_to_numpy=True) if (
       teacher_files != "none") else theirs
-  prompted = TextEncoder(models.student, params=params["encoder"], max_length=eval_max_length
-                         ).encode([models.student.prompts["query"] + t for t in TEXTS],
-                                  progress=False)
+  prompted = TextEncoder(models.student, data_mesh(), max_length=eval_max_length).bind(
+      params["encoder"]).encode([models.student.prompts["query"] + t for t in TEXTS],
+                                progress=False)
   np.testing.assert_allclose(queries, prompted, atol=1e-5)  # and the prompts are the run's
 
 
@@ -171,14 +172,14 @@ def test_a_failed_export_leaves_the_target_and_no_temporary(tiny_bert_dir, tmp_p
   target = tmp_path / "export"
   export_student(models, params, target)
   before = _files(target)
-  from optical_jax.models import hf_checkpoint
+  from optical_jax.models import export
 
-  def full_disk(self, directory, params=None):
+  def full_disk(encoder, directory, params=None):
     (directory / "model.safetensors").parent.mkdir(parents=True, exist_ok=True)
     (directory / "model.safetensors").write_bytes(b"half")
     raise OSError(28, "No space left on device")
 
-  monkeypatch.setattr(hf_checkpoint.LoadedEncoder, "save", full_disk)
+  monkeypatch.setattr(export, "save_encoder", full_disk)
   with pytest.raises(OSError, match="No space left"):
     export_student(models, params, target, overwrite=True)
   assert _files(target) == before
