@@ -89,6 +89,15 @@ def check_writable(directory: Path) -> None:
                           "permissions or free disk space, or use another --workdir") from None
 
 
+def kept(workdir: Path) -> str:
+  """What a run stopped now leaves, in words: its last checkpoint, read from the disk (from
+  any thread, with no manager: what a lost peer's message says)."""
+  directory = Workdir(workdir).checkpoints
+  steps = sorted(int(p.name) for p in directory.glob("*") if p.name.isdigit())
+  return (f"the last checkpoint (step {steps[-1]}) is kept in {directory}"
+          if steps else "no checkpoint was written yet")
+
+
 class _Saves:
   """One Orbax manager and the step it last started saving: a background write that fails is
   reported later (at the next save, check or finish) and must be named by its own step."""

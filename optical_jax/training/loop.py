@@ -25,7 +25,7 @@ from optical_jax.fileio import write_text_atomic
 from optical_jax.inputs import unresolved
 from optical_jax.layout import Workdir
 from optical_jax.training.cadence import Cadence
-from optical_jax.training.checkpoints import RunCheckpoints
+from optical_jax.training.checkpoints import RunCheckpoints, kept
 from optical_jax.training.logging import MetricsLog, plot_curves, start_comparison
 from optical_jax.training.phases import PhaseTimer
 from optical_jax.training.prefetch import Prefetcher
@@ -83,7 +83,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path
   workdir.mkdir(parents=True, exist_ok=True)
   primary = host.is_primary()
   with workdir_lock(workdir, enabled=primary):
-    peers = watch_peers(lambda: _kept(workdir), timeout=float(config.runtime.peer_timeout))
+    peers = watch_peers(lambda: kept(workdir), timeout=float(config.runtime.peer_timeout))
     try:
       return _train(config, workdir, primary)
     except Exception as error:  # a collective or a checkpoint write that a lost peer broke
@@ -91,14 +91,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path
       raise
     finally:
       peers.stop()
-
-
-def _kept(workdir: Path) -> str:
-  """What a run stopped now leaves: its last checkpoint (read from the disk, any thread)."""
-  kept = Workdir(workdir).checkpoints
-  steps = sorted(int(p.name) for p in kept.glob("*") if p.name.isdigit())
-  return (f"the last checkpoint (step {steps[-1]}) is kept in {kept}"
-          if steps else "no checkpoint was written yet")
 
 
 # Where a run's time goes (`RunResult.seconds`).

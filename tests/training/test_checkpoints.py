@@ -217,3 +217,13 @@ def test_a_failed_background_save_surfaces_at_check_named_by_its_step(tmp_path, 
     run.check()
   with pytest.raises(checkpoints.CheckpointFault, match="cannot write checkpoint 3 "):
     run.finish()
+
+
+def test_what_a_stopped_run_keeps_is_read_from_the_disk(tmp_path):
+  assert checkpoints.kept(tmp_path) == "no checkpoint was written yet"
+  run = RunCheckpoints(tmp_path, keep=3)
+  for step in (2, 10):
+    run.save(step, _state(step))
+  run.finish()
+  assert checkpoints.kept(tmp_path) == (f"the last checkpoint (step 10) is kept in "
+                                        f"{tmp_path / 'checkpoints'}")
