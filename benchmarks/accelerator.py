@@ -64,13 +64,11 @@ from optical_jax.data.teacher_cache import TeacherTokenCache
 from optical_jax.token_arrays import TokenColumn
 from optical_jax.models.student import build_models
 from optical_jax.pooling import pool
-from optical_jax.training.loop import watch_loss
 from optical_jax.training.lowering import so_config
 from optical_jax.training.prefetch import Prefetcher
-from optical_jax.training.state import initial_state, make_optimizer
-from optical_jax.training.step import (compiled_per_shape, data_mesh, global_batch,
-                                       make_train_step, replicate)
-from optical_jax.training.throughput import PEAK_TFLOPS, executable_flops, peak_flops
+from optical_jax.training.step import data_mesh, global_batch
+from optical_jax.training.throughput import PEAK_TFLOPS, peak_flops
+from optical_jax.training.trainer import Trainer, build_trainer
 from optical_jax.training.input_pipeline import local_batch
 
 MFU_ASSUMED = 0.4  # a well-fed transformer step's share of the peak, for the estimates
@@ -126,10 +124,9 @@ def host_table(models, config, mesh, args) -> tuple[BucketedBatches, dict]:
   return batches, rows
 
 
-def flops_table(step_fn, state, teacher_params, batch, rng, devices: int, args) -> float:
+def flops_table(trainer: Trainer, batch, devices: int, args) -> float:
   """FLOPs per step from XLA's cost analysis, and each device kind's compute-bound time."""
-  executable = step_fn.executable_for(state, teacher_params, batch, rng)
-  per_device = executable_flops(executable)
+  per_device = trainer.flops_for(batch)
   if per_device is None:
     print("\nXLA gives no cost analysis on this backend")
     return 0.0
@@ -172,12 +169,9 @@ def memory_table(config, models, batches, one_device_executable, args) -> None:
     devices = jax.devices("cpu")
   if len(devices) >= 8 and args.batch % 8 == 0:
     mesh = data_mesh(devices[:8])
-    optimizer = make_optimizer(config)
-    step_fn = compiled_per_shape(make_train_step(config, models, optimizer, mesh), {})
-    rows[8] = step_memory(step_fn.executable_for(
-        replicate(initial_state(models, optimizer), mesh),
-        replicate(models.teacher.params, mesh), global_batch(local_batch(batches, None, 0), mesh),
-        replicate(jax.random.PRNGKey(0), mesh)))
+    trainer = build_trainer(config, models, mesh, compiler_options={})
+    rows[8] = step_memory(trainer.executable_for(
+        global_batch(local_batch(batches, None, 0), mesh)))
   gb = lambda n: f"{n / 1e9:.2f}"
   print(f"\n### Memory per device of the compiled step (XLA's memory analysis, "
         f"{jax.devices()[0].platform} compilation), batch {args.batch}, length {args.length}, "
@@ -203,20 +197,14 @@ def measured_table(config, models, batches, args) -> None:
   peak = peak_flops(jax.devices()[0].device_kind, args.dtype)
   for n in counts:
     mesh = data_mesh(jax.devices()[:n])
-    optimizer = make_optimizer(config)
-    state = replicate(initial_state(models, optimizer), mesh)
-    teacher_params = replicate(models.teacher.params, mesh)
-    rng = replicate(jax.random.PRNGKey(0), mesh)
-    step_fn = compiled_per_shape(make_train_step(config, models, optimizer, mesh), {})
+    trainer = build_trainer(config, models, mesh, compiler_options={})
     staged = [global_batch(local_batch(batches, None, s), mesh) for s in range(4)]
-    state, metrics = step_fn(state, teacher_params, staged[0], rng)  # compiles
-    jax.block_until_ready(metrics)
+    jax.block_until_ready(trainer.apply(staged[0]))  # compiles
     start = time.perf_counter()
-    for s in range(args.steps):
-      state, metrics = step_fn(state, teacher_params, staged[s % len(staged)], rng)
+    for s in range(args.steps):  # the compiled step alone
+      metrics = trainer.apply(staged[s % len(staged)])
     jax.block_until_ready(metrics)
     bare = (time.perf_counter() - start) / args.steps
-    first_bad = replicate(np.zeros((), np.int32), mesh)
     tokens = 0
     build = lambda s: (global_batch(batch := local_batch(batches, None, s), mesh),
                        int(batch["student_mask"].sum() + batch["teacher_mask"].sum()))
@@ -224,12 +212,11 @@ def measured_table(config, models, batches, args) -> None:
     with Prefetcher(build, 0, args.steps, depth=2) as prefetcher:
       for s in range(args.steps):  # the train loop's path between log steps
         batch, count = prefetcher.get(s)
-        state, metrics = step_fn(state, teacher_params, batch, rng)
-        first_bad = watch_loss(first_bad, metrics["loss"], state.step)
+        metrics = trainer.step(batch)  # the step and the non-finite watch
         tokens += count
-      jax.block_until_ready((metrics, first_bad))
+      jax.block_until_ready((metrics, trainer.first_bad))
     loop = (time.perf_counter() - start) / args.steps
-    flops = executable_flops(step_fn.executable_for(state, teacher_params, staged[0], rng))
+    flops = trainer.flops_for(staged[0])
     mfu = f"{flops / bare / peak:.1%}" if flops and peak else "n/a"
     print(f"| {n} | {bare * 1e3:.1f} | {loop * 1e3:.1f} | {max(0.0, 1 - bare / loop):.0%} | "
           f"{tokens / (loop * args.steps):,.0f} | {mfu} |")
@@ -269,15 +256,10 @@ def main(args) -> None:
   models = build_models(config)
   mesh = data_mesh(run_devices())  # the 8 simulated CPU devices: the memory table only
   batches, _ = host_table(models, config, mesh, args)
-  optimizer = make_optimizer(config)
-  state = replicate(initial_state(models, optimizer), mesh)
-  teacher_params = replicate(models.teacher.params, mesh)
-  rng = replicate(jax.random.PRNGKey(0), mesh)
-  step_fn = compiled_per_shape(make_train_step(config, models, optimizer, mesh), {})
+  trainer = build_trainer(config, models, mesh, compiler_options={})
   batch = global_batch(local_batch(batches, None, 0), mesh)
-  flops_table(step_fn, state, teacher_params, batch, rng, len(mesh.devices.flat), args)
-  memory_table(config, models, batches,
-               step_fn.executable_for(state, teacher_params, batch, rng), args)
+  flops_table(trainer, batch, len(mesh.devices.flat), args)
+  memory_table(config, models, batches, trainer.executable_for(batch), args)
   if jax.default_backend() != "cpu" or args.measure:
     measured_table(config, models, batches, args)
     encoding_table(models, args)

@@ -243,9 +243,8 @@ def jax_reference(checkpoint: str, *, dtype: str = "float32", iterations: int = 
   default: the train loop's."""
   import jax
   from optical_jax.models.student import build_models
-  from optical_jax.training.state import initial_state, make_optimizer
-  from optical_jax.training.step import (compiled_per_shape, data_mesh, global_batch,
-                                         make_train_step, replicate, step_compiler_options)
+  from optical_jax.training.step import data_mesh, global_batch
+  from optical_jax.training.trainer import build_trainer
   config = base_config()
   m = config.model
   m.teacher, m.dtype, m.remat, m.dropout, m.attention = checkpoint, dtype, remat, 0.0, attention
@@ -253,24 +252,15 @@ def jax_reference(checkpoint: str, *, dtype: str = "float32", iterations: int = 
   config.loss, config.train.num_train_steps = "ot", 1000
   config.ot.max_iterations, config.ot.threshold = iterations, 0.0  # fixed iterations
   models = build_models(config)
-  optimizer = make_optimizer(config)
   mesh = data_mesh()
-  holder = {"state": replicate(initial_state(models, optimizer), mesh)}
-  teacher_params = replicate(models.teacher.params, mesh)
-  rng = replicate(jax.random.PRNGKey(0), mesh)
-  train_step = compiled_per_shape(
-      make_train_step(config, models, optimizer, mesh),
-      step_compiler_options(config) if compiler_options is None else compiler_options)
+  trainer = build_trainer(config, models, mesh, compiler_options=compiler_options)
 
   def step(batch_arrays):
-    holder["state"], metrics = train_step(holder["state"], teacher_params,
-                                          global_batch(batch_arrays, mesh), rng)
-    return jax.block_until_ready(metrics["loss"])
+    return jax.block_until_ready(trainer.apply(global_batch(batch_arrays, mesh))["loss"])
 
   def temporary_bytes(batch_arrays) -> int:
     """The compiled step's temporary buffers: mostly activations kept for the backward."""
-    executable = train_step.executable_for(holder["state"], teacher_params,
-                                           global_batch(batch_arrays, mesh), rng)
+    executable = trainer.executable_for(global_batch(batch_arrays, mesh))
     return executable.memory_analysis().temp_size_in_bytes
 
   step.temporary_bytes = temporary_bytes

@@ -40,6 +40,7 @@ from optical_jax.config import base_config
 from optical_jax.evaluation.io import read_corpus
 from optical_jax.evaluation.retrieval import TextEncoder, padded_width
 from optical_jax.models.hf_checkpoint import load_encoder
+from optical_jax.token_arrays import ids_tokenizer
 from optical_jax.training.step import data_mesh
 
 
@@ -66,8 +67,9 @@ def encoding(checkpoint: str, texts: list[str], *, batch: int, length: int, repe
   """Prints the table: each side's first pass, warm median and passages/s, and the ratio."""
   torch = import_torch()
   from sentence_transformers import SentenceTransformer
-  ours = TextEncoder(load_encoder(checkpoint), data_mesh(), max_length=length,
-                     batch_size=batch, bucket_width=bucket_width, dtype=dtype)
+  encoder = load_encoder(checkpoint)
+  ours = TextEncoder(encoder, data_mesh(), max_length=length, batch_size=batch,
+                     bucket_width=bucket_width, dtype=dtype)
   theirs = SentenceTransformer(checkpoint, device="cpu")
   theirs.max_seq_length = length
   bound = ours.bind()
@@ -79,7 +81,7 @@ def encoding(checkpoint: str, texts: list[str], *, batch: int, length: int, repe
   difference = float(np.abs(vectors_ours - vectors_theirs).max())
   seconds = interleaved_medians({"ours": encode_ours, "theirs": encode_theirs}, repeats,
                                 warmup=0)
-  tokens = [len(x) for x in ours._tokenize(texts)]
+  tokens = [len(x) for x in ids_tokenizer(encoder.tokenizer, length)(texts)]
   shapes = len({padded_width(n, length, bucket_width) for n in tokens})  # an upper bound
   print(f"{len(texts)} passages, {np.mean(tokens):.1f} tokens on average (max length "
         f"{length}), batch {batch}, {jax.local_device_count()} {jax.default_backend()} "

@@ -11,8 +11,11 @@ def is_primary() -> bool:
 
 
 def to_host(tree):
-  """A replicated (or fully addressable) tree of arrays as numpy arrays, on any process."""
+  """A replicated (or fully addressable) tree of arrays as numpy arrays, on any process: each
+  device array's first local copy read through `jax.device_get`, an explicit transfer (which
+  the train step's transfer guard allows); other leaves as numpy arrays."""
   import jax
   import numpy as np
   return jax.tree_util.tree_map(
-      lambda x: np.asarray(x.addressable_data(0) if isinstance(x, jax.Array) else x), tree)
+      lambda x: np.asarray(jax.device_get(x.addressable_data(0)) if isinstance(x, jax.Array)
+                           else x), tree)

@@ -32,7 +32,7 @@ class CheckpointFault(RuntimeError):
   """No usable checkpoint, or one that cannot be written; the message names the directory."""
 
 
-def managers(workdir: Path, keep: int):
+def _managers(workdir: Path, keep: int):
   """(latest, best) Orbax `CheckpointManager`s of `workdir`."""
   import orbax.checkpoint as ocp
   # Several processes save synchronously: two managers' background saves would race for the
@@ -46,11 +46,6 @@ def managers(workdir: Path, keep: int):
           max_to_keep=1, best_fn=lambda m: m["dev_MAP"], best_mode="max", create=True,
           enable_async_checkpointing=background))
   return latest, best
-
-
-# The step each manager last started saving: a background write that fails is reported later
-# (at the next save, check or finish) and must be named by its own step.
-_saving: dict[int, int] = {}
 
 
 def _reason(error: BaseException) -> str:
@@ -78,15 +73,6 @@ def _fault(manager, step: int | None, error: BaseException) -> CheckpointFault:
       ". Free disk space or fix the directory's permissions, then rerun to resume.")
 
 
-def _finished(manager) -> None:
-  """Waits for `manager`'s background save; its failure as a `CheckpointFault` naming the
-  step that was being saved."""
-  try:
-    manager.wait_until_finished()
-  except Exception as e:  # Orbax and TensorStore raise many types for a failed write
-    raise _fault(manager, _saving.get(id(manager)), e) from None
-
-
 def check_writable(directory: Path) -> None:
   """Fails at once, naming `directory`, where a checkpoint could not be written."""
   try:
@@ -103,43 +89,55 @@ def check_writable(directory: Path) -> None:
                           "permissions or free disk space, or use another --workdir") from None
 
 
-def save(manager, step: int, tree, metrics=None, *, wait: bool = False) -> None:
-  """Starts saving host copies of `tree` as `step`; Orbax finishes in the background, or
-  before this returns with `wait` (what must be on disk before it counts, like a new best).
-  The previous save's failure is raised first, naming its own step."""
-  import orbax.checkpoint as ocp
-  _finished(manager)
-  try:
-    manager.save(step, args=ocp.args.StandardSave(to_host(tree)), metrics=metrics, force=True)
-  except Exception as e:
-    try:  # the last good checkpoint must be on disk, not in flight
-      manager.wait_until_finished()
-    except Exception:
-      pass
-    raise _fault(manager, step, e) from None
-  _saving[id(manager)] = step
-  if wait:
-    _finished(manager)
+def kept(workdir: Path) -> str:
+  """What a run stopped now leaves, in words: its last checkpoint, read from the disk (from
+  any thread, with no manager: what a lost peer's message says)."""
+  directory = Workdir(workdir).checkpoints
+  steps = sorted(int(p.name) for p in directory.glob("*") if p.name.isdigit())
+  return (f"the last checkpoint (step {steps[-1]}) is kept in {directory}"
+          if steps else "no checkpoint was written yet")
 
 
-def check(*managers) -> None:
-  """Raises a failed background save of any of `managers` without waiting for one in
-  progress: the loop calls it at every log, evaluation and checkpoint step, so a run stops
-  soon after its first failed save."""
-  for manager in managers:
-    if not manager.is_saving_in_progress():
-      _finished(manager)
+class _Saves:
+  """One Orbax manager and the step it last started saving: a background write that fails is
+  reported later (at the next save, check or finish) and must be named by its own step."""
+
+  def __init__(self, manager):
+    self.manager, self.step = manager, None
+
+  def save(self, step: int, tree, metrics=None, *, wait: bool = False) -> None:
+    """Starts saving host copies of `tree` as `step`; Orbax finishes in the background, or
+    before this returns with `wait`. The previous save's failure is raised first."""
+    import orbax.checkpoint as ocp
+    self.finish()
+    try:
+      self.manager.save(step, args=ocp.args.StandardSave(to_host(tree)), metrics=metrics,
+                        force=True)
+    except Exception as e:
+      try:  # the last good checkpoint must be on disk, not in flight
+        self.manager.wait_until_finished()
+      except Exception:
+        pass
+      raise _fault(self.manager, step, e) from None
+    self.step = step
+    if wait:
+      self.finish()
+
+  def check(self) -> None:
+    """A failed background save, without waiting for one in progress."""
+    if not self.manager.is_saving_in_progress():
+      self.finish()
+
+  def finish(self) -> None:
+    """Waits for the background save; its failure as a `CheckpointFault` naming its step."""
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:  # Orbax and TensorStore raise many types for a failed write
+      raise _fault(self.manager, self.step, e) from None
 
 
-def finish(*managers) -> None:
-  """Waits for background saves, turning a write error into one clear `CheckpointFault`."""
-  for manager in managers:
-    _finished(manager)
-
-
-def best_value(manager, metric: str) -> float:
-  """The best `metric` among the checkpoints `manager` holds on disk (-inf when none): what a
-  resumed run must beat, whatever the metrics log recorded for saves that failed."""
+def _best_value(manager, metric: str) -> float:
+  """The best `metric` among the checkpoints `manager` holds on disk (-inf when none)."""
   values = []
   for step in manager.all_steps():
     try:
@@ -223,7 +221,7 @@ def _read(manager, step: int, template) -> tuple[Any, int, str, str]:
             + " and rerun to resume")
 
 
-def restore_latest(manager, template, *, primary: bool = True) -> tuple[Any, int | None]:
+def _restore_latest(manager, template, *, primary: bool = True) -> tuple[Any, int | None]:
   """The newest readable checkpoint of `manager` as host arrays shaped like `template`, and
   its step. A checkpoint that fails its own integrity check is reported, moved aside into
   `corrupt_checkpoints/` beside the directory (so the redone step can be saved again), and
@@ -257,6 +255,62 @@ def restore_latest(manager, template, *, primary: bool = True) -> tuple[Any, int
     raise CheckpointFault(f"{directory}: no checkpoint can be read (steps "
                           f"{', '.join(map(str, steps))}); delete the directory to start over")
   return template, None
+
+
+class RunCheckpoints:
+  """A run's checkpoints in `workdir`: `checkpoints/` (the latest `keep` train states) and
+  `best/` (the parameters of the step with the best dev MAP). `best_value` is the dev MAP a
+  new best must beat: the best checkpoint's on disk, whatever the metrics log recorded for
+  saves that failed."""
+
+  def __init__(self, workdir: Path, keep: int):
+    latest, best = _managers(workdir, keep)
+    self._latest, self._best = _Saves(latest), _Saves(best)
+    self.best_value = _best_value(best, "dev_MAP")
+
+  @property
+  def latest(self):
+    """The Orbax manager of `checkpoints/`."""
+    return self._latest.manager
+
+  @property
+  def best(self):
+    """The Orbax manager of `best/`."""
+    return self._best.manager
+
+  def latest_step(self) -> int | None:
+    """The newest step in `checkpoints/` (None when none)."""
+    return self.latest.latest_step()
+
+  def restore(self, state, *, primary: bool = True) -> tuple[Any, int]:
+    """The newest readable train state, shaped like `state` (host arrays), and its step; or
+    (`state`, 0) when there is none. A checkpoint that fails its own integrity check is
+    reported, moved aside and the one before it tried (`_restore_latest`)."""
+    state, step = _restore_latest(self.latest, state, primary=primary)
+    return state, step or 0
+
+  def save(self, step: int, state, dev_map: float | None = None, *, latest: bool = True
+           ) -> None:
+    """Starts saving `state` (a `TrainState`) as the latest checkpoint `step` (with `latest`),
+    and, when `dev_map` beats `best_value`, its parameters as the best, on disk before this
+    returns: a best counts only once written (a failed save records nothing)."""
+    if latest:
+      self._latest.save(step, state)
+    if dev_map is not None and dev_map > self.best_value:  # best/ is for evaluation
+      self._best.save(step, {"params": state.params}, metrics={"dev_MAP": dev_map}, wait=True)
+      self.best_value = dev_map
+
+  def check(self) -> None:
+    """Raises a failed background save without waiting for one in progress: the loop calls it
+    at every log, evaluation and checkpoint step, so a run stops soon after its first failed
+    save."""
+    self._latest.check()
+    self._best.check()
+
+  def finish(self) -> None:
+    """Waits for background saves, turning a write error into one clear `CheckpointFault`."""
+    self._latest.finish()
+    self._best.finish()
 
 
 def restore_params(workdir: Path, step: str | int = "best") -> tuple[Any, int, str]:

@@ -237,7 +237,7 @@ def test_the_peak_table_knows_the_usual_devices(kind, dtype, tflops):
 ])
 def test_a_malformed_collection_fails_before_the_first_step(setup, tmp_path, broken, message):
   from optical_jax.textfiles import DataFormatError
-  from optical_jax.training import loop
+  from optical_jax.training import loop, prepare
   from tests.training.runs import toy_collection
   root, checkpoint, bitext, _ = setup
   collection = toy_collection(tmp_path)
@@ -248,9 +248,9 @@ def test_a_malformed_collection_fails_before_the_first_step(setup, tmp_path, bro
   config = _config(tmp_path, "bad", checkpoint, bitext, **{
       "eval.collections": [collection], "eval.dev_collection": "toy"})
   built = []
-  original = loop.make_batches
+  original = prepare.make_batches
   with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(loop, "make_batches", lambda *a, **k: built.append(1) or original(*a, **k))
+    patch.setattr(prepare, "make_batches", lambda *a, **k: built.append(1) or original(*a, **k))
     with pytest.raises(DataFormatError, match=message):
       loop.train_and_evaluate(config, tmp_path / "w")
   assert not built  # before the training data was even tokenised

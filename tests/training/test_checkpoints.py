@@ -1,4 +1,6 @@
-"""Which checkpoint evaluation reads: the best by dev MAP, the latest, or a given step."""
+"""A run's checkpoints (`RunCheckpoints`: latest and best saved together, a failed save named
+by its step, a damaged checkpoint set aside) and which one evaluation reads: the best by dev
+MAP, the latest, or a given step."""
 
 import re
 from pathlib import Path
@@ -7,17 +9,20 @@ import numpy as np
 import pytest
 
 from optical_jax.training import checkpoints
+from optical_jax.training.checkpoints import RunCheckpoints
+from optical_jax.training.state import TrainState
+
+
+def _state(step: int, w: np.ndarray | None = None) -> TrainState:
+  w = np.full(2, step, np.float32) if w is None else w
+  return TrainState(step=np.int32(step), params={"w": w}, opt_state={})
 
 
 def _workdir(tmp_path: Path) -> Path:
-  latest, best = checkpoints.managers(tmp_path, keep=3)
-  for step in (1, 2, 3):
-    checkpoints.save(latest, step, {"params": {"w": np.full(2, step, np.float32)},
-                                    "step": np.int32(step)})
-  for step, dev_map in ((1, 0.2), (2, 0.5)):  # step 3 was not better
-    checkpoints.save(best, step, {"params": {"w": np.full(2, step, np.float32)}},
-                     metrics={"dev_MAP": dev_map})
-  checkpoints.finish(latest, best)
+  run = RunCheckpoints(tmp_path, keep=3)
+  for step, dev_map in ((1, 0.2), (2, 0.5), (3, 0.4)):  # step 3 was not better
+    run.save(step, _state(step), dev_map)
+  run.finish()
   return tmp_path
 
 
@@ -30,9 +35,9 @@ def test_restore_params_picks_the_asked_for_step(tmp_path, which, step, named):
 
 
 def test_without_a_best_checkpoint_best_means_latest(tmp_path):
-  latest, _ = checkpoints.managers(tmp_path, keep=3)
-  checkpoints.save(latest, 4, {"params": {"w": np.zeros(2, np.float32)}})
-  checkpoints.finish(latest)
+  run = RunCheckpoints(tmp_path, keep=3)
+  run.save(4, _state(4))
+  run.finish()
   assert checkpoints.restore_params(tmp_path, "best")[1:] == (4, "latest")
 
 
@@ -54,10 +59,10 @@ def test_a_best_counts_only_once_its_checkpoint_is_on_disk(tmp_path, monkeypatch
   """A resumed run must beat what best/ holds, not a dev MAP whose save failed."""
   import errno
   import orbax.checkpoint as ocp
-  _, best = checkpoints.managers(tmp_path, keep=3)
-  assert checkpoints.best_value(best, "dev_MAP") == float("-inf")
-  checkpoints.save(best, 2, {"params": {"w": np.zeros(2, np.float32)}},
-                   metrics={"dev_MAP": 0.5}, wait=True)
+  run = RunCheckpoints(tmp_path, keep=3)
+  assert run.best_value == float("-inf")
+  run.save(2, _state(2), 0.5, latest=False)
+  assert run.best_value == 0.5 and run.latest_step() is None
   original = ocp.CheckpointManager.save
 
   def full_disk(self, step, *args, **kwargs):
@@ -68,10 +73,9 @@ def test_a_best_counts_only_once_its_checkpoint_is_on_disk(tmp_path, monkeypatch
   monkeypatch.setattr(ocp.CheckpointManager, "save", full_disk)
   with pytest.raises(checkpoints.CheckpointFault, match=r"cannot write checkpoint 4 \(No space "
                      r"left on device\); the last good checkpoint \(step 2\) is kept"):
-    checkpoints.save(best, 4, {"params": {"w": np.ones(2, np.float32)}},
-                     metrics={"dev_MAP": 0.7}, wait=True)
-  _, reopened = checkpoints.managers(tmp_path, keep=3)  # the resumed run
-  assert checkpoints.best_value(reopened, "dev_MAP") == 0.5
+    run.save(4, _state(4), 0.7, latest=False)
+  assert run.best_value == 0.5
+  assert RunCheckpoints(tmp_path, keep=3).best_value == 0.5  # the resumed run
   assert checkpoints.restore_params(tmp_path, "best")[1:] == (2, "best")
 
 
@@ -91,40 +95,40 @@ def _weights(step: int) -> np.ndarray:
 
 
 def _two_steps(tmp_path: Path):
-  """A manager holding steps 1 and 2 of `{"params": {"w": [4096]}}` (`_weights(step)`: data
-  files, not values kept inline), and that tree."""
-  latest, _ = checkpoints.managers(tmp_path, keep=3)
+  """`RunCheckpoints` holding steps 1 and 2 of a state whose params are `{"w": [4096]}`
+  (`_weights(step)`: data files, not values kept inline), and a template of that state."""
+  run = RunCheckpoints(tmp_path, keep=3)
   for step in (1, 2):
-    checkpoints.save(latest, step, {"params": {"w": _weights(step)}})
-  checkpoints.finish(latest)
-  return latest, {"params": {"w": np.zeros(4096, np.float32)}}
+    run.save(step, _state(step, _weights(step)))
+  run.finish()
+  return run, _state(0, np.zeros(4096, np.float32))
 
 
-def _nothing_moved(tmp_path: Path, latest):
-  latest.reload()
-  assert latest.all_steps() == [1, 2] and not (tmp_path / "corrupt_checkpoints").exists()
+def _nothing_moved(tmp_path: Path, run):
+  run.latest.reload()
+  assert run.latest.all_steps() == [1, 2] and not (tmp_path / "corrupt_checkpoints").exists()
 
 
 def test_a_damaged_checkpoint_is_moved_aside_and_the_one_before_restored(tmp_path, caplog):
-  latest, template = _two_steps(tmp_path)
+  run, template = _two_steps(tmp_path)
   for data in (tmp_path / "checkpoints" / "2").glob("default/ocdbt.process_0/d/*"):
     data.write_bytes(data.read_bytes()[:10])  # truncated array data
-  tree, step = checkpoints.restore_latest(latest, template)
-  assert step == 1 and (tree["params"]["w"] == _weights(1)).all()
+  state, step = run.restore(template)
+  assert step == 1 and (state.params["w"] == _weights(1)).all()
   assert (tmp_path / "corrupt_checkpoints" / "checkpoints-2").is_dir()
   assert "falling back to step 1" in caplog.text
 
 
 def test_a_shape_change_stops_in_one_line_and_moves_nothing(tmp_path):
-  latest, _ = _two_steps(tmp_path)
-  wider = {"params": {"w": np.zeros(4097, np.float32)}}  # resume_with_changes of a dimension
+  run, _ = _two_steps(tmp_path)
+  wider = _state(0, np.zeros(4097, np.float32))  # resume_with_changes of a dimension
   with pytest.raises(checkpoints.CheckpointFault) as caught:
-    checkpoints.restore_latest(latest, wider)
+    run.restore(wider)
   message = str(caught.value)
   assert "\n" not in message and "checkpoint 2 (its arrays do not fit this run's model: " \
       "params/w (4096,) in the checkpoint, (4097,) in this run)" in message, message
   assert "nothing was moved" in message
-  _nothing_moved(tmp_path, latest)
+  _nothing_moved(tmp_path, run)
 
 
 @pytest.mark.parametrize("error, said", [
@@ -133,22 +137,22 @@ def test_a_shape_change_stops_in_one_line_and_moves_nothing(tmp_path):
     (OSError(5, "Input/output error"), "OSError: Input/output error); it is not damaged")])
 def test_memory_and_io_errors_stop_in_one_line_and_move_nothing(tmp_path, monkeypatch, error,
                                                                 said):
-  latest, template = _two_steps(tmp_path)
+  run, template = _two_steps(tmp_path)
 
   def fails(*args, **kwargs):
     raise error
 
-  monkeypatch.setattr(latest, "restore", fails)
+  monkeypatch.setattr(run.latest, "restore", fails)
   with pytest.raises(checkpoints.CheckpointFault, match=re.escape(said)):
-    checkpoints.restore_latest(latest, template)
-  _nothing_moved(tmp_path, latest)
+    run.restore(template)
+  _nothing_moved(tmp_path, run)
 
 
 @pytest.mark.parametrize("other, outcome", [("stop", "fault"), ("corrupt", "step 1")])
 def test_every_process_acts_on_the_worst_verdict(tmp_path, monkeypatch, other, outcome):
   """This process reads step 2 well; process 1 could not (or found it damaged): both stop
   (or both fall back to step 1), never one resuming where the other does not."""
-  latest, template = _two_steps(tmp_path)
+  run, template = _two_steps(tmp_path)
   theirs = {"stop": checkpoints._STOP, "corrupt": checkpoints._CORRUPT}[other]
   gathered = []
 
@@ -160,10 +164,66 @@ def test_every_process_acts_on_the_worst_verdict(tmp_path, monkeypatch, other, o
   if outcome == "fault":
     with pytest.raises(checkpoints.CheckpointFault, match="checkpoint 2 \\(process 1 cannot "
                        "restore it\\); it is not damaged and nothing was moved"):
-      checkpoints.restore_latest(latest, template)
-    _nothing_moved(tmp_path, latest)
+      run.restore(template)
+    _nothing_moved(tmp_path, run)
   else:
-    tree, step = checkpoints.restore_latest(latest, template)
-    assert step == 1 and (tree["params"]["w"] == _weights(1)).all()
+    state, step = run.restore(template)
+    assert step == 1 and (state.params["w"] == _weights(1)).all()
     assert (tmp_path / "corrupt_checkpoints" / "checkpoints-2").is_dir()
   assert gathered[0] == checkpoints._OK
+
+
+def test_latest_and_best_are_saved_together_and_a_resumed_run_restores_the_latest(tmp_path):
+  run = RunCheckpoints(tmp_path, keep=3)
+  run.save(5, _state(5), 0.9)  # a new best: both
+  run.save(6, _state(6), 0.3)  # not better: the latest only
+  run.save(7, _state(7), 0.95, latest=False)  # an evaluation between checkpoint steps
+  run.finish()
+  assert run.latest.all_steps() == [5, 6] and run.best_value == 0.95
+  assert checkpoints.restore_params(tmp_path, "best")[1:] == (7, "best")
+  resumed = RunCheckpoints(tmp_path, keep=3)
+  assert resumed.best_value == 0.95
+  state, step = resumed.restore(_state(0))
+  assert step == 6 and int(state.step) == 6
+  np.testing.assert_array_equal(state.params["w"], np.full(2, 6, np.float32))
+
+
+def test_an_empty_workdir_restores_the_template_at_step_0(tmp_path):
+  template = _state(0)
+  state, step = RunCheckpoints(tmp_path, keep=3).restore(template)
+  assert step == 0 and state is template
+
+
+def test_a_failed_background_save_surfaces_at_check_named_by_its_step(tmp_path, monkeypatch):
+  """Orbax reports a background write's failure at the next wait: `check` raises it, named by
+  the step that was being saved, once no save is in progress (it never waits for one)."""
+  import errno
+  run = RunCheckpoints(tmp_path, keep=3)
+  run.save(2, _state(2))
+  run.save(3, _state(3))
+  run.latest.wait_until_finished()
+
+  def failed():
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+  in_progress = {"now": True}
+  monkeypatch.setattr(run.latest, "wait_until_finished", failed)
+  monkeypatch.setattr(run.latest, "is_saving_in_progress", lambda: in_progress["now"])
+  run.check()  # still writing: nothing to report yet, and no wait
+  in_progress["now"] = False
+  with pytest.raises(checkpoints.CheckpointFault, match=r"checkpoints: cannot write checkpoint "
+                     r"3 \(No space left on device\); the last good checkpoint \(step 2\) is "
+                     r"kept"):
+    run.check()
+  with pytest.raises(checkpoints.CheckpointFault, match="cannot write checkpoint 3 "):
+    run.finish()
+
+
+def test_what_a_stopped_run_keeps_is_read_from_the_disk(tmp_path):
+  assert checkpoints.kept(tmp_path) == "no checkpoint was written yet"
+  run = RunCheckpoints(tmp_path, keep=3)
+  for step in (2, 10):
+    run.save(step, _state(step))
+  run.finish()
+  assert checkpoints.kept(tmp_path) == (f"the last checkpoint (step 10) is kept in "
+                                        f"{tmp_path / 'checkpoints'}")

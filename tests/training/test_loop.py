@@ -154,6 +154,9 @@ def test_final_evaluation_reuses_the_last_steps_dev_evaluation(setup, monkeypatc
   assert set(result.collections["toy"].per_query["MAP"]) == set(result.collections["toy"].run)
   assert (results_dir(root / "reuse", 2) / "runs" / "toy.trec").is_file()
   assert result.step == 2 and set(result.params) == {"encoder"}
+  # Where the time went, by phase; the two dev evaluations counted apart from the steps.
+  assert list(result.seconds) == ["set-up", "steps", "dev evaluation", "final evaluation"]
+  assert all(v >= 0 for v in result.seconds.values()) and result.seconds["dev evaluation"] > 0
 
 
 @pytest.fixture(scope="module")
