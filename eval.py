@@ -30,7 +30,7 @@ from ml_collections import config_flags
 
 from optical_jax import cli
 from optical_jax.evaluation.metrics import DEFAULT_MEASURES, MeasureError, check_measures
-from optical_jax.layout import Workdir
+from optical_jax.files.layout import Workdir
 from optical_jax.training.student_init import COMPLETE
 
 FLAGS = flags.FLAGS
@@ -77,8 +77,8 @@ def main(argv):
   if FLAGS.overwrite and not FLAGS.export_hf:
     raise app.UsageError("--overwrite goes with --export_hf")
   config = cli.start(argv, FLAGS.config, None)
-  from optical_jax import host, interrupts
-  from optical_jax.inputs import resolve_inputs
+  from optical_jax.data.inputs import resolve_inputs
+  from optical_jax.runtime import host, interrupts
   workdir = Path(FLAGS.checkpoint).expanduser().resolve()
   if workdir in (Workdir(workdir.parent).checkpoints, Workdir(workdir.parent).best):
     workdir = workdir.parent
@@ -145,7 +145,7 @@ def as_trained(config, workdir: Path, *, speak: bool = True):
   model.vocab_extension would build other shapes for. Says in one line which fields it took;
   a run's checkpoint directory that is not on this machine keeps the config's."""
   from optical_jax.config import REVISIONS, ConfigError, base_config, field_value
-  from optical_jax.inputs import recorded
+  from optical_jax.data.inputs import recorded
   saved_path, saved = Workdir(workdir).config, recorded(workdir)
   if not saved:
     return config
@@ -172,7 +172,7 @@ def as_trained(config, workdir: Path, *, speak: bool = True):
     if value is KeyError or current is KeyError:
       continue
     if field == "data.train_file" and current:  # saved resolved; compare it resolved
-      from optical_jax.assets import resolve
+      from optical_jax.data.assets import resolve
       current = resolve(current, config.runtime.cache_dir)
     if _same(value, current):
       continue

@@ -35,7 +35,7 @@ def main(argv):
     return
   if FLAGS.workdir is None:
     raise app.UsageError("--workdir is required")
-  from optical_jax.inputs import resolve_inputs
+  from optical_jax.data.inputs import resolve_inputs
   # Then the inputs: a missing download is named before the training stack loads too.
   inputs = resolve_inputs(config, workdir=FLAGS.workdir)  # a resume: the run's commits
   from optical_jax.training.loop import train_and_evaluate

@@ -61,7 +61,7 @@ import numpy as np
 
 from optical_jax.data.batching import BucketedBatches
 from optical_jax.data.teacher_cache import TeacherTokenCache
-from optical_jax.token_arrays import TokenColumn
+from optical_jax.files.token_arrays import TokenColumn
 from optical_jax.models.student import build_models
 from optical_jax.pooling import pool
 from optical_jax.training.lowering import so_config

@@ -29,9 +29,9 @@ import platform
 import statistics
 import time
 
-from optical_jax import host_memory
 from optical_jax.config import base_config
-from optical_jax.layout import CacheDir
+from optical_jax.files.layout import CacheDir
+from optical_jax.runtime import host_memory
 
 # The instruction sets that decide which matmul kernels a CPU library can pick.
 _MATMUL_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16")
@@ -158,7 +158,7 @@ def run(args: argparse.Namespace, benchmark) -> None:
   """Prints the host memory and CPU lines, then calls `benchmark(checkpoint)` on the checkpoint
   that --checkpoint or --architecture names (default: MiniLM-L6); all of it with Flax's dense
   layers where the script takes --flax-dense and it is given."""
-  from optical_jax.assets import minilm_checkpoint_dir
+  from optical_jax.data.assets import minilm_checkpoint_dir
   with flax_dense_layers() if getattr(args, "flax_dense", False) else contextlib.nullcontext():
     checkpoint = args.checkpoint or (random_checkpoint(args.architecture) if args.architecture
                                      else str(minilm_checkpoint_dir()))

@@ -121,7 +121,7 @@ def tiny_model(directory: Path) -> Path:
   """A one-layer, 32-wide random BERT with all-MiniLM-L6-v2's (real) WordPiece tokenizer."""
   import jax
   import jax.numpy as jnp
-  from optical_jax.assets import minilm_checkpoint_dir
+  from optical_jax.data.assets import minilm_checkpoint_dir
   from optical_jax.models.encoder import Encoder, EncoderConfig
   from optical_jax.models.hf_checkpoint import save_hf_checkpoint
   if (directory / "config.json").is_file():
@@ -156,7 +156,7 @@ def so_config(mirror: Path, model: Path, cache: Path, pairs: int):
 
 def stages(args) -> None:
   """One size's stages, in this process; a JSON line per stage on stdout."""
-  from optical_jax import console
+  from optical_jax.runtime import console
   console.quiet_libraries()
   report = lambda stage, start: print(json.dumps(dict(
       stage=stage, seconds=time.perf_counter() - start, rss_mb=_rss_mb(),
@@ -168,10 +168,10 @@ def stages(args) -> None:
   cache = Path(args.data) / f"cache-{args.pairs}-{args.passages}-{os.getpid()}"
   report("synthetic data (made once, reused)", start)
   import jax
+  from optical_jax.data.inputs import resolve_inputs
   from optical_jax.evaluation.check import check_collections
   from optical_jax.evaluation.collections import Evaluator, collection_specs
-  from optical_jax.inputs import resolve_inputs
-  from optical_jax.layout import CacheDir
+  from optical_jax.files.layout import CacheDir
   from optical_jax.models.student import build_models
   from optical_jax.training.input_pipeline import (make_batches, make_teacher_cache,
                                                    training_rows)

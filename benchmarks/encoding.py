@@ -35,12 +35,12 @@ import time
 import jax
 import numpy as np
 
-from optical_jax.assets import resolve
 from optical_jax.config import base_config
+from optical_jax.data.assets import resolve
 from optical_jax.evaluation.io import read_corpus
 from optical_jax.evaluation.retrieval import TextEncoder, padded_width
+from optical_jax.files.token_arrays import ids_tokenizer
 from optical_jax.models.hf_checkpoint import load_encoder
-from optical_jax.token_arrays import ids_tokenizer
 from optical_jax.training.step import data_mesh
 
 

@@ -25,11 +25,11 @@ import itertools
 import numpy as np
 
 from optical_jax import load_encoder
-from optical_jax.assets import resolve
 from optical_jax.config import base_config
+from optical_jax.data.assets import resolve
 from optical_jax.data.batching import BucketedBatches
-from optical_jax.token_arrays import TokenColumn
 from optical_jax.data.bitext import read_pairs
+from optical_jax.files.token_arrays import TokenColumn
 from optical_jax.models.encoder import encoder_flops_per_token
 from optical_jax.shapes import pad_sequences
 

@@ -74,7 +74,7 @@ def tiny_bert(directory: Path, heads: int) -> Path:
   import shutil
   import torch
   from transformers import BertConfig, BertModel
-  from optical_jax.assets import minilm_checkpoint_dir
+  from optical_jax.data.assets import minilm_checkpoint_dir
   torch.manual_seed(0)
   config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1,
                       num_attention_heads=heads, intermediate_size=128, max_position_embeddings=512)
@@ -104,7 +104,7 @@ def main() -> None:
   from optical_jax.evaluation.corpus_files import forget_scans, scan_corpus
   from optical_jax.evaluation.io import iter_corpus
   from optical_jax.evaluation.retrieval import TextEncoder, retrieve
-  from optical_jax.token_arrays import TOKENIZE_BATCH, ids_tokenizer
+  from optical_jax.files.token_arrays import TOKENIZE_BATCH, ids_tokenizer
   from optical_jax.models.hf_checkpoint import load_encoder
   from optical_jax.training.step import data_mesh
 

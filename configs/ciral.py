@@ -17,7 +17,7 @@ vocabulary already holds Somali, Swahili and Hausa pieces, and extending it has 
 measured on CIRAL (it needs the real data). `data.pair_window` (passage-length examples
 joined from consecutive pairs) stays 1 until a dev gain is measured.
 
-The `ciral` section names the inputs; `optical_jax.inputs.resolve_inputs` derives from it, when
+The `ciral` section names the inputs; `optical_jax.data.inputs.resolve_inputs` derives from it, when
 a run starts, the bitext build (training pairs and ~1,000 held-out pairs for dev MAP) and one
 collection per split, so command-line overrides of any field reach them.
 """

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from optical_jax.assets import minilm_checkpoint_dir
+from optical_jax.data.assets import minilm_checkpoint_dir
 from tests.helpers import save_tiny_bert, save_tiny_xlmr
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from optical_jax.assets import minilm_checkpoint_dir
+from optical_jax.data.assets import minilm_checkpoint_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt",

@@ -2,7 +2,7 @@
 field of every group (the optional `ciral` and `demo` included), every record key and loss."""
 
 from optical_jax.config import GROUPS, LOSS_TABLE, RECORDS
-from optical_jax.config_reference import MARKER, document, reference
+from optical_jax.config.reference import MARKER, document, reference
 from tests.helpers import ROOT
 
 DOC = ROOT / "docs" / "configuration.md"
@@ -12,7 +12,7 @@ def test_the_configuration_reference_is_up_to_date():
   text = DOC.read_text()
   assert MARKER in text
   assert text == document(text), (
-      "docs/configuration.md is stale: python -m optical_jax.config_reference "
+      "docs/configuration.md is stale: python -m optical_jax.config.reference "
       "docs/configuration.md")
 
 

@@ -4,7 +4,7 @@ import logging
 
 import pytest
 
-from optical_jax.console import _CHATTY_LOGGERS, quiet_libraries
+from optical_jax.runtime.console import _CHATTY_LOGGERS, quiet_libraries
 
 
 @pytest.fixture(autouse=True)

@@ -4,7 +4,7 @@ not join."""
 import jax
 import pytest
 
-from optical_jax import distributed
+from optical_jax.runtime import distributed
 
 
 def test_a_slurm_job_is_detected_as_a_cluster(monkeypatch):
@@ -152,7 +152,7 @@ def test_the_coordinator_listens_only_at_the_address_it_was_given(tmp_path):
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
-  code = ("from optical_jax.distributed import initialize_distributed; "
+  code = ("from optical_jax.runtime.distributed import initialize_distributed; "
           f"initialize_distributed('127.0.0.1:{port}', 2, 0, join_timeout=60)")
   process = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stderr=subprocess.PIPE,
                              env=dict(os.environ, JAX_PLATFORMS="cpu"))

@@ -1,4 +1,4 @@
-"""Files written whole or not at all (`optical_jax.fileio`)."""
+"""Files written whole or not at all (`optical_jax.files.fileio`)."""
 
 import os
 import subprocess
@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from optical_jax import fileio
+from optical_jax.files import fileio
 from tests.helpers import ROOT
 
 
@@ -74,9 +74,10 @@ def test_a_planted_link_is_never_written_through(tmp_path, monkeypatch):
 
 
 def test_fileio_imports_nothing_heavy():
-  code = "import sys, optical_jax.fileio; print(' '.join(sorted(sys.modules)))"
+  code = "import sys, optical_jax.files.fileio; print(' '.join(sorted(sys.modules)))"
   loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                               check=True, cwd=ROOT).stdout.split())
   assert not {m for m in loaded if m.split(".")[0] in ("numpy", "jax", "ml_collections",
                                                        "transformers", "absl")}
-  assert not {m for m in loaded if m.startswith("optical_jax.") and m != "optical_jax.fileio"}
+  assert not {m for m in loaded if m.startswith("optical_jax.")} - {"optical_jax.files",
+                                                                    "optical_jax.files.fileio"}

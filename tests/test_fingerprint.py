@@ -5,8 +5,8 @@ import shutil
 
 import pytest
 
-from optical_jax import fingerprint
-from optical_jax.textfiles import DataFormatError
+from optical_jax.files import fingerprint
+from optical_jax.files.textfiles import DataFormatError
 from tests.helpers import save_tiny_bert
 
 

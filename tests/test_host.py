@@ -3,7 +3,7 @@
 import jax
 import numpy as np
 
-from optical_jax import host
+from optical_jax.runtime import host
 
 
 def test_to_host_gives_numpy_copies():

@@ -1,4 +1,4 @@
-"""optical_jax.host_memory: freed memory is reused instead of page-faulted in again."""
+"""optical_jax.runtime.host_memory: freed memory is reused instead of page-faulted in again."""
 
 import os
 import platform
@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from optical_jax import host_memory
+from optical_jax.runtime import host_memory
 
 # Allocates, touches and frees a 96 MiB block a few times from a worker thread (as XLA's
 # threads do), after `host_memory.configure(argv[1])`; prints MiB page-faulted per block.
 # malloc and free straight from C, as XLA:CPU allocates its buffers.
 _PROBE = """
 import ctypes, resource, sys, threading
-from optical_jax import host_memory
+from optical_jax.runtime import host_memory
 changed = host_memory.configure(sys.argv[1])
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype = ctypes.c_void_p
@@ -63,7 +63,7 @@ def test_unknown_setting_is_named():
 _CLI_PROBE = """
 import runpy, sys
 from jax._src import xla_bridge
-from optical_jax import host_memory
+from optical_jax.runtime import host_memory
 
 def probe(setting):
   print(setting, "optical_jax.training.loop" in sys.modules, xla_bridge.backends_are_initialized())

@@ -1,13 +1,13 @@
-"""The on-disk layout: `optical_jax.layout` names every path of a workdir, of the cache and
+"""The on-disk layout: `optical_jax.files.layout` names every path of a workdir, of the cache and
 of the demo's directory, and no other module spells one of those names into a path."""
 
 import ast
 from pathlib import Path
 
-from optical_jax.layout import CacheDir, DemoDir, Workdir
+from optical_jax.files.layout import CacheDir, DemoDir, Workdir
 from tests.helpers import ROOT
 
-LAYOUT = ROOT / "optical_jax" / "layout.py"
+LAYOUT = ROOT / "optical_jax" / "files" / "layout.py"
 
 # Where a name means something else: a Hugging Face checkpoint's own `config.json`, a
 # teacher cache entry's own lock file.

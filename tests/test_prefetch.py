@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from optical_jax.prefetch import Prefetched
+from optical_jax.runtime.prefetch import Prefetched
 
 
 def test_items_come_in_order_computed_in_the_named_thread():

@@ -4,7 +4,7 @@ id for id, and flat columns hold them exactly."""
 import numpy as np
 import pytest
 
-from optical_jax.token_arrays import flatten, ids_tokenizer, tokenize_flat
+from optical_jax.files.token_arrays import flatten, ids_tokenizer, tokenize_flat
 
 TEXTS = ["And God said, Let there be light.", "", "Ndipo Mulungu anati, Kuyere; ndipo kunayera.",
          "Café naïve – ÆØÅ 東京 🙂 [SEP] <s> [MASK]", "word " * 300,

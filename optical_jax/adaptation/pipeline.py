@@ -20,10 +20,10 @@ from typing import Any, Sequence
 
 from optical_jax.adaptation import codeswitch, lexicon as lexicon_lib, vocabulary
 from optical_jax.adaptation.alignment import align_sample
-from optical_jax.cache_files import sweep_temporaries, temporary
 from optical_jax.data.bitext import rows_digest
-from optical_jax.fingerprint import checkpoint_digest
-from optical_jax.layout import CacheDir
+from optical_jax.files.cache_files import sweep_temporaries, temporary
+from optical_jax.files.fingerprint import checkpoint_digest
+from optical_jax.files.layout import CacheDir
 
 log = logging.getLogger("optical_jax")
 _VERSION = 1  # bump when a cached result would change
@@ -32,7 +32,7 @@ _VERSION = 1  # bump when a cached result would change
 def bitext_rows(config) -> list[tuple[str, str]]:
   """The (student, teacher) training pairs of `config.data` (a resolved config: paths) as
   written, before any augmentation, at most `data.limit`."""
-  from optical_jax.inputs import configured_rows
+  from optical_jax.data.inputs import configured_rows
   return [(r[0], r[1]) for r in configured_rows(config)]
 
 

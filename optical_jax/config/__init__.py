@@ -300,7 +300,7 @@ def validate(config, *, devices: int = 1, backend: str = "cpu") -> None:
                       "depends on the whole batch")
   names = [spec["name"] for spec in config.eval.collections]
   # A CIRAL config's collections are derived from its ciral group when it resolves
-  # (optical_jax.inputs), which checks the name then.
+  # (optical_jax.data.inputs), which checks the name then.
   if config.eval.dev_collection and config.eval.dev_collection not in names and (
       "ciral" not in config):
     raise ConfigError(f"config.eval.dev_collection {config.eval.dev_collection!r} names no "

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 
-from optical_jax import host_memory
 from optical_jax.config.fields import (REQUIRED, Check, Field, Group, Record, in_range,
                                        integer, non_empty_string, non_negative_int,
                                        non_negative_number, one_of, positive_int,
                                        positive_number, records, sequence_of)
-from optical_jax.hub import COMMIT
+from optical_jax.files.hub import COMMIT
+from optical_jax.runtime import host_memory
 from optical_jax.shapes import LENGTH_BUCKETS, check_buckets
 
 

@@ -23,7 +23,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from optical_jax.token_arrays import TokenColumn
+from optical_jax.files.token_arrays import TokenColumn
 from optical_jax.shapes import LENGTH_BUCKETS, check_buckets
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from optical_jax.evaluation.io import write_qrels, write_tsv
-from optical_jax.fileio import atomic_writer, write_text_atomic
+from optical_jax.files.fileio import atomic_writer, write_text_atomic
 
 log = logging.getLogger("optical_jax")
 

@@ -3,7 +3,7 @@
 From TSV (columns in order), JSONL (named fields) or parquet (named columns, read with
 pyarrow; one reader tells the formats apart, `_records`), or from a Hugging Face dataset.
 Errors name the file and line (or parquet row); nothing here knows about configs
-(`optical_jax.inputs` reads them); `heldout` splits a large bitext into training and
+(`optical_jax.data.inputs` reads them); `heldout` splits a large bitext into training and
 held-out pairs.
 """
 
@@ -18,7 +18,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from optical_jax.textfiles import DataFormatError, is_jsonl, json_record, text_lines
+from optical_jax.files.textfiles import DataFormatError, is_jsonl, json_record, text_lines
 
 log = logging.getLogger("optical_jax")
 

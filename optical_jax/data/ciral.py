@@ -2,7 +2,7 @@
 Swahili and Yoruba (Adeyemi et al., SIGIR 2024): where its files are on the Hugging Face hub,
 fetching them into the Hugging Face cache on first use (or reading a local copy in the same
 layout), and each language's bitext, fetched and held out the same way. The language configs
-share `configs/ciral.py`; `optical_jax.inputs` turns their `ciral` section into these files.
+share `configs/ciral.py`; `optical_jax.data.inputs` turns their `ciral` section into these files.
 
 The two dataset repositories (file names as in CIRAL's own loading script and Anserini's copy):
 
@@ -23,8 +23,8 @@ import json
 import re
 from pathlib import Path
 
-from optical_jax.hub import hub_offline
-from optical_jax.layout import CacheDir
+from optical_jax.files.hub import hub_offline
+from optical_jax.files.layout import CacheDir
 
 LANGUAGES = {"hausa": "ha", "somali": "so", "swahili": "sw", "yoruba": "yo"}
 SPLITS = ("dev", "test-a", "test-a-pools", "test-b")

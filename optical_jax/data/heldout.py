@@ -15,8 +15,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from optical_jax.cache_files import sweep_temporaries, temporary
-from optical_jax.textfiles import DataFormatError
+from optical_jax.files.cache_files import sweep_temporaries, temporary
+from optical_jax.files.textfiles import DataFormatError
 
 log = logging.getLogger("optical_jax")
 

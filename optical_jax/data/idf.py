@@ -8,7 +8,7 @@ from typing import Iterable
 
 import numpy as np
 
-from optical_jax.token_arrays import TokenColumn
+from optical_jax.files.token_arrays import TokenColumn
 
 
 def document_frequencies(rows: TokenColumn | Iterable[np.ndarray], vocab_size: int, *,

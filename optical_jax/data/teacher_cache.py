@@ -37,10 +37,10 @@ import jax
 import ml_dtypes
 import numpy as np
 
-from optical_jax.cache_files import (BrokenCache, npy_header, reserve, set_aside,
-                                     sweep_temporaries, temporary, writing)
-from optical_jax.fingerprint import checkpoint_digest
-from optical_jax.token_arrays import TokenColumn
+from optical_jax.files.cache_files import (BrokenCache, npy_header, reserve, set_aside,
+                                           sweep_temporaries, temporary, writing)
+from optical_jax.files.fingerprint import checkpoint_digest
+from optical_jax.files.token_arrays import TokenColumn
 
 log = logging.getLogger("optical_jax")
 

@@ -27,8 +27,8 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from optical_jax.cache_files import sweep_temporaries, temporary, writing
-from optical_jax.token_arrays import TOKENIZE_BATCH, ids_tokenizer, tokenize_flat
+from optical_jax.files.cache_files import sweep_temporaries, temporary, writing
+from optical_jax.files.token_arrays import TOKENIZE_BATCH, ids_tokenizer, tokenize_flat
 
 log = logging.getLogger("optical_jax")
 

@@ -19,8 +19,8 @@ from typing import Mapping, Sequence
 from optical_jax.config import ConfigError
 from optical_jax.evaluation.corpus_files import CorpusScan, scan_corpus
 from optical_jax.evaluation.io import read_qrels, read_topics
-from optical_jax.fingerprint import file_version
-from optical_jax.layout import CacheDir
+from optical_jax.files.fingerprint import file_version
+from optical_jax.files.layout import CacheDir
 
 log = logging.getLogger("optical_jax")
 _warned: set[tuple[str, str]] = set()  # (qrels version, corpus fingerprint) warned about

@@ -29,9 +29,9 @@ from optical_jax.evaluation.maxsim import maxsim_rerank
 from optical_jax.evaluation.metrics import DEFAULT_MEASURES, evaluate, evaluate_per_query
 from optical_jax.evaluation.report import format_table
 from optical_jax.evaluation.retrieval import BoundEncoder, TextEncoder, retrieve
-from optical_jax.fileio import write_text_atomic
-from optical_jax.fingerprint import checkpoint_digest, file_digest
-from optical_jax.layout import CacheDir, Workdir
+from optical_jax.files.fileio import write_text_atomic
+from optical_jax.files.fingerprint import checkpoint_digest, file_digest
+from optical_jax.files.layout import CacheDir, Workdir
 
 
 class CollectionError(FileNotFoundError):

@@ -1,6 +1,6 @@
 """A corpus file read once: its records streamed (never the whole text in memory), and its
 scan (every record checked, the docids in order), cached by the file's content fingerprint
-(`optical_jax.fingerprint.file_fingerprint`) so that later runs and evaluations do not read it
+(`optical_jax.files.fingerprint.file_fingerprint`) so that later runs and evaluations do not read it
 again."""
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from optical_jax import fingerprint
-from optical_jax.cache_files import set_aside, sweep_temporaries, temporary, writing
 from optical_jax.evaluation.io import ID_WHITESPACE, iter_corpus
-from optical_jax.fingerprint import file_fingerprint
-from optical_jax.layout import CorpusCache
-from optical_jax.textfiles import DataFormatError, PathLike
+from optical_jax.files import fingerprint
+from optical_jax.files.cache_files import set_aside, sweep_temporaries, temporary, writing
+from optical_jax.files.fingerprint import file_fingerprint
+from optical_jax.files.layout import CorpusCache
+from optical_jax.files.textfiles import DataFormatError, PathLike
 
 SCAN_FORMAT = 2  # bump when the scan's content changes: older entries are then not read
 _SCANS: dict[str, "CorpusScan"] = {}  # this process's scans by fingerprint (a few)

@@ -13,9 +13,8 @@ from typing import Any, Iterator, Sequence
 import jax
 import numpy as np
 
-from optical_jax.cache_files import (BrokenCache, npy_header, remove, reserve,
-                                                set_aside, sweep_temporaries, temporary,
-                                                writing)
+from optical_jax.files.cache_files import (BrokenCache, npy_header, remove, reserve, set_aside,
+                                           sweep_temporaries, temporary, writing)
 
 
 def params_fingerprint(params: Any) -> str:

@@ -11,9 +11,8 @@ import re
 from pathlib import Path
 from typing import Iterator, Mapping
 
-from optical_jax.fileio import atomic_writer
-from optical_jax.textfiles import (DataFormatError, PathLike, is_jsonl, json_record,
-                                   text_lines)
+from optical_jax.files.fileio import atomic_writer
+from optical_jax.files.textfiles import DataFormatError, PathLike, is_jsonl, json_record, text_lines
 
 # Column names a TSV's first line may carry instead of data (`qid<TAB>query`, pandas'
 # `to_csv(sep="\t")`, BEIR's `query-id`): compared lower-case.

@@ -40,8 +40,8 @@ from optical_jax.evaluation.embedding_cache import (EmbeddingCache, params_finge
 from optical_jax.evaluation.search import (DeviceTopK, as_run, docid_ranks, gather_top_k,
                                           host_search)
 from optical_jax.evaluation.token_cache import CorpusTokens, TextTokens, tokenizer_fingerprint
+from optical_jax.files.token_arrays import ids_tokenizer, tokenize_flat
 from optical_jax.pooling import pool
-from optical_jax.token_arrays import ids_tokenizer, tokenize_flat
 
 TokenFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
 

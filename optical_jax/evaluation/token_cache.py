@@ -24,15 +24,15 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from optical_jax.cache_files import (BrokenCache, npy_header, remove, set_aside,
-                                                sweep_temporaries, temporary, writing)
 from optical_jax.evaluation.corpus_files import CorpusScan
 from optical_jax.evaluation.io import iter_corpus
-from optical_jax.fingerprint import file_version
-from optical_jax.layout import CorpusCache
-from optical_jax.prefetch import Prefetched
-from optical_jax.textfiles import DataFormatError
-from optical_jax.token_arrays import id_dtype, tokenize_flat
+from optical_jax.files.cache_files import (BrokenCache, npy_header, remove, set_aside,
+                                           sweep_temporaries, temporary, writing)
+from optical_jax.files.fingerprint import file_version
+from optical_jax.files.layout import CorpusCache
+from optical_jax.files.textfiles import DataFormatError
+from optical_jax.files.token_arrays import id_dtype, tokenize_flat
+from optical_jax.runtime.prefetch import Prefetched
 
 TOKENS_FORMAT = 2  # bump when the stored ids change meaning: older entries are not read
 Chunk = tuple[int, np.ndarray, np.ndarray]  # (first row, flat ids, offsets `[rows + 1]` from 0)

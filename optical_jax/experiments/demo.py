@@ -22,10 +22,10 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 
+from optical_jax.data.inputs import resolve_inputs
 from optical_jax.evaluation import format_table, paired_bootstrap_interval
 from optical_jax.evaluation.collections import CollectionResult, Evaluator, collection_specs
-from optical_jax.inputs import resolve_inputs
-from optical_jax.layout import DemoDir
+from optical_jax.files.layout import DemoDir
 from optical_jax.models.hf_checkpoint import load_encoder
 from optical_jax.models.student import DistillationModels
 from optical_jax.training.loop import train_and_evaluate

@@ -18,8 +18,8 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterable
 
-from optical_jax.cache_files import sweep_temporaries
-from optical_jax.fileio import temporary, write_text_atomic
+from optical_jax.files.cache_files import sweep_temporaries
+from optical_jax.files.fileio import temporary, write_text_atomic
 from optical_jax.models.hf_checkpoint import save_encoder
 from optical_jax.models.student import DistillationModels
 

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from optical_jax.hub import hub_offline
+from optical_jax.files.hub import hub_offline
 from optical_jax.models.encoder import Encoder, EncoderConfig
 from optical_jax.models.loaded import CheckpointError, LoadedEncoder
 

@@ -21,9 +21,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from optical_jax.fileio import create_temporary
-from optical_jax.host import to_host
-from optical_jax.layout import Workdir
+from optical_jax.files.fileio import create_temporary
+from optical_jax.files.layout import Workdir
+from optical_jax.runtime.host import to_host
 
 log = logging.getLogger("optical_jax")
 

@@ -15,17 +15,17 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from optical_jax.adaptation.pipeline import code_switch_rows
-from optical_jax.cache_files import sweep_temporaries
 from optical_jax.config import ConfigError
 from optical_jax.data import bitext
 from optical_jax.data.batching import BucketedBatches, longest, shard_rows
 from optical_jax.data.idf import document_frequencies, idf_table
+from optical_jax.data.inputs import configured_rows, training_source
 from optical_jax.data.teacher_cache import TeacherTokenCache, expected_bytes, storage_dtype
 from optical_jax.data.windows import WindowRows, window_rows
-from optical_jax.fingerprint import TOKENIZER_FILES, checkpoint_digest
-from optical_jax.inputs import configured_rows, training_source
-from optical_jax.layout import CacheDir
-from optical_jax.token_arrays import ColumnWriter, TokenColumn, open_column
+from optical_jax.files.cache_files import sweep_temporaries
+from optical_jax.files.fingerprint import TOKENIZER_FILES, checkpoint_digest
+from optical_jax.files.layout import CacheDir
+from optical_jax.files.token_arrays import ColumnWriter, TokenColumn, open_column
 
 log = logging.getLogger("optical_jax")
 

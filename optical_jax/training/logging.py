@@ -9,9 +9,9 @@ import os
 from pathlib import Path
 from typing import Mapping
 
-from optical_jax.fileio import write_text_atomic
-from optical_jax.layout import Workdir
-from optical_jax.textfiles import DataFormatError
+from optical_jax.files.fileio import write_text_atomic
+from optical_jax.files.layout import Workdir
+from optical_jax.files.textfiles import DataFormatError
 
 log = logging.getLogger("optical_jax")
 

@@ -17,13 +17,13 @@ import jax
 import ml_collections
 from tqdm.auto import tqdm
 
-from optical_jax import host, host_memory
 from optical_jax.config import ConfigError, validate
-from optical_jax.distributed import watch_peers
+from optical_jax.data.inputs import unresolved
 from optical_jax.evaluation.collections import CollectionResult, Evaluated, Evaluator
-from optical_jax.fileio import write_text_atomic
-from optical_jax.inputs import unresolved
-from optical_jax.layout import Workdir
+from optical_jax.files.fileio import write_text_atomic
+from optical_jax.files.layout import Workdir
+from optical_jax.runtime import host, host_memory
+from optical_jax.runtime.distributed import watch_peers
 from optical_jax.training.cadence import Cadence
 from optical_jax.training.checkpoints import RunCheckpoints, kept
 from optical_jax.training.logging import MetricsLog, plot_curves, start_comparison
@@ -63,7 +63,7 @@ class Stopped(SystemExit):
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path
                        ) -> RunResult | None:
-  """Trains per `config` (its inputs resolved: `optical_jax.inputs.resolve_inputs`) in
+  """Trains per `config` (its inputs resolved: `optical_jax.data.inputs.resolve_inputs`) in
   `workdir`, resuming from its latest checkpoint, and evaluates every collection at the end;
   returns the `RunResult` (None when the run halted early, `train.halt_after_steps`)."""
   validate(config, devices=jax.device_count(), backend=jax.devices()[0].platform)
@@ -71,12 +71,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path
       and jax.default_backend() == "cpu"):
     log.warning("config.runtime.host_memory 'retain' is not in effect: it must be applied "
                 "before JAX's first computation, as train.py does; in a notebook, call "
-                "optical_jax.host_memory.configure('retain') first thing")
+                "optical_jax.runtime.host_memory.configure('retain') first thing")
   missing = unresolved(config)
   if missing:
     raise ConfigError(f"train_and_evaluate takes a config whose inputs are paths; "
                       f"{', '.join(f'config.{f}' for f in missing)} still name references: "
-                      "resolve them first (optical_jax.inputs.resolve_inputs, as train.py does)")
+                      "resolve them first (optical_jax.data.inputs.resolve_inputs, as train.py does)")
   workdir = Path(workdir).expanduser().resolve()  # Orbax needs absolute paths
   if workdir.exists() and not workdir.is_dir():
     raise ConfigError(f"--workdir {workdir} is a file; give a directory")

@@ -1,13 +1,13 @@
 """Batches built ahead of the device: a background thread prepares the inputs of the next
 steps (host batch, teacher vectors, transfer to the devices) while the device runs the current
-one, so the device never waits for the host's per-step work (`optical_jax.prefetch`)."""
+one, so the device never waits for the host's per-step work (`optical_jax.runtime.prefetch`)."""
 
 from __future__ import annotations
 
 import contextlib
 from typing import Any, Callable
 
-from optical_jax.prefetch import Prefetched
+from optical_jax.runtime.prefetch import Prefetched
 
 
 class Prefetcher(contextlib.AbstractContextManager):

@@ -15,7 +15,7 @@ import jax
 from optical_jax.config import ConfigError
 from optical_jax.evaluation.check import check_collections
 from optical_jax.evaluation.collections import collection_specs
-from optical_jax.layout import CacheDir, Workdir
+from optical_jax.files.layout import CacheDir, Workdir
 from optical_jax.models.student import DistillationModels, build_models
 from optical_jax.training import step as step_lib
 from optical_jax.training.checkpoints import check_writable

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import ml_collections
 
-from optical_jax.cache_files import sweep_temporaries, temporary
-from optical_jax.layout import Workdir
+from optical_jax.files.cache_files import sweep_temporaries, temporary
+from optical_jax.files.layout import Workdir
 
 log = logging.getLogger("optical_jax")
 

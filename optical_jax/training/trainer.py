@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from optical_jax import host
+from optical_jax.runtime import host
 from optical_jax.training import step as step_lib
 from optical_jax.training.state import TrainState, initial_state, make_optimizer
 

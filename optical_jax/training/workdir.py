@@ -14,7 +14,7 @@ import socket
 from pathlib import Path
 
 from optical_jax.config import REVISIONS, ConfigError, defaults, flat_fields, resumable_fields
-from optical_jax.layout import Workdir
+from optical_jax.files.layout import Workdir
 
 log = logging.getLogger("optical_jax")
 

@@ -11,8 +11,8 @@ from runpy import run_path
 import pytest
 
 from optical_jax.config import ConfigError, validate
+from optical_jax.data.inputs import bitext_collection_name, ciral_inputs, resolve_inputs
 from optical_jax.evaluation.collections import read_results, results_dir
-from optical_jax.inputs import bitext_collection_name, ciral_inputs, resolve_inputs
 from tests.helpers import ROOT, load_config, save_tiny_bert
 from tests.training.runs import run_train
 

@@ -43,7 +43,7 @@ def test_the_end_of_a_run_says_plainly_when_training_did_not_beat_the_start(tmp_
 def own_files(directory):
   """The demo's data laid out as configs/pair.py's docstring asks: 512 bitext pairs (a header
   line first) and the dev collection."""
-  from optical_jax.assets import resolve
+  from optical_jax.data.assets import resolve
   directory.mkdir()
   lines = open(resolve("bible:train.tsv"), encoding="utf-8").readlines()[:512]
   (directory / "bitext.tsv").write_text("ny\ten\tverse\n" + "".join(lines), encoding="utf-8")

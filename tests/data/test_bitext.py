@@ -5,7 +5,7 @@ warned about."""
 import pytest
 
 from optical_jax.data.bitext import iter_raw_pairs, read_pairs, student_language_warning
-from optical_jax.textfiles import DataFormatError
+from optical_jax.files.textfiles import DataFormatError
 
 
 def test_read_pairs_names_bad_lines(tmp_path):
@@ -85,7 +85,7 @@ def test_a_student_column_in_the_teachers_language_is_warned_about_with_numbers(
 
 
 def test_an_overlong_or_deeply_nested_training_line_is_named(tmp_path):
-  from optical_jax.textfiles import MAX_LINE_BYTES
+  from optical_jax.files.textfiles import MAX_LINE_BYTES
   endless = tmp_path / "train.tsv"
   endless.write_text("Yesu analira.\tJesus wept.\n" + "a b\t" * (MAX_LINE_BYTES // 4 + 1))
   with pytest.raises(DataFormatError, match=r"train\.tsv:2: line longer than 1 MiB"):

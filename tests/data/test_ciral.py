@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from optical_jax.inputs import Bitext, CiralCollection
+from optical_jax.data.inputs import Bitext, CiralCollection
+from optical_jax.files.textfiles import DataFormatError
 from optical_jax.models.hf_checkpoint import sentence_transformers_prompts
 from optical_jax.data import bitext, ciral, heldout
 from optical_jax.evaluation.io import read_corpus, read_qrels, read_topics
-from optical_jax.textfiles import DataFormatError
 from tests.helpers import ROOT
 
 HUB = ROOT / "tests" / "fixtures" / "ciral" / "hub"
@@ -181,7 +181,7 @@ def _so_config(tmp_path, **overrides):
 
 
 def test_every_hub_input_is_pinned_to_its_commit_and_read_at_it(fake_hub, tmp_path):
-  from optical_jax.inputs import resolve_inputs
+  from optical_jax.data.inputs import resolve_inputs
   pinned = "feed" * 10  # a commit the user pins by hand
   config = resolve_inputs(_so_config(tmp_path, **{"ciral.corpus_revision": pinned})).config
   assert (config.model.teacher_revision, config.model.student_revision) == (MAIN, MAIN)
@@ -198,7 +198,7 @@ def test_every_hub_input_is_pinned_to_its_commit_and_read_at_it(fake_hub, tmp_pa
 
 def test_a_workdirs_recorded_commits_are_loaded_again_and_other_inputs_resolved_anew(
     fake_hub, tmp_path):
-  from optical_jax.inputs import resolve_inputs
+  from optical_jax.data.inputs import resolve_inputs
   recorded = "abcd" * 10  # the commits a run recorded; the hub's default branch moved since
   workdir = tmp_path / "W"
   workdir.mkdir()
@@ -223,7 +223,7 @@ def test_a_workdirs_recorded_commits_are_loaded_again_and_other_inputs_resolved_
 def test_a_revision_that_pins_nothing_or_is_no_commit_is_refused(tmp_path, field, value,
                                                                   message):
   from optical_jax.config import ConfigError
-  from optical_jax.inputs import resolve_inputs
+  from optical_jax.data.inputs import resolve_inputs
   config = _so_config(tmp_path, **{field: value, "ciral.local_dir": str(HUB),
                                    "ciral.bitext": str(FIXTURE_REPOS[
                                        "quickmt/quickmt-train.so-en"])})
@@ -363,7 +363,7 @@ def test_a_killed_builds_temporary_directory_is_swept(tmp_path):
   import subprocess
   child = subprocess.Popen(["true"])  # a process that has surely ended
   child.wait()
-  from optical_jax.fileio import host_tag
+  from optical_jax.files.fileio import host_tag
   ours = lambda pid, name: tmp_path / "bitext" / f".optical-tmp-{pid}-{host_tag()}-00c0ffee-{name}"
   stale = ours(child.pid, "other-source")  # a build killed half way
   (stale / "dev").mkdir(parents=True)
@@ -380,7 +380,7 @@ def test_a_killed_builds_temporary_directory_is_swept(tmp_path):
 def test_evaluation_leaves_a_training_only_hub_dataset_alone(tmp_path, monkeypatch):
   import huggingface_hub
   from optical_jax.config import base_config
-  from optical_jax.inputs import resolve_inputs
+  from optical_jax.data.inputs import resolve_inputs
   monkeypatch.setattr(huggingface_hub.HfApi, "repo_info", lambda *a, **k: pytest.fail(
       "evaluation asked the hub about the training data"))
   config = base_config()

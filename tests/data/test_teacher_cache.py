@@ -169,7 +169,7 @@ def test_the_space_is_reserved_and_a_full_disk_is_one_line_naming_the_file(
     teacher, token_ids, tmp_path, monkeypatch):
   import errno
   import os
-  from optical_jax.cache_files import CacheWriteError
+  from optical_jax.files.cache_files import CacheWriteError
   cache = TeacherTokenCache(teacher, token_ids, tmp_path / "ok")
   path = cache.directory / "tokens.npy"
   assert os.stat(path).st_blocks * 512 >= cache.shape[0] * cache.shape[1] * 4  # not sparse

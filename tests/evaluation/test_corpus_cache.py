@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 
 from optical_jax.evaluation import TextEncoder, read_corpus, retrieve, write_run
-from optical_jax.cache_files import CacheWriteError
-from optical_jax.fileio import host_tag
 from optical_jax.evaluation.corpus_files import forget_scans
 from optical_jax.evaluation.embedding_cache import EmbeddingCache
-from optical_jax.token_arrays import flatten, id_dtype, tokenize_flat
+from optical_jax.files.cache_files import CacheWriteError
+from optical_jax.files.fileio import host_tag
+from optical_jax.files.token_arrays import flatten, id_dtype, tokenize_flat
 from optical_jax.models.hf_checkpoint import load_encoder
 from optical_jax.training.step import data_mesh
 from tests.evaluation.test_retrieval import WORDS
@@ -341,7 +341,7 @@ def test_temporaries_of_dead_processes_are_swept_when_a_cache_opens(tmp_path):
 
 
 def test_at_the_caches_top_only_the_temporaries_of_its_own_file_are_swept(tmp_path):
-  from optical_jax import fingerprint
+  from optical_jax.files import fingerprint
   dead = subprocess.Popen([sys.executable, "-c", "pass"])
   dead.wait()
   cache = tmp_path / "cache"

@@ -180,7 +180,7 @@ def test_ids_with_whitespace_are_refused_naming_the_line(tmp_path, reader, name,
 
 
 def test_a_line_longer_than_the_cap_is_named_without_reading_it_whole(tmp_path):
-  from optical_jax.textfiles import MAX_LINE_BYTES
+  from optical_jax.files.textfiles import MAX_LINE_BYTES
   assert MAX_LINE_BYTES == 1 << 20
   at_cap = write(tmp_path, "c.tsv", "d1\t" + "x" * (MAX_LINE_BYTES - 3) + "\nd2\ty\n")
   assert len(read_corpus(at_cap)["d1"]) == MAX_LINE_BYTES - 3  # exactly the cap still reads

@@ -66,7 +66,7 @@ def train_here(config: Path, workdir: Path, overrides: dict | None = None):
   (at INFO for the `optical_jax` logger)."""
   import jax
   from optical_jax.config import validate
-  from optical_jax.inputs import resolve_inputs
+  from optical_jax.data.inputs import resolve_inputs
   from optical_jax.training.loop import train_and_evaluate
   config = load_config(config)
   for dotted, value in (overrides or {}).items():

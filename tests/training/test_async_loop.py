@@ -40,8 +40,8 @@ def test_prefetch_overlaps_building_with_the_step():
 
 
 def test_an_error_in_the_prefetch_thread_surfaces_at_its_step():
+  from optical_jax.files.textfiles import DataFormatError
   from optical_jax.training.prefetch import Prefetcher
-  from optical_jax.textfiles import DataFormatError
 
   def build(step):
     if step == 3:
@@ -80,7 +80,7 @@ def test_no_device_reads_between_log_and_checkpoint_steps(setup, tmp_path, monke
   CPU `np.asarray` reads a buffer without it; on accelerators the loop's transfer guard
   refuses implicit reads between those steps.)"""
   from jax._src import array as jax_array
-  from optical_jax import host
+  from optical_jax.runtime import host
   from optical_jax.training import loop, step as step_lib
   root, checkpoint, bitext, _ = setup
   config = _config(tmp_path, "reads", checkpoint, bitext, num_train_steps=10,
@@ -236,7 +236,7 @@ def test_the_peak_table_knows_the_usual_devices(kind, dtype, tflops):
     ("corpus", r"corpus\.tsv:3: "),
 ])
 def test_a_malformed_collection_fails_before_the_first_step(setup, tmp_path, broken, message):
-  from optical_jax.textfiles import DataFormatError
+  from optical_jax.files.textfiles import DataFormatError
   from optical_jax.training import loop, prepare
   from tests.training.runs import toy_collection
   root, checkpoint, bitext, _ = setup

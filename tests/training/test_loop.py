@@ -265,8 +265,8 @@ def test_token_limit_beyond_the_encoders_positions_is_named(field, setup, tmp_pa
 @pytest.mark.parametrize("retained", [False, True])
 def test_retain_not_applied_before_jax_started_is_warned(retained, monkeypatch, caplog,
                                                          tmp_path):
-  from optical_jax import host_memory
   from optical_jax.config import base_config
+  from optical_jax.runtime import host_memory
   from optical_jax.training.loop import train_and_evaluate
   monkeypatch.setattr(host_memory, "_retained", retained)
   config = base_config()  # host_memory "retain", the default

@@ -125,7 +125,7 @@ COUNTING_TRAIN = textwrap.dedent("""\
       texts.extend([text] if isinstance(text, str) else text)
       return call(self, text, *args, **kwargs)
     PreTrainedTokenizerBase.__call__ = counting
-    from optical_jax import token_arrays  # before train.py imports it: its users get this one
+    from optical_jax.files import token_arrays  # before train.py imports it: its users get this one
     ids_tokenizer = token_arrays.ids_tokenizer
     def counting_ids(tokenizer, max_length):
       tokenize = ids_tokenizer(tokenizer, max_length)

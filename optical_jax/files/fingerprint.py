@@ -9,9 +9,9 @@ import json
 import os
 from pathlib import Path
 
-from optical_jax.cache_files import sweep_temporaries, temporary, writing
-from optical_jax.layout import fingerprint_memo
-from optical_jax.textfiles import DataFormatError
+from optical_jax.files.cache_files import sweep_temporaries, temporary, writing
+from optical_jax.files.layout import fingerprint_memo
+from optical_jax.files.textfiles import DataFormatError
 
 # Files of a checkpoint directory that decide its vectors: weights, config, tokenizer.
 CHECKPOINT_FILES = ("*.safetensors", "*.bin", "*.msgpack", "config.json", "tokenizer.json",

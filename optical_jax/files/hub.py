@@ -1,6 +1,6 @@
 """The Hugging Face hub: whether it is off, and the commit a repository's revision names, so
 that a run, its resume and every later evaluation read the same files (`config.json` records
-the commit; `optical_jax.inputs` resolves it once)."""
+the commit; `optical_jax.data.inputs` resolves it once)."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ import os
 
 import ml_collections
 
-from optical_jax.layout import CacheDir
+from optical_jax.files.layout import CacheDir
 
 
 def enable_compilation_cache(config: ml_collections.ConfigDict) -> None:

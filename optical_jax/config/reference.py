@@ -4,7 +4,7 @@ its default, the values it takes and its doc; the fields of a collection and of 
 the losses. It goes below the marker line `MARKER` (the guide above it is written by hand).
 Regenerate it with
 
-  python -m optical_jax.config_reference docs/configuration.md
+  python -m optical_jax.config.reference docs/configuration.md
 
 (`tests/test_config_reference.py` fails when the file and the schema drift apart.)
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 from optical_jax.config import GROUPS, LOSS_TABLE, RECORDS, Field
 
 MARKER = ("<!-- Generated below from optical_jax/config/schema.py by `python -m "
-          "optical_jax.config_reference docs/configuration.md`: edit the schema there. -->")
+          "optical_jax.config.reference docs/configuration.md`: edit the schema there. -->")
 
 
 def _cell(text: str) -> str:
@@ -72,7 +72,7 @@ def document(current: str) -> str:
 
 if __name__ == "__main__":
   import sys
-  from optical_jax.fileio import write_text_atomic
+  from optical_jax.files.fileio import write_text_atomic
   path = Path(sys.argv[1])
   # Whole or not at all: the guide above MARKER is the user's text.
   write_text_atomic(path, document(path.read_text() if path.is_file() else ""))

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from optical_jax.cache_files import temporary, writing
+from optical_jax.files.cache_files import temporary, writing
 
 
 TOKENIZE_BATCH = 4096  # texts per tokenizer call (bounds its Python objects' memory)

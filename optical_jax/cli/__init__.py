@@ -11,7 +11,7 @@ from pathlib import Path
 
 from absl import app, flags
 
-from optical_jax.layout import Workdir
+from optical_jax.files.layout import Workdir
 
 FLAGS = flags.FLAGS
 
@@ -21,12 +21,12 @@ FLAGS = flags.FLAGS
 # turn a one-line error into two tracebacks.
 _OUR_ERRORS = frozenset({
     ("optical_jax.config", "ConfigError"),
-    ("optical_jax.cache_files", "CacheWriteError"),
+    ("optical_jax.files.cache_files", "CacheWriteError"),
     ("optical_jax.evaluation.collections", "CollectionError"),
     ("optical_jax.evaluation.metrics", "MeasureError"),
     ("optical_jax.models.export", "ExportError"),
     ("optical_jax.models.hf_checkpoint", "CheckpointError"),
-    ("optical_jax.textfiles", "DataFormatError"),
+    ("optical_jax.files.textfiles", "DataFormatError"),
     ("optical_jax.training.checkpoints", "CheckpointFault"),
     ("optical_jax.training.loop", "TrainingError"),
     ("optical_jax.training.workdir", "WorkdirBusy"),
@@ -57,7 +57,7 @@ def start(argv, config, workdir: str | None):
   # be a new field, silently ignored (overrides naming no field fail in `_parse_flags`).
   check_fields(config, source=_config_file(sys.argv) or "--config")
   # Modules without JAX at import: host memory is set before anything starts threads.
-  from optical_jax import compilation_cache, console, distributed, host, host_memory
+  from optical_jax.runtime import compilation_cache, console, distributed, host, host_memory
   host_memory.configure(config.runtime.host_memory)
   log_file = Workdir(Path(workdir).expanduser()).library_log if workdir else None
   if log_file is not None and log_file.parent.parent.exists() and \
@@ -88,7 +88,7 @@ def on_interrupt(kept: str) -> None:
 
 
 def _interrupted() -> None:
-  from optical_jax import interrupts
+  from optical_jax.runtime import interrupts
   interrupts.release()  # no second KeyboardInterrupt on the way out
   print(f"interrupted; {_kept}" if _kept else "interrupted", file=sys.stderr, flush=True)
   sys.exit(130)
@@ -104,9 +104,9 @@ def _verbose(argv=()) -> bool:
 def run(main) -> None:
   """`absl.app.run(main)`, with our errors as `error: message` (exit 1) and Ctrl-C outside
   the train loop as one line saying what is kept (exit 130), even where a library swallowed
-  the interrupt (`optical_jax.interrupts`)."""
+  the interrupt (`optical_jax.runtime.interrupts`)."""
   def guarded(argv):
-    from optical_jax import interrupts
+    from optical_jax.runtime import interrupts
     interrupts.install()
     try:
       result = main(argv)
