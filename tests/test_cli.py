@@ -36,6 +36,8 @@ def _train(*arguments):
      "error: config.demo.losses must be a non-empty list or tuple, each item one of ('ot', "),
     (["--config", "configs/so.py", "--workdir", "W", "--config.ciral.heldout_rate=0"], 1,
      "error: config.ciral.heldout_rate must be a positive integer, got 0"),
+    (["--config", "configs/tiny.py", "--workdir", "W", "--num_processes", "2"], 1,
+     "error: --num_processes and --process_id need --coordinator_address"),
 ])
 def test_first_mistakes_print_at_most_three_lines(arguments, code, message, tmp_path):
   arguments = [str(tmp_path / "W") if a == "W" else a for a in arguments]

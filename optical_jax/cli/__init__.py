@@ -26,6 +26,7 @@ _OUR_ERRORS = frozenset({
     ("optical_jax.evaluation.metrics", "MeasureError"),
     ("optical_jax.models.export", "ExportError"),
     ("optical_jax.models.hf_checkpoint", "CheckpointError"),
+    ("optical_jax.runtime.distributed", "ProcessFlagError"),
     ("optical_jax.files.textfiles", "DataFormatError"),
     ("optical_jax.training.checkpoints", "CheckpointFault"),
     ("optical_jax.training.loop", "TrainingError"),

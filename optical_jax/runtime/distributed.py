@@ -17,6 +17,11 @@ import time
 from typing import Callable
 
 
+class ProcessFlagError(ValueError):
+  """Process flags that cannot work together; the message names them (one line from train.py
+  and eval.py)."""
+
+
 def initialize_distributed(coordinator_address: str | None = None,
                            num_processes: int | None = None,
                            process_id: int | None = None, *,
@@ -32,15 +37,14 @@ def initialize_distributed(coordinator_address: str | None = None,
   missing, instead of JAX's abort after 5 silent minutes.
   """
   import jax
-  from optical_jax.config import ConfigError  # a ValueError: one line from train.py/eval.py
   if coordinator_address:
     if num_processes is None or process_id is None:
-      raise ConfigError("--coordinator_address needs --num_processes and --process_id")
+      raise ProcessFlagError("--coordinator_address needs --num_processes and --process_id")
     if not 0 <= process_id < num_processes:
-      raise ConfigError(f"--process_id must be in [0, {num_processes}), got {process_id}")
+      raise ProcessFlagError(f"--process_id must be in [0, {num_processes}), got {process_id}")
     if not join_timeout > 0:
-      raise ConfigError(f"--join_timeout must be a positive number of seconds, got "
-                        f"{join_timeout:g}")
+      raise ProcessFlagError(f"--join_timeout must be a positive number of seconds, got "
+                             f"{join_timeout:g}")
     if num_processes > 1:
       print(f"process {process_id}: waiting for {num_processes} processes at "
             f"{coordinator_address} (at most {join_timeout:g} s, --join_timeout)",
@@ -62,7 +66,7 @@ def initialize_distributed(coordinator_address: str | None = None,
                                  **bind)
     return
   if num_processes not in (None, 1) or process_id not in (None, 0):
-    raise ConfigError("--num_processes and --process_id need --coordinator_address")
+    raise ProcessFlagError("--num_processes and --process_id need --coordinator_address")
   if _cluster_detected():
     jax.distributed.initialize()
 
