@@ -68,7 +68,8 @@ def main(argv):
     if not (FLAGS.run and FLAGS.qrels):
       raise app.UsageError("--run and --qrels go together")
     from optical_jax.evaluation.report import score_run_file
-    cli.on_interrupt("nothing was written")
+    from optical_jax.runtime import stopping
+    stopping.on_interrupt("nothing was written")
     print(score_run_file(FLAGS.run, FLAGS.qrels, measures=measures,
                          per_query=FLAGS.per_query))
     return
@@ -78,11 +79,11 @@ def main(argv):
     raise app.UsageError("--overwrite goes with --export_hf")
   config = cli.start(argv, FLAGS.config, None)
   from optical_jax.data.inputs import resolve_inputs
-  from optical_jax.runtime import host, interrupts
+  from optical_jax.runtime import host, stopping
   workdir = Path(FLAGS.checkpoint).expanduser().resolve()
   if workdir in (Workdir(workdir.parent).checkpoints, Workdir(workdir.parent).best):
     workdir = workdir.parent
-  cli.on_interrupt(f"nothing was written; {workdir} is as it was")
+  stopping.on_interrupt(f"nothing was written; {workdir} is as it was")
   config = resolve_inputs(config, training=False, workdir=workdir).config
   config = as_trained(config, workdir, speak=host.is_primary())
   from optical_jax.training.student_init import prepare_student
@@ -99,11 +100,11 @@ def main(argv):
     check_collections(collection_specs(config), config.runtime.cache_dir)
   models = build_models(config)
   params, step, which = restore_params(workdir, FLAGS.step)
-  cli.on_interrupt(f"{target} is as it was" if FLAGS.export_hf else
-                   f"{workdir}'s checkpoints are untouched and {results_dir(workdir, step)} "
-                   "holds the last complete evaluation of that step, if any")
+  stopping.on_interrupt(f"{target} is as it was" if FLAGS.export_hf else
+                        f"{workdir}'s checkpoints are untouched and {results_dir(workdir, step)} "
+                        "holds the last complete evaluation of that step, if any")
   print(f"{workdir}: step {step} ({which})", flush=True)
-  interrupts.check()
+  stopping.check()
   if FLAGS.export_hf:
     if not host.is_primary():
       return  # process 0 writes the one export
@@ -115,7 +116,7 @@ def main(argv):
     except ExportError as e:
       raise ExportError(f"--export_hf {e}") from None
     return
-  from optical_jax.training.workdir import workdir_lock
+  from optical_jax.runtime.lock import workdir_lock
   paths = Workdir(workdir)
   checkpoint = (paths.best if which == "best" else paths.checkpoints) / str(step)
   evaluated_as = Evaluated(step, which if which in ("best", "latest") else "step",

@@ -87,11 +87,12 @@ def test_verbose_shows_the_traceback(tmp_path):
 SWALLOWED_INTERRUPT = """
 import gc, os, signal, sys, time
 from optical_jax import cli
+from optical_jax.runtime import stopping
 
 cli.define_process_flags()
 
 def main(argv):
-  cli.on_interrupt("the checkpoints are untouched")
+  stopping.on_interrupt("the checkpoints are untouched")
   def _xla_gc_callback(phase, info):  # what JAX runs in every garbage collection
     if phase == "start":
       os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C arrives inside the callback

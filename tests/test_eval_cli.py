@@ -350,7 +350,7 @@ def test_eval_of_an_earlier_step_records_what_it_evaluated_and_keeps_the_final_r
 
 
 def test_eval_refuses_a_workdir_another_run_holds_and_writes_nothing(trained_run):
-  from optical_jax.training.workdir import workdir_lock
+  from optical_jax.runtime.lock import workdir_lock
   workdir = trained_run.workdir
   written = {p: p.stat().st_mtime_ns for p in (workdir / "eval").rglob("*")}
   with workdir_lock(workdir):  # a training run in progress

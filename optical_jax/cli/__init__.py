@@ -30,12 +30,8 @@ _OUR_ERRORS = frozenset({
     ("optical_jax.files.textfiles", "DataFormatError"),
     ("optical_jax.training.checkpoints", "CheckpointFault"),
     ("optical_jax.training.loop", "TrainingError"),
-    ("optical_jax.training.workdir", "WorkdirBusy"),
+    ("optical_jax.runtime.lock", "WorkdirBusy"),
 })
-
-# What an interrupted program keeps, for the line Ctrl-C prints (`on_interrupt`).
-_kept: str | None = None
-
 
 def define_process_flags() -> None:
   flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0, for a run of "
@@ -58,7 +54,8 @@ def start(argv, config, workdir: str | None):
   # be a new field, silently ignored (overrides naming no field fail in `_parse_flags`).
   check_fields(config, source=_config_file(sys.argv) or "--config")
   # Modules without JAX at import: host memory is set before anything starts threads.
-  from optical_jax.runtime import compilation_cache, console, distributed, host, host_memory
+  from optical_jax.runtime import (compilation_cache, console, distributed, host, host_memory,
+                                   stopping)
   host_memory.configure(config.runtime.host_memory)
   log_file = Workdir(Path(workdir).expanduser()).library_log if workdir else None
   if log_file is not None and log_file.parent.parent.exists() and \
@@ -66,8 +63,8 @@ def start(argv, config, workdir: str | None):
     log_file = None  # --workdir is a file: the loop says so
   console.quiet_libraries(log_file)
   if workdir:
-    on_interrupt(f"{Path(workdir).expanduser()} keeps every checkpoint saved so far; rerun the "
-                 "same command to resume (a finished run evaluates again)")
+    stopping.on_interrupt(f"{Path(workdir).expanduser()} keeps every checkpoint saved so far; "
+                          "rerun the same command to resume (a finished run evaluates again)")
   distributed.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                      FLAGS.process_id, join_timeout=FLAGS.join_timeout)
   compilation_cache.enable_compilation_cache(config)
@@ -82,19 +79,6 @@ def _is_ours(error: BaseException) -> bool:
       (c.__module__, c.__qualname__) in _OUR_ERRORS for c in type(error).__mro__)
 
 
-def on_interrupt(kept: str) -> None:
-  """What Ctrl-C from now on leaves behind, said after "interrupted; "."""
-  global _kept
-  _kept = kept
-
-
-def _interrupted() -> None:
-  from optical_jax.runtime import interrupts
-  interrupts.release()  # no second KeyboardInterrupt on the way out
-  print(f"interrupted; {_kept}" if _kept else "interrupted", file=sys.stderr, flush=True)
-  sys.exit(130)
-
-
 def _verbose(argv=()) -> bool:
   """`OPTICAL_VERBOSE=1`, or `--verbose` (in `argv` while the flags are not parsed yet)."""
   env = os.environ.get("OPTICAL_VERBOSE", "").strip().lower() in ("1", "true", "yes")
@@ -105,19 +89,19 @@ def _verbose(argv=()) -> bool:
 def run(main) -> None:
   """`absl.app.run(main)`, with our errors as `error: message` (exit 1) and Ctrl-C outside
   the train loop as one line saying what is kept (exit 130), even where a library swallowed
-  the interrupt (`optical_jax.runtime.interrupts`)."""
+  the interrupt (`optical_jax.runtime.stopping`)."""
   def guarded(argv):
-    from optical_jax.runtime import interrupts
-    interrupts.install()
+    from optical_jax.runtime import stopping
+    stopping.install()
     try:
       result = main(argv)
     except KeyboardInterrupt:
       if _verbose():
         raise
-      _interrupted()
+      stopping.exit_interrupted()
     except Exception as e:
-      if interrupts.received() and not _verbose():
-        _interrupted()  # a library turned the interrupt into its own error
+      if stopping.received() and not _verbose():
+        stopping.exit_interrupted()  # a library turned the interrupt into its own error
       if not _verbose() and isinstance(e, OSError) and "Configuration is not available" in str(e):
         reason = str(e).strip().splitlines()[-1].strip()  # "[Errno 2] No such file ...: path"
         print(f"error: --config: {reason}", file=sys.stderr)
@@ -126,8 +110,8 @@ def run(main) -> None:
         raise
       print(f"error: {e}\n(--verbose shows the traceback)", file=sys.stderr)
       sys.exit(1)
-    if interrupts.received():
-      _interrupted()  # swallowed for good somewhere, and main went on: still not a success
+    if stopping.received():
+      stopping.exit_interrupted()  # swallowed for good somewhere and main went on: no success
     return result
   app.run(guarded, flags_parser=_parse_flags)
 

@@ -24,6 +24,8 @@ from optical_jax.files.fileio import write_text_atomic
 from optical_jax.files.layout import Workdir
 from optical_jax.runtime import host, host_memory
 from optical_jax.runtime.distributed import watch_peers
+from optical_jax.runtime.lock import workdir_lock
+from optical_jax.runtime.stopping import StopSignals
 from optical_jax.training.cadence import Cadence
 from optical_jax.training.checkpoints import RunCheckpoints, kept
 from optical_jax.training.logging import MetricsLog, plot_curves, start_comparison
@@ -32,7 +34,6 @@ from optical_jax.training.prefetch import Prefetcher
 from optical_jax.training.prepare import prepare_run
 from optical_jax.training.throughput import Meter, peak_flops
 from optical_jax.training.trainer import Trainer, build_trainer
-from optical_jax.training.workdir import StopSignals, workdir_lock
 
 log = logging.getLogger("optical_jax")
 

@@ -1,16 +1,11 @@
-"""What guards a workdir: one run at a time (a `flock` on a file naming host and pid), the same
-configuration on resume, and a clean stop on Ctrl-C or SIGTERM (preemption)."""
+"""The same configuration on resume: what a resumed run may change, and a refusal naming the
+fields that would change what is trained. (One run at a time per workdir: `runtime.lock`;
+a clean stop on Ctrl-C or SIGTERM: `runtime.stopping`.)"""
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import fcntl
 import json
 import logging
-import os
-import signal
-import socket
 from pathlib import Path
 
 from optical_jax.config import REVISIONS, ConfigError, defaults, flat_fields, resumable_fields
@@ -21,83 +16,6 @@ log = logging.getLogger("optical_jax")
 # Fields a resumed run may change freely (the schema's resumable ones): they do not change what
 # is trained.
 RESUMABLE_CHANGES = resumable_fields()
-
-
-class WorkdirBusy(RuntimeError):
-  """Another live run holds the workdir."""
-
-
-def _holder(fd: int) -> dict:
-  """Who the lock file open at `fd` names (`{}` when it names no one)."""
-  os.lseek(fd, 0, os.SEEK_SET)
-  try:
-    holder = json.loads(os.read(fd, 4096) or b"{}")
-  except ValueError:
-    return {}
-  return holder if isinstance(holder, dict) else {}
-
-
-def _take(path: Path) -> int | None:
-  """A descriptor of `path` holding its `flock`, or None while another process holds it. The
-  file is the one at `path` when taken: one a releasing run unlinked meanwhile is not."""
-  while True:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
-    try:
-      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-      os.close(fd)
-      return None
-    except BaseException:
-      os.close(fd)
-      raise
-    try:
-      same = os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
-    except FileNotFoundError:
-      same = False
-    if same:
-      return fd
-    os.close(fd)  # released and unlinked by its holder as we took it: take the new one
-
-
-@contextlib.contextmanager
-def workdir_lock(workdir: Path, *, enabled: bool = True):
-  """Holds `workdir/.lock` while the block runs: an exclusive `flock` on the file, which
-  names host and pid. The kernel drops the lock of a process that dies, so a lock left by a
-  killed run is taken over (with a message naming it); a live run's is refused. On release
-  the file is removed only while it is still this run's."""
-  if not enabled:
-    yield
-    return
-  path = Workdir(workdir).lock
-  me = {"host": socket.gethostname(), "pid": os.getpid()}
-  try:
-    fd = _take(path)
-  except OSError as e:
-    if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
-      raise
-    log.warning("%s: this filesystem cannot lock files (%s); make sure no other run uses %s",
-                path, e.strerror, workdir)
-    yield
-    return
-  if fd is None:
-    holder = {}
-    with contextlib.suppress(OSError), open(path, "rb") as f:
-      holder = _holder(f.fileno())
-    raise WorkdirBusy(f"{workdir} is in use by another run (pid {holder.get('pid')} on "
-                      f"{holder.get('host')}); wait for it to finish or use another --workdir")
-  try:
-    left = _holder(fd)
-    if left.get("pid") is not None and left != me:
-      log.warning("taking over %s: its run (pid %s on %s) is no longer running", path,
-                  left.get("pid"), left.get("host"))
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, json.dumps(me).encode(), 0)
-    yield
-  finally:
-    with contextlib.suppress(FileNotFoundError):
-      if os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino:
-        os.unlink(path)  # still ours: we hold its lock, so no one else took it meanwhile
-    os.close(fd)
 
 
 def check_resumed_config(saved_json: str, config) -> list[str]:
@@ -130,38 +48,3 @@ def check_workdir_config(workdir: Path, config) -> None:
     changed = check_resumed_config(saved.read_text(), config)
     if changed:
       log.warning("resuming under a changed configuration: %s", ", ".join(changed))
-
-
-class StopSignals:
-  """Turns SIGINT and SIGTERM into a request to stop after the current step (`requested`),
-  restoring the previous handlers on exit. A second Ctrl-C stops at once."""
-
-  def __init__(self):
-    self.signal: int | None = None
-    self._previous = {}
-
-  def __enter__(self):
-    for sig in (signal.SIGINT, signal.SIGTERM):
-      try:
-        self._previous[sig] = signal.signal(sig, self._handle)
-      except ValueError:  # not the main thread: leave signals alone
-        pass
-    return self
-
-  def _handle(self, signum, frame):
-    if self.signal is not None and signum == signal.SIGINT:
-      raise KeyboardInterrupt
-    self.signal = signum
-
-  @property
-  def requested(self) -> bool:
-    return self.signal is not None
-
-  @property
-  def exit_code(self) -> int:
-    return 128 + (self.signal or 0)
-
-  def __exit__(self, *exc):
-    for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
-    return False

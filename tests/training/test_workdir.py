@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from optical_jax.training.workdir import WorkdirBusy, workdir_lock
+from optical_jax.runtime.lock import WorkdirBusy, workdir_lock
 from tests.helpers import ROOT
 from tests.training.runs import (assert_same_params, final_params, run_train, train_here,
                                  write_config)
@@ -46,13 +46,13 @@ def test_the_lock_is_never_held_twice_when_runs_race_for_a_stale_one(tmp_path, m
   round, for a lock a dead run left, read slowly (as on a network filesystem); inside it each
   creates a file no other may hold."""
   from types import SimpleNamespace
-  from optical_jax.training import workdir as workdir_module
+  from optical_jax.runtime import lock as lock_module
 
   def slow_loads(text):
     time.sleep(0.005)
     return json.loads(text)
 
-  monkeypatch.setattr(workdir_module, "json", SimpleNamespace(
+  monkeypatch.setattr(lock_module, "json", SimpleNamespace(
       loads=slow_loads, dumps=json.dumps, dump=json.dump))
   dead = subprocess.Popen(["true"])
   dead.wait()
