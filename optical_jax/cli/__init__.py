@@ -25,7 +25,7 @@ _OUR_ERRORS = frozenset({
     ("optical_jax.evaluation.collections", "CollectionError"),
     ("optical_jax.evaluation.metrics", "MeasureError"),
     ("optical_jax.models.export", "ExportError"),
-    ("optical_jax.models.hf_checkpoint", "CheckpointError"),
+    ("optical_jax.models.loaded", "CheckpointError"),
     ("optical_jax.runtime.distributed", "ProcessFlagError"),
     ("optical_jax.files.textfiles", "DataFormatError"),
     ("optical_jax.training.checkpoints", "CheckpointFault"),
