@@ -41,7 +41,7 @@ from optical_jax.evaluation.io import read_corpus
 from optical_jax.evaluation.retrieval import TextEncoder, padded_width
 from optical_jax.files.token_arrays import ids_tokenizer
 from optical_jax.models.hf_checkpoint import load_encoder
-from optical_jax.training.step import data_mesh
+from optical_jax.runtime.mesh import data_mesh
 
 
 def bible_passages(count: int, verses: int = 5) -> list[str]:

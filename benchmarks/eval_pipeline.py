@@ -106,7 +106,7 @@ def main() -> None:
   from optical_jax.evaluation.retrieval import TextEncoder, retrieve
   from optical_jax.files.token_arrays import TOKENIZE_BATCH, ids_tokenizer
   from optical_jax.models.hf_checkpoint import load_encoder
-  from optical_jax.training.step import data_mesh
+  from optical_jax.runtime.mesh import data_mesh
 
   root = Path(args.workdir or tempfile.mkdtemp(prefix="eval_pipeline-"))
   root.mkdir(parents=True, exist_ok=True)

@@ -236,7 +236,7 @@ def test_export_overwrites_only_an_earlier_export_and_is_exactly_the_trained_stu
   from optical_jax.models.export import MARKER
   from optical_jax.models.student import build_models
   from optical_jax.training.checkpoints import restore_params
-  from optical_jax.training.step import data_mesh
+  from optical_jax.runtime.mesh import data_mesh
   from tests.helpers import load_config
   from tests.models.test_export import TEXTS, stale_sentence_transformers_model
   other = stale_sentence_transformers_model(tmp_path / "other")

@@ -18,9 +18,7 @@ import json
 from pathlib import Path
 from typing import Mapping
 
-import jax
 import ml_collections
-import numpy as np
 from jax.sharding import Mesh
 
 from optical_jax.evaluation.check import absent_judged
@@ -32,6 +30,7 @@ from optical_jax.evaluation.retrieval import BoundEncoder, TextEncoder, retrieve
 from optical_jax.files.fileio import write_text_atomic
 from optical_jax.files.fingerprint import checkpoint_digest, file_digest
 from optical_jax.files.layout import CacheDir, Workdir
+from optical_jax.runtime.mesh import local_mesh
 
 
 class CollectionError(FileNotFoundError):
@@ -91,15 +90,6 @@ def encoder_settings(config) -> dict:
               corpus_chunk=e.get("corpus_chunk", 32768), bucket_width=e.get("bucket_width", 16),
               dtype=e.get("dtype", "float32"),
               corpus_cache_dir=cache.corpus.root if e.get("token_cache", True) else None)
-
-
-# The run's one mesh axis (training.objectives.AXIS), for an evaluation given no mesh.
-AXIS = "data"
-
-
-def local_mesh() -> Mesh:
-  """A one-axis mesh over this process's devices: an evaluation's mesh outside a run."""
-  return Mesh(np.asarray(jax.local_devices()), (AXIS,))
 
 
 def side_encoders(models, config, mesh: Mesh) -> dict[str, TextEncoder]:

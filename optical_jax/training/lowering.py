@@ -24,7 +24,7 @@ from optical_jax.config import base_config
 from optical_jax.models.encoder import Encoder, EncoderConfig
 from optical_jax.models.loaded import LoadedEncoder
 from optical_jax.models.student import DTYPES, DistillationModels, projection_for
-from optical_jax.training.objectives import AXIS
+from optical_jax.runtime.mesh import AXIS
 from optical_jax.training.state import initial_state
 
 

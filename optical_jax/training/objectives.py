@@ -17,8 +17,8 @@ from optical_jax.losses import (contrastive_distillation_loss, maxsim_contrastiv
                                 mse_distillation_loss, ot_distillation_loss, weighted_sum)
 from optical_jax.models.student import DistillationModels
 from optical_jax.pooling import pool
+from optical_jax.runtime.mesh import AXIS
 
-AXIS = "data"  # the mesh axis the batch is split over
 
 
 def gathered_contrastive(queries: jax.Array, keys: jax.Array, *, temperature: float,

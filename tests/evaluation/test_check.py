@@ -17,7 +17,7 @@ from optical_jax.evaluation.collections import evaluate_collection
 from optical_jax.evaluation.corpus_files import forget_scans, scan_corpus
 from optical_jax.evaluation.io import iter_corpus
 from optical_jax.models.hf_checkpoint import load_encoder
-from optical_jax.training.step import data_mesh
+from optical_jax.runtime.mesh import data_mesh
 from tests.helpers import ROOT
 
 CIRAL = ROOT / "tests" / "fixtures" / "ciral" / "hub"

@@ -24,7 +24,7 @@ from optical_jax.files.cache_files import CacheWriteError
 from optical_jax.files.fileio import host_tag
 from optical_jax.files.token_arrays import flatten, id_dtype, tokenize_flat
 from optical_jax.models.hf_checkpoint import load_encoder
-from optical_jax.training.step import data_mesh
+from optical_jax.runtime.mesh import data_mesh
 from tests.evaluation.test_retrieval import WORDS
 
 

@@ -14,8 +14,8 @@ from optical_jax.evaluation.collections import Evaluator
 from optical_jax.evaluation.io import write_qrels, write_tsv
 from optical_jax.models.hf_checkpoint import load_encoder
 from optical_jax.models.student import DistillationModels
-from optical_jax.training.objectives import AXIS
-from optical_jax.training.step import data_mesh
+from optical_jax.runtime.mesh import AXIS
+from optical_jax.runtime.mesh import data_mesh
 from tests.evaluation.test_retrieval import passages
 
 

@@ -8,7 +8,7 @@ from optical_jax.evaluation import TextEncoder, maxsim_reranker, rerank_run
 from optical_jax.evaluation.maxsim import maxsim_rerank
 from optical_jax.evaluation.io import write_tsv
 from optical_jax.models.hf_checkpoint import load_encoder
-from optical_jax.training.step import data_mesh
+from optical_jax.runtime.mesh import data_mesh
 from tests.evaluation.test_retrieval import passages
 
 

@@ -12,7 +12,7 @@ from optical_jax.evaluation import (TextEncoder, dense_reranker, dense_search, m
 from optical_jax.evaluation.retrieval import deal_steps, padded_width, plan_batches, share_size
 from optical_jax.evaluation.search import docid_ranks, empty_top_k, merge_top_k
 from optical_jax.models.hf_checkpoint import load_encoder
-from optical_jax.training.step import data_mesh
+from optical_jax.runtime.mesh import data_mesh
 from tests.helpers import ROOT
 
 WORDS = ("light waters earth heaven firmament seed fruit tree herb night day evening morning "
@@ -196,7 +196,7 @@ _RUN_SCRIPT = textwrap.dedent("""\
     import jax
     from optical_jax.evaluation import TextEncoder, retrieve, write_run, write_tsv
     from optical_jax.models.hf_checkpoint import load_encoder
-    from optical_jax.training.step import data_mesh
+    from optical_jax.runtime.mesh import data_mesh
     encoder = load_encoder(sys.argv[1])
     queries, corpus = json.loads(open(sys.argv[2]).read())
     make = lambda **settings: TextEncoder(encoder, data_mesh(), batch_size=3, **settings).bind()

@@ -13,7 +13,7 @@ from optical_jax.evaluation.retrieval import TextEncoder
 from optical_jax.models.export import MARKER, ExportError, export_student
 from optical_jax.models.hf_checkpoint import load_encoder
 from optical_jax.models.student import DistillationModels
-from optical_jax.training.step import data_mesh
+from optical_jax.runtime.mesh import data_mesh
 
 TEXTS = ["Yesu analira.", "And God said, Let there be light.",
          "Pachiyambi Mulungu adalenga kumwamba ndi dziko lapansi."]

@@ -10,7 +10,8 @@ import pytest
 
 from optical_jax.config import (LOSSES, PER_EXAMPLE_LOSSES, ConfigError, base_config,
                                 loss_terms, validate)
-from optical_jax.training.objectives import AXIS, TERMS, distillation_loss, term_weight
+from optical_jax.runtime.mesh import AXIS
+from optical_jax.training.objectives import TERMS, distillation_loss, term_weight
 
 
 def test_a_term_weighs_what_its_config_group_says_and_1_without_one():
