@@ -36,6 +36,10 @@ def _train(*arguments):
      "error: config.demo.losses must be a non-empty list or tuple, each item one of ('ot', "),
     (["--config", "configs/so.py", "--workdir", "W", "--config.ciral.heldout_rate=0"], 1,
      "error: config.ciral.heldout_rate must be a positive integer, got 0"),
+    (["--config", "configs/tiny.py", "--workdir", "W", "--config.ciral.language=so"], 2,
+     "error: --config.ciral.language: this config has no ciral group (ciral is an optional "
+     "group: a config file adds it with optional_group('ciral', ...), as configs/ciral.py "
+     "does)"),
     (["--config", "configs/tiny.py", "--workdir", "W", "--num_processes", "2"], 1,
      "error: --num_processes and --process_id need --coordinator_address"),
 ])

@@ -139,6 +139,15 @@ def _raised_in(error: BaseException, path: str | None) -> str | None:
   return where
 
 
+def _absent_group(override: str, error: BaseException) -> bool:
+  """Whether `override` (`--config.GROUP.FIELD`) names a field of an optional group that the
+  config lacks: ml_collections then raises a KeyError quoting the group."""
+  from optical_jax.config import GROUPS
+  group = override.removeprefix("--config.").split(".")[0]
+  return (isinstance(error, (KeyError, AttributeError)) and f"'{group}'" in str(error)
+          and any(g.name == group and g.optional for g in GROUPS))
+
+
 def _parse_flags(argv):
   """absl's flag parsing, with a bad flag or config override as one line (exit 2). A field
   that does not exist is named as `check_fields` names those of a file: by the override that
@@ -152,8 +161,14 @@ def _parse_flags(argv):
     overrides = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
     unknown = [unknown_field(o.removeprefix("--config."), o) for o in overrides]
     in_file = _raised_in(e, _config_file(argv))
+    absent = [o for o in overrides if _absent_group(o, e)]
     if any(unknown) and not in_file:
       message = str(next(u for u in unknown if u))
+    elif absent:
+      group = absent[0].removeprefix("--config.").split(".")[0]
+      message = (f"{absent[0]}: this config has no {group} group ({group} is an optional group: "
+                 f"a config file adds it with optional_group({group!r}, ...), as "
+                 f"configs/{group}.py does)")
     elif in_file and isinstance(e, (AttributeError, KeyError)) and e.args:
       # A misspelt group in the file: ml_collections names it first, quoted.
       name = re.match(r"\W*(\w+)", str(e.args[0]))
