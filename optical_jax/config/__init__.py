@@ -35,8 +35,9 @@ __all__ = [
     "GROUPS", "HOST_MEMORY", "LOSSES", "LOSS_TABLE", "OT_COSTS", "OT_GRADIENTS",
     "PER_EXAMPLE_LOSSES", "RECORDS", "REQUIRED", "REVISIONS", "STAGES", "VOCAB_INITS",
     "ConfigError", "Field", "Group", "Loss", "Record", "base_config", "bible_collection",
-    "check_fields", "check_revision", "declared_fields", "defaults", "field_value",
-    "flat_fields", "loss_terms", "microbatches_per_device", "optional_group", "recipe",
+    "check_fields", "check_revision", "check_values", "declared_fields", "defaults",
+    "field_value", "flat_fields", "loss_terms", "microbatches_per_device", "optional_group",
+    "recipe",
     "resumable_fields", "schema_fields", "unknown_field", "validate"]
 
 
@@ -244,10 +245,13 @@ def microbatches_per_device(config, per_device_batch: int) -> int:
   return per_device_batch // size if splits else 1
 
 
-def _check_values(config) -> None:
+def check_values(config, *, only: tuple[str, ...] | None = None) -> None:
   """Each field's own check, in the schema's order: every group `config` has (an optional
-  group only when present) must have all its fields, each as its check says."""
+  group only when present; of the groups named in `only`, when given) must have all its
+  fields, each as its check says."""
   for group in GROUPS:
+    if only is not None and group.name not in only:
+      continue
     if group.name and group.name not in config:
       if group.optional:
         continue
@@ -270,7 +274,7 @@ def validate(config, *, devices: int = 1, backend: str = "cpu") -> None:
   uses, `jax.devices()[0].platform`); changes nothing. Each field's own check comes from the
   schema; what follows are the checks across fields."""
   check_fields(config)
-  _check_values(config)
+  check_values(config)
   if config.model.attention == "cudnn" and (backend != "gpu"
                                             or config.model.dtype != "bfloat16"):
     raise ConfigError("config.model.attention 'cudnn' needs an NVIDIA GPU and "

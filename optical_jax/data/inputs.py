@@ -25,7 +25,8 @@ from pathlib import Path
 
 import ml_collections
 
-from optical_jax.config import REVISIONS, ConfigError, check_revision, field_value
+from optical_jax.config import (REVISIONS, ConfigError, check_revision, check_values,
+                                field_value)
 from optical_jax.data import bitext, ciral
 from optical_jax.data.assets import resolve
 from optical_jax.files.fingerprint import file_digest
@@ -92,12 +93,7 @@ def ciral_inputs(config) -> tuple[Bitext, list[CiralCollection]]:
     if split not in ciral.SPLITS:
       raise ConfigError(f"config.ciral.split: CIRAL has no split {split!r}; splits: "
                         f"{', '.join(ciral.SPLITS)}")
-  numbers = {"data.limit": config.data.limit, "ciral.heldout": c.heldout,
-             "ciral.max_chars": c.max_chars, "ciral.heldout_rate": c.heldout_rate}
-  for field, value in numbers.items():
-    if not isinstance(value, int) or value < (1 if field == "ciral.heldout_rate" else 0):
-      raise ConfigError(f"config.{field} must be an integer >= "
-                        f"{1 if field == 'ciral.heldout_rate' else 0}, got {value!r}")
+  check_values(config, only=("data", "ciral"))  # the numbers, as validate checks them
   bitext = Bitext(source=c.bitext, files=c.bitext_files, student_field=config.data.student_field,
                   teacher_field=config.data.teacher_field, limit=config.data.limit,
                   heldout=c.heldout, rate=c.heldout_rate, max_chars=c.max_chars,

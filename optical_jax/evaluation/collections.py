@@ -21,6 +21,7 @@ from typing import Mapping
 import ml_collections
 from jax.sharding import Mesh
 
+from optical_jax.config import defaults, field_value
 from optical_jax.evaluation.check import absent_judged
 from optical_jax.evaluation.io import read_qrels, read_topics, write_run
 from optical_jax.evaluation.maxsim import maxsim_rerank
@@ -84,12 +85,13 @@ def encoder_settings(config) -> dict:
   `eval.embedding_cache` is off, and the corpus scans and token ids
   (`runtime.cache_dir/corpus`, as `check.check_collections` keeps them) unless
   `eval.token_cache` is off."""
-  e, cache = config.eval, CacheDir(config.runtime.cache_dir)
-  return dict(max_length=e.max_length, batch_size=e.batch_size,
-              cache_dir=cache.embeddings if e.get("embedding_cache", True) else None,
-              corpus_chunk=e.get("corpus_chunk", 32768), bucket_width=e.get("bucket_width", 16),
-              dtype=e.get("dtype", "float32"),
-              corpus_cache_dir=cache.corpus.root if e.get("token_cache", True) else None)
+  cache, known = CacheDir(config.runtime.cache_dir), defaults()
+  # A config saved before a field was added reads the field's default.
+  e = lambda name: field_value(config, f"eval.{name}", known[f"eval.{name}"])
+  return dict(max_length=e("max_length"), batch_size=e("batch_size"),
+              cache_dir=cache.embeddings if e("embedding_cache") else None,
+              corpus_chunk=e("corpus_chunk"), bucket_width=e("bucket_width"), dtype=e("dtype"),
+              corpus_cache_dir=cache.corpus.root if e("token_cache") else None)
 
 
 def side_encoders(models, config, mesh: Mesh) -> dict[str, TextEncoder]:

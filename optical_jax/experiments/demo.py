@@ -28,7 +28,7 @@ from optical_jax.evaluation.collections import CollectionResult, Evaluator, coll
 from optical_jax.files.layout import DemoDir
 from optical_jax.models.hf_checkpoint import load_encoder
 from optical_jax.models.student import DistillationModels
-from optical_jax.training.loop import train_and_evaluate
+from optical_jax.training.loop import PHASES, train_and_evaluate
 
 TABLE_MEASURES = ("MAP", "nDCG@10", "R@1", "R@10")
 MAXSIM = "MAP, MaxSim top-100"
@@ -185,7 +185,7 @@ def format_report(report: DemoReport, measures=TABLE_MEASURES) -> str:
           + "\n".join(format_direction(d, measures) for d in report.directions))
 
 
-STAGES = ("set-up", "steps", "dev evaluation", "final evaluation")
+STAGES = PHASES  # where a run's time went
 
 
 def time_table(report: DemoReport) -> str:
