@@ -93,7 +93,8 @@ def encoding(checkpoint: str, texts: list[str], *, batch: int, length: int, repe
           ("sentence-transformers (PyTorch)", first_theirs, seconds["theirs"]))
   for name, first, warm in rows:
     print(f"| {name} | {first:.2f} | {warm:.2f} | {len(texts) / warm:.1f} |")
-  print(f"our first pass compiled up to {shapes} bucket shape(s): {first_ours - seconds['ours']:.2f} s "
+  print(f"our first pass compiled up to {shapes} bucket shape(s): "
+        f"{first_ours - seconds['ours']:.2f} s "
         "over a warm pass")
   print(f"ours is {seconds['theirs'] / seconds['ours']:.2f}x the speed of sentence-transformers")
 

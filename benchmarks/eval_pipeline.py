@@ -194,7 +194,8 @@ def main() -> None:
   print(f"JAX {jax.__version__} on {jax.default_backend()} ({jax.local_device_count()} device(s)); "
         f"TOKENIZERS_PARALLELISM={os.environ.get('TOKENIZERS_PARALLELISM', 'unset')}")
   print(f"{n:,} passages of {args.words} words ({characters:.0f} characters), "
-        f"{args.queries} queries, medians of {args.repeats} rounds, eval.corpus_chunk={args.chunk}, eval.batch_size={args.batch}, "
+        f"{args.queries} queries, medians of {args.repeats} rounds, "
+        f"eval.corpus_chunk={args.chunk}, eval.batch_size={args.batch}, "
         f"eval.max_length={args.length}; model: BERT 1 layer x 32, {args.heads} heads "
         "(random weights)\n")
   rows = [("tokenizer alone (its Rust backend, as evaluation calls it)", tokenizer_s, "1.00"),
