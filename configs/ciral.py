@@ -13,9 +13,8 @@ The evidence for this direction (the student encoding passages) is the demo's en
 (docs/experiments.md, "CIRAL's direction"): OT beats MSE there too (en→ny test, one seed:
 +0.034 MAP, +0.068 MaxSim), more steps pay (en→ny dev, 3 of 3 seeds at 240 against 160), and
 MaxSim reranking adds the most, so every CIRAL split is also reranked by MaxSim. The demo's
-vocabulary extension is not taken here: e5's XLM-R
-vocabulary already holds Somali, Swahili and Hausa pieces, and extending it has not been
-measured on CIRAL (it needs the real data). `data.pair_window` (passage-length examples
+vocabulary extension is not taken here: e5's XLM-R vocabulary already holds Somali, Swahili
+and Hausa pieces, and extending it has not been measured on CIRAL (it needs the real data). `data.pair_window` (passage-length examples
 joined from consecutive pairs) stays 1 until a dev gain is measured.
 
 The `ciral` section names the inputs; `optical_jax.data.inputs.resolve_inputs` derives from it, when
