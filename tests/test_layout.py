@@ -45,7 +45,11 @@ def _strings(node: ast.AST):
 
 
 def layout_names() -> set[str]:
-  return {value for _, value in _joined(ast.parse(LAYOUT.read_text()))}
+  """The names layout.py joins onto a path, or declares below a root (`_Below("name")`)."""
+  tree = ast.parse(LAYOUT.read_text())
+  below = {node.args[0].value for node in ast.walk(tree)
+           if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "_Below"}
+  return below | {value for _, value in _joined(tree)}
 
 
 def spelled_outside(sources: dict[str, str], names: set[str]) -> list[str]:

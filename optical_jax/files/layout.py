@@ -14,6 +14,20 @@ import os
 from pathlib import Path
 
 
+class _Below:
+  """A layout's path below its `root`: `checkpoints = _Below("checkpoints")` reads as
+  `Workdir(w).checkpoints == w / "checkpoints"` (`kind` wraps the path, e.g. `CorpusCache`)."""
+
+  def __init__(self, relative: str, kind: type | None = None):
+    self.relative, self.kind = relative, kind
+
+  def __get__(self, layout, owner=None):
+    if layout is None:
+      return self
+    path = layout.root / self.relative
+    return path if self.kind is None else self.kind(path)
+
+
 def fingerprint_memo(directory: str | os.PathLike) -> Path:
   """The files' digests (by size and modification time) that `fingerprint` remembers in a
   cache directory (`runtime.cache_dir` or its corpus cache)."""
@@ -26,18 +40,10 @@ class Results:
 
   root: Path
 
-  @property
-  def summary(self) -> Path:
-    """`eval.json`: the measures, the files evaluated and the config (written last)."""
-    return self.root / "eval.json"
-
-  @property
-  def per_query(self) -> Path:
-    return self.root / "eval_per_query.json"
-
-  @property
-  def runs(self) -> Path:
-    return self.root / "runs"
+  # `eval.json`: the measures, the files evaluated and the config (written last).
+  summary = _Below("eval.json")
+  per_query = _Below("eval_per_query.json")
+  runs = _Below("runs")
 
   def run(self, collection: str) -> Path:
     """The TREC run file of one collection."""
@@ -53,46 +59,20 @@ class Workdir:
   def __post_init__(self):
     object.__setattr__(self, "root", Path(self.root))
 
-  @property
-  def checkpoints(self) -> Path:
-    """The latest `keep_checkpoints` Orbax checkpoints, one directory per step."""
-    return self.root / "checkpoints"
-
-  @property
-  def best(self) -> Path:
-    """The checkpoint with the best dev MAP."""
-    return self.root / "best"
-
-  @property
-  def corrupt_checkpoints(self) -> Path:
-    """Checkpoints that could not be read, set aside as `checkpoints-STEP` or `best-STEP`."""
-    return self.root / "corrupt_checkpoints"
-
-  @property
-  def config(self) -> Path:
-    """The run's config, inputs resolved (what eval.py and a resume read back)."""
-    return self.root / "config.json"
-
-  @property
-  def metrics(self) -> Path:
-    return self.root / "metrics.jsonl"
-
-  @property
-  def tensorboard(self) -> Path:
-    return self.root / "tensorboard"
-
-  @property
-  def curves(self) -> Path:
-    return self.root / "curves.png"
-
-  @property
-  def student_init(self) -> Path:
-    """The student the run starts from, when it is built (vocabulary adaptation)."""
-    return self.root / "student_init"
-
-  @property
-  def eval(self) -> Path:
-    return self.root / "eval"
+  # The latest `keep_checkpoints` Orbax checkpoints, one directory per step.
+  checkpoints = _Below("checkpoints")
+  # The checkpoint with the best dev MAP.
+  best = _Below("best")
+  # Checkpoints that could not be read, set aside as `checkpoints-STEP` or `best-STEP`.
+  corrupt_checkpoints = _Below("corrupt_checkpoints")
+  # The run's config, inputs resolved (what eval.py and a resume read back).
+  config = _Below("config.json")
+  metrics = _Below("metrics.jsonl")
+  tensorboard = _Below("tensorboard")
+  curves = _Below("curves.png")
+  # The student the run starts from, when it is built (vocabulary adaptation).
+  student_init = _Below("student_init")
+  eval = _Below("eval")
 
   def results(self, step: int) -> Results:
     """Where the evaluation of the parameters of training step `step` is written."""
@@ -104,19 +84,15 @@ class Workdir:
     return [int(p.name[len(prefix):]) for p in self.eval.glob(f"{prefix}*")
             if p.name[len(prefix):].isdigit() and Results(p).summary.is_file()]
 
-  @property
-  def logs(self) -> Path:
-    return self.root / "logs"
+  logs = _Below("logs")
 
   @property
   def library_log(self) -> Path:
     """What the libraries log (kept off the console)."""
     return self.logs / "libraries.log"
 
-  @property
-  def lock(self) -> Path:
-    """Held (`flock`) by the one process that writes the workdir."""
-    return self.root / ".lock"
+  # Held (`flock`) by the one process that writes the workdir.
+  lock = _Below(".lock")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,15 +104,10 @@ class CorpusCache:
   def __post_init__(self):
     object.__setattr__(self, "root", Path(self.root).expanduser())
 
-  @property
-  def scans(self) -> Path:
-    """Each file's line offsets and document ids."""
-    return self.root / "scans"
-
-  @property
-  def tokens(self) -> Path:
-    """Each file's token ids, per tokenizer, length and prompt."""
-    return self.root / "tokens"
+  # Each file's line offsets and document ids.
+  scans = _Below("scans")
+  # Each file's token ids, per tokenizer, length and prompt.
+  tokens = _Below("tokens")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,49 +123,23 @@ class CacheDir:
   def fingerprints(self) -> Path:
     return fingerprint_memo(self.root)
 
-  @property
-  def tokens(self) -> Path:
-    """The training data's token arrays and pair windows."""
-    return self.root / "tokens"
-
-  @property
-  def teacher_tokens(self) -> Path:
-    """The teacher's token vectors of the training data (`data.teacher_cache`)."""
-    return self.root / "teacher_tokens"
-
-  @property
-  def embeddings(self) -> Path:
-    """Pooled embeddings of evaluation texts, keyed by the parameters."""
-    return self.root / "embeddings"
-
-  @property
-  def corpus(self) -> CorpusCache:
-    return CorpusCache(self.root / "corpus")
-
-  @property
-  def xla(self) -> Path:
-    """Compiled XLA programs (`runtime.compilation_cache`)."""
-    return self.root / "xla"
-
-  @property
-  def bitext(self) -> Path:
-    """Built CIRAL bitext and dev collections."""
-    return self.root / "bitext"
-
-  @property
-  def bible(self) -> Path:
-    """The built Bible data (`bible:` references)."""
-    return self.root / "bible"
-
-  @property
-  def adaptation(self) -> Path:
-    """Adapted students and lexicons (vocabulary adaptation)."""
-    return self.root / "adaptation"
-
-  @property
-  def benchmark_checkpoints(self) -> Path:
-    """Checkpoints the benchmarks build for themselves."""
-    return self.root / "benchmark_checkpoints"
+  # The training data's token arrays and pair windows.
+  tokens = _Below("tokens")
+  # The teacher's token vectors of the training data (`data.teacher_cache`).
+  teacher_tokens = _Below("teacher_tokens")
+  # Pooled embeddings of evaluation texts, keyed by the parameters.
+  embeddings = _Below("embeddings")
+  corpus = _Below("corpus", CorpusCache)
+  # Compiled XLA programs (`runtime.compilation_cache`).
+  xla = _Below("xla")
+  # Built CIRAL bitext and dev collections.
+  bitext = _Below("bitext")
+  # The built Bible data (`bible:` references).
+  bible = _Below("bible")
+  # Adapted students and lexicons (vocabulary adaptation).
+  adaptation = _Below("adaptation")
+  # Checkpoints the benchmarks build for themselves.
+  benchmark_checkpoints = _Below("benchmark_checkpoints")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,14 +152,9 @@ class DemoDir:
   def __post_init__(self):
     object.__setattr__(self, "root", Path(self.root))
 
-  @property
-  def report(self) -> Path:
-    return self.root / "results.md"
-
-  @property
-  def figure(self) -> Path:
-    """The dev MAP curves of the first seed's runs."""
-    return self.root / "dev_map.png"
+  report = _Below("results.md")
+  # The dev MAP curves of the first seed's runs.
+  figure = _Below("dev_map.png")
 
   def run(self, loss: str, seed: int | None = None) -> Workdir:
     """The workdir of `loss`'s run (`seed` None: the first seed's)."""
