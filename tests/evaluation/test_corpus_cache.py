@@ -175,8 +175,14 @@ def test_tokenisation_runs_a_chunk_ahead_of_encoding(encoder, tmp_path, monkeypa
   run = text_encoder._run
 
   def slow_run(fn, flat, offsets, *args):
+    chunk = sum(what == "encode" for what, _ in events)
     events.append(("encode", len(offsets) - 1))
-    time.sleep(0.3)  # the encoder is busy: the next chunk must be tokenised meanwhile
+    # The encoder is busy until the next chunk is tokenised meanwhile (or 30 s have passed:
+    # then the order below fails).
+    deadline = time.monotonic() + 30
+    while (chunk < 3 and sum(what == "tokenize" for what, _ in events) < chunk + 2
+           and time.monotonic() < deadline):
+      time.sleep(0.01)
     yield from run(fn, flat, offsets, *args)
     events.append(("encoded", len(offsets) - 1))
 

@@ -2,7 +2,6 @@
 
 import json
 import shutil
-import time
 
 import jax
 import jax.numpy as jnp
@@ -272,11 +271,13 @@ def test_hub_id_resolves_from_the_cache_offline(minilm_dir, tmp_path, monkeypatc
   assert encoder.tokenizer("hello")["input_ids"][0] == 101
 
 
-def test_missing_hub_model_offline_fails_fast_with_instructions():
-  start = time.monotonic()
+def test_missing_hub_model_offline_fails_fast_with_instructions(monkeypatch):
+  import socket
+  connects = []  # fast: no connection is tried (nor retried), offline
+  monkeypatch.setattr(socket.socket, "connect", lambda self, address: connects.append(address))
   with pytest.raises(CheckpointError) as info:
     load_encoder("intfloat/no-such-model-anywhere")
-  assert time.monotonic() - start < 10
+  assert connects == []
   assert "HF_HUB_OFFLINE=1" in str(info.value) and "hf download" in str(info.value)
 
 

@@ -4,7 +4,7 @@ teacher cache's policy and size guard, throughput and MFU in the metrics."""
 
 import json
 import re
-import time
+import threading
 
 import numpy as np
 import pytest
@@ -17,26 +17,29 @@ def _config(root, name, checkpoint, bitext, **overrides):
   return load_config(write_config(root / f"{name}.py", checkpoint, bitext, **overrides))
 
 
-def test_prefetch_overlaps_building_with_the_step():
+def test_prefetch_builds_the_next_batch_while_the_step_runs():
   from optical_jax.training.prefetch import Prefetcher
-  step_time, build_time, steps = 0.05, 0.03, 10
-
-  def build(step):
-    time.sleep(build_time)  # the host's batch work (sleep releases the GIL, as numpy does)
-    return step
+  steps = 6
 
   def run(depth):
-    start = time.perf_counter()
-    with Prefetcher(build, 0, steps, depth=depth) as prefetcher:
-      for step in range(steps):
-        assert prefetcher.get(step) == step  # in order
-        time.sleep(step_time)  # a device step the host waits for
-    return time.perf_counter() - start
+    started = [threading.Event() for _ in range(steps)]
 
-  serial, ahead = run(0), run(2)
-  assert serial >= steps * (step_time + build_time)
-  # About steps x step_time (+ the first build): the builds hide behind the steps.
-  assert ahead < steps * (step_time + build_time) * 0.8, (serial, ahead)
+    def build(step):
+      started[step].set()
+      return step
+
+    overlapped = []
+    with Prefetcher(build, 0, steps, depth=depth) as prefetcher:
+      for step in range(steps - 1):
+        assert prefetcher.get(step) == step  # in order
+        # The device step runs now: the next batch is built meanwhile, unasked (a thread that
+        # never starts it fails the wait; the serial loop builds it only in the next `get`).
+        overlapped.append(started[step + 1].wait(timeout=30 if depth else 0.05))
+      assert prefetcher.get(steps - 1) == steps - 1
+    return overlapped
+
+  assert run(0) == [False] * (steps - 1)
+  assert run(2) == [True] * (steps - 1)
 
 
 def test_an_error_in_the_prefetch_thread_surfaces_at_its_step():
