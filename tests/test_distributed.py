@@ -48,6 +48,7 @@ def test_the_processes_that_did_not_join_are_named(monkeypatch):
   assert distributed.missing_processes("h:1", 3, 1) == "process 0 (nothing listens at h:1)"
 
 
+@pytest.mark.slow
 def test_a_process_whose_partner_never_starts_says_so_and_gives_up_in_one_line(tmp_path):
   import os
   import socket

@@ -58,6 +58,7 @@ def test_an_error_in_the_prefetch_thread_surfaces_at_its_step():
   assert "building the batch of step 4" in "".join(error.value.__notes__)
 
 
+@pytest.mark.slow
 def test_prefetch_and_log_interval_change_no_bit_of_the_result(setup, tmp_path):
   from optical_jax.training.loop import train_and_evaluate
   root, checkpoint, bitext, _ = setup
@@ -77,6 +78,7 @@ def test_prefetch_and_log_interval_change_no_bit_of_the_result(setup, tmp_path):
       np.testing.assert_array_equal(reference[name], other[name], err_msg=f"{key} {name}")
 
 
+@pytest.mark.slow
 def test_no_device_reads_between_log_and_checkpoint_steps(setup, tmp_path, monkeypatch):
   """The loop reads the devices through `jax.device_get` (and `float`, `int`...), which go
   through `ArrayImpl._value`: count those reads by the step the loop had dispatched last. (On
@@ -120,6 +122,7 @@ def test_no_device_reads_between_log_and_checkpoint_steps(setup, tmp_path, monke
   assert steps_read <= {0, 5, 10}, sorted(steps_read)
 
 
+@pytest.mark.slow
 def test_a_non_finite_loss_is_named_with_the_window_it_fell_in(setup, tmp_path, monkeypatch):
   import jax.numpy as jnp
   from optical_jax.training import loop, step as step_lib
@@ -167,6 +170,7 @@ def test_the_teacher_cache_is_on_for_cpu_only_by_default(setting, backend, expec
   assert not uses_teacher_cache(config, backend)
 
 
+@pytest.mark.slow
 def test_a_cache_over_its_limit_is_refused_before_the_first_step(setup, tmp_path):
   root, checkpoint, bitext, _ = setup
   config = write_config(tmp_path / "big.py", checkpoint, bitext)
@@ -201,6 +205,7 @@ def test_a_cache_larger_than_the_free_disk_is_refused(setup, tmp_path, monkeypat
     train_and_evaluate(config, tmp_path / "w")
 
 
+@pytest.mark.slow
 def test_every_log_step_records_throughput_and_mfu_where_the_peak_is_known(setup, tmp_path,
                                                                            monkeypatch):
   from optical_jax.training import loop
@@ -259,6 +264,7 @@ def test_a_malformed_collection_fails_before_the_first_step(setup, tmp_path, bro
   assert not built  # before the training data was even tokenised
 
 
+@pytest.mark.slow
 def test_judged_documents_absent_from_the_corpus_are_warned_before_training(setup, tmp_path,
                                                                            caplog):
   from optical_jax.training import loop
