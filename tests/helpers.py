@@ -64,3 +64,14 @@ def torch_last_hidden(directory: Path, input_ids: np.ndarray, attention_mask: np
     out = model(input_ids=torch.from_numpy(input_ids).long(),
                 attention_mask=torch.from_numpy(attention_mask).long())
   return out.last_hidden_state.numpy()
+
+
+def assert_accepted(check, *args, **kwargs) -> None:
+  """Asserts that `check` (a config check, which raises `ConfigError` naming what it refuses)
+  accepts its arguments; a refusal fails the test with the check's one line."""
+  import pytest
+  from optical_jax.config import ConfigError
+  try:
+    check(*args, **kwargs)
+  except ConfigError as error:
+    pytest.fail(f"{check.__name__} refused it: {error}")

@@ -39,6 +39,7 @@ def benchmark_env() -> dict:
   return dict(os.environ, HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu", PYTHONPATH=path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype, torch_row", [
     ("float32", "PyTorch reference (transformers, torch Sinkhorn)"),
     ("bfloat16", "PyTorch reference (transformers, torch Sinkhorn, bfloat16 autocast)"),
@@ -54,6 +55,7 @@ def test_step_table_compares_ours_with_pytorch_in_the_same_dtype(tiny_checkpoint
   assert re.search(rf"ours is {NUMBER}x the speed of the PyTorch reference", out), out
 
 
+@pytest.mark.slow
 def test_step_table_times_the_microbatched_step_in_the_same_turns(tiny_checkpoint):
   out = run_benchmark(tiny_checkpoint, "step.py", "--microbatch-size", "2")
   for row in ("optical_jax (JAX/Flax, ott-jax)", "optical_jax, microbatches of 2",
@@ -64,6 +66,7 @@ def test_step_table_times_the_microbatched_step_in_the_same_turns(tiny_checkpoin
                    "reference", out), out
 
 
+@pytest.mark.slow
 def test_kernels_table_times_each_encoder_kernel_in_both_dtypes(tiny_checkpoint):
   out = run_benchmark(tiny_checkpoint, "encoder_kernels.py")
   rows = re.findall(rf"^\| (.+) \| (float32|bfloat16) \| ({NUMBER}) \| ({NUMBER}) \| "
@@ -76,6 +79,7 @@ def test_kernels_table_times_each_encoder_kernel_in_both_dtypes(tiny_checkpoint)
   assert all(float(ratio) > 0 for *_, ratio in rows)  # both timed (GFLOP/s may round to 0)
 
 
+@pytest.mark.slow
 def test_breakdown_times_our_encoder_with_both_dense_layers_and_torchs(tiny_checkpoint):
   out = run_benchmark(tiny_checkpoint, "breakdown.py")  # swaps in Flax's dense layers
   for row in ("JAX encoder forward", "JAX encoder forward + backward",
@@ -98,6 +102,7 @@ def test_cpu_description_tells_cpu_generations_apart_by_family_and_instruction_s
   assert cpu_description(str(cpuinfo)).endswith("no AVX2")
 
 
+@pytest.mark.slow
 def test_grid_times_ours_and_pytorch_at_each_batch_length_and_iteration_count(tmp_path):
   # One layer (each point compiles a step) and a small grid around B=4, L=8, 2 iterations, one
   # timed turn (the defaults: around B=32, L=64, 50 iterations).
@@ -115,6 +120,7 @@ def test_grid_times_ours_and_pytorch_at_each_batch_length_and_iteration_count(tm
   assert plot.stat().st_size > 10_000  # three panels drawn
 
 
+@pytest.mark.slow
 def test_devices_table_times_the_step_on_each_device_count(tiny_checkpoint):
   result = subprocess.run(
       [sys.executable, str(ROOT / "benchmarks" / "devices.py"), "--checkpoint",
@@ -126,6 +132,7 @@ def test_devices_table_times_the_step_on_each_device_count(tiny_checkpoint):
   assert float(rows[0][3]) == 1.0 and all(float(s) > 0 for _, _, s, _ in rows)
 
 
+@pytest.mark.slow
 def test_encoding_table_compares_our_text_encoder_with_sentence_transformers(tiny_checkpoint,
                                                                             tmp_path):
   corpus = tmp_path / "corpus.tsv"
@@ -147,6 +154,7 @@ def test_encoding_table_compares_our_text_encoder_with_sentence_transformers(tin
   assert re.search(rf"ours is {NUMBER}x the speed of sentence-transformers", out), out
 
 
+@pytest.mark.slow
 def test_accelerator_table_gives_flops_the_compute_bound_and_the_device_wait():
   env = dict(benchmark_env(), XLA_FLAGS="--xla_force_host_platform_device_count=2")
   result = subprocess.run(

@@ -15,6 +15,7 @@ def _train(*arguments):
                         env=dict(os.environ, HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arguments, code, message", [
     (["--config", "configs/tiny.py", "--workdir", "W", "--config.train.lerning_rate=3"], 2,
      "error: --config.train.lerning_rate: config.train.lerning_rate is not a config field; did "

@@ -74,6 +74,7 @@ def test_eval_reports_ciral_measures_by_default(tmp_path):
   assert printed["R@100"] == pytest.approx(expected[ir_measures.R @ 100], abs=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bom_in", ["run", "qrels"])
 def test_eval_with_a_bom_prints_the_bom_free_scores(tmp_path, bom_in):
   run = {"q1": {"d1": 3.0, "d2": 2.0, "d3": 1.0}, "q2": {"d4": 2.0, "d5": 1.0}}
@@ -89,6 +90,7 @@ def test_eval_with_a_bom_prints_the_bom_free_scores(tmp_path, bom_in):
   assert "judged queries in the run: 2 of 2" in result.stderr
 
 
+@pytest.mark.slow
 def test_eval_says_how_many_judged_queries_the_run_covers(tmp_path):
   run = {q: {"d1": 1.0} for q in ("q1", "q2", "q3", "unjudged")}
   qrels = {q: {"d1": 1} for q in ("q1", "q2", "q3", "q4", "q5")}
@@ -111,6 +113,7 @@ def test_eval_warns_when_every_measure_must_be_zero(tmp_path, run_text, qrels_te
   assert set(all_values(result.stdout).values()) == {0.0}
 
 
+@pytest.mark.slow
 def test_eval_of_the_final_checkpoint_reuses_the_training_runs_embeddings(tmp_path):
   from tests.helpers import save_tiny_bert
   from tests.training.runs import SENTENCES, train_here, toy_collection, write_config
@@ -137,6 +140,7 @@ def test_eval_of_the_final_checkpoint_reuses_the_training_runs_embeddings(tmp_pa
   assert run_file.read_bytes() == trained
 
 
+@pytest.mark.slow
 def test_eval_refuses_a_run_with_a_nan_score_naming_its_line(tmp_path):
   # trec_eval ranks NaN scores its own way (MAP 0.0516 where ours gave 0.0430): no number.
   (tmp_path / "run").write_text("q1 Q0 d1 1 0.5 t\nq1 Q0 d2 2 nan t\nq1 Q0 d3 3 0.1 t\n")
@@ -148,6 +152,7 @@ def test_eval_refuses_a_run_with_a_nan_score_naming_its_line(tmp_path):
   assert "Traceback" not in result.stderr and "MAP" not in result.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("measures, bad", [("MAP,foo", "unknown measure 'foo'"),
                                            ("P@0", "measure 'P@0': the cutoff must be at least 1")])
 def test_a_bad_measure_is_one_line_before_any_work(tmp_path, measures, bad):
@@ -197,6 +202,7 @@ def eval_checkpoint(config, workdir, *flags):
                                               JAX_PLATFORMS="cpu"))
 
 
+@pytest.mark.slow
 def test_eval_with_a_config_missing_the_runs_model_fields_takes_them_and_says_so(trained_run):
   run_file = results_dir(trained_run.workdir, 2) / "runs" / "toy.trec"
   trained = run_file.read_bytes()  # the training run's final evaluation
@@ -209,6 +215,7 @@ def test_eval_with_a_config_missing_the_runs_model_fields_takes_them_and_says_so
   assert run_file.read_bytes() == trained  # the trained student, not a shape error
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where, what", [
     ("teacher", "is the teacher's checkpoint (config.model.teacher)"),
     ("student", "is the student's checkpoint (config.model.student)"),
@@ -229,6 +236,7 @@ def test_export_into_a_directory_a_model_loads_from_is_refused(trained_run, wher
   assert files() == before
 
 
+@pytest.mark.slow
 def test_export_overwrites_only_an_earlier_export_and_is_exactly_the_trained_student(
     trained_run, tmp_path):
   from sentence_transformers import SentenceTransformer
@@ -263,6 +271,7 @@ def test_export_overwrites_only_an_earlier_export_and_is_exactly_the_trained_stu
   np.testing.assert_allclose(theirs, ours, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("progress_bar", [True, False])
 def test_eval_shows_the_passage_bar_only_with_runtime_progress_bar(trained_run, tmp_path,
                                                                    progress_bar):
@@ -273,6 +282,7 @@ def test_eval_shows_the_passage_bar_only_with_runtime_progress_bar(trained_run, 
   assert ("passages:" in result.stderr) == progress_bar, result.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_eval_stops_with_130_and_says_what_is_kept(trained_run, tmp_path):
   import signal
   eval_json = results_dir(trained_run.workdir, 2) / "eval.json"
@@ -296,6 +306,7 @@ def test_ctrl_c_during_eval_stops_with_130_and_says_what_is_kept(trained_run, tm
   assert eval_json.read_bytes() == before
 
 
+@pytest.mark.slow
 def test_eval_takes_the_runs_vocabulary_extension_and_what_built_it_not_its_dtype(tmp_path):
   from tests.helpers import load_config, save_tiny_bert
   from tests.training.runs import write_config
@@ -322,6 +333,7 @@ def test_eval_takes_the_runs_vocabulary_extension_and_what_built_it_not_its_dtyp
   assert "dtype" not in said  # how the model computes stays the config's choice
 
 
+@pytest.mark.slow
 def test_eval_of_an_earlier_step_records_what_it_evaluated_and_keeps_the_final_results(
     trained_run):
   import hashlib
@@ -349,6 +361,7 @@ def test_eval_of_an_earlier_step_records_what_it_evaluated_and_keeps_the_final_r
   assert read_results(workdir)["step"] == 2  # the latest step evaluated
 
 
+@pytest.mark.slow
 def test_eval_refuses_a_workdir_another_run_holds_and_writes_nothing(trained_run):
   from optical_jax.runtime.lock import workdir_lock
   workdir = trained_run.workdir
@@ -361,6 +374,7 @@ def test_eval_refuses_a_workdir_another_run_holds_and_writes_nothing(trained_run
   assert {p: p.stat().st_mtime_ns for p in (workdir / "eval").rglob("*")} == written
 
 
+@pytest.mark.slow
 def test_eval_of_a_copied_workdir_loads_the_hub_commit_its_run_recorded(tmp_path):
   # The hub's layout in a local cache (offline): the teacher's default branch moves to another
   # commit after the run; the copied workdir is evaluated with the run's.

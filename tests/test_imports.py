@@ -5,6 +5,8 @@ import ast
 import subprocess
 import sys
 
+import pytest
+
 from tests.helpers import ROOT
 
 PACKAGE = ROOT / "optical_jax"
@@ -82,6 +84,7 @@ def _loaded_after(statement: str) -> set[str]:
   return set(out.split())
 
 
+@pytest.mark.slow
 def test_the_losses_pull_in_no_training_stack():
   loaded = _loaded_after("import optical_jax.losses")
   # (optax and flax come with ott-jax.)

@@ -43,6 +43,7 @@ def random_batch(seed=0, ls=(6, 3, 1, 5), lt=(9, 2, 7, 4), width_s=7, width_t=10
   return s, t, sm, tm
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("epsilon", [0.05, 0.2])
 def test_plan_and_loss_match_float64_numpy_sinkhorn(epsilon):
   s, t, sm, tm = random_batch()
@@ -60,6 +61,7 @@ def test_plan_and_loss_match_float64_numpy_sinkhorn(epsilon):
     assert abs(float(loss[k]) - np.sum(plan * cost)) < 1e-4
 
 
+@pytest.mark.slow
 def test_token_weights_and_sqeuclidean_match_numpy():
   s, t, sm, tm = random_batch(seed=1, ls=(4,), lt=(6,), width_s=4, width_t=6)
   rng = np.random.default_rng(2)
@@ -73,6 +75,7 @@ def test_token_weights_and_sqeuclidean_match_numpy():
   np.testing.assert_allclose(float(loss[0]), np.sum(plan * cost), rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_padding_invariance():
   s, t, sm, tm = random_batch()
   rng = np.random.default_rng(5)
@@ -84,6 +87,7 @@ def test_padding_invariance():
                              ot_distillation_loss(s, t, sm, tm), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_permutation_equivariance():
   s, t, _, _ = random_batch(ls=(7,), lt=(10,))
   perm = np.random.default_rng(3).permutation(7)
@@ -97,6 +101,7 @@ def _directional_fd(fn, x, direction, h=1e-4):
   return (fn(x + h * direction) - fn(x - h * direction)) / (2 * h)
 
 
+@pytest.mark.slow
 def test_stop_gradient_is_the_gradient_of_the_entropic_ot_cost():
   s, t, _, _ = random_batch(seed=4, ls=(5,), lt=(6,), width_s=5, width_t=6)
   eps = 0.1
@@ -112,6 +117,7 @@ def test_stop_gradient_is_the_gradient_of_the_entropic_ot_cost():
   np.testing.assert_allclose(np.sum(np.asarray(grad) * direction), expected, rtol=2e-3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["implicit", "unroll"])
 def test_differentiated_plan_gradient_matches_finite_differences(mode):
   s, t, _, _ = random_batch(seed=6, ls=(4,), lt=(5,), width_s=4, width_t=5)
@@ -129,6 +135,7 @@ def test_differentiated_plan_gradient_matches_finite_differences(mode):
   np.testing.assert_allclose(np.sum(np.asarray(grad) * direction), expected, rtol=5e-3)
 
 
+@pytest.mark.slow
 def test_jit_vmap_grad_compose():
   s, t, sm, tm = random_batch()
   loss_fn = lambda s, t, sm, tm: ot_distillation_loss(s, t, sm, tm).sum()
@@ -141,6 +148,7 @@ def test_jit_vmap_grad_compose():
   assert np.all(np.asarray(grad)[~sm] == 0), "padded tokens get no gradient"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode,epsilon", [
     *[(mode, eps) for mode in ("stop_gradient", "unroll") for eps in (1e-3, 1e-2, 1e-1, 1.0)],
     # Implicit differentiation needs a converged plan (documented): it is at these.
@@ -173,6 +181,7 @@ def test_bad_inputs_name_the_argument():
     mse_distillation_loss(np.ones((2, 3)), np.ones((3, 3)))
 
 
+@pytest.mark.slow
 def test_mse_and_contrastive_match_numpy():
   rng = np.random.default_rng(0)
   s, t = rng.normal(size=(5, 6)), rng.normal(size=(5, 6))
@@ -199,6 +208,7 @@ def test_cost_matrix_matches_numpy():
                              atol=1e-5)
 
 
+@pytest.mark.slow
 def test_contrastive_with_extra_teacher_rows_equals_the_slice_of_the_full_batch():
   rng = np.random.default_rng(4)
   s, t = rng.normal(size=(6, 5)), rng.normal(size=(6, 5))
@@ -237,6 +247,7 @@ def _unpadded_reference(s, t, sm, tm, **kw):
   return np.array(losses), grad_s, grad_t
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cost,center,epsilon,mode", [
     ("cosine", False, 0.05, "stop_gradient"), ("cosine", True, 0.05, "stop_gradient"),
     ("sqeuclidean", False, 1.0, "stop_gradient"), ("sqeuclidean", True, 1.0, "stop_gradient"),
@@ -262,6 +273,7 @@ def test_zero_padding_is_inert_in_value_and_gradient(cost, center, epsilon, mode
   np.testing.assert_allclose(grad_t, expected_t, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("center", [False, True])
 def test_nan_and_inf_in_masked_positions_are_ignored(center):
   s, t, sm, tm = random_batch(seed=10)
@@ -282,6 +294,7 @@ def test_nan_and_inf_in_masked_positions_are_ignored(center):
     np.testing.assert_allclose(gt, et, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_pooling_ignores_masked_positions_and_l2_normalize_has_finite_gradients():
   from optical_jax.pooling import cls_pool, l2_normalize, mean_pool
   rng = np.random.default_rng(0)
@@ -337,6 +350,7 @@ def test_bad_options_are_named():
     ot_distillation_loss(s, t, epsilon=0.005, gradient="implicit")
 
 
+@pytest.mark.slow
 def test_traced_epsilon_and_temperature_under_jit_equal_the_eager_values():
   s, t, sm, tm = random_batch()
   by_epsilon = jax.jit(lambda eps: ot_distillation_loss(s, t, sm, tm, epsilon=eps))
@@ -355,6 +369,7 @@ def test_traced_epsilon_and_temperature_under_jit_equal_the_eager_values():
   np.testing.assert_allclose(jitted(weights), ot_distillation_loss(s, t, sm, tm), rtol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["stop_gradient", "unroll", "implicit"])
 def test_a_row_of_zero_weights_counts_as_empty(mode):
   s, t, sm, tm = random_batch(seed=11)
@@ -405,6 +420,7 @@ def test_unbalanced_plan_and_loss_match_float64_numpy(tau_a, tau_b):
     assert abs(float(loss[k]) - np.sum(plan * cost)) < 1e-4
 
 
+@pytest.mark.slow
 def test_unbalanced_ot_transports_less_from_a_token_without_counterpart():
   rng = np.random.default_rng(7)
   teacher = rng.normal(size=(1, 5, 16)).astype(np.float32)
@@ -446,6 +462,7 @@ def numpy_maxsim_nce(s, t, sm, tm, temperature, offset=0):
   return np.array(losses)
 
 
+@pytest.mark.slow
 def test_maxsim_contrastive_matches_numpy_with_padding_and_extra_teachers():
   s, t, sm, tm = random_batch(seed=9, ls=(6, 3, 1, 5), lt=(9, 2, 7, 4), dim=8)
   rng = np.random.default_rng(10)

@@ -23,6 +23,8 @@ from optical_jax.training.lowering import (custom_call_targets, host_callbacks, 
 from optical_jax.training.state import make_optimizer
 from optical_jax.training.step import data_mesh, make_train_step
 
+pytestmark = pytest.mark.slow  # every test here runs over ~5 s
+
 PLATFORMS = ("tpu", "cuda")
 MESH = AbstractMesh((8,), ("data",))
 

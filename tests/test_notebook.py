@@ -8,9 +8,12 @@ import re
 import sys
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 from tests.helpers import ROOT, save_tiny_bert
+
+pytestmark = pytest.mark.slow  # every test here runs over ~5 s
 
 NOTEBOOK = ROOT / "notebooks" / "colab.ipynb"
 HUB = ROOT / "tests" / "fixtures" / "ciral" / "hub"

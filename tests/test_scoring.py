@@ -9,6 +9,7 @@ import optical_jax.scoring
 from optical_jax.scoring import dense_scores, maxsim_scores
 
 
+@pytest.mark.slow
 def test_dense_and_maxsim_scores_match_numpy():
   rng = np.random.default_rng(1)
   q, d = rng.normal(size=(3, 4, 5)), rng.normal(size=(7, 6, 5))

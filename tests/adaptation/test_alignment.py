@@ -8,6 +8,7 @@ from optical_jax.models.hf_checkpoint import load_encoder
 from tests.adaptation.bitext import PAIRS
 
 
+@pytest.mark.slow
 def test_plans_leave_special_tokens_out_and_keep_the_marginals(tiny_bert_dir):
   encoder = load_encoder(tiny_bert_dir)
   pairs = PAIRS[:8]  # 8 distinct pairs

@@ -27,6 +27,7 @@ def test_code_switching_is_off_by_default(config):
   assert not pipeline._cache_dir(config).exists()  # nothing computed
 
 
+@pytest.mark.slow
 def test_code_switching_uses_a_cached_lexicon_and_is_deterministic(config, tmp_path):
   config.data.code_switch_rate = 0.5
   validate(config)

@@ -2,12 +2,15 @@
 rows."""
 
 import numpy as np
+import pytest
 
 from optical_jax.adaptation import vocabulary
 from optical_jax.adaptation.embedding_init import mean_of_pieces_rows
 from optical_jax.adaptation.pieces import piece_ids
 from optical_jax.models.hf_checkpoint import load_encoder
 from tests.adaptation.bitext import PAIRS
+
+pytestmark = pytest.mark.slow  # every test here runs over ~5 s
 
 
 def test_adapt_student_writes_a_loadable_student(tiny_bert_dir, tmp_path):

@@ -127,6 +127,7 @@ def test_splits_chosen_when_the_config_loads_or_later_resolve_to_their_files(tmp
     module.get_config("test-a,test-c")
 
 
+@pytest.mark.slow
 def test_so_config_runs_on_a_local_copy_to_the_final_table(tmp_path):
   teacher = save_tiny_bert(tmp_path / "teacher", seed=0)
   student = save_tiny_bert(tmp_path / "student", seed=1)

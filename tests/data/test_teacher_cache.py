@@ -36,6 +36,7 @@ def lookup(cache, token_ids, index, width):
   return cache.lookup(np.asarray(index), *padded(token_ids, index, width))
 
 
+@pytest.mark.slow
 def test_lookup_equals_the_teacher_forward_and_is_reused(teacher, token_ids, tmp_path):
   cache = TeacherTokenCache(teacher, token_ids, tmp_path)
   index = [3, 0, 5]
@@ -54,6 +55,7 @@ def test_lookup_equals_the_teacher_forward_and_is_reused(teacher, token_ids, tmp
   assert again.encoded == 0
 
 
+@pytest.mark.slow
 def test_different_text_gets_its_own_cache(teacher, token_ids, tmp_path):
   first = TeacherTokenCache(teacher, token_ids, tmp_path)
   lookup(first, token_ids, [0, 1], 16)
@@ -95,6 +97,7 @@ def test_another_compute_dtype_gets_its_own_cache(teacher, tiny_bert_dir, token_
       first.directory)
 
 
+@pytest.mark.slow
 def test_a_truncated_cache_is_rebuilt_with_a_warning(teacher, token_ids, tmp_path, caplog):
   cache = TeacherTokenCache(teacher, token_ids, tmp_path)
   lookup(cache, token_ids, [0, 1, 2, 3, 4, 5], 16)

@@ -87,6 +87,7 @@ def test_a_malformed_collection_file_is_named_with_its_line(tmp_path, which, con
     check_collections([spec("dev", **{which: path})], tmp_path / "cache")
 
 
+@pytest.mark.slow
 def test_judged_documents_absent_from_the_corpus_warn_with_their_count(tmp_path, caplog,
                                                                      tiny_bert_dir):
   qrels = tmp_path / "qrels.tsv"

@@ -89,6 +89,7 @@ def run_bytes(run, path) -> bytes:
   return write_run(run, path).read_bytes()
 
 
+@pytest.mark.slow
 def test_a_second_evaluation_tokenises_no_passage_and_writes_the_same_run(encoder, tmp_path):
   corpus_path = tmp_path / "passages.jsonl"
   texts = write_corpus(corpus_path, 90)
@@ -175,8 +176,14 @@ def test_tokenisation_runs_a_chunk_ahead_of_encoding(encoder, tmp_path, monkeypa
   run = text_encoder._run
 
   def slow_run(fn, flat, offsets, *args):
+    chunk = sum(what == "encode" for what, _ in events)
     events.append(("encode", len(offsets) - 1))
-    time.sleep(0.3)  # the encoder is busy: the next chunk must be tokenised meanwhile
+    # The encoder is busy until the next chunk is tokenised meanwhile (or 30 s have passed:
+    # then the order below fails).
+    deadline = time.monotonic() + 30
+    while (chunk < 3 and sum(what == "tokenize" for what, _ in events) < chunk + 2
+           and time.monotonic() < deadline):
+      time.sleep(0.01)
     yield from run(fn, flat, offsets, *args)
     events.append(("encoded", len(offsets) - 1))
 
@@ -221,6 +228,7 @@ def test_a_truncated_token_cache_is_built_again_with_a_warning(encoder, tmp_path
     assert s == s2 and np.array_equal(f, f2) and np.array_equal(o, o2)
 
 
+@pytest.mark.slow
 def test_a_truncated_embedding_cache_is_encoded_again_with_a_warning(encoder, tmp_path,
                                                                       caplog):
   corpus = write_corpus(tmp_path / "passages.jsonl", 40)
@@ -246,6 +254,7 @@ def test_a_truncated_embedding_cache_is_encoded_again_with_a_warning(encoder, tm
     assert reused.encoded_rows == 0
 
 
+@pytest.mark.slow
 def test_the_embedding_cache_key_holds_the_models_dtype_and_attention(tiny_bert_dir, tmp_path):
   full = load_encoder(tiny_bert_dir)
   half = load_encoder(tiny_bert_dir, dtype=jnp.bfloat16)

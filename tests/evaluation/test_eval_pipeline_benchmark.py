@@ -6,7 +6,11 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from tests.helpers import ROOT
+
+pytestmark = pytest.mark.slow  # every test here runs over ~5 s
 
 NUMBER = r"[\d,]+(?:\.\d+)?"
 

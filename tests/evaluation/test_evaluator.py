@@ -46,6 +46,7 @@ def _same(x, y) -> bool:
           and x.maxsim.run == y.maxsim.run)
 
 
+@pytest.mark.slow
 def test_each_call_evaluates_its_own_parameters_and_changes_nothing_shared(setting):
   models, config, spec = setting
   params_a = {"encoder": models.student.params}
@@ -76,6 +77,7 @@ def test_the_evaluator_runs_on_the_mesh_it_is_given(setting):
   assert Evaluator(models, config).encoders["student"].mesh.axis_names == (AXIS,)
 
 
+@pytest.mark.slow
 def test_an_encoder_runs_on_the_mesh_it_is_given_whatever_its_axis_name(setting):
   models, _, _ = setting
   texts = list(passages(9, seed=2).values())

@@ -30,6 +30,7 @@ def setting(tiny_bert_dir, tmp_path_factory):
   return texts, corpus_file, encoder, query_tokens, run
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("group", [1, 7, 512])
 def test_candidates_only_equals_every_passage_held(setting, group):
   texts, corpus_file, encoder, query_tokens, run = setting

@@ -130,6 +130,7 @@ def test_maxsim_rerank_pads_to_few_shapes_and_scores_as_unpadded():
   np.testing.assert_allclose([reranked["q7"][d] for d in ids], expected, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_text_encoder_restores_order_and_matches_unbatched(minilm_dir):
   encoder = load_encoder(minilm_dir)
   texts = ["a much longer sentence about the light and the waters and the earth", "short",
@@ -150,6 +151,7 @@ def test_text_encoder_restores_order_and_matches_unbatched(minilm_dir):
     np.testing.assert_allclose(both, alone, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_streamed_chunks_give_the_one_chunk_ranking(tiny_bert_dir):
   encoder = load_encoder(tiny_bert_dir)
   corpus, queries = passages(90), {f"q{i}": t for i, t in enumerate(passages(6, seed=1).values())}
@@ -164,6 +166,7 @@ def test_streamed_chunks_give_the_one_chunk_ranking(tiny_bert_dir):
       assert all(s == pytest.approx(runs[0][qid][d], abs=1e-5) for d, s in ranked.items())
 
 
+@pytest.mark.slow
 def test_a_cached_evaluation_does_not_encode_again(tiny_bert_dir, tmp_path):
   encoder = load_encoder(tiny_bert_dir)
   corpus, queries = passages(40), {"q0": "light and waters", "q1": "the beast of the sea"}
@@ -226,6 +229,7 @@ _RUN_SCRIPT = textwrap.dedent("""\
     """)
 
 
+@pytest.mark.slow
 def test_two_devices_write_the_one_device_run_file(tiny_bert_dir, tmp_path):
   data = tmp_path / "data.json"
   data.write_text(json.dumps([{f"q{i}": t for i, t in enumerate(passages(5, 1).values())},
@@ -248,6 +252,7 @@ def test_two_devices_write_the_one_device_run_file(tiny_bert_dir, tmp_path):
   assert files[1] == files[2] and files[1].count(b"\n") == 5 * 20
 
 
+@pytest.mark.slow
 def test_bfloat16_encoding_is_close_to_float32(tiny_bert_dir):
   encoder = load_encoder(tiny_bert_dir)
   texts = list(passages(8).values())

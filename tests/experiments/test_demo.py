@@ -47,6 +47,7 @@ def sections(text: str) -> dict[str, str]:
   return {"test-ny-en": parts[0].split("\nny→en: ")[1], "test-en-ny": parts[1]}
 
 
+@pytest.mark.slow
 def test_demo_prints_both_directions_teacher_rows_one_row_per_loss_gains_and_a_plot(demo_run):
   _, workdir, tables, text = demo_run
   assert list(tables) == ["test-ny-en", "test-en-ny"]
@@ -104,6 +105,7 @@ def check_table(rows: dict, text: str, zero_shot_row: str) -> None:
     assert abs(gain - maxsim) < 2e-4
 
 
+@pytest.mark.slow
 def test_demo_seed_study_reports_each_seed_and_the_pooled_share(demo_run, capsys):
   from optical_jax.experiments.demo import run_demo
   tmp_path, workdir, _, _ = demo_run
@@ -161,6 +163,7 @@ def test_the_demo_reads_none_of_its_own_output_files():
   assert "train_and_evaluate" in called and not called & readers, called & readers
 
 
+@pytest.mark.slow
 def test_the_demo_says_where_its_time_went(demo_run):
   _, _, _, text = demo_run
   table = text.split("Where the time went (s):\n\n")[1].splitlines()

@@ -40,6 +40,7 @@ def test_dense_has_flaxs_parameters_outputs_and_gradients(features, flax_layer):
   np.testing.assert_allclose(x_grad, g @ w.T, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_dense_on_a_3d_input_matches_flax():
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 8))
   params = nn.Dense(6).init(jax.random.PRNGKey(1), x)
@@ -85,6 +86,7 @@ def _tiny_encoder_inputs():
   return config, ids, mask
 
 
+@pytest.mark.slow
 def test_cudnn_attention_gets_a_mask_row_per_query_and_computes_the_same(monkeypatch):
   config, ids, mask = _tiny_encoder_inputs()
   params = Encoder(config).init(jax.random.PRNGKey(0), ids, mask)

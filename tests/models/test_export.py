@@ -72,6 +72,7 @@ def _files(directory):
   return {p.relative_to(directory): p.read_bytes() for p in directory.rglob("*") if p.is_file()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("teacher_files", ["none", "sentence-transformers"])
 def test_sentence_transformers_scores_equal_the_runs_at_eval_max_length(tiny_bert_dir, tmp_path,
                                                                          teacher_files):

@@ -14,6 +14,8 @@ from optical_jax.training.student_init import prepare_student
 from tests.adaptation.bitext import PAIRS
 from tests.helpers import torch_last_hidden
 
+pytestmark = pytest.mark.slow  # every test here runs over ~5 s
+
 NEW = 12
 
 

@@ -4,7 +4,7 @@ teacher cache's policy and size guard, throughput and MFU in the metrics."""
 
 import json
 import re
-import time
+import threading
 
 import numpy as np
 import pytest
@@ -17,26 +17,29 @@ def _config(root, name, checkpoint, bitext, **overrides):
   return load_config(write_config(root / f"{name}.py", checkpoint, bitext, **overrides))
 
 
-def test_prefetch_overlaps_building_with_the_step():
+def test_prefetch_builds_the_next_batch_while_the_step_runs():
   from optical_jax.training.prefetch import Prefetcher
-  step_time, build_time, steps = 0.05, 0.03, 10
-
-  def build(step):
-    time.sleep(build_time)  # the host's batch work (sleep releases the GIL, as numpy does)
-    return step
+  steps = 6
 
   def run(depth):
-    start = time.perf_counter()
-    with Prefetcher(build, 0, steps, depth=depth) as prefetcher:
-      for step in range(steps):
-        assert prefetcher.get(step) == step  # in order
-        time.sleep(step_time)  # a device step the host waits for
-    return time.perf_counter() - start
+    started = [threading.Event() for _ in range(steps)]
 
-  serial, ahead = run(0), run(2)
-  assert serial >= steps * (step_time + build_time)
-  # About steps x step_time (+ the first build): the builds hide behind the steps.
-  assert ahead < steps * (step_time + build_time) * 0.8, (serial, ahead)
+    def build(step):
+      started[step].set()
+      return step
+
+    overlapped = []
+    with Prefetcher(build, 0, steps, depth=depth) as prefetcher:
+      for step in range(steps - 1):
+        assert prefetcher.get(step) == step  # in order
+        # The device step runs now: the next batch is built meanwhile, unasked (a thread that
+        # never starts it fails the wait; the serial loop builds it only in the next `get`).
+        overlapped.append(started[step + 1].wait(timeout=30 if depth else 0.05))
+      assert prefetcher.get(steps - 1) == steps - 1
+    return overlapped
+
+  assert run(0) == [False] * (steps - 1)
+  assert run(2) == [True] * (steps - 1)
 
 
 def test_an_error_in_the_prefetch_thread_surfaces_at_its_step():
@@ -55,6 +58,7 @@ def test_an_error_in_the_prefetch_thread_surfaces_at_its_step():
   assert "building the batch of step 4" in "".join(error.value.__notes__)
 
 
+@pytest.mark.slow
 def test_prefetch_and_log_interval_change_no_bit_of_the_result(setup, tmp_path):
   from optical_jax.training.loop import train_and_evaluate
   root, checkpoint, bitext, _ = setup
@@ -74,6 +78,7 @@ def test_prefetch_and_log_interval_change_no_bit_of_the_result(setup, tmp_path):
       np.testing.assert_array_equal(reference[name], other[name], err_msg=f"{key} {name}")
 
 
+@pytest.mark.slow
 def test_no_device_reads_between_log_and_checkpoint_steps(setup, tmp_path, monkeypatch):
   """The loop reads the devices through `jax.device_get` (and `float`, `int`...), which go
   through `ArrayImpl._value`: count those reads by the step the loop had dispatched last. (On
@@ -117,6 +122,7 @@ def test_no_device_reads_between_log_and_checkpoint_steps(setup, tmp_path, monke
   assert steps_read <= {0, 5, 10}, sorted(steps_read)
 
 
+@pytest.mark.slow
 def test_a_non_finite_loss_is_named_with_the_window_it_fell_in(setup, tmp_path, monkeypatch):
   import jax.numpy as jnp
   from optical_jax.training import loop, step as step_lib
@@ -164,6 +170,7 @@ def test_the_teacher_cache_is_on_for_cpu_only_by_default(setting, backend, expec
   assert not uses_teacher_cache(config, backend)
 
 
+@pytest.mark.slow
 def test_a_cache_over_its_limit_is_refused_before_the_first_step(setup, tmp_path):
   root, checkpoint, bitext, _ = setup
   config = write_config(tmp_path / "big.py", checkpoint, bitext)
@@ -198,6 +205,7 @@ def test_a_cache_larger_than_the_free_disk_is_refused(setup, tmp_path, monkeypat
     train_and_evaluate(config, tmp_path / "w")
 
 
+@pytest.mark.slow
 def test_every_log_step_records_throughput_and_mfu_where_the_peak_is_known(setup, tmp_path,
                                                                            monkeypatch):
   from optical_jax.training import loop
@@ -256,6 +264,7 @@ def test_a_malformed_collection_fails_before_the_first_step(setup, tmp_path, bro
   assert not built  # before the training data was even tokenised
 
 
+@pytest.mark.slow
 def test_judged_documents_absent_from_the_corpus_are_warned_before_training(setup, tmp_path,
                                                                            caplog):
   from optical_jax.training import loop

@@ -9,7 +9,6 @@ import platform
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,7 @@ from tests.training.runs import (SENTENCES, keyed, assert_same_params, final_par
 # ot+contrastive holds the OT term and the cross-device contrastive gather, ot+maxsim the
 # gather of teacher tokens for MaxSim; plain ot adds nothing. data.pair_window: examples of
 # joined pairs, found from every row whatever the devices.
+@pytest.mark.slow
 @pytest.mark.parametrize("loss, window", [("ot+contrastive", 1), ("ot+maxsim", 1), ("ot", 3)])
 def test_two_devices_match_one_device(setup, loss, window):
   root, checkpoint, bitext, _ = setup
@@ -43,6 +43,7 @@ def test_two_devices_match_one_device(setup, loss, window):
   assert_same_params(p1, p2, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_to_the_same_parameters(setup, capsys):
   root, checkpoint, bitext, _ = setup
   config = write_config(root / "resume.py", checkpoint, bitext, num_train_steps=6,
@@ -63,6 +64,7 @@ def test_interrupted_run_resumes_to_the_same_parameters(setup, capsys):
                 if p.name.isdigit()) == [4, 6]
 
 
+@pytest.mark.slow
 def test_frozen_parameters_stay_put_and_have_no_optimizer_state(setup):
   root, checkpoint, bitext, _ = setup
   config = write_config(root / "frozen.py", checkpoint, bitext, loss="ot+contrastive",
@@ -86,6 +88,7 @@ def test_frozen_parameters_stay_put_and_have_no_optimizer_state(setup):
                             trainable="no_such_layer"), root / "bad")
 
 
+@pytest.mark.slow
 def test_cached_teacher_tokens_train_as_the_teacher_in_the_step_does(setup, caplog):
   root, checkpoint, bitext, _ = setup
   caplog.set_level(logging.INFO, logger="optical_jax")
@@ -109,6 +112,7 @@ def test_cached_teacher_tokens_train_as_the_teacher_in_the_step_does(setup, capl
                      atol=1e-6)
 
 
+@pytest.mark.slow
 def test_teacher_stage_trains_on_triples(setup):
   root, checkpoint, _, triples = setup
   config = write_config(root / "teacher.py", checkpoint, triples, stage="teacher",
@@ -119,13 +123,16 @@ def test_teacher_stage_trains_on_triples(setup):
   assert len(losses) == 2 and all(np.isfinite(losses))
 
 
+@pytest.mark.slow
 def test_so_config_fails_fast_offline_naming_what_is_missing(tmp_path, monkeypatch):
   monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty Hugging Face cache
-  start = time.monotonic()
   result = run_train(ROOT / "configs" / "so.py", tmp_path / "so", check=False,
                      extra=[f"--config.runtime.cache_dir={tmp_path / 'cache'}"])
   assert result.returncode != 0
-  assert time.monotonic() - start < 10
+  # Fast: before any model is loaded or anything but the library log is written (the run's
+  # inputs come first).
+  written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+  assert written == ["so/logs/libraries.log"], written
   # The first asset it needs is the bitext: what, the command that downloads it, where it goes.
   assert ("error: the bitext quickmt/quickmt-train.so-en: HF_HUB_OFFLINE=1 and it is not in "
           "the cache; where there is internet run `hf download quickmt/quickmt-train.so-en "
@@ -134,6 +141,7 @@ def test_so_config_fails_fast_offline_naming_what_is_missing(tmp_path, monkeypat
   assert len(result.stderr.strip().splitlines()) <= 3, result.stderr  # no traceback
 
 
+@pytest.mark.slow
 def test_final_evaluation_reuses_the_last_steps_dev_evaluation(setup, monkeypatch):
   root, checkpoint, bitext, _ = setup
   from optical_jax.training import loop
@@ -172,6 +180,7 @@ def evaluated_run(setup):
   return config, root / "with_eval", printed.getvalue()
 
 
+@pytest.mark.slow
 def test_eval_cli_evaluates_a_trained_checkpoint(evaluated_run):
   config, workdir, trained_stdout = evaluated_run
   assert "| toy |" in trained_stdout
@@ -190,6 +199,7 @@ def test_eval_cli_evaluates_a_trained_checkpoint(evaluated_run):
   assert set(best.restore(best.latest_step())) == {"params"}  # evaluation needs no optimizer
 
 
+@pytest.mark.slow
 def test_eval_cli_exports_the_trained_student_for_transformers(setup, evaluated_run, tmp_path):
   from tests.helpers import torch_last_hidden
   from optical_jax import load_encoder
@@ -276,6 +286,7 @@ def test_retain_not_applied_before_jax_started_is_warned(retained, monkeypatch, 
   assert ("config.runtime.host_memory 'retain' is not in effect" in caplog.text) is not retained
 
 
+@pytest.mark.slow
 def test_a_collection_id_with_whitespace_is_refused_before_training(tmp_path):
   from tests.training.runs import SENTENCES, run_train, toy_collection, write_config
   bitext = tmp_path / "bitext.tsv"

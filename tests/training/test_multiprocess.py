@@ -80,6 +80,7 @@ def _assert_same_run(one, many, steps: int = 5):
   assert not list(many.glob(".optical-tmp-*")) and (many / "curves.png").is_file()
 
 
+@pytest.mark.slow
 def test_processes_halted_and_resumed_end_as_one_uninterrupted_process(one_process, tmp_path):
   config, one = one_process
   arguments = [f"--config={config}", f"--workdir={tmp_path / 'many'}"]
@@ -92,6 +93,7 @@ def test_processes_halted_and_resumed_end_as_one_uninterrupted_process(one_proce
   _assert_same_run(one, tmp_path / "many")
 
 
+@pytest.mark.slow
 def test_processes_with_two_devices_each_train_as_one_process_with_four(setup, tmp_path):
   root, checkpoint, bitext, _ = setup
   config = write_config(tmp_path / "mp.py", checkpoint, bitext, loss="ot+contrastive",
@@ -104,6 +106,7 @@ def test_processes_with_two_devices_each_train_as_one_process_with_four(setup, t
   _assert_same_run(one, many, steps=3)  # write_config's default
 
 
+@pytest.mark.slow
 def test_a_two_process_evaluation_writes_the_one_process_run_file(one_process, tmp_path):
   config, one = one_process
   workdir = tmp_path / "run"
@@ -142,6 +145,7 @@ COUNTING_TRAIN = textwrap.dedent("""\
     """)
 
 
+@pytest.mark.slow
 def test_each_process_tokenises_and_caches_only_its_rows(setup, tmp_path, monkeypatch):
   root, checkpoint, bitext, _ = setup
   config = write_config(tmp_path / "mp.py", checkpoint, bitext, num_train_steps=2)
@@ -180,6 +184,7 @@ def test_gathered_lengths_are_each_rows_length_in_row_order():
     gather_lengths({s: local[s] for s in (0, 1, 3)}, 23, 4)
 
 
+@pytest.mark.slow
 def test_a_lost_process_is_named_in_one_line_with_the_checkpoint_kept(setup, tmp_path):
   """A process killed mid-run: the survivor says in one line which process was lost and
   which checkpoint is kept (`runtime.peer_timeout`), not JAX's C++ abort."""

@@ -25,6 +25,7 @@ def test_a_term_weighs_what_its_config_group_says_and_1_without_one():
       "ot", "mse", "contrastive", "maxsim"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss", LOSSES)
 @pytest.mark.parametrize("center", [False, True])
 def test_validate_lets_microbatches_split_a_batch_only_where_no_pair_s_loss_changes(loss, center):

@@ -22,6 +22,7 @@ def _setup(tiny_bert_dir, **fields):
   return config, models, optimizer, mesh
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the schedule is an XLA:CPU option")
 def test_cpu_train_step_compiles_once_per_shape_with_the_memory_schedule(tiny_bert_dir):
   config, models, optimizer, mesh = _setup(tiny_bert_dir)
@@ -50,6 +51,7 @@ def test_cpu_train_step_compiles_once_per_shape_with_the_memory_schedule(tiny_be
   assert losses["memory"] == pytest.approx(losses["default"], rel=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss", ["ot", "mse"])
 def test_microbatched_step_trains_as_the_whole_batch_does_in_less_memory(loss, tiny_bert_dir):
   config, models, optimizer, mesh = _setup(tiny_bert_dir)
@@ -96,6 +98,7 @@ def test_the_package_has_no_pmap():
   assert not offenders
 
 
+@pytest.mark.slow
 def test_token_weights_in_the_batch_are_the_ot_marginals(tiny_bert_dir):
   from optical_jax.losses import ot_distillation_loss
   config, models, optimizer, mesh = _setup(tiny_bert_dir)
@@ -164,6 +167,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_implicit_ot_gradient_in_the_sharded_step_equals_unroll_on_1_and_2_devices(
     tiny_bert_dir):
   """`ot.gradient` "implicit" inside the step (its linear solve traced in `shard_map`) gives

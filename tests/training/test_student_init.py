@@ -6,9 +6,13 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
 from optical_jax.evaluation.collections import read_results
 from tests.helpers import ROOT, load_config
 from tests.training.runs import toy_collection, write_config
+
+pytestmark = pytest.mark.slow  # every test here runs over ~5 s
 
 
 def test_eval_of_a_copied_workdir_needs_neither_the_bitext_nor_the_cache(setup, tmp_path):

@@ -21,6 +21,7 @@ from tests.training.runs import (assert_same_params, final_params, run_train, tr
                                  write_config)
 
 
+@pytest.mark.slow
 def test_a_live_runs_lock_is_refused_and_a_dead_ones_taken_over(setup, tmp_path, caplog):
   root, checkpoint, bitext, _ = setup
   config = write_config(tmp_path / "lock.py", checkpoint, bitext)
@@ -100,6 +101,7 @@ def _write(path, text):
   return path
 
 
+@pytest.mark.slow
 def test_resuming_under_a_changed_config_is_refused_unless_asked_for(setup, tmp_path, caplog):
   root, checkpoint, bitext, _ = setup
   config = write_config(tmp_path / "change.py", checkpoint, bitext)
@@ -174,6 +176,7 @@ def uninterrupted(setup, tmp_path_factory):
   return config, final_params(directory / "run")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_stop_signal_saves_and_the_rerun_resumes_to_the_same_end(sig, code, uninterrupted,
                                                                    tmp_path, capsys):
@@ -196,6 +199,7 @@ def test_a_stop_signal_saves_and_the_rerun_resumes_to_the_same_end(sig, code, un
 # Orbax's failed read of the truncated checkpoint leaves TensorStore callbacks that may land on
 # its closed event loop once the test is over; pytest reports those in the test's process. A
 # `train.py` run of the same fallback prints nothing of it (seen in 4 of 4 runs).
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Exception ignored:pytest.PytestUnraisableExceptionWarning")
 def test_a_corrupt_latest_checkpoint_falls_back_to_the_one_before(setup, tmp_path, capsys,
                                                                   caplog):
@@ -217,6 +221,7 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_one_before(setup, tmp_pat
                for line in (workdir / "metrics.jsonl").read_text().splitlines()}
 
 
+@pytest.mark.slow
 def test_a_torn_metrics_line_is_dropped_with_a_warning_and_the_run_resumes(setup, tmp_path,
                                                                           capsys, caplog):
   root, checkpoint, bitext, _ = setup
@@ -243,6 +248,7 @@ def test_a_broken_metrics_line_before_the_last_is_named(tmp_path):
     MetricsLog(tmp_path, 2)
 
 
+@pytest.mark.slow
 def test_an_unwritable_checkpoint_directory_fails_at_once(setup, tmp_path):
   if os.geteuid() == 0:  # root writes anywhere: make the directory a file instead
     workdir = tmp_path / "run"
@@ -253,13 +259,18 @@ def test_an_unwritable_checkpoint_directory_fails_at_once(setup, tmp_path):
     (workdir / "checkpoints").mkdir(parents=True)
     (workdir / "checkpoints").chmod(0o500)
   root, checkpoint, bitext, _ = setup
-  start = time.monotonic()
-  result = run_train(write_config(tmp_path / "ro.py", checkpoint, bitext), workdir, check=False)
-  assert result.returncode == 1 and time.monotonic() - start < 120
+  config = write_config(tmp_path / "ro.py", checkpoint, bitext)
+  result = run_train(config, workdir, check=False)
+  assert result.returncode == 1
+  # At once: nothing trained, encoded or recorded (only the library log) before the
+  # checkpoints were found unwritable.
+  written = sorted(str(p.relative_to(workdir)) for p in workdir.rglob("*") if p.is_file())
+  assert written == ["checkpoints", "logs/libraries.log"][os.geteuid() != 0:], written
   assert f"{workdir / 'checkpoints'}: cannot write checkpoints" in result.stderr
   assert len(result.stderr.strip().splitlines()) <= 3, result.stderr
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_clear_error_keeping_the_last_checkpoint(setup, tmp_path,
                                                                     monkeypatch):
   import orbax.checkpoint as ocp
@@ -282,6 +293,7 @@ def test_a_full_disk_is_one_clear_error_keeping_the_last_checkpoint(setup, tmp_p
   assert (tmp_path / "run" / "checkpoints" / "2").is_dir()
 
 
+@pytest.mark.slow
 def test_the_console_shows_our_messages_and_libraries_log_to_a_file(setup, tmp_path):
   root, checkpoint, bitext, _ = setup
   workdir = tmp_path / "run"
@@ -304,6 +316,7 @@ def test_the_console_shows_our_messages_and_libraries_log_to_a_file(setup, tmp_p
   assert "orbax" in (workdir / "logs" / "libraries.log").read_text()
 
 
+@pytest.mark.slow
 def test_a_file_size_limit_stops_at_the_first_failed_save_in_one_line(setup, tmp_path):
   """A quota's EFBIG in Orbax's background write: one line naming the step whose save failed;
   the run stops at the first log step that sees it, at the latest before the next save."""
