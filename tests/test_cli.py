@@ -98,8 +98,10 @@ cli.define_process_flags()
 
 def main(argv):
   stopping.on_interrupt("the checkpoints are untouched")
+  pressed = []
   def _xla_gc_callback(phase, info):  # what JAX runs in every garbage collection
-    if phase == "start":
+    if phase == "start" and not pressed:  # one Ctrl-C (a second one would end it at once)
+      pressed.append(True)
       os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C arrives inside the callback
       time.sleep(0.05)
   gc.callbacks.append(_xla_gc_callback)
