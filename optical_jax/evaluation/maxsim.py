@@ -45,9 +45,9 @@ def candidate_ids(corpus: CorpusTokens, rows: np.ndarray) -> tuple[np.ndarray, n
       if len(lengths) == len(rows):
         break
       inside = rows[(rows >= start) & (rows < start + len(offsets) - 1)] - start
-      for r in inside:
-        pieces.append(flat[offsets[r]:offsets[r + 1]])
-        lengths.append(offsets[r + 1] - offsets[r])
+      if len(inside):  # copied out: a view would keep the whole chunk in memory
+        pieces.append(np.concatenate([flat[offsets[r]:offsets[r + 1]] for r in inside]))
+        lengths.extend(offsets[inside + 1] - offsets[inside])
   finally:  # stopped early: the tokenizer thread stops now
     getattr(chunks, "close", lambda: None)()
   flat = np.concatenate(pieces).astype(np.int32) if pieces else np.zeros(0, np.int32)
