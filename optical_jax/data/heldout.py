@@ -85,8 +85,7 @@ def build_heldout(directory: str | Path, open_pairs, *, limit: int = 0, heldout:
   directory.parent.mkdir(parents=True, exist_ok=True)
   sweep_temporaries(directory.parent)  # builds killed before they finished (gigabytes each)
   tmp = temporary(directory)
-  shutil.rmtree(tmp, ignore_errors=True)
-  tmp.mkdir(parents=True)
+  tmp.mkdir()  # a fresh random name: never an existing path (mkdir refuses one)
   dropped, read = Counter(), Counter()
   dev, dev_keys, train_count = [], set(), 0
 
