@@ -6,6 +6,7 @@ processes building the same directory at once keep one."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -15,7 +16,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from optical_jax.files.cache_files import sweep_temporaries, temporary
+from optical_jax.files.cache_files import CacheWriteError, sweep_temporaries, temporary
 from optical_jax.files.textfiles import DataFormatError
 
 log = logging.getLogger("optical_jax")
@@ -168,9 +169,9 @@ def _current_build(directory: Path) -> dict | None:
 
 def _publish(tmp: Path, directory: Path) -> dict | None:
   """Renames the finished build `tmp` to `directory`. Where another process put a current
-  build there first, that one stays (its manifest is returned, `tmp` removed); an older or
-  broken one is moved aside, then deleted, never checked and deleted in two steps. None once
-  `tmp` is in place."""
+  build there first, that one stays (its manifest is returned, `tmp` removed); an older one
+  (ours: it has a manifest) is moved aside, then deleted, never checked and deleted in two
+  steps; anything else there is refused and left as it is. None once `tmp` is in place."""
   while True:
     try:
       os.rename(tmp, directory)
@@ -182,6 +183,13 @@ def _publish(tmp: Path, directory: Path) -> dict | None:
     if current is not None:
       shutil.rmtree(tmp, ignore_errors=True)
       return current
+    if directory.is_symlink() or not (directory / "manifest.json").is_file():
+      shutil.rmtree(tmp, ignore_errors=True)  # ours; what is in the way is not: it stays
+      error = CacheWriteError(f"{directory} is in the way of the bitext build and is not one "
+                              "(no manifest.json): move it, or set config.runtime.cache_dir "
+                              "elsewhere")
+      error.errno, error.filename = errno.EEXIST, str(directory)
+      raise error
     old = temporary(directory)
     try:
       os.rename(directory, old)

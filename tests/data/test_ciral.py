@@ -387,3 +387,15 @@ def test_evaluation_leaves_a_training_only_hub_dataset_alone(tmp_path, monkeypat
   config.model.teacher = str(HUB)  # a local directory: no hub call for it either
   config.data.hf_dataset, config.data.hf_revision = "org/pairs", "c" * 40
   assert resolve_inputs(config, training=False).config.data.hf_revision == "c" * 40
+
+
+def test_a_directory_in_the_builds_place_without_a_manifest_is_never_removed(tmp_path):
+  from optical_jax.files.cache_files import CacheWriteError
+  directory = tmp_path / "bitext" / "built"
+  directory.mkdir(parents=True)
+  (directory / "notes.txt").write_text("a user's file")
+  with pytest.raises(CacheWriteError, match="is in the way of the bitext build"):
+    heldout.build_heldout(directory, lambda: iter(_pairs(400)), heldout=8, rate=10,
+                          progress=False)
+  assert (directory / "notes.txt").read_text() == "a user's file"
+  assert sorted(p.name for p in directory.parent.iterdir()) == ["built"]  # no temporary left
