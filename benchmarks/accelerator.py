@@ -66,7 +66,8 @@ from optical_jax.models.student import build_models
 from optical_jax.pooling import pool
 from optical_jax.training.lowering import so_config
 from optical_jax.training.prefetch import Prefetcher
-from optical_jax.training.step import data_mesh, global_batch
+from optical_jax.runtime.mesh import data_mesh
+from optical_jax.training.step import global_batch
 from optical_jax.training.throughput import PEAK_TFLOPS, peak_flops
 from optical_jax.training.trainer import Trainer, build_trainer
 from optical_jax.training.input_pipeline import local_batch

@@ -243,7 +243,8 @@ def jax_reference(checkpoint: str, *, dtype: str = "float32", iterations: int = 
   default: the train loop's."""
   import jax
   from optical_jax.models.student import build_models
-  from optical_jax.training.step import data_mesh, global_batch
+  from optical_jax.runtime.mesh import data_mesh
+  from optical_jax.training.step import global_batch
   from optical_jax.training.trainer import build_trainer
   config = base_config()
   m = config.model

@@ -21,7 +21,8 @@ from optical_jax.evaluation.search import top_k_step
 from optical_jax.training.lowering import (custom_call_targets, host_callbacks, random_encoder,
                                            random_models, so_config, step_argument_shapes)
 from optical_jax.training.state import make_optimizer
-from optical_jax.training.step import data_mesh, make_train_step
+from optical_jax.runtime.mesh import data_mesh
+from optical_jax.training.step import make_train_step
 
 pytestmark = pytest.mark.slow  # every test here runs over ~5 s
 

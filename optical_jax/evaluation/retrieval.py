@@ -99,7 +99,7 @@ class TextEncoder:
   applied and the batch, length and cache settings. Its programs are compiled once, here; it
   holds no parameters: `bind(params)` gives the encoder that encodes with them.
 
-  `mesh` is the run's mesh (`training.step.data_mesh()`); each process runs its own batches
+  `mesh` is the run's mesh (`runtime.mesh.data_mesh()`); each process runs its own batches
   on its local devices (`mesh.local_mesh`), a batch per device, split over all the mesh's
   axes. `token_fn(params, input_ids, attention_mask) -> [batch, length, dim]` defaults to the
   encoder's own apply; a trained student with a projection head passes its own.

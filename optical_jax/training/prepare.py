@@ -17,6 +17,7 @@ from optical_jax.evaluation.check import check_collections
 from optical_jax.evaluation.collections import collection_specs
 from optical_jax.files.layout import CacheDir, Workdir
 from optical_jax.models.student import DistillationModels, build_models
+from optical_jax.runtime.mesh import data_mesh
 from optical_jax.training import step as step_lib
 from optical_jax.training.checkpoints import check_writable
 from optical_jax.training.input_pipeline import (check_student_language, local_batch, make_batches,
@@ -96,7 +97,7 @@ def prepare_run(config, workdir: Path, primary: bool) -> PreparedRun:
   _check_lengths(config, models)
   if primary:  # before the training data is tokenised and the teacher cache made
     check_writable(Workdir(workdir).checkpoints)
-  mesh = step_lib.data_mesh()
+  mesh = data_mesh()
   batches = make_batches(config, models, rows, CacheDir(config.runtime.cache_dir).tokens,
                          shards=process_shards(mesh, config.train.batch_size))
   del rows

@@ -23,7 +23,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from optical_jax.config import CPU_SCHEDULES, microbatches_per_device
 from optical_jax.models.student import DistillationModels
 from optical_jax.pooling import pool
-from optical_jax.runtime.mesh import AXIS, data_mesh  # noqa: F401 (data_mesh: the step's mesh)
+from optical_jax.runtime.mesh import AXIS
 from optical_jax.training.objectives import distillation_loss, teacher_stage_loss
 from optical_jax.training.state import TrainState, merge_trainable, trainable_subtree
 from optical_jax.training.throughput import executable_flops

@@ -8,7 +8,8 @@ import pytest
 from optical_jax.config import CPU_SCHEDULES, base_config
 from optical_jax.models.student import build_models
 from optical_jax.training.state import initial_state, make_optimizer
-from optical_jax.training.step import (compiled_per_shape, data_mesh, global_batch,
+from optical_jax.runtime.mesh import data_mesh
+from optical_jax.training.step import (compiled_per_shape, global_batch,
                                        make_train_step, replicate, step_compiler_options)
 
 
@@ -142,7 +143,8 @@ import jax, numpy as np
 from optical_jax.config import base_config
 from optical_jax.models.student import build_models
 from optical_jax.training.state import initial_state, make_optimizer
-from optical_jax.training.step import data_mesh, global_batch, make_train_step, replicate
+from optical_jax.runtime.mesh import data_mesh
+from optical_jax.training.step import global_batch, make_train_step, replicate
 config = base_config()
 config.model.teacher, config.model.dropout, config.loss = sys.argv[1], 0.0, "ot"
 config.ot.epsilon, config.ot.max_iterations = 0.1, 500
