@@ -9,7 +9,7 @@ dense top 100 is reranked by MaxSim (the query encoder's tokens against the pass
 encoder's), plus a figure: dev MAP against steps, and test MAP per row with its interval.
 
 With several `demo.seeds`, every loss is trained once per seed and a seed table (per-seed MAP,
-mean and spread, OT's own share per seed and pooled) follows each direction's main table,
+mean and spread, OT's comparisons per seed and pooled) follows each direction's main table,
 which shows the first seed.
 """
 
@@ -122,7 +122,8 @@ def plot_report(report: DemoReport, path: Path, dev_label: str = "dev MAP") -> P
 
 
 # (label, system, baseline): what each difference tells about OT (paired over queries).
-COMPARISONS = (("OT's own share", "ot+contrastive", "contrastive"), ("OT vs MSE", "ot", "mse"))
+COMPARISONS = (("OT's own share", "ot+contrastive", "contrastive"), ("OT vs MSE", "ot", "mse"),
+               ("OT vs contrastive", "ot", "contrastive"))
 
 
 def comparisons(per_loss: dict[str, dict[str, float]], suffix: str = "") -> list[str]:
@@ -135,8 +136,8 @@ def comparisons(per_loss: dict[str, dict[str, float]], suffix: str = "") -> list
 
 
 def seed_report(by_seed: dict[int, dict[str, Row]]) -> str:
-  """Per-seed MAP of each loss with mean and spread, dense and under MaxSim; OT's own share per
-  seed and pooled (per-query MAP averaged over seeds, then the paired bootstrap)."""
+  """Per-seed MAP of each loss with mean and spread, dense and under MaxSim; OT's comparisons
+  per seed and pooled (per-query MAP averaged over seeds, then the paired bootstrap)."""
   seeds = list(by_seed)
   losses = list(by_seed[seeds[0]])
   lines = []

@@ -89,7 +89,8 @@ def check_table(rows: dict, text: str, zero_shot_row: str) -> None:
   # OT's share on top of contrastive learning, and OT against MSE: paired, centred on the
   # difference of the two rows' MAPs.
   for label, system, baseline in (("OT's own share", "ot+contrastive", "contrastive"),
-                                  ("OT vs MSE", "ot", "mse")):
+                                  ("OT vs MSE", "ot", "mse"),
+                                  ("OT vs contrastive", "ot", "contrastive")):
     line = next(l for l in text.splitlines() if l.startswith(f"{label}: {system} − {baseline} = "))
     gain, low, high = map(float, re.search(
         r"= ([+-]\d\.\d+) \[([+-]\d\.\d+), ([+-]\d\.\d+)\]$", line).groups())
