@@ -157,20 +157,32 @@ def build_heldout(directory: str | Path, open_pairs, *, limit: int = 0, heldout:
   return manifest
 
 
-def _current_build(directory: Path) -> dict | None:
-  """The manifest of a complete build of this version in `directory`, or None."""
+_MANIFEST_KEYS = {"version", "source", "params", "counts"}  # what build_heldout writes
+
+
+def _manifest(directory: Path) -> dict | None:
+  """The manifest of a build of ours (any version) in `directory`, or None: a directory, not
+  a link, whose `manifest.json` has every field `build_heldout` writes. Only such a one may
+  be replaced: a user's directory that merely has a file of that name is not."""
+  if directory.is_symlink():
+    return None
   try:
     manifest = json.loads((directory / "manifest.json").read_text())
   except (OSError, ValueError):
     return None
-  return manifest if isinstance(manifest, dict) and manifest.get("version") == HELDOUT_VERSION \
-      else None
+  return manifest if isinstance(manifest, dict) and _MANIFEST_KEYS <= manifest.keys() else None
+
+
+def _current_build(directory: Path) -> dict | None:
+  """The manifest of a complete build of this version in `directory`, or None."""
+  manifest = _manifest(directory)
+  return manifest if manifest is not None and manifest["version"] == HELDOUT_VERSION else None
 
 
 def _publish(tmp: Path, directory: Path) -> dict | None:
   """Renames the finished build `tmp` to `directory`. Where another process put a current
   build there first, that one stays (its manifest is returned, `tmp` removed); an older one
-  (ours: it has a manifest) is moved aside, then deleted, never checked and deleted in two
+  (ours: `_manifest` knows it) is moved aside, then deleted, never checked and deleted in two
   steps; anything else there is refused and left as it is. None once `tmp` is in place."""
   while True:
     try:
@@ -183,11 +195,11 @@ def _publish(tmp: Path, directory: Path) -> dict | None:
     if current is not None:
       shutil.rmtree(tmp, ignore_errors=True)
       return current
-    if directory.is_symlink() or not (directory / "manifest.json").is_file():
+    if _manifest(directory) is None:
       shutil.rmtree(tmp, ignore_errors=True)  # ours; what is in the way is not: it stays
       error = CacheWriteError(f"{directory} is in the way of the bitext build and is not one "
-                              "(no manifest.json): move it, or set config.runtime.cache_dir "
-                              "elsewhere")
+                              "(no manifest.json of ours): move it, or set "
+                              "config.runtime.cache_dir elsewhere")
       error.errno, error.filename = errno.EEXIST, str(directory)
       raise error
     old = temporary(directory)

@@ -389,11 +389,15 @@ def test_evaluation_leaves_a_training_only_hub_dataset_alone(tmp_path, monkeypat
   assert resolve_inputs(config, training=False).config.data.hf_revision == "c" * 40
 
 
-def test_a_directory_in_the_builds_place_without_a_manifest_is_never_removed(tmp_path):
+@pytest.mark.parametrize("manifest", [None, '{"name": "my notes"}'])
+def test_a_directory_in_the_builds_place_without_our_manifest_is_never_removed(tmp_path,
+                                                                                manifest):
   from optical_jax.files.cache_files import CacheWriteError
   directory = tmp_path / "bitext" / "built"
   directory.mkdir(parents=True)
   (directory / "notes.txt").write_text("a user's file")
+  if manifest is not None:  # a file of the same name that is not a build's
+    (directory / "manifest.json").write_text(manifest)
   with pytest.raises(CacheWriteError, match="is in the way of the bitext build"):
     heldout.build_heldout(directory, lambda: iter(_pairs(400)), heldout=8, rate=10,
                           progress=False)
