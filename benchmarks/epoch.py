@@ -40,7 +40,7 @@ EPOCH_BUCKETS = {"bucketed": base_config().data.length_buckets,
 
 def epoch(checkpoint: str, batch: int, length: int, *, iterations: int, repeats: int,
           sample: int, with_torch: bool) -> None:
-  """One epoch of distillation on the demo's 28.8k English–Chichewa pairs, estimated as
+  """One epoch of distillation on the demo's 27.2k English–Chichewa pairs, estimated as
   steps per epoch x mean step time.
 
   PyTorch's plain epoch: random batches padded to their longest text (transformers' usual
