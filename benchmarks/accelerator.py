@@ -70,7 +70,7 @@ from optical_jax.runtime.mesh import data_mesh
 from optical_jax.training.step import global_batch
 from optical_jax.training.throughput import PEAK_TFLOPS, peak_flops
 from optical_jax.training.trainer import Trainer, build_trainer
-from optical_jax.training.input_pipeline import local_batch
+from optical_jax.training.input_pipeline import local_batch, token_weights
 
 MFU_ASSUMED = 0.4  # a well-fed transformer step's share of the peak, for the estimates
 # Memory per device (GB, 10**9 bytes) of the Colab and TPU-VM devices so.py may run on.
@@ -95,13 +95,16 @@ def median_ms(fn, repeats: int) -> float:
   return median_seconds(fn, repeats) * 1e3
 
 
-def host_table(models, config, mesh, args) -> tuple[BucketedBatches, dict]:
-  """The host's per-step work, with and without a warm teacher token cache."""
+def host_table(models, config, mesh, args) -> tuple[BucketedBatches, dict | None, dict]:
+  """The host's per-step work, with and without a warm teacher token cache; also returns the
+  batches and their idf token-weight tables (None with uniform marginals)."""
   pairs = args.pairs or 8 * args.batch
   columns = synthetic_columns(pairs, args.length, {
       "student": models.student.config.vocab_size, "teacher": models.teacher.config.vocab_size})
   batches = BucketedBatches(columns, {"student": 0, "teacher": 0}, batch_size=args.batch,
                             max_length=args.length, seed=0, length_buckets=(args.length,))
+  # so.py's idf marginals: the tables once, their per-token look-up in every batch.
+  weights = token_weights(config, models, batches)
   with tempfile.TemporaryDirectory() as directory:
     cache = TeacherTokenCache(models.teacher, columns["teacher"], directory)
     # Warm it without running the teacher on this host: the lookup's cost is the same.
@@ -110,11 +113,11 @@ def host_table(models, config, mesh, args) -> tuple[BucketedBatches, dict]:
     rows = {}
     for name, teacher_cache in (("without the teacher token cache (so.py on accelerators)", None),
                                 ("with a warm teacher token cache (CPU default)", cache)):
-      batch = local_batch(batches, teacher_cache, 0)
+      batch = local_batch(batches, teacher_cache, 0, weights)
       shipped = sum(v.nbytes for v in batch.values())
-      build = median_ms(lambda: local_batch(batches, teacher_cache, 3), args.repeats * 4)
+      build = median_ms(lambda: local_batch(batches, teacher_cache, 3, weights), args.repeats * 4)
       put = median_ms(lambda: jax.block_until_ready(global_batch(
-          local_batch(batches, teacher_cache, 3), mesh)), args.repeats * 4) - build
+          local_batch(batches, teacher_cache, 3, weights), mesh)), args.repeats * 4) - build
       rows[name] = (build, max(put, 0.0), shipped)
   print(f"\n### The host's work per step (measured here; {pairs:,} synthetic pairs, batch "
         f"{args.batch}, width {args.length})\n")
@@ -122,7 +125,7 @@ def host_table(models, config, mesh, args) -> tuple[BucketedBatches, dict]:
   print("|---|---|---|---|")
   for name, (build, put, shipped) in rows.items():
     print(f"| {name} | {build:.2f} | {put:.2f} | {shipped / 2**20:.1f} |")
-  return batches, rows
+  return batches, weights, rows
 
 
 def flops_table(trainer: Trainer, batch, devices: int, args) -> float:
@@ -162,7 +165,7 @@ def step_memory(executable) -> dict[str, int]:
           "temporaries": m.temp_size_in_bytes, "peak": peak}
 
 
-def memory_table(config, models, batches, one_device_executable, args) -> None:
+def memory_table(config, models, batches, weights, one_device_executable, args) -> None:
   """The compiled step's memory per device on 1 and 8 devices, and the devices it fits."""
   rows = {1: step_memory(one_device_executable)}
   devices = [d for d in jax.devices() if d.platform == jax.devices()[0].platform]
@@ -172,7 +175,7 @@ def memory_table(config, models, batches, one_device_executable, args) -> None:
     mesh = data_mesh(devices[:8])
     trainer = build_trainer(config, models, mesh, compiler_options={})
     rows[8] = step_memory(trainer.executable_for(
-        global_batch(local_batch(batches, None, 0), mesh)))
+        global_batch(local_batch(batches, None, 0, weights), mesh)))
   gb = lambda n: f"{n / 1e9:.2f}"
   print(f"\n### Memory per device of the compiled step (XLA's memory analysis, "
         f"{jax.devices()[0].platform} compilation), batch {args.batch}, length {args.length}, "
@@ -187,7 +190,7 @@ def memory_table(config, models, batches, one_device_executable, args) -> None:
           f"{gb(m['peak'])} | {', '.join(fits) or 'none of those'} |")
 
 
-def measured_table(config, models, batches, args) -> None:
+def measured_table(config, models, batches, weights, args) -> None:
   """Per device count: bare step, the loop's path, MFU, device-wait share."""
   print(f"\n### Measured on {jax.devices()[0].device_kind} ({jax.default_backend()})\n")
   print("| devices | bare step (ms) | loop step (ms) | device waits for the host | "
@@ -199,7 +202,7 @@ def measured_table(config, models, batches, args) -> None:
   for n in counts:
     mesh = data_mesh(jax.devices()[:n])
     trainer = build_trainer(config, models, mesh, compiler_options={})
-    staged = [global_batch(local_batch(batches, None, s), mesh) for s in range(4)]
+    staged = [global_batch(local_batch(batches, None, s, weights), mesh) for s in range(4)]
     jax.block_until_ready(trainer.apply(staged[0]))  # compiles
     start = time.perf_counter()
     for s in range(args.steps):  # the compiled step alone
@@ -207,7 +210,7 @@ def measured_table(config, models, batches, args) -> None:
     jax.block_until_ready(metrics)
     bare = (time.perf_counter() - start) / args.steps
     tokens = 0
-    build = lambda s: (global_batch(batch := local_batch(batches, None, s), mesh),
+    build = lambda s: (global_batch(batch := local_batch(batches, None, s, weights), mesh),
                        int(batch["student_mask"].sum() + batch["teacher_mask"].sum()))
     start = time.perf_counter()
     with Prefetcher(build, 0, args.steps, depth=2) as prefetcher:
@@ -256,13 +259,13 @@ def main(args) -> None:
   config = so_config(teacher, student, dtype=args.dtype, batch=args.batch, length=args.length)
   models = build_models(config)
   mesh = data_mesh(run_devices())  # the 8 simulated CPU devices: the memory table only
-  batches, _ = host_table(models, config, mesh, args)
+  batches, weights, _ = host_table(models, config, mesh, args)
   trainer = build_trainer(config, models, mesh, compiler_options={})
-  batch = global_batch(local_batch(batches, None, 0), mesh)
+  batch = global_batch(local_batch(batches, None, 0, weights), mesh)
   flops_table(trainer, batch, len(mesh.devices.flat), args)
-  memory_table(config, models, batches, trainer.executable_for(batch), args)
+  memory_table(config, models, batches, weights, trainer.executable_for(batch), args)
   if jax.default_backend() != "cpu" or args.measure:
-    measured_table(config, models, batches, args)
+    measured_table(config, models, batches, weights, args)
     encoding_table(models, args)
   else:
     print("\n(no accelerator here: the step was compiled, not timed; --measure times it on "

@@ -14,6 +14,7 @@ import pytest
 from jax.sharding import AbstractMesh, NamedSharding, PartitionSpec as P
 
 from benchmarks.common import ARCHITECTURES
+from tests.helpers import ROOT, load_config
 from optical_jax import losses
 from optical_jax.config import ConfigError, validate
 from optical_jax.evaluation.retrieval import TextEncoder
@@ -129,3 +130,14 @@ def test_the_losses_alone_export_with_their_gradients():
     for platform in PLATFORMS:
       program = exported(grad, args, platform)
       assert custom_call_targets(program) == set(), name
+
+
+def test_the_lowered_settings_are_configs_so_pys():
+  """`so_config` restates so.py's step settings for the lowering and the benchmark: a drift
+  (as when so.py took idf marginals) would prove a step that so.py no longer runs."""
+  so, lowered = load_config(ROOT / "configs" / "so.py"), so_config()
+  for field in ("loss", "model.student_side", "model.dtype", "ot.marginals", "ot.center",
+                "ot.epsilon", "data.max_length", "train.batch_size"):
+    section, _, name = field.rpartition(".")
+    get = lambda c: c[section][name] if section else c[name]
+    assert get(lowered) == get(so), field

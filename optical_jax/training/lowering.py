@@ -30,12 +30,13 @@ from optical_jax.training.state import initial_state
 
 def so_config(teacher: str = "", student: str = "", *, dtype: str = "bfloat16",
               batch: int = 256, length: int = 64):
-  """configs/so.py's training settings (loss ot, the student on the document side, bfloat16,
+  """configs/so.py's training settings (loss ot with idf marginals, the student on the
+  document side, bfloat16,
   batch 256 of length 64) with checkpoints `teacher` and `student` (paths, or "" for
   `random_models`)."""
   c = base_config()
   c.model.teacher, c.model.student, c.model.dtype = teacher, student, dtype
-  c.model.student_side, c.loss = "document", "ot"
+  c.model.student_side, c.loss, c.ot.marginals = "document", "ot", "idf"
   c.data.max_length, c.train.batch_size = length, batch
   return c
 
