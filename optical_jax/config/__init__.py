@@ -128,8 +128,8 @@ def recipe(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   # side, their embeddings initialised from OT plans of 4000 pairs against the teacher (ny→en
   # dev MAP 0.59 against 0.30 for the mean of old pieces and 0.24 without, 2000 pieces, loss
   # ot, one seed), and so are the old pieces the language still uses ("ot_plan_all"; loss ot:
-  # ny→en dev MaxSim MAP higher in 3 of 3 seeds). The OT loss weighs tokens by idf, as the plans do. 4000
-  # pieces and idf together were chosen in CIRAL's direction over three seeds, loss ot: en→ny
+  # ny→en dev MaxSim MAP higher in 3 of 3 seeds). The OT loss weighs tokens by idf, as the
+  # plans do. 4000 pieces and idf together were chosen in CIRAL's direction over three seeds, loss ot: en→ny
   # dev MAP 0.522 against 2000 pieces with uniform marginals' 0.510 (higher in 3 of 3), ny→en
   # dev 0.486 against 0.464 (docs/experiments.md, "CIRAL's direction"); idf steps are cheaper,
   # as Sinkhorn converges sooner.
@@ -139,7 +139,8 @@ def recipe(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.ot.marginals = "idf"
   # Only the embeddings train (the new pieces' rows with them); the layers stay the teacher's.
   # Steps take two thirds of the time, and every demo row reads a higher ny→en dev MAP in each
-  # of 3 seeds than with every parameter trained at 3e-4 (not measured en→ny); the embeddings alone take the larger rate.
+  # of 3 seeds than with every parameter trained at 3e-4 (not measured en→ny); the embeddings
+  # alone take the larger rate.
   c.train.trainable = "embeddings"
   c.train.learning_rate = 1e-3
   c.train.warmup_steps = 10
