@@ -129,10 +129,10 @@ def recipe(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   # dev MAP 0.59 against 0.30 for the mean of old pieces and 0.24 without, 2000 pieces, loss
   # ot, one seed), and so are the old pieces the language still uses ("ot_plan_all"; loss ot:
   # ny→en dev MaxSim MAP higher in 3 of 3 seeds). The OT loss weighs tokens by idf, as the
-  # plans do. 4000 pieces and idf together were chosen in CIRAL's direction over three seeds, loss ot: en→ny
-  # dev MAP 0.522 against 2000 pieces with uniform marginals' 0.510 (higher in 3 of 3), ny→en
-  # dev 0.486 against 0.464 (docs/experiments.md, "CIRAL's direction"); idf steps are cheaper,
-  # as Sinkhorn converges sooner.
+  # plans do. 4000 pieces and idf together were chosen in CIRAL's direction over three seeds,
+  # loss ot: en→ny dev MAP 0.522 against 2000 pieces with uniform marginals' 0.510 (higher in
+  # 3 of 3), ny→en dev 0.486 against 0.464 (docs/experiments.md, "A dev collection on the
+  # test's scale"); idf steps are cheaper, as Sinkhorn converges sooner.
   c.model.vocab_extension = 4000
   c.data.alignment_pairs = 4000
   c.model.vocab_init = "ot_plan_all"
