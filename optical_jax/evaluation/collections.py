@@ -98,10 +98,14 @@ def side_encoders(models, config, mesh: Mesh) -> dict[str, TextEncoder]:
   """The text encoders of both sides of `models` (`DistillationModels`) over `mesh`: the
   frozen teacher's (its embeddings cached across runs) and the student's, whose token
   function takes the whole parameter tree (encoder and projection)."""
+  # Keyed by the modules their token functions apply: the runs of one process (the demo's
+  # students) share compiled programs.
   return {
-      "teacher": TextEncoder(models.teacher, mesh, **encoder_settings(config)),
+      "teacher": TextEncoder(models.teacher, mesh, programs_key=("encoder", models.teacher.module),
+                             **encoder_settings(config)),
       "student": TextEncoder(models.student, mesh,
                              token_fn=lambda p, ids, mask: models.student_tokens(p, ids, mask),
+                             programs_key=("student", models.student.module, models.projection),
                              **encoder_settings(config)),
   }
 
@@ -119,10 +123,19 @@ class CollectionResult:
 
 
 # The frozen teacher's MaxSim candidates' passage tokens, by checkpoint, settings and corpus
-# ids (content, tokenizer, length, prompt): encoded once per process on corpora of at most
-# SMALL_CORPUS passages (the demo's rows share them); larger corpora keep none.
+# ids (content, tokenizer, length, prompt): encoded once per process on small corpora (the
+# demo's rows share them); larger corpora keep none.
 _TEACHER_DOC_TOKENS: dict = {}
-SMALL_CORPUS = 20_000
+# A corpus is small when every passage's token vectors at full length (float32) fit in this:
+# its dense pass keeps them for MaxSim (about 10,900 passages of 256 tokens at 384 dims).
+SMALL_CORPUS_BYTES = 1 << 30
+
+
+def holds_tokens(num_passages: int, encoder: BoundEncoder) -> bool:
+  """Whether `num_passages` passages' token vectors fit `SMALL_CORPUS_BYTES` (float32, every
+  passage at the encoder's full length)."""
+  e = encoder.text_encoder
+  return num_passages * e.max_length * e.encoder.config.hidden_size * 4 <= SMALL_CORPUS_BYTES
 
 
 def _prompt(encoder: BoundEncoder, side: str) -> str:
@@ -157,18 +170,24 @@ def evaluate_collection(spec, encoders: Mapping[str, BoundEncoder], *,
   if depth:  # the query tokens MaxSim needs, and the pooled vectors of the same forward
     query_tokens, query_vectors = query_encoder.encode_tokens(
         [queries[q] for q in query_ids], desc="query tokens", progress=False, pooled=True)
+  # A small corpus's dense pass keeps its passages' tokens (`kept`, by row) for MaxSim, from
+  # the same forward: none is encoded twice. A frozen teacher's serve every run of this
+  # process (`memo`, by docid).
+  small = bool(depth) and holds_tokens(len(corpus), doc_encoder)
+  memo, kept = None, {} if small else None
+  if small and spec.doc_encoder == "teacher":
+    e = doc_encoder.text_encoder
+    memo = _TEACHER_DOC_TOKENS.setdefault(
+        (checkpoint_digest(e.encoder.path), str(e.encoder.module.dtype), e.max_length,
+         e.dtype, corpus.key), {})
   run = retrieve(queries, corpus, query_encoder=query_encoder, doc_encoder=doc_encoder, k=k,
-                 progress=progress, query_vectors=query_vectors)
+                 progress=progress, query_vectors=query_vectors, doc_tokens=kept)
   result = CollectionResult(evaluate(run, qrels, measures),
                             evaluate_per_query(run, qrels, measures), run)
   if depth:
-    memo = None
-    if spec.doc_encoder == "teacher" and len(corpus) <= SMALL_CORPUS:
-      # Frozen: a small corpus's passage tokens serve every run of this process.
-      e = doc_encoder.text_encoder
-      memo = _TEACHER_DOC_TOKENS.setdefault(
-          (checkpoint_digest(e.encoder.path), str(e.encoder.module.dtype), e.max_length,
-           e.dtype, corpus.key), {})
+    if kept:
+      memo = {} if memo is None else memo
+      memo.update((corpus.docids[r], tokens) for r, tokens in kept.items())
     reranked = maxsim_rerank(run, dict(zip(query_ids, query_tokens)), corpus, doc_encoder,
                              depth=depth, memo=memo, progress=progress)
     result.maxsim = CollectionResult(evaluate(reranked, qrels, measures),

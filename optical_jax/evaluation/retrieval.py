@@ -26,7 +26,7 @@ import dataclasses
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Hashable, Iterator, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -44,6 +44,7 @@ from optical_jax.files.token_arrays import ids_tokenizer, tokenize_flat
 from optical_jax.pooling import pool
 
 TokenFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
+_SHARED_PROGRAMS: dict = {}  # by `TextEncoder.programs_key` and the settings that shape them
 
 
 # ---------------------------------------------------------------------------------------------
@@ -122,10 +123,26 @@ class TextEncoder:
   bucket_width: int = 16
   dtype: str = "float32"  # "bfloat16": computation in bfloat16 (faster where supported)
   corpus_cache_dir: str | Path | None = None  # corpus scans and token ids (`corpus`)
+  # Encoders of equal `programs_key` share their compiled programs within the process (the
+  # demo's students: each shape traced and compiled once, not once per run). The key must
+  # determine what `token_fn` computes (its modules); None: programs of its own.
+  programs_key: Hashable | None = None
 
   def __post_init__(self):
-    token_fn = self.token_fn or self.encoder.apply
     self.local_mesh = self.mesh.local_mesh
+    key = None if self.programs_key is None else (
+        self.programs_key, self.encoder.pooling, self.encoder.normalize, self.dtype,
+        self.local_mesh)
+    if key is not None and key in _SHARED_PROGRAMS:
+      self.programs = _SHARED_PROGRAMS[key]
+    else:
+      self.programs = self._compile()
+      if key is not None:
+        _SHARED_PROGRAMS[key] = self.programs
+    self._tokenizer_key = None  # (tokenizer object, tokenizer_fingerprint)
+
+  def _compile(self) -> dict:
+    token_fn = self.token_fn or self.encoder.apply
     rows = P(self.mesh.axis_names)  # a batch per local device, over every axis of the mesh
     dtype = jnp.dtype(self.dtype)
 
@@ -149,9 +166,8 @@ class TextEncoder:
     sharded = lambda f, out=rows: jax.jit(jax.shard_map(
         f, mesh=self.local_mesh, in_specs=(P(), rows, rows), out_specs=out, check_vma=False))
     # `(params, input_ids, attention_mask)` over the local devices, each device a batch.
-    self.programs = {"pooled": sharded(pooled), "tokens": sharded(tokens),
-                     "tokens_and_pooled": sharded(tokens_and_pooled, (rows, rows))}
-    self._tokenizer_key = None  # (tokenizer object, tokenizer_fingerprint)
+    return {"pooled": sharded(pooled), "tokens": sharded(tokens),
+            "tokens_and_pooled": sharded(tokens_and_pooled, (rows, rows))}
 
   def bind(self, params: Any = None, *, cache: bool = True) -> BoundEncoder:
     """This encoder with `params` (default: the loaded encoder's own), replicated on the
@@ -240,26 +256,33 @@ class BoundEncoder:
     return (texts if isinstance(texts, CorpusTokens)
             else TextTokens(texts, self.text_encoder._tokenize))
 
-  def _stream_uncached(self, texts, part: int, parts: int, bar
+  def _stream_uncached(self, texts, part: int, parts: int, bar, tokens: dict | None = None
                        ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     # The next chunk is tokenised (or read) while this one is encoded.
     chunks = self._source(texts).chunks(self.text_encoder.corpus_chunk)
+    program = self.text_encoder.programs["pooled" if tokens is None else "tokens_and_pooled"]
     try:
       for start, flat, offsets in chunks:
-        pieces = list(self._run(self.text_encoder.programs["pooled"], flat, offsets, part,
-                                parts, bar))
-        if pieces:
-          yield (start + np.concatenate([r for r, _ in pieces]),
-                 np.concatenate([v[0] for _, v in pieces]))
+        rows, vectors = [], []
+        for r, (values, lengths) in self._run(program, flat, offsets, part, parts, bar):
+          if tokens is not None:
+            hidden, values = values
+            tokens.update((start + int(i), h[:n]) for i, h, n in zip(r, hidden, lengths))
+          rows.append(start + r)
+          vectors.append(values)
+        if rows:
+          yield np.concatenate(rows), np.concatenate(vectors)
     finally:  # stopped early (an error, a consumer gone): the tokenizer thread stops now
       getattr(chunks, "close", lambda: None)()
 
-  def cache_for(self, texts, part: int, parts: int) -> EmbeddingCache | None:
+  def cache_for(self, texts, part: int, parts: int, *, with_tokens: bool = False
+                ) -> EmbeddingCache | None:
     """This process's cache entry for `texts` (strings, or a corpus's `CorpusTokens`), or
     None without `cache_dir`. The key holds everything that changes a vector: parameters,
     the texts or token ids (a corpus's key has its content, tokenizer, length and prompt),
     the tokenizer, architecture, pooling, the batch plan's settings, both compute dtypes, the
-    attention implementation and the backend."""
+    attention implementation, the backend, and `with_tokens`: vectors pooled in the program
+    that also returns the tokens (`stream(tokens=...)`), which XLA may round apart."""
     if self.cache_dir is None:
       return None
     if self._fingerprint is None:
@@ -274,28 +297,33 @@ class BoundEncoder:
                 e.corpus_chunk, e.dtype, getattr(e.token_fn, "__qualname__", None),
                 None if module_dtype is None else jnp.dtype(module_dtype).name,
                 getattr(module, "attention", None), jax.default_backend()]
+    if with_tokens:
+      settings.append("tokens_and_pooled")
     key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
     return EmbeddingCache(Path(self.cache_dir).expanduser(), f"{key[:32]}-{part}of{parts}")
 
   def stream(self, texts: Sequence[str] | CorpusTokens, *, part: int = 0, parts: int = 1,
-             desc: str = "encoding", progress: bool = True
+             desc: str = "encoding", progress: bool = True, tokens: dict | None = None
              ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Pooled embeddings of process `part`'s share of `texts` (strings, or a corpus file's
     token ids from `corpus`; of `parts`), as (rows `[m]`, vectors `[m, dim]` float32) a chunk
     of `corpus_chunk` texts at a time: never the whole matrix in memory. From the cache when
-    it has them, into it otherwise."""
+    it has them, into it otherwise. With `tokens` (a dict; small corpora only, it holds them
+    all), each row the encoder runs also leaves its token embeddings there, `{row: [length,
+    dim]}`, from the same forward pass (MaxSim then encodes no passage twice); rows read
+    from the cache leave none."""
     chunk = self.text_encoder.corpus_chunk
     size = share_size(len(texts), chunk, self.text_encoder.batch_size, part, parts)
     bar = tqdm(total=size, desc=desc, unit="passage", unit_scale=True, leave=False,
                disable=not progress)
     try:
-      cache = self.cache_for(texts, part, parts)
+      cache = self.cache_for(texts, part, parts, with_tokens=tokens is not None)
       if cache is not None and cache.usable(size, len(texts)):
         for rows, vectors in cache.read(chunk):
           bar.update(len(rows))
           yield rows, vectors
         return
-      uncached = self._stream_uncached(texts, part, parts, bar)
+      uncached = self._stream_uncached(texts, part, parts, bar, tokens)
       pieces = uncached
       # A shard is its process's own file; texts every process encodes whole (queries) are
       # written by process 0 alone.
@@ -370,12 +398,13 @@ def _fetch(rows: np.ndarray, out: jax.Array, live: np.ndarray, mask: np.ndarray,
 def retrieve(queries: Mapping[str, str], corpus: Mapping[str, str] | CorpusTokens, *,
              query_encoder: BoundEncoder, doc_encoder: BoundEncoder, k: int = 100,
              progress: bool = True, similarity: str = "dot",
-             query_vectors: np.ndarray | None = None) -> dict[str, dict[str, float]]:
+             query_vectors: np.ndarray | None = None,
+             doc_tokens: dict | None = None) -> dict[str, dict[str, float]]:
   """Encodes the queries (every process; `query_vectors` `[len(queries), dim]` where they
   are encoded already) and the corpus (`{docid: text}`, or a corpus file's token ids from
   `doc_encoder.corpus`; each process its share, a chunk at a time), keeps each process's
   exact top-`k` per query, and merges them across processes: the same run on any number of
-  processes and devices."""
+  processes and devices. `doc_tokens`: `BoundEncoder.stream`'s `tokens`, by corpus row."""
   query_ids = list(queries)
   if query_vectors is None:
     query_vectors = query_encoder.encode([queries[q] for q in query_ids], desc="queries",
@@ -388,12 +417,13 @@ def retrieve(queries: Mapping[str, str], corpus: Mapping[str, str] | CorpusToken
   search = DeviceTopK(query_vectors, k, similarity)
   part, parts = jax.process_index(), jax.process_count()
   for rows, vectors in doc_encoder.stream(texts, part=part, parts=parts, desc="passages",
-                                          progress=progress and part == 0):
+                                          progress=progress and part == 0, tokens=doc_tokens):
     search.add(rows, vectors)
   best, uncertain = search.result(ranks)
   # Rare: near-ties at the device's cut-off; this process's share is read again (from the
   # embedding cache where it is on).
   best = host_search(best, uncertain, query_vectors,
-                     doc_encoder.stream(texts, part=part, parts=parts, progress=False), ranks, k,
+                     doc_encoder.stream(texts, part=part, parts=parts, progress=False,
+                                        tokens=doc_tokens), ranks, k,
                      similarity) if uncertain.any() else best
   return as_run(gather_top_k(best, ranks, min(k, len(doc_ids))), query_ids, doc_ids)

@@ -10,6 +10,7 @@ from jax.sharding import Mesh
 
 from optical_jax.config import base_config
 from optical_jax.evaluation import TextEncoder
+from optical_jax.evaluation import collections
 from optical_jax.evaluation.collections import Evaluator
 from optical_jax.evaluation.io import write_qrels, write_tsv
 from optical_jax.models.hf_checkpoint import load_encoder
@@ -62,6 +63,36 @@ def test_each_call_evaluates_its_own_parameters_and_changes_nothing_shared(setti
   # The shared encoders hold no parameters; the teacher's are the model's own.
   assert not any(hasattr(e, "params") for e in evaluator.encoders.values())
   assert evaluator.teacher.params is models.teacher.params
+  # Evaluators of the same models share their compiled programs (the demo's runs), and
+  # still each evaluates the parameters it is given (above).
+  fresh = Evaluator(models, config)
+  for side in ("teacher", "student"):
+    assert fresh.encoders[side].programs is evaluator.encoders[side].programs
+  assert fresh.encoders["teacher"].programs is not fresh.encoders["student"].programs
+
+
+@pytest.mark.slow
+def test_maxsim_on_a_small_corpus_encodes_each_passage_once(setting, monkeypatch):
+  """The student on the passage side: its dense pass keeps the tokens MaxSim reranks with,
+  and the result is the one of encoding the candidates again."""
+  models, config, spec = setting
+  spec = ml_collections.ConfigDict({**spec.to_dict(), "query_encoder": "teacher",
+                                    "doc_encoder": "student"})
+  params = {"encoder": jax.tree_util.tree_map(lambda x: x * 1.1, models.student.params)}
+  evaluator = Evaluator(models, config)
+  sides = evaluator.sides(params, cache=False)
+  once = collections.evaluate_collection(spec, sides, k=config.eval.k)
+  assert sides["student"].encoded_rows == 30  # the corpus, once
+  monkeypatch.setattr(collections, "SMALL_CORPUS_BYTES", 0)  # too large to keep: encode again
+  sides = evaluator.sides(params, cache=False)
+  twice = collections.evaluate_collection(spec, sides, k=config.eval.k)
+  assert sides["student"].encoded_rows > 30
+  for a, b in ((once.run, twice.run), (once.maxsim.run, twice.maxsim.run)):
+    assert a.keys() == b.keys()
+    for q in a:
+      assert sorted(a[q], key=a[q].get) == sorted(b[q], key=b[q].get)
+      np.testing.assert_allclose([a[q][d] for d in b[q]], list(b[q].values()), rtol=1e-5,
+                                 atol=1e-6)
 
 
 def test_the_evaluator_runs_on_the_mesh_it_is_given(setting):
