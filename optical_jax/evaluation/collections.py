@@ -153,7 +153,8 @@ def evaluate_collection(spec, encoders: Mapping[str, BoundEncoder], *,
   about (once per process). With `spec.maxsim_depth`, the run's top that many are reranked
   by MaxSim (ColBERT late interaction: the query encoder's query tokens against the doc
   encoder's passage tokens), encoding only the candidates' passages (`maxsim.maxsim_rerank`:
-  memory bounded by a group of candidates at any corpus size)."""
+  memory bounded by a group of candidates at any corpus size); a small corpus
+  (`holds_tokens`) keeps its passages' tokens from the dense pass instead."""
   topics = read_topics(spec.topics)
   qrels = read_qrels(spec.qrels, topics=topics)
   if spec.get("max_queries"):
