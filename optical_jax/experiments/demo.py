@@ -25,6 +25,7 @@ import numpy as np
 from optical_jax.data.inputs import resolve_inputs
 from optical_jax.evaluation import format_table, paired_bootstrap_interval
 from optical_jax.evaluation.collections import CollectionResult, Evaluator, collection_specs
+from optical_jax.experiments.teacher_rows import TeacherRows
 from optical_jax.files.layout import DemoDir
 from optical_jax.models.hf_checkpoint import load_encoder
 from optical_jax.models.student import DistillationModels
@@ -207,11 +208,20 @@ def report_values(report: DemoReport, measures=TABLE_MEASURES) -> dict:
 
 def reference_rows(config) -> dict[str, Row]:
   """The teacher's own rows (`config.demo.reference_collections`: the en→en upper bound and
-  the zero-shot rows), by collection name, each collection's `label` naming its row."""
+  the zero-shot rows), by collection name, each collection's `label` naming its row; kept
+  across runs (`teacher_rows`), so a later demo reads them instead of evaluating again."""
   teacher = load_encoder(config.model.teacher)
-  evaluator = Evaluator(DistillationModels(teacher=teacher, student=teacher), config)
-  return {spec.name: Row.of(spec.label, evaluator.evaluate(spec, {"encoder": teacher.params}))
-          for spec in collection_specs(config, config.demo.reference_collections)}
+  kept, evaluator, rows = TeacherRows(config, teacher), None, {}
+  for spec in collection_specs(config, config.demo.reference_collections):
+    fields = kept.get(spec)
+    if fields is None:
+      evaluator = evaluator or Evaluator(DistillationModels(teacher=teacher, student=teacher),
+                                         config)
+      row = Row.of(spec.label, evaluator.evaluate(spec, {"encoder": teacher.params}))
+      fields = {"values": row.values, "dense": row.dense, "maxsim": row.maxsim}
+      kept.put(spec, fields)
+    rows[spec.name] = Row(spec.label, **fields)
+  return rows
 
 
 def run_demo(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:

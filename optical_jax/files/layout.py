@@ -138,6 +138,8 @@ class CacheDir:
   bible = _Below("bible")
   # Adapted students and lexicons (vocabulary adaptation).
   adaptation = _Below("adaptation")
+  # The demo's teacher rows (`experiments.demo.reference_rows`), keyed by all that made them.
+  reference_rows = _Below("reference_rows")
   # Checkpoints the benchmarks build for themselves.
   benchmark_checkpoints = _Below("benchmark_checkpoints")
 

@@ -5,6 +5,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from optical_jax.evaluation.collections import results_dir
@@ -175,3 +176,26 @@ def test_the_demo_says_where_its_time_went(demo_run):
   for line in table[2:]:
     values = [float(v) for v in line.strip("| ").split(" | ")[1:]]
     assert all(v >= 0 for v in values) and abs(sum(values[:-1]) - values[-1]) < 0.2
+
+
+@pytest.mark.slow
+def test_a_later_demo_reads_the_teachers_rows_and_a_changed_input_evaluates_again(
+    demo_run, monkeypatch):
+  from optical_jax.data.inputs import resolve_inputs
+  from optical_jax.experiments import demo
+  tmp_path, _, tables, _ = demo_run
+  config = resolve_inputs(demo_config(tmp_path)).config
+
+  def no_evaluation(*args, **kwargs):
+    raise AssertionError("the teacher was evaluated again")
+
+  monkeypatch.setattr(demo, "Evaluator", no_evaluation)
+  rows = demo.reference_rows(config)  # from runtime.cache_dir/reference_rows alone
+  upper = rows["test-en-en"]
+  assert upper.system == UPPER
+  assert {m: upper.values[m] for m in demo.TABLE_MEASURES} == {
+      m: tables["test-ny-en"][UPPER][m] for m in demo.TABLE_MEASURES}
+  assert np.mean(list(upper.maxsim.values())) == tables["test-ny-en"][UPPER][demo.MAXSIM]
+  config.eval.k = 50  # another setting: another key, so the teacher is evaluated again
+  with pytest.raises(AssertionError, match="evaluated again"):
+    demo.reference_rows(config)
