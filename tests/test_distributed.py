@@ -121,10 +121,12 @@ def test_a_peer_whose_heartbeat_stops_is_named_after_the_timeout():
 def test_a_finished_peer_is_not_lost_and_a_plain_error_is_left_to_the_caller():
   import time
   store = _Store()
-  survivor, peer = _watch(store, 0), _watch(store, 1)
+  # A timeout a busy 2-core runner's thread scheduling cannot reach (0.4 s could: the
+  # survivor named the peer lost before it said "done"), waited out after the peer stops.
+  survivor, peer = _watch(store, 0, timeout=1.5), _watch(store, 1, timeout=1.5)
   time.sleep(0.2)
   peer.stop()  # finished: says "done"
-  time.sleep(0.8)
+  time.sleep(2.0)
   assert not hasattr(survivor, "line")
   survivor.failed(ValueError("a bad field"))  # every peer still answers: not a lost peer
   assert not hasattr(survivor, "line")
