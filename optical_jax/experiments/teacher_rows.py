@@ -10,6 +10,7 @@ row's measures and per-query MAP, dense and under MaxSim.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -23,6 +24,7 @@ from optical_jax.files.fingerprint import checkpoint_digest, file_digest
 from optical_jax.files.layout import CacheDir
 
 
+@functools.lru_cache(maxsize=1)  # once per process: every row's key holds it
 def package_digest() -> str:
   """SHA-256 of every source file of optical_jax: a row another version computed is never
   read."""
@@ -45,6 +47,9 @@ def reference_key(config, spec, teacher) -> str:
   return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
 
 
+FIELDS = {"values", "dense", "maxsim"}
+
+
 class TeacherRows:
   """The kept rows of `teacher` under `config`: `get(spec)` a row's fields (`values`, `dense`,
   `maxsim`) or None, `put(spec, fields)` keeps them (process 0)."""
@@ -57,8 +62,14 @@ class TeacherRows:
     return self.directory / f"{reference_key(self.config, spec, self.teacher)[:32]}.json"
 
   def get(self, spec) -> dict | None:
+    """The kept fields, or None where there are none or the file is not one `put` wrote
+    (unreadable, or other fields): the row is then evaluated and the entry rewritten."""
     path = self._path(spec)
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    try:
+      fields = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+      return None
+    return fields if isinstance(fields, dict) and set(fields) == FIELDS else None
 
   def put(self, spec, fields: dict) -> None:
     if jax.process_index() == 0:

@@ -196,6 +196,14 @@ def test_a_later_demo_reads_the_teachers_rows_and_a_changed_input_evaluates_agai
   assert {m: upper.values[m] for m in demo.TABLE_MEASURES} == {
       m: tables["test-ny-en"][UPPER][m] for m in demo.TABLE_MEASURES}
   assert np.mean(list(upper.maxsim.values())) == tables["test-ny-en"][UPPER][demo.MAXSIM]
+  # An entry that is not one the demo wrote (cut short, other fields) is evaluated again.
+  kept = demo.TeacherRows(config, demo.load_encoder(config.model.teacher))
+  path = kept._path(config.demo.reference_collections[0])
+  good = path.read_text()
+  for bad in (good[:10], '{"values": {}}'):
+    path.write_text(bad)
+    assert kept.get(config.demo.reference_collections[0]) is None
+  path.write_text(good)
   config.eval.k = 50  # another setting: another key, so the teacher is evaluated again
   with pytest.raises(AssertionError, match="evaluated again"):
     demo.reference_rows(config)
