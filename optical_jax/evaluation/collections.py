@@ -133,9 +133,9 @@ SMALL_CORPUS_BYTES = 1 << 30
 
 def holds_tokens(num_passages: int, encoder: BoundEncoder) -> bool:
   """Whether `num_passages` passages' token vectors fit `SMALL_CORPUS_BYTES` (float32, every
-  passage at the encoder's full length)."""
+  passage at the encoder's full length, as wide as its token function returns them)."""
   e = encoder.text_encoder
-  return num_passages * e.max_length * e.encoder.config.hidden_size * 4 <= SMALL_CORPUS_BYTES
+  return num_passages * e.max_length * encoder.token_width() * 4 <= SMALL_CORPUS_BYTES
 
 
 def _prompt(encoder: BoundEncoder, side: str) -> str:

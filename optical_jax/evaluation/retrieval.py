@@ -234,6 +234,13 @@ class BoundEncoder:
     self.device_params, self._fingerprint = placed, None  # on the local devices
     self.encoded_rows = 0
 
+  def token_width(self) -> int:
+    """The width of the token vectors it returns: a projection's output where the token
+    function has one, not the encoder's hidden size (traced on shapes, nothing computed)."""
+    e = self.text_encoder
+    ids = jax.ShapeDtypeStruct((1, 2), jnp.int32)
+    return int(jax.eval_shape(e.token_fn or e.encoder.apply, self.params, ids, ids).shape[-1])
+
   def corpus(self, path: str | Path, *, prompt: str = "") -> CorpusTokens:
     """`TextEncoder.corpus`."""
     return self.text_encoder.corpus(path, prompt=prompt)

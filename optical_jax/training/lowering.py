@@ -31,9 +31,8 @@ from optical_jax.training.state import initial_state
 def so_config(teacher: str = "", student: str = "", *, dtype: str = "bfloat16",
               batch: int = 256, length: int = 64):
   """configs/so.py's training settings (loss ot with idf marginals, the student on the
-  document side, bfloat16,
-  batch 256 of length 64) with checkpoints `teacher` and `student` (paths, or "" for
-  `random_models`)."""
+  document side, bfloat16, batch 256 of length 64) with checkpoints `teacher` and `student`
+  (paths, or "" for `random_models`)."""
   c = base_config()
   c.model.teacher, c.model.student, c.model.dtype = teacher, student, dtype
   c.model.student_side, c.loss, c.ot.marginals = "document", "ot", "idf"

@@ -151,6 +151,22 @@ def test_text_encoder_restores_order_and_matches_unbatched(minilm_dir):
     np.testing.assert_allclose(both, alone, atol=1e-6)
 
 
+def test_a_small_corpus_is_sized_by_the_width_its_token_function_returns(tiny_bert_dir,
+                                                                         monkeypatch):
+  from optical_jax.evaluation import collections
+  encoder = load_encoder(tiny_bert_dir)
+  hidden = encoder.config.hidden_size
+  projection = np.ones((hidden, 4 * hidden), np.float32)  # a student head 4x the encoder's width
+  project = lambda params, ids, mask: encoder.apply(params["encoder"], ids, mask) @ params["head"]
+  plain = TextEncoder(encoder, data_mesh(), max_length=32).bind()
+  wide = TextEncoder(encoder, data_mesh(), max_length=32, token_fn=project).bind(
+      {"encoder": encoder.params, "head": projection})
+  assert (plain.token_width(), wide.token_width()) == (hidden, 4 * hidden)
+  # 10 passages fit at the encoder's width, not at the head's.
+  monkeypatch.setattr(collections, "SMALL_CORPUS_BYTES", 10 * 32 * hidden * 4)
+  assert collections.holds_tokens(10, plain) and not collections.holds_tokens(10, wide)
+
+
 @pytest.mark.slow
 def test_streamed_chunks_give_the_one_chunk_ranking(tiny_bert_dir):
   encoder = load_encoder(tiny_bert_dir)
