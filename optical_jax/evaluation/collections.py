@@ -31,6 +31,7 @@ from optical_jax.evaluation.retrieval import BoundEncoder, TextEncoder, retrieve
 from optical_jax.files.fileio import write_text_atomic
 from optical_jax.files.fingerprint import checkpoint_digest, file_digest
 from optical_jax.files.layout import CacheDir, Workdir
+from optical_jax.models.student import student_token_fn
 from optical_jax.runtime.mesh import local_mesh
 
 
@@ -104,7 +105,7 @@ def side_encoders(models, config, mesh: Mesh) -> dict[str, TextEncoder]:
       "teacher": TextEncoder(models.teacher, mesh, programs_key=("encoder", models.teacher.module),
                              **encoder_settings(config)),
       "student": TextEncoder(models.student, mesh,
-                             token_fn=lambda p, ids, mask: models.student_tokens(p, ids, mask),
+                             token_fn=student_token_fn(models.student.module, models.projection),
                              programs_key=("student", models.student.module, models.projection),
                              **encoder_settings(config)),
   }

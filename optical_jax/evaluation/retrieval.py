@@ -142,7 +142,11 @@ class TextEncoder:
     self._tokenizer_key = None  # (tokenizer object, tokenizer_fingerprint)
 
   def _compile(self) -> dict:
-    token_fn = self.token_fn or self.encoder.apply
+    # Nothing of `self` in the programs' closures (the module's apply, not the encoder's bound
+    # method): programs kept for later runs (`programs_key`) keep no run's weights alive.
+    module, pooling, normalize = self.encoder.module, self.encoder.pooling, self.encoder.normalize
+    mesh = self.local_mesh
+    token_fn = self.token_fn or (lambda p, ids, mask: module.apply({"params": p}, ids, mask))
     rows = P(self.mesh.axis_names)  # a batch per local device, over every axis of the mesh
     dtype = jnp.dtype(self.dtype)
 
@@ -152,19 +156,18 @@ class TextEncoder:
 
     def pooled(params, ids, mask):
       hidden = token_fn(cast(params), ids, mask).astype(jnp.float32)
-      return pool(hidden, mask, method=self.encoder.pooling, normalize=self.encoder.normalize)
+      return pool(hidden, mask, method=pooling, normalize=normalize)
 
     def tokens(params, ids, mask):
       return token_fn(cast(params), ids, mask).astype(jnp.float32)
 
     def tokens_and_pooled(params, ids, mask):  # MaxSim's query side: one forward for both
       hidden = token_fn(cast(params), ids, mask).astype(jnp.float32)
-      return hidden, pool(hidden, mask, method=self.encoder.pooling,
-                          normalize=self.encoder.normalize)
+      return hidden, pool(hidden, mask, method=pooling, normalize=normalize)
 
     # The per-device program is the same on any device count.
     sharded = lambda f, out=rows: jax.jit(jax.shard_map(
-        f, mesh=self.local_mesh, in_specs=(P(), rows, rows), out_specs=out, check_vma=False))
+        f, mesh=mesh, in_specs=(P(), rows, rows), out_specs=out, check_vma=False))
     # `(params, input_ids, attention_mask)` over the local devices, each device a batch.
     return {"pooled": sharded(pooled), "tokens": sharded(tokens),
             "tokens_and_pooled": sharded(tokens_and_pooled, (rows, rows))}

@@ -47,12 +47,25 @@ class DistillationModels:
                      attention_mask: jax.Array, *, deterministic: bool = True,
                      rngs: Mapping[str, jax.Array] | None = None) -> jax.Array:
     """Student token embeddings in the teacher's space, `[batch, length, teacher_hidden]`."""
-    hidden = self.student.apply(params["encoder"], input_ids, attention_mask,
-                                deterministic=deterministic, rngs=rngs)
-    if self.projection is not None:
-      hidden = self.projection.apply({"params": params["projection"]},
-                                     hidden.astype(jnp.float32))
+    return student_token_fn(self.student.module, self.projection)(
+        params, input_ids, attention_mask, deterministic=deterministic, rngs=rngs)
+
+
+def student_token_fn(module: nn.Module, projection: nn.Dense | None):
+  """`DistillationModels.student_tokens` as a function of the modules alone
+  (`(params, input_ids, attention_mask) -> [batch, length, teacher_hidden]`): it holds no
+  weights, so a program compiled from it and kept for later runs keeps none alive."""
+
+  def tokens(params: Mapping[str, Any], input_ids: jax.Array, attention_mask: jax.Array, *,
+             deterministic: bool = True,
+             rngs: Mapping[str, jax.Array] | None = None) -> jax.Array:
+    hidden = module.apply({"params": params["encoder"]}, input_ids, attention_mask, None,
+                          deterministic=deterministic, rngs=rngs)
+    if projection is not None:
+      hidden = projection.apply({"params": params["projection"]}, hidden.astype(jnp.float32))
     return hidden
+
+  return tokens
 
 
 def projection_for(student_width: int, teacher_width: int) -> nn.Dense | None:

@@ -2,6 +2,9 @@
 call and shares nothing between calls but its compiled programs; a `TextEncoder` runs on the
 mesh it is given (the run's), never on one of its own."""
 
+import gc
+import weakref
+
 import jax
 import ml_collections
 import numpy as np
@@ -69,6 +72,24 @@ def test_each_call_evaluates_its_own_parameters_and_changes_nothing_shared(setti
   for side in ("teacher", "student"):
     assert fresh.encoders[side].programs is evaluator.encoders[side].programs
   assert fresh.encoders["teacher"].programs is not fresh.encoders["student"].programs
+
+
+@pytest.mark.slow
+def test_programs_kept_for_later_runs_keep_no_weights_alive(setting, tiny_bert_dir,
+                                                            monkeypatch):
+  from optical_jax.evaluation import retrieval
+  monkeypatch.setattr(retrieval, "_SHARED_PROGRAMS", {})  # this run compiles them
+  models, config, spec = setting
+  first = load_encoder(tiny_bert_dir)  # a demo's first run: its own teacher and student
+  evaluator = Evaluator(DistillationModels(teacher=first, student=first), config)
+  evaluator.evaluate(spec, {"encoder": first.params}, cache=False)
+  programs = {side: e.programs for side, e in evaluator.encoders.items()}
+  alive = weakref.ref(first)
+  del first, evaluator
+  gc.collect()
+  assert alive() is None  # its weights went with it...
+  later = Evaluator(models, config)  # ...and a later run still gets its programs
+  assert all(later.encoders[side].programs is p for side, p in programs.items())
 
 
 @pytest.mark.slow
