@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 from pathlib import Path
 from typing import Mapping
@@ -127,6 +128,10 @@ class CollectionResult:
 # ids (content, tokenizer, length, prompt): encoded once per process on small corpora (the
 # demo's rows share them); larger corpora keep none.
 _TEACHER_DOC_TOKENS: dict = {}
+# The frozen teacher's query tokens and pooled vectors (MaxSim's query side), by checkpoint,
+# settings and the queries' texts: encoded once per process where they fit
+# `SMALL_CORPUS_BYTES` (every student of the demo meets the same English queries).
+_TEACHER_QUERY_TOKENS: dict = {}
 # A corpus is small when every passage's token vectors at full length (float32) fit in this:
 # its dense pass keeps them for MaxSim (about 10,900 passages of 256 tokens at 384 dims).
 SMALL_CORPUS_BYTES = 1 << 30
@@ -137,6 +142,25 @@ def holds_tokens(num_passages: int, encoder: BoundEncoder) -> bool:
   passage at the encoder's full length, as wide as its token function returns them)."""
   e = encoder.text_encoder
   return num_passages * e.max_length * encoder.token_width() * 4 <= SMALL_CORPUS_BYTES
+
+
+def _teacher_key(encoder: BoundEncoder, *content) -> tuple:
+  e = encoder.text_encoder
+  return (checkpoint_digest(e.encoder.path), str(e.encoder.module.dtype), e.max_length, e.dtype,
+          *content)
+
+
+def _query_tokens(encoder: BoundEncoder, texts: list[str], *, teacher: bool):
+  """Token vectors `[len(text_i), d]` and pooled vectors `[n, d]` of `texts` from one forward;
+  a frozen teacher's kept for the process where they fit `SMALL_CORPUS_BYTES`."""
+  encode = lambda: encoder.encode_tokens(texts, desc="query tokens", progress=False, pooled=True)
+  if not teacher or not holds_tokens(len(texts), encoder):
+    return encode()
+  digest = hashlib.sha256("\0".join(texts).encode()).hexdigest()
+  key = _teacher_key(encoder, encoder.text_encoder.tokenizer_key(), digest)
+  if key not in _TEACHER_QUERY_TOKENS:
+    _TEACHER_QUERY_TOKENS[key] = encode()
+  return _TEACHER_QUERY_TOKENS[key]
 
 
 def _prompt(encoder: BoundEncoder, side: str) -> str:
@@ -170,18 +194,15 @@ def evaluate_collection(spec, encoders: Mapping[str, BoundEncoder], *,
   depth = spec.get("maxsim_depth", 0)
   query_ids, query_vectors = list(queries), None
   if depth:  # the query tokens MaxSim needs, and the pooled vectors of the same forward
-    query_tokens, query_vectors = query_encoder.encode_tokens(
-        [queries[q] for q in query_ids], desc="query tokens", progress=False, pooled=True)
+    query_tokens, query_vectors = _query_tokens(query_encoder, [queries[q] for q in query_ids],
+                                                teacher=spec.query_encoder == "teacher")
   # A small corpus's dense pass keeps its passages' tokens (`kept`, by row) for MaxSim, from
   # the same forward: none is encoded twice. A frozen teacher's serve every run of this
   # process (`memo`, by docid).
   small = bool(depth) and holds_tokens(len(corpus), doc_encoder)
   memo, kept = None, {} if small else None
   if small and spec.doc_encoder == "teacher":
-    e = doc_encoder.text_encoder
-    memo = _TEACHER_DOC_TOKENS.setdefault(
-        (checkpoint_digest(e.encoder.path), str(e.encoder.module.dtype), e.max_length,
-         e.dtype, corpus.key), {})
+    memo = _TEACHER_DOC_TOKENS.setdefault(_teacher_key(doc_encoder, corpus.key), {})
   run = retrieve(queries, corpus, query_encoder=query_encoder, doc_encoder=doc_encoder, k=k,
                  progress=progress, query_vectors=query_vectors, doc_tokens=kept)
   result = CollectionResult(evaluate(run, qrels, measures),

@@ -95,7 +95,8 @@ def test_programs_kept_for_later_runs_keep_no_weights_alive(setting, tiny_bert_d
 @pytest.mark.slow
 def test_maxsim_on_a_small_corpus_encodes_each_passage_once(setting, monkeypatch):
   """The student on the passage side: its dense pass keeps the tokens MaxSim reranks with,
-  and the result is the one of encoding the candidates again."""
+  the teacher's query tokens are encoded once per process, and the result is the one of
+  encoding them again."""
   models, config, spec = setting
   spec = ml_collections.ConfigDict({**spec.to_dict(), "query_encoder": "teacher",
                                     "doc_encoder": "student"})
@@ -104,10 +105,18 @@ def test_maxsim_on_a_small_corpus_encodes_each_passage_once(setting, monkeypatch
   sides = evaluator.sides(params, cache=False)
   once = collections.evaluate_collection(spec, sides, k=config.eval.k)
   assert sides["student"].encoded_rows == 30  # the corpus, once
+  # A later student (the demo's next run) meets the same English queries: the teacher's
+  # query tokens are kept for the process.
+  fresh = Evaluator(models, config)
+  assert collections.evaluate_collection(spec, fresh.sides(params, cache=False),
+                                         k=config.eval.k).maxsim.run == once.maxsim.run
+  assert fresh.teacher.encoded_rows == 0
   monkeypatch.setattr(collections, "SMALL_CORPUS_BYTES", 0)  # too large to keep: encode again
   sides = evaluator.sides(params, cache=False)
+  queries_before = sides["teacher"].encoded_rows
   twice = collections.evaluate_collection(spec, sides, k=config.eval.k)
   assert sides["student"].encoded_rows > 30
+  assert sides["teacher"].encoded_rows == queries_before + 6  # the 6 queries, again
   for a, b in ((once.run, twice.run), (once.maxsim.run, twice.maxsim.run)):
     assert a.keys() == b.keys()
     for q in a:
