@@ -45,9 +45,11 @@ def candidate_ids(corpus: CorpusTokens, rows: np.ndarray) -> tuple[np.ndarray, n
       if len(lengths) == len(rows):
         break
       inside = rows[(rows >= start) & (rows < start + len(offsets) - 1)] - start
-      if len(inside):  # copied out: a view would keep the whole chunk in memory
-        pieces.append(np.concatenate([flat[offsets[r]:offsets[r + 1]] for r in inside]))
-        lengths.extend(offsets[inside + 1] - offsets[inside])
+      if len(inside):  # gathered (a copy): a view would keep the whole chunk in memory
+        starts, counts = offsets[inside], offsets[inside + 1] - offsets[inside]
+        first = np.cumsum(counts) - counts  # where each row starts in the gathered ids
+        pieces.append(flat[np.repeat(starts - first, counts) + np.arange(counts.sum())])
+        lengths.extend(counts)
   finally:  # stopped early: the tokenizer thread stops now
     getattr(chunks, "close", lambda: None)()
   flat = np.concatenate(pieces).astype(np.int32) if pieces else np.zeros(0, np.int32)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from optical_jax.evaluation import TextEncoder, maxsim_reranker, rerank_run
-from optical_jax.evaluation.maxsim import maxsim_rerank
+from optical_jax.evaluation.maxsim import candidate_ids, maxsim_rerank
 from optical_jax.evaluation.io import write_tsv
 from optical_jax.models.hf_checkpoint import load_encoder
 from optical_jax.runtime.mesh import data_mesh
@@ -64,3 +64,21 @@ def test_a_memo_encodes_each_passage_once_across_calls(setting):
   union8 = {d for q in run for d in sorted(run[q], key=lambda d: -run[q][d])[:8]}
   assert encoder.encoded_rows == len(union8 - union5)
   assert all(deeper[q][d] == first[q][d] for q in first for d in first[q])
+
+
+def test_candidate_ids_are_the_rows_ids_across_chunks():
+  rng = np.random.default_rng(1)
+  rows_ids = [rng.integers(1, 99, rng.integers(0, 9)).astype(np.int32) for _ in range(50)]
+
+  class Chunked:  # the corpus in chunks of 7 rows, as CorpusTokens.chunks gives them
+    def chunks(self, _):
+      for start in range(0, 50, 7):
+        part = rows_ids[start:start + 7]
+        yield (start, np.concatenate(part),
+               np.concatenate([[0], np.cumsum([len(p) for p in part])]))
+
+  for rows in (np.array([0]), np.array([3, 6, 7, 8, 20, 49]), np.arange(50), np.array([13])):
+    flat, offsets = candidate_ids(Chunked(), rows)
+    assert flat.dtype == np.int32 and len(offsets) == len(rows) + 1
+    for i, r in enumerate(rows):
+      np.testing.assert_array_equal(flat[offsets[i]:offsets[i + 1]], rows_ids[r])
