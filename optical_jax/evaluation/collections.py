@@ -141,7 +141,7 @@ def holds_tokens(num_passages: int, encoder: BoundEncoder) -> bool:
   """Whether `num_passages` passages' token vectors fit `SMALL_CORPUS_BYTES` (float32, every
   passage at the encoder's full length, as wide as its token function returns them)."""
   e = encoder.text_encoder
-  return num_passages * e.max_length * encoder.token_width() * 4 <= SMALL_CORPUS_BYTES
+  return num_passages * e.max_length * encoder.token_width * 4 <= SMALL_CORPUS_BYTES
 
 
 def _teacher_key(encoder: BoundEncoder, *content) -> tuple:

@@ -23,6 +23,7 @@ texts (or the corpus's token ids) and every encoder setting that changes a vecto
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -237,6 +238,7 @@ class BoundEncoder:
     self.device_params, self._fingerprint = placed, None  # on the local devices
     self.encoded_rows = 0
 
+  @functools.cached_property
   def token_width(self) -> int:
     """The width of the token vectors it returns: a projection's output where the token
     function has one, not the encoder's hidden size (traced on shapes, nothing computed)."""

@@ -161,7 +161,7 @@ def test_a_small_corpus_is_sized_by_the_width_its_token_function_returns(tiny_be
   plain = TextEncoder(encoder, data_mesh(), max_length=32).bind()
   wide = TextEncoder(encoder, data_mesh(), max_length=32, token_fn=project).bind(
       {"encoder": encoder.params, "head": projection})
-  assert (plain.token_width(), wide.token_width()) == (hidden, 4 * hidden)
+  assert (plain.token_width, wide.token_width) == (hidden, 4 * hidden)
   # 10 passages fit at the encoder's width, not at the head's.
   monkeypatch.setattr(collections, "SMALL_CORPUS_BYTES", 10 * 32 * hidden * 4)
   assert collections.holds_tokens(10, plain) and not collections.holds_tokens(10, wide)
