@@ -235,8 +235,13 @@ class BoundEncoder:
   def __init__(self, text_encoder: TextEncoder, params: Any, placed: Any,
                cache_dir: str | Path | None):
     self.text_encoder, self.params, self.cache_dir = text_encoder, params, cache_dir
-    self.device_params, self._fingerprint = placed, None  # on the local devices
+    self.device_params = placed  # on the local devices
     self.encoded_rows = 0
+
+  @functools.cached_property
+  def fingerprint(self) -> str:
+    """The parameters' fingerprint (`embedding_cache.params_fingerprint`), hashed once."""
+    return params_fingerprint(self.params)
 
   @functools.cached_property
   def token_width(self) -> int:
@@ -297,12 +302,10 @@ class BoundEncoder:
     that also returns the tokens (`stream(tokens=...)`), which XLA may round apart."""
     if self.cache_dir is None:
       return None
-    if self._fingerprint is None:
-      self._fingerprint = params_fingerprint(self.params)
     e = self.text_encoder
     module = getattr(e.encoder, "module", None)
     module_dtype = getattr(module, "dtype", None)
-    settings = [self._fingerprint,
+    settings = [self.fingerprint,
                 texts.key if isinstance(texts, CorpusTokens) else texts_fingerprint(texts),
                 e.tokenizer_key(), e.encoder.config.to_hf_dict(), e.max_length,
                 e.encoder.pooling, e.encoder.normalize, e.batch_size, e.bucket_width,
