@@ -203,6 +203,10 @@ GROUPS = (
         Field("pair_window", 1, "training examples of up to this many consecutive bitext pairs "
               "joined on both sides, within max_length tokens a side (passage-length training "
               "from sentence pairs; 1: single pairs)", positive_int),
+        Field("pair_window_sizes", "fixed", "how many pairs each window aims for: \"fixed\": "
+              "pair_window; \"uniform\": a number drawn uniformly from 1 to pair_window for each "
+              "window (a mixture of lengths; the same draw on every process and in every run)",
+              one_of(("fixed", "uniform"))),
         Field("length_buckets", LENGTH_BUCKETS, "padded lengths of training batches (one "
               "compiled step each, up to max_length): a batch is padded to the smallest that "
               "holds its longest sentence", Check("ascending positive integers", _buckets)),

@@ -3,15 +3,16 @@ of up to N consecutive aligned pairs (in file order), joined with a space on bot
 within `max_length` tokens on both sides.
 
 A window is greedy: it takes the next pair while it has fewer than N pairs and both joined
-sides still fit; a pair longer than `max_length` on its own is a window of one (truncated as
-any row is). Windows are a pure function of the rows, the tokenizers, their prompts,
-`max_length` and N, never of the devices or processes: every process finds the same ones, so
-the batches stay those of any device count. `find_windows` measures each row's tokens on each
-side and then tokenises every joined window to check it: a subword tokenizer may cut "a b"
-into other pieces than "a" and "b" (SentencePiece), so the sum of the parts is only an
-estimate, and a window that does not fit loses pairs until it does. `WindowRows` presents each
-window as one row of joined texts, so dealing, sharding, bucketing and the caches downstream
-see ordinary rows.
+sides still fit (N is `pair_window`, or with `sizes="uniform"` a number drawn from 1..N for
+each row a window may start at: a mixture of lengths); a pair longer than `max_length` on its
+own is a window of one (truncated as any row is). Windows are a pure function of the rows,
+the tokenizers, their prompts, `max_length` and N, never of the devices or processes: every
+process finds the same ones, so the batches stay those of any device count. `find_windows`
+measures each row's tokens on each side and then tokenises every joined window to check it: a
+subword tokenizer may cut "a b" into other pieces than "a" and "b" (SentencePiece), so the sum
+of the parts is only an estimate, and a window that does not fit loses pairs until it does.
+`WindowRows` presents each window as one row of joined texts, so dealing, sharding, bucketing
+and the caches downstream see ordinary rows.
 """
 
 from __future__ import annotations
@@ -36,29 +37,45 @@ WINDOWS_VERSION = 1  # bump when find_windows' windows change
 _BLOCK = 1 << 16  # rows greedy_windows holds as Python numbers at once
 
 
+def window_sizes(rows: int, pair_window: int, sizes: str = "fixed") -> np.ndarray | None:
+  """How many pairs a window starting at each row aims for, int32 `[rows]`: None for "fixed"
+  (`pair_window` everywhere); "uniform": drawn uniformly from 1..`pair_window` by a generator
+  of fixed seed, a function of the row alone (every process draws the same)."""
+  if sizes == "fixed":
+    return None
+  if sizes != "uniform":
+    raise ValueError(f"window sizes {sizes!r}: 'fixed' or 'uniform'")
+  return np.random.default_rng(0).integers(1, pair_window + 1, rows, dtype=np.int32)
+
+
 def greedy_windows(lengths: np.ndarray, overhead: Sequence[int], *, max_length: int,
-                   pair_window: int, caps: dict[int, int] | None = None) -> np.ndarray:
+                   pair_window: int, caps: dict[int, int] | None = None,
+                   targets: np.ndarray | None = None) -> np.ndarray:
   """Window boundaries, int64 `[windows + 1]` (window w is rows `[starts[w], starts[w + 1])`).
 
   `lengths` `[rows, sides]`: each row's tokens on each side, prompt and special tokens
   included (`overhead[side]` of them: a joined window counts them once). The window starting
-  at row i takes at most `caps.get(i, pair_window)` pairs, and the next pair only while its
-  estimated sides (`overhead` plus the parts' other tokens) stay within `max_length`. One
-  pass over the rows, a block of them at a time as Python numbers."""
+  at row i takes at most `caps.get(i, pair_window)` pairs (and `targets[i]`, `window_sizes`,
+  where given), and the next pair only while its estimated sides (`overhead` plus the parts'
+  other tokens) stay within `max_length`. One pass over the rows, a block of them at a time
+  as Python numbers."""
   lengths = np.asarray(lengths, np.int64)
   overhead, caps = np.asarray(overhead, np.int64), caps or {}
   starts = array.array("q", [0])
   total, count, most = None, 0, 0
   for block in range(0, len(lengths), _BLOCK):
     part = lengths[block:block + _BLOCK]
-    for i, (row, content) in enumerate(zip(part.tolist(), (part - overhead).tolist()), block):
+    aims = (itertools.repeat(pair_window) if targets is None
+            else targets[block:block + _BLOCK].tolist())
+    for i, (row, content, aim) in enumerate(zip(part.tolist(), (part - overhead).tolist(),
+                                                aims), block):
       if count:
         grown = [t + c for t, c in zip(total, content)]
         if count < most and max(grown) <= max_length:
           total, count = grown, count + 1
           continue
         starts.append(i)
-      total, count, most = row, 1, min(pair_window, caps.get(i, pair_window))
+      total, count, most = row, 1, min(aim, caps.get(i, pair_window))
   if count:
     starts.append(len(lengths))
   return np.frombuffer(starts, np.int64).copy()
@@ -99,7 +116,8 @@ def _lengths(tokenize, prompt: str, texts: Sequence[str]) -> np.ndarray:
 
 
 def find_windows(rows, tokenizers: Sequence[Any], prompts: Sequence[str], *, max_length: int,
-                 pair_window: int, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                 pair_window: int, sizes: str = "fixed", progress: bool = False
+                 ) -> tuple[np.ndarray, np.ndarray]:
   """The windows of `rows` (module docstring): their boundaries, int64 `[windows + 1]`, and
   each one's longest joined text in characters, int32 `[windows]`.
 
@@ -113,8 +131,9 @@ def find_windows(rows, tokenizers: Sequence[Any], prompts: Sequence[str], *, max
   long = [ids_tokenizer(t, max_length + 1) for t in tokenizers]
   overhead = [len(tokenize([prompt])[0]) for tokenize, prompt in zip(short, prompts)]
   lengths, chars = [], []
-  with tqdm(total=len(rows), desc=f"windows of {pair_window} pairs", unit=" rows",
-            unit_scale=True, leave=False, disable=not progress) as bar:
+  most = f"1-{pair_window}" if sizes == "uniform" else pair_window
+  with tqdm(total=len(rows), desc=f"windows of {most} pairs", unit=" rows", unit_scale=True,
+            leave=False, disable=not progress) as bar:
     for chunk in _chunks(rows.rows()):
       sides = list(zip(*chunk))
       lengths.append(np.stack([_lengths(tokenize, prompt, side) for tokenize, prompt, side in
@@ -122,11 +141,12 @@ def find_windows(rows, tokenizers: Sequence[Any], prompts: Sequence[str], *, max
       chars.append(np.array([list(map(len, side)) for side in sides], np.int32).T)
       bar.update(len(chunk))
   lengths, chars = np.concatenate(lengths), np.concatenate(chars)
+  targets = window_sizes(len(lengths), pair_window, sizes)
   caps = {}  # start row -> most pairs, of windows found too long (few)
   checked = np.zeros(len(lengths), np.int32)  # start row -> pairs of the window checked there
   while True:
     starts = greedy_windows(lengths, overhead, max_length=max_length, pair_window=pair_window,
-                            caps=caps)
+                            caps=caps, targets=targets)
     pairs = np.diff(starts)
     unchecked = np.flatnonzero((pairs > 1) & (checked[starts[:-1]] != pairs))
     over = []  # one read of the rows for all the windows to check
@@ -167,17 +187,18 @@ class WindowRows:
 
 
 def window_rows(rows, tokenizers: Sequence[Any], prompts: Sequence[str], *, max_length: int,
-                pair_window: int, cache_dir: Path, key: str, progress: bool = False
-                ) -> WindowRows:
+                pair_window: int, sizes: str = "fixed", cache_dir: Path, key: str,
+                progress: bool = False) -> WindowRows:
   """`WindowRows` of `find_windows(rows, ...)`, the windows cached in `cache_dir` under `key`
   (what decides them besides N and `max_length`: the rows, tokenizers and prompts), so a later
   run reads them instead of tokenising every row again."""
-  key = json.dumps([key, max_length, pair_window, WINDOWS_VERSION])
+  key = json.dumps([key, max_length, pair_window, WINDOWS_VERSION]
+                   + ([] if sizes == "fixed" else [sizes]))  # fixed windows' caches stay valid
   path = Path(cache_dir) / f"windows-{hashlib.sha256(key.encode()).hexdigest()[:24]}.npz"
   windows = _read_windows(rows, path, key)
   if windows is None:
     starts, chars = find_windows(rows, tokenizers, prompts, max_length=max_length,
-                                 pair_window=pair_window, progress=progress)
+                                 pair_window=pair_window, sizes=sizes, progress=progress)
     path.parent.mkdir(parents=True, exist_ok=True)
     sweep_temporaries(path.parent)
     tmp = temporary(path)
@@ -186,8 +207,8 @@ def window_rows(rows, tokenizers: Sequence[Any], prompts: Sequence[str], *, max_
         np.savez(f, key=np.array(key), starts=starts, longest_chars=chars)
       os.replace(tmp, path)
     windows = WindowRows(rows, starts, chars)
-  log.info("pair_window %d: %d pairs in %d examples of at most %d tokens a side", pair_window,
-           len(rows), len(windows), max_length)
+  log.info("pair_window %d (%s): %d pairs in %d examples of at most %d tokens a side",
+           pair_window, sizes, len(rows), len(windows), max_length)
   return windows
 
 

@@ -111,7 +111,8 @@ def windowed_rows(config, rows, tokenizers: Mapping[str, Any], prompts: Mapping[
                                         for e in tokenizers.values()), *prompts.values()])
   return window_rows(rows, [e.tokenizer for e in tokenizers.values()], list(prompts.values()),
                      max_length=config.data.max_length, pair_window=config.data.pair_window,
-                     cache_dir=cache_dir, key=key, progress=progress)
+                     sizes=config.data.pair_window_sizes, cache_dir=cache_dir, key=key,
+                     progress=progress)
 
 
 def tokenized_columns(rows, positions: np.ndarray, tokenizers: Mapping[str, Any],

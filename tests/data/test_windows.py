@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from optical_jax.data.bitext import FileRows, ListRows
-from optical_jax.data.windows import WindowRows, find_windows, greedy_windows, window_rows
+from optical_jax.data.windows import (WindowRows, find_windows, greedy_windows, window_rows,
+                                      window_sizes)
 from tests.training.runs import SENTENCES
 
 
@@ -139,6 +140,34 @@ def test_greedy_windows_take_pairs_while_both_sides_fit_and_respect_caps(monkeyp
                                 [0, 4, 7])
 
 
+def test_uniform_sizes_mix_window_lengths_each_window_within_its_draw(minilm_dir):
+  from transformers import AutoTokenizer
+  targets = window_sizes(5000, 3, "uniform")
+  assert window_sizes(5000, 3) is None  # "fixed": pair_window everywhere
+  np.testing.assert_array_equal(window_sizes(5000, 3, "uniform"), targets)  # every process
+  assert targets.min() == 1 and targets.max() == 3
+  assert (np.abs(np.bincount(targets)[1:] / 5000 - 1 / 3) < 0.03).all()  # uniform
+  # Where every window fits, each takes exactly what was drawn at its first row.
+  lengths = np.full((5000, 2), 4)
+  starts = greedy_windows(lengths, [2, 2], max_length=1000, pair_window=3, targets=targets)
+  np.testing.assert_array_equal(np.diff(starts), targets[starts[:-1]])
+  assert set(np.diff(starts)) == {1, 2, 3}  # a mixture of lengths
+  # Found on real text: within the draw and max_length, and greedy up to the draw.
+  tokenizer = AutoTokenizer.from_pretrained(str(minilm_dir))
+  rows, tokenizers, prompts = bitext_rows(), [tokenizer, tokenizer], ["", ""]
+  starts, _ = find_windows(ListRows(rows), tokenizers, prompts, max_length=64, pair_window=4,
+                           sizes="uniform")
+  pairs = np.diff(starts)
+  drawn = window_sizes(len(rows), 4, "uniform")[starts[:-1]]
+  assert (pairs <= drawn).all() and (pairs > 1).any() and len(set(pairs.tolist())) > 2
+  fixed, _ = find_windows(ListRows(rows), tokenizers, prompts, max_length=64, pair_window=4)
+  assert len(fixed) < len(starts)  # fixed windows aim for 4 pairs each: fewer, longer ones
+  for a, b, aim in zip(starts[:-1], starts[1:], drawn):
+    grown = [" ".join(r[side] for r in rows[a:b + 1]) for side in range(2)]
+    if b - a < aim and b < len(rows):  # stopped short of its draw: the next pair is over
+      assert max(true_lengths(tokenizer, "", grown)) > 64
+
+
 def test_window_rows_stream_chosen_windows_from_a_file(tmp_path):
   rows = bitext_rows(40)
   path = tmp_path / "bitext.tsv"
@@ -174,3 +203,6 @@ def test_windows_are_cached_by_what_decides_them(tmp_path, minilm_dir, monkeypat
   assert len(make(max_length=64)) < len(first) and found == [64]
   make(key="another tokenizer")
   assert found == [64, 32]
+  mixed = window_rows(rows, [tokenizer, tokenizer], ["", ""], max_length=32, pair_window=3,
+                      sizes="uniform", cache_dir=tmp_path, key="k")
+  assert found == [64, 32, 32] and mixed.fingerprint != first.fingerprint

@@ -1,6 +1,7 @@
 """Idf token weights of the training rows: the OT marginals of `config.ot.marginals` "idf"."""
 
 import numpy as np
+import pytest
 
 from tests.training.runs import SENTENCES
 
@@ -57,7 +58,8 @@ def test_idf_weights_count_every_shards_rows_and_weigh_each_batch_token(setup, t
   assert token_weights(config, models, batches) is None
 
 
-def _window_batches(checkpoint, cache, *, pair_window, shards=None, lengths=None, rows=None):
+def _window_batches(checkpoint, cache, *, pair_window, shards=None, lengths=None, rows=None,
+                    sizes="fixed"):
   """Batches of 4 rows (4 shards) of pairs of the test sentences, max_length 32."""
   from optical_jax import load_encoder
   from optical_jax.config import base_config
@@ -66,7 +68,7 @@ def _window_batches(checkpoint, cache, *, pair_window, shards=None, lengths=None
   encoder = load_encoder(str(checkpoint))
   config = base_config()
   config.train.batch_size, config.data.max_length = 4, 32
-  config.data.pair_window = pair_window
+  config.data.pair_window, config.data.pair_window_sizes = pair_window, sizes
   rng = np.random.default_rng(3)
   if rows is None:
     rows = [SENTENCES[i] for i in rng.integers(0, len(SENTENCES), 96)]
@@ -82,21 +84,23 @@ def _epoch(batches):
   return [batches.batch(step) for step in range(batches.steps_per_epoch)]
 
 
-def test_pair_window_batches_are_the_same_on_any_processes_and_in_every_run(setup, tmp_path):
+@pytest.mark.parametrize("sizes", ["fixed", "uniform"])
+def test_pair_window_batches_are_the_same_on_any_processes_and_in_every_run(setup, tmp_path,
+                                                                           sizes):
   """Windows are found from every row, so processes holding some shards (each with its own
   cache, as on separate hosts) feed their rows of the one-process batches, run after run."""
   from optical_jax import load_encoder
   _, checkpoint, _, _ = setup
-  whole, lengths = _window_batches(checkpoint, tmp_path / "one", pair_window=3)
+  whole, lengths = _window_batches(checkpoint, tmp_path / "one", pair_window=3, sizes=sizes)
   assert whole.num_examples < 96  # pairs were joined
   tokenizer = load_encoder(str(checkpoint)).tokenizer
   decoded = [tokenizer.decode(ids[mask == 1], skip_special_tokens=True)
              for batch in _epoch(whole)
              for ids, mask in zip(batch["student_ids"], batch["student_mask"])]
   assert max(d.count(".") for d in decoded) > 1  # an example of several sentences
-  again = _window_batches(checkpoint, tmp_path / "again", pair_window=3)[0]
+  again = _window_batches(checkpoint, tmp_path / "again", pair_window=3, sizes=sizes)[0]
   halves = [_window_batches(checkpoint, tmp_path / f"process{i}", pair_window=3,
-                            shards=shards, lengths=lengths)[0]
+                            shards=shards, lengths=lengths, sizes=sizes)[0]
             for i, shards in enumerate(([0, 1], [2, 3]))]
   for step, batch in enumerate(_epoch(whole)):
     for key, value in batch.items():
