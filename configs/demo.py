@@ -42,12 +42,19 @@ def get_config():
   # English passages (the student encodes queries); en→ny: English verse queries against
   # Chichewa passages (the student encodes documents, CIRAL's direction). The test collections
   # also rerank each query's dense top 100 by MaxSim (the query encoder's tokens against the
-  # passage encoder's).
+  # passage encoder's). A verse query is contained in its passage, which token matching
+  # rewards; in the context collections (optical_jax/data/bible.py) it is not: a passage's
+  # middle verse asks for the verses around it, as a topical query asks for a passage that
+  # does not repeat it.
   c.eval.collections = [
       bible_collection("dev-ny-en", "dev", "ny-en", "query"),
       bible_collection("dev-en-ny", "dev", "en-ny", "document"),
+      bible_collection("dev-en-ny-context", "dev/context", "en-ny", "document"),
       bible_collection("test-ny-en", "test", "ny-en", "query", maxsim_depth=100),
       bible_collection("test-en-ny", "test", "en-ny", "document", maxsim_depth=100),
+      bible_collection("test-ny-en-context", "test/context", "ny-en", "query", maxsim_depth=100),
+      bible_collection("test-en-ny-context", "test/context", "en-ny", "document",
+                       maxsim_depth=100),
   ]
   c.eval.dev_collection = "dev-ny-en"
   c.eval.max_length = 256
@@ -64,6 +71,14 @@ def get_config():
                        maxsim_depth=100, label="zero-shot (teacher, Chichewa queries)"),
       bible_collection("test-en-ny-teacher", "test", "en-ny", "document", doc_encoder="teacher",
                        maxsim_depth=100, label="zero-shot (teacher, Chichewa passages)"),
+      bible_collection("test-en-en-context", "test/context", "en-en", "query", maxsim_depth=100,
+                       label="en→en upper bound (teacher, English queries and passages)"),
+      bible_collection("test-ny-en-context-teacher", "test/context", "ny-en", "query",
+                       query_encoder="teacher", maxsim_depth=100,
+                       label="zero-shot (teacher, Chichewa queries)"),
+      bible_collection("test-en-ny-context-teacher", "test/context", "en-ny", "document",
+                       doc_encoder="teacher", maxsim_depth=100,
+                       label="zero-shot (teacher, Chichewa passages)"),
   ]
   # One table per direction: its test collection, a title, and its reference rows.
   tables = [
@@ -75,6 +90,16 @@ def get_config():
           test="test-en-ny", references=("test-en-en", "test-en-ny-teacher"),
           title="en→ny: 500 English verse queries, 431 Chichewa 5-verse passages "
                 "(the student encodes passages, CIRAL's direction)")),
+      ml_collections.ConfigDict(dict(
+          test="test-ny-en-context", references=("test-en-en-context",
+                                                 "test-ny-en-context-teacher"),
+          title="ny→en, context: 402 Chichewa middle-verse queries, 431 English passages "
+                "without them (the student encodes queries)")),
+      ml_collections.ConfigDict(dict(
+          test="test-en-ny-context", references=("test-en-en-context",
+                                                 "test-en-ny-context-teacher"),
+          title="en→ny, context: 402 English middle-verse queries, 431 Chichewa passages "
+                "without them (the student encodes passages, CIRAL's direction)")),
   ]
   c.demo = optional_group("demo", reference_collections=reference_collections, tables=tables)
   return c

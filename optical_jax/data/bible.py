@@ -20,6 +20,11 @@ and its one relevant document is the passage holding it:
 - `ny-en`: Chichewa verse queries, English passages (the student encodes queries);
 - `en-ny`: English verse queries, Chichewa passages (the student encodes documents);
 - `en-en`: English queries, English passages (the teacher's upper bound).
+
+A verse query is contained in its passage, which token matching (MaxSim) rewards far more than
+topical retrieval would. Each split's `context/` collection has no such copy: the query is a
+passage's middle verse (passages of 3 verses or more, whose other verses do not repeat it), and
+the passage is the verses around it, the query left out; the other passages stay whole.
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ DEV_BOOKS = (17, 25, 28, 29, 43, 50, 51, 56, 57, 61, 65)
 PASSAGE_VERSES = 5
 TEST_QUERIES = 500
 DEV_QUERIES = 500
-BUILD_VERSION = 2  # bump when the output changes
+BUILD_VERSION = 3  # bump when the output changes
 
 
 def _package_dir(module: str, package: str) -> Path:
@@ -128,7 +133,8 @@ def _passages(verses: list[dict]) -> tuple[dict[str, list[dict]], dict[str, str]
 
 def write_collections(verses: list[dict], directory: Path, *, num_queries: int,
                       seed: int) -> dict[str, int]:
-  """Writes the ny-en, en-ny and en-en collections of these verses into `directory`."""
+  """Writes the ny-en, en-ny and en-en collections of these verses into `directory`, and
+  their context collections (module docstring) into `directory / "context"`."""
   passages, passage_of = _passages(verses)
   rng = np.random.default_rng(seed)
   chosen = sorted(rng.choice(len(verses), size=min(num_queries, len(verses)), replace=False))
@@ -139,7 +145,24 @@ def write_collections(verses: list[dict], directory: Path, *, num_queries: int,
     write_tsv({pid: " ".join(v[lang] for v in window) for pid, window in passages.items()},
               directory / f"passages.{lang}.tsv")
   write_qrels(qrels, directory / "qrels.txt")
-  return {"queries": len(queries), "passages": len(passages), "verses": len(verses)}
+  # Context: each passage's middle verse (3 verses or more) asks for the verses around it,
+  # unless they hold its text too (a refrain: Mark 9:46 and 9:48).
+  middle = {}
+  for pid, window in passages.items():
+    verse = window[len(window) // 2]
+    if len(window) >= 3 and not any(verse[lang] in v[lang] for v in window if v is not verse
+                                    for lang in ("en", "ny")):
+      middle[pid] = verse
+  for lang in ("en", "ny"):
+    write_tsv({v["id"]: v[lang] for v in middle.values()},
+              directory / "context" / f"queries.{lang}.tsv")
+    write_tsv({pid: " ".join(v[lang] for v in window if v is not middle.get(pid))
+               for pid, window in passages.items()},
+              directory / "context" / f"passages.{lang}.tsv")
+  write_qrels({v["id"]: {pid: 1} for pid, v in middle.items()},
+              directory / "context" / "qrels.txt")
+  return {"queries": len(queries), "passages": len(passages), "verses": len(verses),
+          "context_queries": len(middle)}
 
 
 def build(cache_dir: str | Path) -> dict:

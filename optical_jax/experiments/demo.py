@@ -86,14 +86,18 @@ def _interval(system: dict, baseline: dict) -> str:
 
 
 def plot_report(report: DemoReport, path: Path, dev_label: str = "dev MAP") -> Path:
-  """Left: dev MAP against steps per loss. Then, per direction: test MAP per row, dense and
-  MaxSim, with 95% bootstrap intervals over queries."""
+  """Left: dev MAP against steps per loss. Then, per direction (two to a row): test MAP per
+  row, dense and MaxSim, with 95% bootstrap intervals over queries."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   panels = len(report.directions)
-  fig, (left, *rights) = plt.subplots(1, 1 + panels, figsize=(6 + 6.5 * panels, 4.6),
-                                      gridspec_kw={"width_ratios": [1] + [1.15] * panels})
+  # The dev curve on the left, the directions two to a row beside it.
+  cols, lines = min(panels, 2), -(-panels // 2)
+  fig = plt.figure(figsize=(6 + 6.5 * cols, 4.6 * lines))
+  grid = fig.add_gridspec(lines, 1 + cols, width_ratios=[1] + [1.15] * cols)
+  left = fig.add_subplot(grid[:, 0])
+  rights = [fig.add_subplot(grid[i // cols, 1 + i % cols]) for i in range(panels)]
   for loss, points in report.curves.items():
     if points:
       left.plot(*zip(*points), marker="o", label=loss)

@@ -18,9 +18,11 @@ def test_counts_and_no_leakage(built):
   counts = built["counts"]
   assert counts["aligned_verses"] > 30000 and counts["train_pairs"] > 27000
   assert counts["leaked_test_verses"] == 0
-  assert counts["test"] == {"queries": 500, "passages": 431, "verses": 2031}
+  assert counts["test"] == {"queries": 500, "passages": 431, "verses": 2031,
+                            "context_queries": 402}
   # dev on the test's scale, so that levers of a few hundredths can be told apart
-  assert counts["dev"] == {"queries": 500, "passages": 394, "verses": 1826}
+  assert counts["dev"] == {"queries": 500, "passages": 394, "verses": 1826,
+                           "context_queries": 361}
 
 
 def test_held_out_books_never_appear_in_training(built):
@@ -56,6 +58,37 @@ def test_qrels_checked_by_hand(built):
     first, last = map(int, pid.split(".")[2].split("-"))
     assert pid.startswith(f"{book}.{chapter}.") and first <= verse <= last <= first + 4
     assert queries_en[qid] in passages_en[pid] and queries_ny[qid] in passages_ny[pid]
+
+
+def test_context_queries_are_left_out_of_the_passage_they_ask_for(built):
+  """A context query is a passage's middle verse; the passage is the verses around it."""
+  test = built["test"]
+  full = read_corpus(f"{test}/passages.en.tsv")
+  for lang in ("en", "ny"):
+    queries = read_topics(f"{test}/context/queries.{lang}.tsv")
+    passages = read_corpus(f"{test}/context/passages.{lang}.tsv")
+    qrels = read_qrels(f"{test}/context/qrels.txt", topics=queries)
+    assert len(queries) == len(qrels) == 402 and len(passages) == 431
+    for qid, judged in qrels.items():
+      (pid,) = judged
+      book, chapter, verse = map(int, qid.split("."))
+      first, last = map(int, pid.split(".")[2].split("-"))
+      assert pid.startswith(f"{book}.{chapter}.") and first < verse < last
+      assert verse == first + (last - first + 1) // 2  # the middle one
+      assert queries[qid] not in passages[pid]
+  queries = read_topics(f"{test}/context/queries.en.tsv")
+  passages = read_corpus(f"{test}/context/passages.en.tsv")
+  # Ruth 1:1-5 without its middle verse, 1:3, by hand.
+  assert queries["8.1.3"].startswith("And Elimelech Naomi’s husband died")
+  assert full["8.1.1-5"] == passages["8.1.1-5"].replace(
+      "continued there. And they took", f"continued there. {queries['8.1.3']} And they took")
+  # Passages of 1 or 2 verses (chapter ends), and one whose verses repeat its middle one (Mark
+  # 9:46-50: 9:46 and 9:48 read "Where their worm dieth not"), stay whole and ask nothing.
+  judged = {pid for (pid,) in map(tuple, read_qrels(f"{test}/context/qrels.txt").values())}
+  whole = [pid for pid in passages if pid not in judged]
+  assert all(passages[pid] == full[pid] for pid in whole)
+  short = [p for p in whole if int(p.split("-")[1]) - int(p.split(".")[2].split("-")[0]) < 2]
+  assert short and set(whole) - set(short) == {"41.9.46-50"}
 
 
 def test_build_is_deterministic(built, tmp_path):

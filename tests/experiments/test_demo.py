@@ -42,27 +42,39 @@ LOSSES = ["ot", "mse", "contrastive", "ot+contrastive"]
 UPPER = "en→en upper bound (teacher, English queries and passages)"
 
 
+# Each table's test collection, the start of its title and its zero-shot row.
+TABLES = {"test-ny-en": ("ny→en: ", "zero-shot (teacher, Chichewa queries)"),
+          "test-en-ny": ("en→ny: ", "zero-shot (teacher, Chichewa passages)"),
+          "test-ny-en-context": ("ny→en, context: ", "zero-shot (teacher, Chichewa queries)"),
+          "test-en-ny-context": ("en→ny, context: ", "zero-shot (teacher, Chichewa passages)")}
+
+
 def sections(text: str) -> dict[str, str]:
-  """results.md's text per direction (ny→en, en→ny)."""
-  parts = text.split("\nen→ny: ")
-  return {"test-ny-en": parts[0].split("\nny→en: ")[1], "test-en-ny": parts[1]}
+  """results.md's text per table, by its test collection."""
+  starts = {test: text.index(f"\n{title}") for test, (title, _) in TABLES.items()}
+  order = sorted(starts, key=starts.get)
+  ends = [starts[test] for test in order[1:]] + [len(text)]
+  return {test: text[starts[test]:end] for test, end in zip(order, ends)}
 
 
 @pytest.mark.slow
 def test_demo_prints_both_directions_teacher_rows_one_row_per_loss_gains_and_a_plot(demo_run):
   _, workdir, tables, text = demo_run
-  assert list(tables) == ["test-ny-en", "test-en-ny"]
-  zero_shots = {"test-ny-en": "zero-shot (teacher, Chichewa queries)",
-                "test-en-ny": "zero-shot (teacher, Chichewa passages)"}
-  for test, zero_shot_row in zero_shots.items():
+  assert list(tables) == list(TABLES)
+  for test, (_, zero_shot_row) in TABLES.items():
     rows = tables[test]
     assert list(rows) == [UPPER, zero_shot_row,
                           *[f"{loss} distillation (2 steps)" for loss in LOSSES]]
     check_table(rows, sections(text)[test], zero_shot_row)
-  # One upper bound serves both tables; the students differ by direction.
-  assert tables["test-ny-en"][UPPER] == tables["test-en-ny"][UPPER]
-  assert tables["test-ny-en"]["ot distillation (2 steps)"] != tables["test-en-ny"][
-      "ot distillation (2 steps)"]
+  # One upper bound serves both directions of a collection; the students differ by direction,
+  # and the context collections' rows are their own.
+  ot = "ot distillation (2 steps)"
+  for ny_en, en_ny in (("test-ny-en", "test-en-ny"),
+                       ("test-ny-en-context", "test-en-ny-context")):
+    assert tables[ny_en][UPPER] == tables[en_ny][UPPER]
+    assert tables[ny_en][ot] != tables[en_ny][ot]
+  assert tables["test-en-ny"][UPPER] != tables["test-en-ny-context"][UPPER]
+  assert tables["test-en-ny"][ot] != tables["test-en-ny-context"][ot]
   assert (workdir / "dev_map.png").stat().st_size > 10_000
 
   def dev_steps(loss):
