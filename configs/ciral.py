@@ -23,8 +23,8 @@ pass's time on the 827,552-passage mirror (BENCHMARKS.md). The demo's vocabulary
 (4,000 pieces: en→ny dev 0.522 against 0.510) is not taken here: e5's XLM-R vocabulary already
 holds Somali, Swahili and Hausa pieces, and extending it has not been measured on CIRAL (it
 needs the real data). `data.pair_window` (passage-length examples joined from consecutive
-pairs) stays 1: windows of 3 verses gave no dev gain in the demo's en→ny direction over three
-seeds, at 3.9 times the step time. Every parameter trains, unlike the demo's student: that one
+pairs) stays 1: windows of 3 verses, and windows of 1 to 3 (`data.pair_window_sizes`), gave no
+dev gain in the demo's en→ny direction over three seeds, at 3.9 and 2–2.8 times the step time. Every parameter trains, unlike the demo's student: that one
 starts as its own teacher and trains its embeddings alone (en→ny dev 0.522 against 0.463 for
 every parameter, 3 of 3 seeds), while e5's layers must still learn BGE's space.
 
