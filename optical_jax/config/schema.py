@@ -341,7 +341,7 @@ GROUPS = (
                     "times the time)", sequence_of(integer)),
               Field("reference_collections", [], "the teacher's own rows, above the students' "
                     "(collections, each with a label)", records(COLLECTION)),
-              Field("tables", [], "one table per direction (their fields below)",
+              Field("tables", [], "one table per test collection (their fields below)",
                     records(DEMO_TABLE)),
           ), optional=True, resumable=True),
 )

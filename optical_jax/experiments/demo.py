@@ -2,8 +2,9 @@
 
 `python train.py --config configs/demo.py` (a config with a `demo` section) builds the Bible
 collections, evaluates the teacher's rows (the en→en upper bound, its zero-shot retrieval),
-distils one student per loss under the same step budget, and prints one table per direction
-(`demo.tables`: ny→en, the student encoding queries; en→ny, the student encoding passages):
+distils one student per loss under the same step budget, and prints one table per test
+collection (`demo.tables`; configs/demo.py: ny→en, the student encoding queries, and en→ny,
+the student encoding passages, each with verse queries and with context queries):
 dense MAP (with 95% paired-bootstrap intervals of each gain over zero-shot) and MAP when the
 dense top 100 is reranked by MaxSim (the query encoder's tokens against the passage
 encoder's), plus a figure: dev MAP against steps, and test MAP per row with its interval.
