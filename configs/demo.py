@@ -10,7 +10,8 @@ Intel, estimated from its measured ratio to Zen 5: about 12.5 min the first time
 
 Teacher: the real all-MiniLM-L6-v2 (English). Student: initialised from the teacher, distilled
 on ~27.2k real English–Chichewa Bible verse pairs. Test: 500 verse queries against 431
-5-verse passages of held-out books in both directions (ny→en, en→ny). One student per loss,
+5-verse passages of held-out books, and 402 context queries (a passage's middle verse against
+the passages without it), in both directions (ny→en, en→ny). One student per loss,
 same step budget.
 """
 
@@ -80,7 +81,7 @@ def get_config():
                        doc_encoder="teacher", maxsim_depth=100,
                        label="zero-shot (teacher, Chichewa passages)"),
   ]
-  # One table per direction: its test collection, a title, and its reference rows.
+  # One table per test collection: its name, a title, and its reference rows.
   tables = [
       ml_collections.ConfigDict(dict(
           test="test-ny-en", references=("test-en-en", "test-ny-en-teacher"),

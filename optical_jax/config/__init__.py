@@ -153,7 +153,8 @@ def recipe(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 def bible_collection(name: str, split: str, direction: str, student_side: str,
                      **extra) -> ml_collections.ConfigDict:
   """A collection of the offline Bible build: `split` is test or dev, or its context
-  collection (test/context, dev/context: `data.bible`); `direction` is ny-en, en-ny or en-en."""
+  collection (test/context, dev/context: `optical_jax.data.bible`); `direction` is ny-en,
+  en-ny or en-en."""
   query_lang, doc_lang = direction.split("-")
   student_encodes = {"query": query_lang == "ny", "document": doc_lang == "ny"}
   spec = dict(
