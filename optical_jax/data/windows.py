@@ -6,8 +6,8 @@ A window is greedy: it takes the next pair while it has fewer than N pairs and b
 sides still fit (N is `pair_window`, or with `sizes="uniform"` a number drawn from 1..N for
 each row a window may start at: a mixture of lengths); a pair longer than `max_length` on its
 own is a window of one (truncated as any row is). Windows are a pure function of the rows,
-the tokenizers, their prompts, `max_length` and N, never of the devices or processes: every
-process finds the same ones, so the batches stay those of any device count. `find_windows`
+the tokenizers, their prompts, `max_length`, N and `sizes`, never of the devices or processes:
+every process finds the same ones, so the batches stay those of any device count. `find_windows`
 measures each row's tokens on each side and then tokenises every joined window to check it: a
 subword tokenizer may cut "a b" into other pieces than "a" and "b" (SentencePiece), so the sum
 of the parts is only an estimate, and a window that does not fit loses pairs until it does.
@@ -40,7 +40,7 @@ _BLOCK = 1 << 16  # rows greedy_windows holds as Python numbers at once
 def window_sizes(rows: int, pair_window: int, sizes: str = "fixed") -> np.ndarray | None:
   """How many pairs a window starting at each row aims for, int32 `[rows]`: None for "fixed"
   (`pair_window` everywhere); "uniform": drawn uniformly from 1..`pair_window` by a generator
-  of fixed seed, a function of the row alone (every process draws the same)."""
+  of fixed seed, row after row (every process holds every row, so all draw the same)."""
   if sizes == "fixed":
     return None
   if sizes != "uniform":
